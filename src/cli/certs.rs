@@ -1,0 +1,97 @@
+//! `smimegate cert show`: a mailbox's public certificate chain.
+
+use anyhow::{bail, Result};
+use const_oid::db::DB;
+use der::{Decode, EncodePem};
+use x509_cert::certificate::Certificate;
+use x509_cert::ext::pkix::name::GeneralName;
+use x509_cert::ext::pkix::{ExtendedKeyUsage, KeyUsage, SubjectAltName};
+
+use crate::app;
+use crate::pki::address::Address;
+use crate::store::{CertificateSource, Store};
+
+pub async fn show(store: &Store, address: &Address, pem: bool) -> Result<()> {
+    let certs = store.certificates().for_owner(address.as_str()).await?;
+    let current = store
+        .certificates()
+        .current(address.as_str(), CertificateSource::Issued)
+        .await?;
+    let Some(leaf) = current.or_else(|| certs.into_iter().next()) else {
+        let state = match store.mailboxes().get(address).await? {
+            Some(m) => format!("mailbox is {}", m.state.as_str()),
+            None => "not a managed mailbox".into(),
+        };
+        bail!("no certificate for {address} ({state})");
+    };
+    let mut chain = vec![Certificate::from_der(&leaf.record.der)?];
+    if let Some(ca) = app::load_ca(store).await? {
+        if leaf.record.issuer == ca.certificate.tbs_certificate().subject().to_string() {
+            chain.push(ca.certificate);
+        }
+    }
+    if pem {
+        for cert in &chain {
+            print!("{}", cert.to_pem(der::pem::LineEnding::LF)?);
+        }
+        return Ok(());
+    }
+    for (i, cert) in chain.iter().enumerate() {
+        if i > 0 {
+            println!();
+        }
+        print_details(cert, if i == 0 { "certificate" } else { "issuer" })?;
+    }
+    if leaf.revoked_at.is_some() {
+        println!("\nstatus:       REVOKED");
+    }
+    Ok(())
+}
+
+fn print_details(cert: &Certificate, role: &str) -> Result<()> {
+    use der::Encode;
+    use sha2::Digest;
+    let tbs = cert.tbs_certificate();
+    let der = cert.to_der()?;
+    println!("{role}:");
+    println!("  subject:      {}", tbs.subject());
+    println!("  issuer:       {}", tbs.issuer());
+    println!("  serial:       {}", hex::encode(tbs.serial_number().as_bytes()));
+    println!("  not before:   {}", tbs.validity().not_before);
+    println!("  not after:    {}", tbs.validity().not_after);
+    println!("  sha-256:      {}", hex::encode(sha2::Sha256::digest(&der)));
+    let alg = &tbs.subject_public_key_info().algorithm.oid;
+    println!("  public key:   {}", DB.by_oid(alg).unwrap_or("unknown"));
+    if let Some((_, san)) = tbs.get_extension::<SubjectAltName>()? {
+        let names: Vec<String> = san
+            .0
+            .iter()
+            .map(|n| match n {
+                GeneralName::Rfc822Name(e) => format!("email:{e}"),
+                GeneralName::DnsName(d) => format!("dns:{d}"),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        println!("  alt names:    {}", names.join(", "));
+    }
+    if let Some((critical, ku)) = tbs.get_extension::<KeyUsage>()? {
+        let usages: Vec<String> = ku.0.into_iter().map(|u| format!("{u:?}")).collect();
+        println!(
+            "  key usage:    {}{}",
+            usages.join(", "),
+            if critical { " (critical)" } else { "" }
+        );
+    }
+    if let Some((_, eku)) = tbs.get_extension::<ExtendedKeyUsage>()? {
+        let usages: Vec<&str> = eku.0.iter().map(|o| DB.by_oid(o).unwrap_or("unknown")).collect();
+        println!("  ext. usage:   {}", usages.join(", "));
+    }
+    Ok(())
+}
+
+pub fn format_time(unix: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_else(|| unix.to_string())
+}

@@ -1,0 +1,321 @@
+//! Command-line interface: argument types (clap) and one function per command.
+
+mod bench;
+mod certs;
+mod token;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use crate::app::{self, Actor, App};
+use crate::config::Settings;
+use crate::hsm::KeyAlgorithm;
+use crate::pki::address::{Address, Domain};
+use crate::store::Store;
+
+#[derive(Parser, Debug)]
+#[command(name = "smimegate", version, about = "S/MIME gateway with every private key in a PKCS#11 token")]
+pub struct Cli {
+    /// Data directory holding smimegate.toml, the SQLite database and the SoftHSM2 token.
+    #[arg(long, global = true, env = "SMIMEGATE_DATA_DIR", default_value = "./var")]
+    pub data_dir: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create the data directory, configuration, token, database and built-in CA (idempotent).
+    Init,
+    /// Token health, key custody proofs and benchmarks.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Managed domains and their inbound routes.
+    #[command(subcommand)]
+    Domain(DomainCommand),
+    /// Managed mailboxes and their S/MIME activation.
+    #[command(subcommand)]
+    Mailbox(MailboxCommand),
+    /// Public certificates (never private keys).
+    #[command(subcommand)]
+    Cert(CertCommand),
+    /// Run the gateway (at this stage: the HTTP health endpoint).
+    Serve(ServeArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenCommand {
+    /// Module, slot, label, sessions in use/free, mechanisms.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// For every private key: its protection attributes and the token's refusal of
+    /// each way out (read, wrap, relax). Exits 1 if any key could leave the token.
+    Custody {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Sign operations per second through the session pool and on one bare session.
+    Bench(bench::BenchArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DomainCommand {
+    /// Add a managed domain with its inbound route.
+    Add {
+        domain: String,
+        /// Internal mail server for this domain.
+        #[arg(long, value_name = "HOST:PORT")]
+        next_hop: Option<String>,
+        /// Accept any local part (such addresses cannot be activated for S/MIME).
+        #[arg(long)]
+        wildcard: bool,
+    },
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a domain that has no mailboxes left.
+    Remove { domain: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum MailboxCommand {
+    /// Add a known mailbox of a managed domain.
+    Add { address: String },
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove an inactive mailbox (its keys stay in the token for old mail).
+    Remove { address: String },
+    /// Generate the mailbox key in the token and issue its certificate.
+    Activate {
+        address: String,
+        /// Key type; default from [ca].mailbox_key.
+        #[arg(long, value_enum)]
+        key: Option<KeyAlgorithm>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CertCommand {
+    /// The mailbox's certificate chain and its details.
+    Show {
+        address: String,
+        /// Print the chain as PEM (leaf first) instead of details.
+        #[arg(long)]
+        pem: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Override [http].listen.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub http: Option<String>,
+}
+
+/// Runs a command whose settings are already loaded (and whose SoftHSM2 configuration,
+/// if any, is already exported).
+pub async fn run(command: Command, settings: Settings, mut init_changes: Vec<String>) -> Result<()> {
+    match command {
+        Command::Init => {
+            crate::setup::initialise(&settings, &mut init_changes).await?;
+            if init_changes.is_empty() {
+                println!(
+                    "nothing to do: {} is already initialised",
+                    settings.data_dir.display()
+                );
+            } else {
+                for change in &init_changes {
+                    println!("created {change}");
+                }
+            }
+            Ok(())
+        }
+        Command::Token(cmd) => token::run(cmd, settings).await,
+        Command::Domain(cmd) => domain(cmd, &settings).await,
+        Command::Mailbox(cmd) => mailbox(cmd, settings).await,
+        Command::Cert(CertCommand::Show { address, pem }) => {
+            let store = app::open_store(&settings).await?;
+            certs::show(&store, &Address::parse(&address)?, pem).await
+        }
+        Command::Serve(args) => serve(settings, args).await,
+    }
+}
+
+async fn domain(cmd: DomainCommand, settings: &Settings) -> Result<()> {
+    let store = app::open_store(settings).await?;
+    let actor = Actor::cli();
+    match cmd {
+        DomainCommand::Add {
+            domain,
+            next_hop,
+            wildcard,
+        } => {
+            let domain = Domain::parse(&domain)?;
+            if let Some(hop) = &next_hop {
+                validate_host_port(hop)?;
+            }
+            let row = store.domains().add(&domain, next_hop.as_deref(), wildcard).await?;
+            audit(&store, &actor, "domain.add", domain.as_str(), &format!("next_hop={next_hop:?} wildcard={wildcard}")).await?;
+            println!(
+                "added domain {} (next hop {}, {})",
+                row.name,
+                row.next_hop.as_deref().unwrap_or("none"),
+                if row.wildcard { "wildcard" } else { "known mailboxes only" }
+            );
+        }
+        DomainCommand::List { json } => {
+            let rows = store.domains().list().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                println!("{:<40} {:<28} ROUTE", "DOMAIN", "NEXT HOP");
+                for d in rows {
+                    println!(
+                        "{:<40} {:<28} {}",
+                        d.name,
+                        d.next_hop.as_deref().unwrap_or("-"),
+                        if d.wildcard { "wildcard" } else { "known mailboxes" }
+                    );
+                }
+            }
+        }
+        DomainCommand::Remove { domain } => {
+            let domain = Domain::parse(&domain)?;
+            store.domains().remove(&domain).await?;
+            audit(&store, &actor, "domain.remove", domain.as_str(), "").await?;
+            println!("removed domain {domain}");
+        }
+    }
+    Ok(())
+}
+
+async fn mailbox(cmd: MailboxCommand, settings: Settings) -> Result<()> {
+    let actor = Actor::cli();
+    match cmd {
+        MailboxCommand::Add { address } => {
+            let store = app::open_store(&settings).await?;
+            let address = Address::parse(&address)?;
+            let domain = store
+                .domains()
+                .get(&Domain::parse(address.domain())?)
+                .await?;
+            let row = store.mailboxes().add(&address).await?;
+            audit(&store, &actor, "mailbox.add", address.as_str(), "").await?;
+            println!("added mailbox {} ({})", row.address, row.state.as_str());
+            if domain.is_some_and(|d| d.wildcard) {
+                println!("note: {} is wildcard-routed; listed mailboxes can be activated", address.domain());
+            }
+        }
+        MailboxCommand::List { json } => {
+            let store = app::open_store(&settings).await?;
+            let rows = store.mailboxes().list().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                println!("{:<48} STATE", "MAILBOX");
+                for m in &rows {
+                    println!("{:<48} {}", m.address, m.state.as_str());
+                }
+                let seats = store.mailboxes().seats_in_use().await?;
+                println!("{} mailbox(es), {seats} holding a seat", rows.len());
+            }
+        }
+        MailboxCommand::Remove { address } => {
+            let store = app::open_store(&settings).await?;
+            let address = Address::parse(&address)?;
+            store.mailboxes().remove(&address).await?;
+            audit(&store, &actor, "mailbox.remove", address.as_str(), "").await?;
+            println!("removed mailbox {address}");
+        }
+        MailboxCommand::Activate { address, key } => {
+            let address = Address::parse(&address)?;
+            let app = App::open(settings).await?;
+            let cert = app.activate_mailbox(&address, key, &actor).await?;
+            println!(
+                "activated {address}: certificate serial {} valid until {}, key in token '{}'",
+                cert.record.serial,
+                certs::format_time(cert.record.not_after),
+                app.hsm.token_label()
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn serve(settings: Settings, args: ServeArgs) -> Result<()> {
+    let listen = args.http.unwrap_or_else(|| settings.config.http.listen.clone());
+    let app = Arc::new(App::open(settings).await?);
+    if app.ca().await.is_err() {
+        tracing::warn!("the built-in CA is missing: run `smimegate init`");
+    }
+    let listener = tokio::net::TcpListener::bind(&listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    tracing::info!(address = %listen, "HTTP endpoint listening (GET /health)");
+    println!("smimegate serving: http://{listen}/health");
+    axum::serve(listener, crate::admin::router(app.clone()))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("HTTP server failed")?;
+    app.store.close().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot wait for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot wait for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutting down");
+}
+
+async fn audit(store: &Store, actor: &Actor, action: &str, target: &str, detail: &str) -> Result<()> {
+    store
+        .audit()
+        .append(&actor.name, &actor.origin, action, target, detail)
+        .await?;
+    Ok(())
+}
+
+fn validate_host_port(value: &str) -> Result<()> {
+    let (host, port) = value
+        .rsplit_once(':')
+        .with_context(|| format!("next hop '{value}' must be HOST:PORT"))?;
+    let port: u16 = port
+        .parse()
+        .ok()
+        .filter(|p| *p > 0)
+        .with_context(|| format!("next hop '{value}' has an invalid port"))?;
+    let _ = port;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.parse::<std::net::IpAddr>().is_err() {
+        Domain::parse(host).with_context(|| format!("next hop '{value}' has an invalid host"))?;
+    }
+    Ok(())
+}

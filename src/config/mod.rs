@@ -1,0 +1,348 @@
+//! Typed configuration: one TOML file, every key optional, every default documented
+//! in [`TEMPLATE`] beside its key. Secrets (the token PIN) never live in this file:
+//! they come from a file or an environment variable named here.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::hsm::KeyAlgorithm;
+
+/// The file `smimegate init` writes. A test proves it parses to [`Config::default`],
+/// so the documentation beside each key cannot drift from the code.
+pub const TEMPLATE: &str = include_str!("template.toml");
+
+/// Name of the configuration file inside the data directory.
+pub const CONFIG_FILE: &str = "smimegate.toml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid configuration {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("no configuration at {path}: run `smimegate init --data-dir {data_dir}` first")]
+    Missing { path: PathBuf, data_dir: PathBuf },
+    #[error("invalid value for {key}: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub gateway: GatewayConfig,
+    pub database: DatabaseConfig,
+    pub hsm: HsmSection,
+    pub ca: CaConfig,
+    pub http: HttpConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GatewayConfig {
+    pub hostname: String,
+    pub node_name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseConfig {
+    pub url: String,
+    pub max_connections: u32,
+    pub connect_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HsmSection {
+    pub module: PathBuf,
+    pub token_label: String,
+    pub pin_file: PathBuf,
+    pub pin_env: String,
+    pub so_pin_file: PathBuf,
+    pub softhsm2_conf: PathBuf,
+    pub max_sessions: usize,
+    pub operation_timeout_secs: u64,
+    pub acquire_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CaConfig {
+    pub subject: String,
+    pub key: KeyAlgorithm,
+    pub validity_days: u32,
+    pub crl_url: String,
+    pub mailbox_key: KeyAlgorithm,
+    pub mailbox_validity_days: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    pub listen: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    pub filter: String,
+    pub json: bool,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            hostname: "localhost".into(),
+            node_name: "node1".into(),
+        }
+    }
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: "sqlite:smimegate.db".into(),
+            max_connections: 8,
+            connect_timeout_secs: 10,
+        }
+    }
+}
+
+impl Default for HsmSection {
+    fn default() -> Self {
+        Self {
+            module: PathBuf::from("/usr/lib/softhsm/libsofthsm2.so"),
+            token_label: "smimegate".into(),
+            pin_file: PathBuf::from("hsm-user.pin"),
+            pin_env: "SMIMEGATE_HSM_PIN".into(),
+            so_pin_file: PathBuf::from("hsm-so.pin"),
+            softhsm2_conf: PathBuf::from("softhsm2.conf"),
+            max_sessions: 8,
+            operation_timeout_secs: 10,
+            acquire_timeout_secs: 5,
+        }
+    }
+}
+
+impl Default for CaConfig {
+    fn default() -> Self {
+        Self {
+            subject: "CN=smimegate CA,O=smimegate".into(),
+            key: KeyAlgorithm::Rsa3072,
+            validity_days: 3650,
+            crl_url: "http://localhost:8080/crl/ca.crl".into(),
+            mailbox_key: KeyAlgorithm::Rsa2048,
+            mailbox_validity_days: 365,
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            filter: "info".into(),
+            json: false,
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            gateway: GatewayConfig::default(),
+            database: DatabaseConfig::default(),
+            hsm: HsmSection::default(),
+            ca: CaConfig::default(),
+            http: HttpConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Parses a configuration text; `origin` names it in error messages.
+    pub fn parse(text: &str, origin: &Path) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_path_buf(),
+            message: e.message().to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Loads `DATA_DIR/smimegate.toml`.
+    pub fn load(data_dir: &Path) -> Result<Self, ConfigError> {
+        let path = data_dir.join(CONFIG_FILE);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(ConfigError::Missing {
+                    path,
+                    data_dir: data_dir.to_path_buf(),
+                });
+            }
+            Err(source) => return Err(ConfigError::Read { path, source }),
+        };
+        Self::parse(&text, &path)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.hsm.max_sessions == 0 {
+            return Err(ConfigError::Invalid {
+                key: "hsm.max_sessions",
+                message: "must be at least 1".into(),
+            });
+        }
+        if self.hsm.operation_timeout_secs == 0 || self.hsm.acquire_timeout_secs == 0 {
+            return Err(ConfigError::Invalid {
+                key: "hsm.*_timeout_secs",
+                message: "must be at least 1".into(),
+            });
+        }
+        if self.ca.mailbox_validity_days == 0 || self.ca.validity_days == 0 {
+            return Err(ConfigError::Invalid {
+                key: "ca.*validity_days",
+                message: "must be at least 1".into(),
+            });
+        }
+        if !(self.ca.crl_url.starts_with("http://") || self.ca.crl_url.starts_with("https://")) {
+            return Err(ConfigError::Invalid {
+                key: "ca.crl_url",
+                message: "must be an http:// or https:// URL".into(),
+            });
+        }
+        if self.database.max_connections == 0 {
+            return Err(ConfigError::Invalid {
+                key: "database.max_connections",
+                message: "must be at least 1".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A configuration bound to its data directory: relative paths resolve against it.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub data_dir: PathBuf,
+    pub config: Config,
+}
+
+impl Settings {
+    pub fn load(data_dir: &Path) -> Result<Self, ConfigError> {
+        Ok(Self {
+            data_dir: data_dir.to_path_buf(),
+            config: Config::load(data_dir)?,
+        })
+    }
+
+    /// Resolves a configured path against the data directory.
+    pub fn path(&self, configured: &Path) -> PathBuf {
+        if configured.is_absolute() {
+            configured.to_path_buf()
+        } else {
+            self.data_dir.join(configured)
+        }
+    }
+
+    /// The database URL with a relative SQLite path resolved against the data directory.
+    pub fn database_url(&self) -> String {
+        resolve_sqlite_url(&self.config.database.url, &self.data_dir)
+    }
+
+    /// The SoftHSM2 configuration file, when one is configured (empty for a hardware HSM).
+    pub fn softhsm2_conf(&self) -> Option<PathBuf> {
+        let conf = &self.config.hsm.softhsm2_conf;
+        (!conf.as_os_str().is_empty()).then(|| self.path(conf))
+    }
+
+    pub fn operation_timeout(&self) -> Duration {
+        Duration::from_secs(self.config.hsm.operation_timeout_secs)
+    }
+
+    pub fn acquire_timeout(&self) -> Duration {
+        Duration::from_secs(self.config.hsm.acquire_timeout_secs)
+    }
+}
+
+fn resolve_sqlite_url(url: &str, data_dir: &Path) -> String {
+    let Some(rest) = url.strip_prefix("sqlite:") else {
+        return url.to_string();
+    };
+    let rest = rest.trim_start_matches("//");
+    let (path, query) = match rest.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (rest, None),
+    };
+    if path.is_empty() || path == ":memory:" || Path::new(path).is_absolute() {
+        return url.to_string();
+    }
+    let resolved = data_dir.join(path);
+    match query {
+        Some(q) => format!("sqlite://{}?{q}", resolved.display()),
+        None => format!("sqlite://{}", resolved.display()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn template_documents_exactly_the_defaults() {
+        let parsed = Config::parse(TEMPLATE, Path::new("template.toml")).expect("template parses");
+        assert_eq!(parsed, Config::default());
+    }
+
+    #[test]
+    fn every_key_of_the_template_is_commented() {
+        let mut previous_was_comment = false;
+        for line in TEMPLATE.lines() {
+            let trimmed = line.trim();
+            if trimmed.contains('=') && !trimmed.starts_with('#') {
+                assert!(previous_was_comment, "key without a comment: {trimmed}");
+            }
+            previous_was_comment = trimmed.starts_with('#');
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let err = Config::parse("[hsm]\npin = \"1234\"\n", Path::new("x.toml")).unwrap_err();
+        assert!(err.to_string().contains("unknown field"), "{err}");
+    }
+
+    #[test]
+    fn relative_sqlite_paths_resolve_against_the_data_dir() {
+        let dir = Path::new("/srv/smimegate");
+        assert_eq!(
+            resolve_sqlite_url("sqlite:smimegate.db", dir),
+            "sqlite:///srv/smimegate/smimegate.db"
+        );
+        assert_eq!(resolve_sqlite_url("sqlite:/abs.db", dir), "sqlite:/abs.db");
+        assert_eq!(
+            resolve_sqlite_url("postgres://u@h/db", dir),
+            "postgres://u@h/db"
+        );
+    }
+
+    #[test]
+    fn zero_sessions_are_refused() {
+        let err = Config::parse("[hsm]\nmax_sessions = 0\n", Path::new("x.toml")).unwrap_err();
+        assert!(err.to_string().contains("hsm.max_sessions"));
+    }
+}

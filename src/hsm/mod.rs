@@ -1,0 +1,290 @@
+//! The only module that talks to the PKCS#11 token (see docs/architecture.md).
+//!
+//! It loads the module named in the configuration, finds the token by label, logs in
+//! once, and lends pooled sessions to each operation. Its operations sign, recover
+//! content-encryption keys, generate and import keys and report health; none of them
+//! returns private key bytes, because the keys are created `CKA_SENSITIVE` and not
+//! `CKA_EXTRACTABLE` and no code here asks for their values.
+//!
+//! Every function on [`Hsm`] blocks; async callers go through [`Hsm::call`], which runs
+//! the work on the blocking pool under a timeout.
+
+mod bench;
+mod custody;
+mod error;
+mod health;
+mod keys;
+mod ops;
+mod pool;
+pub mod provision;
+mod signer;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::session::{Session, UserType};
+use cryptoki::slot::{Limit, Slot};
+use cryptoki::types::AuthPin;
+use secrecy::SecretString;
+
+pub use custody::{CustodyReport, Refusal};
+pub use error::{HsmError, Result};
+pub use health::{MechanismSupport, TokenHealth};
+pub use keys::{GeneratedKey, KeyAlgorithm, KeyId, KeyInfo, KeyRole};
+pub use ops::{KeyTransport, SignatureScheme};
+pub use pool::PoolUsage;
+pub use signer::{TokenSignature, TokenSigner};
+
+use error::poisons_session;
+use pool::SessionPool;
+
+/// How to reach the token. Built from the configuration by the caller.
+pub struct HsmConfig {
+    pub module: PathBuf,
+    pub token_label: String,
+    pub pin: SecretString,
+    pub max_sessions: usize,
+    pub operation_timeout: Duration,
+    pub acquire_timeout: Duration,
+}
+
+/// A logged-in token with a session pool. Cheap to clone.
+#[derive(Clone)]
+pub struct Hsm {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    module: PathBuf,
+    label: String,
+    slot: Slot,
+    ctx: Pkcs11,
+    pin: AuthPin,
+    pool: SessionPool,
+    operation_timeout: Duration,
+    acquire_timeout: Duration,
+}
+
+/// Key generation is slow on software tokens (RSA-3072 takes seconds): it gets at
+/// least this long whatever the per-operation timeout says.
+const KEYGEN_MIN_TIMEOUT: Duration = Duration::from_secs(120);
+
+impl Hsm {
+    /// Loads the module, finds the token, logs in and opens the first pooled session.
+    pub fn open(config: HsmConfig) -> Result<Hsm> {
+        let ctx = load_module(&config.module)?;
+        let slot = find_token(&ctx, &config.module, &config.token_label)?;
+        let info = ctx
+            .get_token_info(slot)
+            .map_err(|e| HsmError::token("get token info", e))?;
+        let token_limit = match info.max_rw_session_count() {
+            Limit::Max(n) if n > 0 => usize::try_from(n).unwrap_or(usize::MAX),
+            _ => usize::MAX,
+        };
+        let capacity = config.max_sessions.min(token_limit).max(1);
+        let pin = config.pin;
+        let first = ctx
+            .open_rw_session(slot)
+            .map_err(|e| HsmError::token("open session", e))?;
+        login(&first, &pin, &config.token_label)?;
+        tracing::info!(
+            module = %config.module.display(),
+            token = %config.token_label,
+            slot = slot.id(),
+            sessions = capacity,
+            "token opened"
+        );
+        Ok(Hsm {
+            inner: Arc::new(Inner {
+                module: config.module,
+                label: config.token_label,
+                slot,
+                pool: SessionPool::new(ctx.clone(), slot, capacity, first),
+                ctx,
+                pin,
+                operation_timeout: config.operation_timeout,
+                acquire_timeout: config.acquire_timeout,
+            }),
+        })
+    }
+
+    pub fn token_label(&self) -> &str {
+        &self.inner.label
+    }
+
+    pub fn pool_usage(&self) -> PoolUsage {
+        self.inner.pool.usage()
+    }
+
+    /// Runs `work` on the blocking thread pool, bounded by the operation timeout.
+    /// A timed-out operation keeps its session until the token returns; the caller
+    /// gets [`HsmError::Timeout`], which is transient.
+    pub async fn call<T, F>(&self, operation: &'static str, work: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Hsm) -> Result<T> + Send + 'static,
+    {
+        self.call_within(operation, self.inner.operation_timeout, work)
+            .await
+    }
+
+    /// Like [`Hsm::call`] with the longer key-generation timeout.
+    pub async fn call_keygen<T, F>(&self, work: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Hsm) -> Result<T> + Send + 'static,
+    {
+        let timeout = self.inner.operation_timeout.max(KEYGEN_MIN_TIMEOUT);
+        self.call_within("generate key pair", timeout, work).await
+    }
+
+    async fn call_within<T, F>(
+        &self,
+        operation: &'static str,
+        timeout: Duration,
+        work: F,
+    ) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Hsm) -> Result<T> + Send + 'static,
+    {
+        let hsm = self.clone();
+        let task = tokio::task::spawn_blocking(move || work(&hsm));
+        match tokio::time::timeout(timeout, task).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(join)) => Err(HsmError::Task(join.to_string())),
+            Err(_) => {
+                tracing::warn!(operation, seconds = timeout.as_secs(), "token operation timed out");
+                Err(HsmError::Timeout {
+                    operation,
+                    seconds: timeout.as_secs(),
+                })
+            }
+        }
+    }
+
+    /// Borrows a session for `work`. A session that failed at the session level is
+    /// closed and the work retried once on another; a lost login is restored once.
+    pub(crate) fn with_session<T>(
+        &self,
+        work: impl Fn(&Session) -> Result<T>,
+    ) -> Result<T> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut session = self.inner.pool.acquire(self.inner.acquire_timeout)?;
+            let err = match work(&session) {
+                Ok(value) => return Ok(value),
+                Err(err) => err,
+            };
+            let Some(rv) = err.rv() else { return Err(err) };
+            if poisons_session(rv) {
+                session.mark_broken();
+            }
+            if attempt > 1 {
+                return Err(err);
+            }
+            if rv == RvError::UserNotLoggedIn {
+                tracing::warn!("token login lost; logging in again");
+                login(&session, &self.inner.pin, &self.inner.label)?;
+            } else if !poisons_session(rv) {
+                return Err(err);
+            }
+        }
+    }
+}
+
+fn load_module(path: &Path) -> Result<Pkcs11> {
+    if !path.exists() {
+        return Err(HsmError::ModuleLoad {
+            path: path.to_path_buf(),
+            reason: "file not found".into(),
+        });
+    }
+    let ctx = Pkcs11::new(path).map_err(|e| HsmError::ModuleLoad {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+        Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => Ok(ctx),
+        Err(e) => Err(HsmError::ModuleLoad {
+            path: path.to_path_buf(),
+            reason: format!("C_Initialize failed: {}", describe(&e)),
+        }),
+    }
+}
+
+fn find_token(ctx: &Pkcs11, module: &Path, label: &str) -> Result<Slot> {
+    let slots = ctx
+        .get_slots_with_initialized_token()
+        .map_err(|e| HsmError::token("list slots", e))?;
+    let mut present = Vec::new();
+    for slot in slots {
+        let info = ctx
+            .get_token_info(slot)
+            .map_err(|e| HsmError::token("get token info", e))?;
+        if info.label().trim_end() == label {
+            return Ok(slot);
+        }
+        present.push(format!("'{}'", info.label().trim_end()));
+    }
+    Err(HsmError::TokenNotFound {
+        label: label.to_string(),
+        module: module.to_path_buf(),
+        present: if present.is_empty() {
+            "none".into()
+        } else {
+            present.join(", ")
+        },
+    })
+}
+
+fn login(session: &Session, pin: &AuthPin, label: &str) -> Result<()> {
+    match session.login(UserType::User, Some(pin)) {
+        Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(()),
+        Err(CkError::Pkcs11(RvError::PinIncorrect | RvError::PinInvalid | RvError::PinLenRange, _)) => {
+            Err(HsmError::WrongPin {
+                label: label.to_string(),
+            })
+        }
+        Err(CkError::Pkcs11(RvError::PinLocked, _)) => Err(HsmError::PinLocked {
+            label: label.to_string(),
+        }),
+        Err(e) => Err(HsmError::token("login", e)),
+    }
+}
+
+/// `CKR_ATTRIBUTE_SENSITIVE` style name of a return value, for messages and reports.
+pub fn ckr_name(rv: RvError) -> String {
+    let debug = format!("{rv:?}");
+    let mut name = String::from("CKR");
+    for ch in debug.chars() {
+        if ch.is_ascii_uppercase() {
+            name.push('_');
+        }
+        name.push(ch.to_ascii_uppercase());
+    }
+    name
+}
+
+fn describe(err: &CkError) -> String {
+    match err {
+        CkError::Pkcs11(rv, _) => ckr_name(*rv),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn return_values_get_their_specification_names() {
+        assert_eq!(ckr_name(RvError::AttributeSensitive), "CKR_ATTRIBUTE_SENSITIVE");
+        assert_eq!(ckr_name(RvError::KeyUnextractable), "CKR_KEY_UNEXTRACTABLE");
+        assert_eq!(ckr_name(RvError::AttributeReadOnly), "CKR_ATTRIBUTE_READ_ONLY");
+    }
+}

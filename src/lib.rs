@@ -1,0 +1,12 @@
+//! smimegate: an on-premises S/MIME gateway whose private keys never leave a PKCS#11
+//! token. See docs/architecture.md for the modules and who may call whom.
+#![deny(unsafe_code)]
+
+pub mod admin;
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod hsm;
+pub mod pki;
+pub mod setup;
+pub mod store;

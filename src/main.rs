@@ -1,0 +1,75 @@
+//! Wiring only: parse the command line, load the configuration, export the SoftHSM2
+//! configuration while the process is still single-threaded, start the runtime, run.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use smimegate::cli::{self, Cli, Command};
+use smimegate::config::Settings;
+use smimegate::hsm::provision::export_softhsm2_conf;
+use smimegate::setup;
+
+fn main() -> ExitCode {
+    let args = Cli::parse();
+    let loaded = match &args.command {
+        Command::Init => setup::prepare_data_dir(&args.data_dir).map_err(anyhow::Error::from),
+        _ => Settings::load(&args.data_dir)
+            .map(|s| (s, Vec::new()))
+            .map_err(anyhow::Error::from),
+    };
+    let (settings, changes) = match loaded {
+        Ok(loaded) => loaded,
+        Err(e) => return fail(&e),
+    };
+    init_tracing(&settings, matches!(args.command, Command::Serve(_)));
+    if let Some(conf) = settings.softhsm2_conf() {
+        #[allow(unsafe_code)]
+        // SAFETY: no other thread exists yet; the runtime is built below.
+        unsafe {
+            export_softhsm2_conf(&conf)
+        };
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => return fail(&anyhow::Error::from(e)),
+    };
+    match runtime.block_on(cli::run(args.command, settings, changes)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e),
+    }
+}
+
+/// One line on stderr, no backtrace.
+fn fail(err: &anyhow::Error) -> ExitCode {
+    let mut line = err.to_string();
+    for cause in err.chain().skip(1) {
+        let cause = cause.to_string();
+        if !line.contains(&cause) {
+            line.push_str(": ");
+            line.push_str(&cause);
+        }
+    }
+    eprintln!("smimegate: error: {}", line.replace('\n', " "));
+    ExitCode::FAILURE
+}
+
+/// The service logs at the configured level; one-shot commands only warn, so their
+/// output stays readable. RUST_LOG overrides both.
+fn init_tracing(settings: &Settings, service: bool) {
+    use tracing_subscriber::EnvFilter;
+    let configured = if service { settings.config.log.filter.as_str() } else { "warn" };
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(configured))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    // cryptoki logs every vendor mechanism it has no name for as an error.
+    let filter = match "cryptoki::mechanism=off".parse() {
+        Ok(directive) => filter.add_directive(directive),
+        Err(_) => filter,
+    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if settings.config.log.json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

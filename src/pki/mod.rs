@@ -1,0 +1,3 @@
+pub mod address;
+pub mod ca;
+pub mod profile;

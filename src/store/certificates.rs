@@ -1,0 +1,193 @@
+//! Certificates: our CA's, the ones it issued, uploaded and harvested ones, trust
+//! anchors. Public data only.
+
+use der::Encode;
+use sha2::Digest;
+use sqlx::{AnyPool, AssertSqlSafe, Row};
+use x509_cert::certificate::Certificate;
+
+use super::{db, now, query_error, Result, StoreError};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CertificateSource {
+    Ca,
+    Issued,
+    Uploaded,
+    Harvested,
+    TrustAnchor,
+}
+
+impl CertificateSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CertificateSource::Ca => "ca",
+            CertificateSource::Issued => "issued",
+            CertificateSource::Uploaded => "uploaded",
+            CertificateSource::Harvested => "harvested",
+            CertificateSource::TrustAnchor => "trust-anchor",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "ca" => Some(CertificateSource::Ca),
+            "issued" => Some(CertificateSource::Issued),
+            "uploaded" => Some(CertificateSource::Uploaded),
+            "harvested" => Some(CertificateSource::Harvested),
+            "trust-anchor" => Some(CertificateSource::TrustAnchor),
+            _ => None,
+        }
+    }
+}
+
+/// The searchable facts of a certificate, derived from its DER.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CertificateRecord {
+    #[serde(skip)]
+    pub der: Vec<u8>,
+    pub subject: String,
+    pub issuer: String,
+    pub serial: String,
+    pub not_before: i64,
+    pub not_after: i64,
+    pub fingerprint_sha256: String,
+}
+
+impl CertificateRecord {
+    pub fn from_certificate(cert: &Certificate) -> Result<Self> {
+        let der = cert
+            .to_der()
+            .map_err(|e| StoreError::Corrupt(format!("certificate does not encode: {e}")))?;
+        let tbs = cert.tbs_certificate();
+        let unix = |t: &x509_cert::time::Time| {
+            t.to_unix_duration().as_secs().try_into().unwrap_or(i64::MAX)
+        };
+        Ok(CertificateRecord {
+            fingerprint_sha256: hex::encode(sha2::Sha256::digest(&der)),
+            subject: tbs.subject().to_string(),
+            issuer: tbs.issuer().to_string(),
+            serial: hex::encode(tbs.serial_number().as_bytes()),
+            not_before: unix(&tbs.validity().not_before),
+            not_after: unix(&tbs.validity().not_after),
+            der,
+        })
+    }
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StoredCertificate {
+    pub id: i64,
+    #[serde(flatten)]
+    pub record: CertificateRecord,
+    pub source: CertificateSource,
+    pub owner_address: Option<String>,
+    pub key_id: Option<i64>,
+    pub revoked_at: Option<i64>,
+    pub created_at: i64,
+}
+
+pub struct Certificates<'a> {
+    pub(super) pool: &'a AnyPool,
+}
+
+const COLUMNS: &str = "id, der, subject, issuer, serial, not_before, not_after, fingerprint_sha256, source, \
+                       owner_address, key_id, revoked_at, created_at";
+
+fn row_to_certificate(row: &sqlx::any::AnyRow) -> Result<StoredCertificate> {
+    let read = db("reading certificate");
+    let source: String = row.try_get("source").map_err(&read)?;
+    Ok(StoredCertificate {
+        id: row.try_get("id").map_err(&read)?,
+        record: CertificateRecord {
+            der: row.try_get("der").map_err(&read)?,
+            subject: row.try_get("subject").map_err(&read)?,
+            issuer: row.try_get("issuer").map_err(&read)?,
+            serial: row.try_get("serial").map_err(&read)?,
+            not_before: row.try_get("not_before").map_err(&read)?,
+            not_after: row.try_get("not_after").map_err(&read)?,
+            fingerprint_sha256: row.try_get("fingerprint_sha256").map_err(&read)?,
+        },
+        source: CertificateSource::parse(&source)
+            .ok_or_else(|| StoreError::Corrupt(format!("unknown certificate source '{source}'")))?,
+        owner_address: row.try_get("owner_address").map_err(&read)?,
+        key_id: row.try_get("key_id").map_err(&read)?,
+        revoked_at: row.try_get("revoked_at").map_err(&read)?,
+        created_at: row.try_get("created_at").map_err(&read)?,
+    })
+}
+
+impl Certificates<'_> {
+    pub async fn insert(
+        &self,
+        cert: &Certificate,
+        source: CertificateSource,
+        owner_address: Option<&str>,
+        key_id: Option<i64>,
+    ) -> Result<StoredCertificate> {
+        let record = CertificateRecord::from_certificate(cert)?;
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO certificates (der, subject, issuer, serial, not_before, not_after, fingerprint_sha256, \
+             source, owner_address, key_id, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+             RETURNING {COLUMNS}"
+        )))
+        .bind(record.der.clone())
+        .bind(record.subject.clone())
+        .bind(record.issuer.clone())
+        .bind(record.serial.clone())
+        .bind(record.not_before)
+        .bind(record.not_after)
+        .bind(record.fingerprint_sha256.clone())
+        .bind(source.as_str())
+        .bind(owner_address)
+        .bind(key_id)
+        .bind(now())
+        .fetch_one(self.pool)
+        .await
+        .map_err(query_error("storing certificate", || {
+            format!("certificate {}", record.fingerprint_sha256)
+        }))?;
+        row_to_certificate(&row)
+    }
+
+    /// The certificate of the CA key `key_id`.
+    pub async fn for_key(&self, key_id: i64) -> Result<Option<StoredCertificate>> {
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM certificates WHERE key_id = $1 ORDER BY not_after DESC, id DESC LIMIT 1"
+        )))
+        .bind(key_id)
+        .fetch_optional(self.pool)
+        .await
+        .map_err(db("reading certificate"))?;
+        row.as_ref().map(row_to_certificate).transpose()
+    }
+
+    /// Every certificate naming `address` as owner, newest first.
+    pub async fn for_owner(&self, address: &str) -> Result<Vec<StoredCertificate>> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM certificates WHERE owner_address = $1 ORDER BY not_after DESC, id DESC"
+        )))
+        .bind(address)
+        .fetch_all(self.pool)
+        .await
+        .map_err(db("listing certificates"))?;
+        rows.iter().map(row_to_certificate).collect()
+    }
+
+    /// The newest unrevoked certificate of `source` for `address` that is valid now.
+    pub async fn current(&self, address: &str, source: CertificateSource) -> Result<Option<StoredCertificate>> {
+        let at = now();
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM certificates WHERE owner_address = $1 AND source = $2 \
+             AND revoked_at IS NULL AND not_before <= $3 AND not_after > $3 \
+             ORDER BY not_after DESC, id DESC LIMIT 1"
+        )))
+        .bind(address)
+        .bind(source.as_str())
+        .bind(at)
+        .fetch_optional(self.pool)
+        .await
+        .map_err(db("reading certificate"))?;
+        row.as_ref().map(row_to_certificate).transpose()
+    }
+}

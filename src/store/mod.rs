@@ -1,0 +1,206 @@
+//! The database, through sqlx: SQLite file as the embedded default, PostgreSQL when the
+//! URL says so. One repository per aggregate; each borrows the pool. Queries are plain
+//! SQL with `$n` placeholders, which both backends accept, so one text serves both.
+
+mod audit;
+mod certificates;
+mod domains;
+mod keys;
+mod mailboxes;
+
+use std::time::Duration;
+
+use sqlx::any::{AnyPoolOptions, install_default_drivers};
+use sqlx::AnyPool;
+
+pub use audit::{AuditEntry, AuditLog};
+pub use certificates::{CertificateRecord, CertificateSource, Certificates, StoredCertificate};
+pub use domains::{DomainRow, Domains};
+pub use keys::{KeyPurpose, KeyRow, Keys};
+pub use mailboxes::{MailboxRow, MailboxState, Mailboxes};
+
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    #[error("database URL '{0}' is neither sqlite: nor postgres://")]
+    UnsupportedUrl(String),
+    #[error("cannot reach database {url}: {source}")]
+    Connect { url: String, source: sqlx::Error },
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("database error while {operation}: {source}")]
+    Query {
+        operation: &'static str,
+        source: sqlx::Error,
+    },
+    #[error("{0} already exists")]
+    Conflict(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Refused(String),
+    #[error("stored data is inconsistent: {0}")]
+    Corrupt(String),
+}
+
+impl StoreError {
+    /// True when a retry later may succeed (the database is unreachable or busy).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Connect { .. } => true,
+            StoreError::Query { source, .. } => matches!(
+                source,
+                sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Tls(_)
+            ),
+            _ => false,
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// Maps a query error, turning unique violations into [`StoreError::Conflict`].
+pub(crate) fn query_error(operation: &'static str, what: impl FnOnce() -> String) -> impl FnOnce(sqlx::Error) -> StoreError {
+    move |source| match &source {
+        sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict(what()),
+        _ => StoreError::Query { operation, source },
+    }
+}
+
+/// Maps any query error to [`StoreError::Query`] naming what was being done.
+pub(crate) fn db(operation: &'static str) -> impl Fn(sqlx::Error) -> StoreError {
+    move |source| StoreError::Query { operation, source }
+}
+
+pub(crate) fn now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+impl Store {
+    /// Connects (creating a SQLite file if missing) and applies pending migrations.
+    pub async fn connect(url: &str, max_connections: u32, timeout: Duration) -> Result<Store> {
+        install_default_drivers();
+        let (backend, url_to_use) = if url.starts_with("sqlite:") {
+            let with_mode = if url.contains("mode=") {
+                url.to_string()
+            } else if url.contains('?') {
+                format!("{url}&mode=rwc")
+            } else {
+                format!("{url}?mode=rwc")
+            };
+            (Backend::Sqlite, with_mode)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            (Backend::Postgres, url.to_string())
+        } else {
+            return Err(StoreError::UnsupportedUrl(redact(url)));
+        };
+        // SQLite serialises writers; one connection avoids "database is locked" under load.
+        let max = if backend == Backend::Sqlite { 1 } else { max_connections };
+        let pool = AnyPoolOptions::new()
+            .max_connections(max)
+            .acquire_timeout(timeout)
+            .connect(&url_to_use)
+            .await
+            .map_err(|source| StoreError::Connect {
+                url: redact(url),
+                source,
+            })?;
+        let store = Store { pool, backend };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        match self.backend {
+            Backend::Sqlite => SQLITE_MIGRATIONS.run(&self.pool).await?,
+            Backend::Postgres => POSTGRES_MIGRATIONS.run(&self.pool).await?,
+        }
+        Ok(())
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// A cheap round trip, for health checks.
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
+            .map_err(|source| StoreError::Query {
+                operation: "ping",
+                source,
+            })
+    }
+
+    pub fn domains(&self) -> Domains<'_> {
+        Domains { pool: &self.pool }
+    }
+
+    pub fn mailboxes(&self) -> Mailboxes<'_> {
+        Mailboxes { pool: &self.pool }
+    }
+
+    pub fn keys(&self) -> Keys<'_> {
+        Keys { pool: &self.pool }
+    }
+
+    pub fn certificates(&self) -> Certificates<'_> {
+        Certificates { pool: &self.pool }
+    }
+
+    pub fn audit(&self) -> AuditLog<'_> {
+        AuditLog { pool: &self.pool }
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// The URL without its password, for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let creds = &url[scheme_end + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(redact("postgres://u:secret@h/db"), "postgres://u:***@h/db");
+        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact("sqlite:x.db"), "sqlite:x.db");
+    }
+}
