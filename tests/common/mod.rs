@@ -1,0 +1,188 @@
+//! Shared fixtures: a throwaway SoftHSM2 token per test process, databases (SQLite file
+//! and PostgreSQL), the smimegate binary on a fresh data directory, and openssl.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use secrecy::SecretString;
+use smimegate::hsm::provision::{self, TokenInit};
+use smimegate::hsm::{Hsm, HsmConfig};
+use smimegate::store::Store;
+
+pub const SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+pub const LABEL: &str = "smimegate-test";
+
+pub struct TestToken {
+    pub dir: tempfile::TempDir,
+    pub user_pin: String,
+    pub hsm: Hsm,
+}
+
+/// The module under test: `SMIMEGATE_TEST_PKCS11_MODULE`, else Debian's SoftHSM2.
+pub fn module() -> PathBuf {
+    std::env::var_os("SMIMEGATE_TEST_PKCS11_MODULE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(SOFTHSM_MODULE))
+}
+
+/// This process's token: created on first use in a temporary directory, with random
+/// PINs. Each test process (nextest runs one per test) gets its own.
+pub fn token() -> &'static TestToken {
+    static TOKEN: OnceLock<TestToken> = OnceLock::new();
+    TOKEN.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let token_dir = dir.path().join("tokens");
+        std::fs::create_dir(&token_dir).expect("token dir");
+        let conf = dir.path().join("softhsm2.conf");
+        std::fs::write(&conf, provision::softhsm2_conf_text(&token_dir)).expect("softhsm2.conf");
+        // SAFETY: runs once, before this process loads the module; the test harness
+        // threads do not touch the environment.
+        unsafe { provision::export_softhsm2_conf(&conf) };
+        let user_pin = format!("user-{}", std::process::id());
+        let so_pin = SecretString::from(format!("so-{}", std::process::id()));
+        let outcome = provision::init_token(&module(), LABEL, &so_pin, &SecretString::from(user_pin.clone()))
+            .expect("initialise test token");
+        assert_eq!(outcome, TokenInit::Created);
+        let hsm = open_hsm(&user_pin, 8);
+        TestToken { dir, user_pin, hsm }
+    })
+}
+
+/// Another handle on this process's token with its own session pool.
+pub fn hsm_with_sessions(max_sessions: usize) -> Hsm {
+    let token = token();
+    open_hsm(&token.user_pin, max_sessions)
+}
+
+fn open_hsm(pin: &str, max_sessions: usize) -> Hsm {
+    Hsm::open(HsmConfig {
+        module: module(),
+        token_label: LABEL.into(),
+        pin: SecretString::from(pin.to_string()),
+        max_sessions,
+        operation_timeout: Duration::from_secs(30),
+        acquire_timeout: Duration::from_secs(30),
+    })
+    .expect("open test token")
+}
+
+/// A fresh SQLite database in a temporary directory.
+pub async fn sqlite_store() -> (Store, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}", dir.path().join("test.db").display());
+    let store = Store::connect(&url, 4, Duration::from_secs(10))
+        .await
+        .expect("SQLite store");
+    (store, dir)
+}
+
+/// The PostgreSQL server for tests: `TEST_DATABASE_URL`, else the local one CI has.
+pub fn postgres_base_url() -> String {
+    std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// A fresh PostgreSQL database of its own, dropped by [`PgDatabase::drop_database`].
+pub struct PgDatabase {
+    pub store: Store,
+    name: String,
+    admin_url: String,
+}
+
+pub async fn postgres_store() -> PgDatabase {
+    use sqlx::Connection;
+    let admin_url = postgres_base_url();
+    let mut admin = sqlx::PgConnection::connect(&admin_url).await.unwrap_or_else(|e| {
+        panic!(
+            "PostgreSQL at {admin_url} is required for the store suite (set TEST_DATABASE_URL, \
+             or run ./scripts/test, which starts one): {e}"
+        )
+    });
+    let mut suffix = [0u8; 6];
+    getrandom::fill(&mut suffix).expect("random");
+    let name = format!("smimegate_test_{}", hex::encode(suffix));
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut admin)
+        .await
+        .expect("create test database");
+    admin.close().await.ok();
+    let url = replace_database(&admin_url, &name);
+    let store = Store::connect(&url, 4, Duration::from_secs(10))
+        .await
+        .expect("PostgreSQL store");
+    PgDatabase { store, name, admin_url }
+}
+
+impl PgDatabase {
+    pub async fn drop_database(self) {
+        use sqlx::Connection;
+        self.store.close().await;
+        if let Ok(mut admin) = sqlx::PgConnection::connect(&self.admin_url).await {
+            let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {}", self.name)))
+                .execute(&mut admin)
+                .await;
+        }
+    }
+}
+
+fn replace_database(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
+    let host_end = base[scheme_end..].find('/').map(|i| i + scheme_end).unwrap_or(base.len());
+    let mut out = format!("{}/{}", &base[..host_end], name);
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    out
+}
+
+/// Runs the smimegate binary.
+pub fn smimegate(data_dir: &Path, args: &[&str]) -> Output {
+    smimegate_env(data_dir, args, &[])
+}
+
+pub fn smimegate_env(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_smimegate"));
+    cmd.arg("--data-dir").arg(data_dir).args(args);
+    cmd.env_remove("SMIMEGATE_HSM_PIN").env_remove("RUST_LOG");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run smimegate")
+}
+
+/// Runs smimegate and insists on success; returns stdout.
+pub fn smimegate_ok(data_dir: &Path, args: &[&str]) -> String {
+    let out = smimegate(data_dir, args);
+    assert!(
+        out.status.success(),
+        "smimegate {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs a program; returns (success, stdout, stderr).
+pub fn run(program: &str, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program} (run ./scripts/test, which installs it): {e}"));
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+pub fn run_ok(program: &str, args: &[&str]) -> String {
+    let (ok, stdout, stderr) = run(program, args);
+    assert!(ok, "{program} {args:?} failed: {stderr}{stdout}");
+    stdout
+}

@@ -1,0 +1,385 @@
+//! The token layer against a real SoftHSM2 token: custody of every key kind, signatures
+//! checked by openssl, content keys made by openssl recovered in the token, ECDH, key
+//! import, and the session pool under concurrency.
+
+mod common;
+
+use std::path::Path;
+
+use der::{Decode, Encode, EncodePem};
+use smimegate::hsm::{GeneratedKey, HsmError, KeyAlgorithm, KeyRole, KeyTransport, Refusal, SignatureScheme};
+use smimegate::pki::address::Address;
+use smimegate::pki::ca::{self, CaIdentity};
+use zeroize::Zeroizing;
+
+use common::{run, run_ok, token};
+
+fn generate(algorithm: KeyAlgorithm, role: KeyRole, label: &str) -> GeneratedKey {
+    token()
+        .hsm
+        .generate_key_pair(algorithm, role, label)
+        .expect("generate key pair")
+}
+
+fn test_ca() -> CaIdentity {
+    let key = generate(KeyAlgorithm::Rsa3072, KeyRole::CertificateAuthority, "test CA");
+    let cert = ca::create_ca_certificate(&token().hsm, &key, "CN=Test CA,O=smimegate tests", 30).expect("CA certificate");
+    CaIdentity {
+        key_id: key.id,
+        algorithm: key.algorithm,
+        certificate: cert,
+    }
+}
+
+fn write_pem(dir: &Path, name: &str, cert: &x509_cert::Certificate) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, cert.to_pem(der::pem::LineEnding::LF).expect("PEM")).expect("write PEM");
+    path.display().to_string()
+}
+
+fn assert_generated_in_token(key: &GeneratedKey) {
+    let report = token().hsm.custody_report(&key.id).expect("custody report");
+    assert!(report.token && report.private, "{report:?}");
+    assert!(report.sensitive, "CKA_SENSITIVE: {report:?}");
+    assert!(report.always_sensitive, "CKA_ALWAYS_SENSITIVE: {report:?}");
+    assert!(!report.extractable, "CKA_EXTRACTABLE: {report:?}");
+    assert!(report.never_extractable, "CKA_NEVER_EXTRACTABLE: {report:?}");
+    assert_eq!(report.read_secret, Refusal::Refused("CKR_ATTRIBUTE_SENSITIVE".into()));
+    assert_eq!(report.wrap, Refusal::Refused("CKR_KEY_UNEXTRACTABLE".into()));
+    assert_eq!(report.set_extractable, Refusal::Refused("CKR_ATTRIBUTE_READ_ONLY".into()));
+    assert_eq!(report.clear_sensitive, Refusal::Refused("CKR_ATTRIBUTE_READ_ONLY".into()));
+    assert!(report.generated_in_token());
+}
+
+#[test]
+fn every_generated_key_kind_stays_in_the_token() {
+    for (algorithm, role) in [
+        (KeyAlgorithm::Rsa3072, KeyRole::CertificateAuthority),
+        (KeyAlgorithm::P256, KeyRole::CertificateAuthority),
+        (KeyAlgorithm::Rsa2048, KeyRole::Mailbox),
+        (KeyAlgorithm::Rsa3072, KeyRole::Mailbox),
+        (KeyAlgorithm::P256, KeyRole::Mailbox),
+    ] {
+        let key = generate(algorithm, role, &format!("custody {algorithm} {role:?}"));
+        assert_generated_in_token(&key);
+        let info = token().hsm.find_key(&key.id).expect("find").expect("key present");
+        assert_eq!(info.algorithm, Some(algorithm));
+    }
+}
+
+#[test]
+fn key_id_is_the_subject_key_identifier_of_the_certificate() {
+    let ca = test_ca();
+    let key = generate(KeyAlgorithm::Rsa2048, KeyRole::Mailbox, "ski");
+    let address = Address::parse("ski@corp.example").expect("address");
+    let cert = ca::issue_mailbox_certificate(&token().hsm, &ca, &address, &key, 365, "http://crl.example/ca.crl")
+        .expect("issue");
+    let (_, ski) = cert
+        .tbs_certificate()
+        .get_extension::<x509_cert::ext::pkix::SubjectKeyIdentifier>()
+        .expect("parse")
+        .expect("SKI present");
+    assert_eq!(ski.0.as_bytes(), key.id.as_bytes());
+}
+
+#[test]
+fn signatures_made_in_the_token_verify_with_openssl_from_the_certificate_alone() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ca = test_ca();
+    let data_path = dir.path().join("data");
+    let data = b"Message to be signed by the token.\r\n".repeat(50);
+    std::fs::write(&data_path, &data).expect("write data");
+    let cases = [
+        (KeyAlgorithm::Rsa2048, SignatureScheme::RsaPkcs1Sha256, "sha256", vec![]),
+        (KeyAlgorithm::Rsa2048, SignatureScheme::RsaPkcs1Sha384, "sha384", vec![]),
+        (KeyAlgorithm::Rsa3072, SignatureScheme::RsaPkcs1Sha512, "sha512", vec![]),
+        (
+            KeyAlgorithm::Rsa2048,
+            SignatureScheme::RsaPssSha256,
+            "sha256",
+            vec!["-sigopt", "rsa_padding_mode:pss", "-sigopt", "rsa_pss_saltlen:32"],
+        ),
+        (
+            KeyAlgorithm::Rsa2048,
+            SignatureScheme::RsaPssSha512,
+            "sha512",
+            vec!["-sigopt", "rsa_padding_mode:pss", "-sigopt", "rsa_pss_saltlen:64"],
+        ),
+        (KeyAlgorithm::P256, SignatureScheme::EcdsaSha256, "sha256", vec![]),
+        (KeyAlgorithm::P256, SignatureScheme::EcdsaSha384, "sha384", vec![]),
+    ];
+    for (i, (algorithm, scheme, digest, extra)) in cases.into_iter().enumerate() {
+        let key = generate(algorithm, KeyRole::Mailbox, &format!("sig {i}"));
+        let address = Address::parse(&format!("signer{i}@corp.example")).expect("address");
+        let cert = ca::issue_mailbox_certificate(&token().hsm, &ca, &address, &key, 365, "http://crl.example/ca.crl")
+            .expect("issue");
+        let cert_path = write_pem(dir.path(), &format!("cert{i}.pem"), &cert);
+        let pub_path = dir.path().join(format!("pub{i}.pem")).display().to_string();
+        run_ok("openssl", &["x509", "-in", &cert_path, "-pubkey", "-noout", "-out", &pub_path]);
+        let signature = token().hsm.sign(&key.id, scheme, &data).expect("sign");
+        let sig_path = dir.path().join(format!("sig{i}")).display().to_string();
+        std::fs::write(&sig_path, &signature).expect("write signature");
+        let digest_flag = format!("-{digest}");
+        let data_arg = data_path.display().to_string();
+        let mut args = vec!["dgst", digest_flag.as_str(), "-verify", &pub_path, "-signature", &sig_path];
+        args.extend(extra.iter().copied());
+        args.push(&data_arg);
+        let (ok, stdout, stderr) = run("openssl", &args);
+        assert!(ok && stdout.contains("Verified OK"), "{scheme:?}: {stdout}{stderr}");
+
+        // A changed message must not verify: the check above is not vacuous.
+        let tampered = dir.path().join(format!("tampered{i}"));
+        let mut bad = data.clone();
+        bad[0] ^= 1;
+        std::fs::write(&tampered, bad).expect("write");
+        let tampered_arg = tampered.display().to_string();
+        let last = args.len() - 1;
+        args[last] = &tampered_arg;
+        let (ok, _, _) = run("openssl", &args);
+        assert!(!ok, "{scheme:?}: tampered data verified");
+    }
+}
+
+#[test]
+fn ca_and_mailbox_certificates_pass_openssl_smime_checks() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ca = test_ca();
+    let ca_path = write_pem(dir.path(), "ca.pem", &ca.certificate);
+    for (algorithm, usage) in [
+        (KeyAlgorithm::Rsa2048, "Digital Signature, Key Encipherment"),
+        (KeyAlgorithm::P256, "Digital Signature, Key Agreement"),
+    ] {
+        let key = generate(algorithm, KeyRole::Mailbox, "profile");
+        let address = Address::parse(&format!("{algorithm}@corp.example")).expect("address");
+        let cert = ca::issue_mailbox_certificate(&token().hsm, &ca, &address, &key, 365, "http://crl.example/ca.crl")
+            .expect("issue");
+        let path = write_pem(dir.path(), &format!("{algorithm}.pem"), &cert);
+        let out = run_ok("openssl", &["verify", "-purpose", "smimesign", "-CAfile", &ca_path, &path]);
+        assert!(out.contains(": OK"), "{out}");
+        let text = run_ok("openssl", &["x509", "-in", &path, "-noout", "-text"]);
+        assert!(text.contains("E-mail Protection"), "{text}");
+        assert!(!text.contains("TLS Web"), "{text}");
+        assert!(text.contains(usage), "{algorithm}: {text}");
+        assert!(text.contains(&format!("email:{address}")), "{text}");
+        assert!(text.contains("URI:http://crl.example/ca.crl"), "{text}");
+        assert!(text.contains("2.23.140.1.5.1.3"), "{text}");
+    }
+}
+
+/// Parses openssl's EnvelopedData: (encrypted key, IV, encrypted content).
+fn enveloped_parts(der_bytes: &[u8]) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+    let ci = cms::content_info::ContentInfo::from_der(der_bytes).expect("ContentInfo");
+    let env: cms::enveloped_data::EnvelopedData = ci.content.decode_as().expect("EnvelopedData");
+    let ri = env.recip_infos.0.iter().next().expect("one recipient").clone();
+    let cms::enveloped_data::RecipientInfo::Ktri(ktri) = ri else {
+        panic!("expected KeyTransRecipientInfo")
+    };
+    let iv: der::asn1::OctetString = env
+        .encrypted_content
+        .content_enc_alg
+        .parameters
+        .expect("IV")
+        .decode_as()
+        .expect("IV octets");
+    (
+        ktri.enc_key.as_bytes().to_vec(),
+        iv.as_bytes().to_vec(),
+        env.encrypted_content.encrypted_content.expect("content").as_bytes().to_vec(),
+    )
+}
+
+#[test]
+fn content_keys_encrypted_by_openssl_cms_are_recovered_in_the_token() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ca = test_ca();
+    let key = generate(KeyAlgorithm::Rsa2048, KeyRole::Mailbox, "recipient");
+    let address = Address::parse("recipient@corp.example").expect("address");
+    let cert = ca::issue_mailbox_certificate(&token().hsm, &ca, &address, &key, 365, "http://crl.example/ca.crl")
+        .expect("issue");
+    let cert_path = write_pem(dir.path(), "recipient.pem", &cert);
+    let plain_path = dir.path().join("plain").display().to_string();
+    let plaintext = b"Content-Type: text/plain\r\n\r\nconfidential\r\n".repeat(20);
+    std::fs::write(&plain_path, &plaintext).expect("write");
+
+    for (padding, transport) in [
+        (None, KeyTransport::RsaPkcs1v15),
+        (Some("rsa_padding_mode:oaep"), KeyTransport::RsaOaepSha1),
+    ] {
+        let out_path = dir.path().join("enveloped.der").display().to_string();
+        let mut args = vec![
+            "cms", "-encrypt", "-binary", "-aes256", "-outform", "DER", "-in", &plain_path, "-out", &out_path,
+            "-recip", &cert_path,
+        ];
+        if let Some(p) = padding {
+            args.extend(["-keyopt", p]);
+        }
+        run_ok("openssl", &args);
+        let (encrypted_key, iv, content) = enveloped_parts(&std::fs::read(&out_path).expect("read"));
+        let cek = token()
+            .hsm
+            .decrypt_key_transport(&key.id, transport, &encrypted_key)
+            .expect("recover content key");
+        assert_eq!(cek.len(), 32, "{transport:?}");
+        // The recovered key opens the content: decrypt it with openssl enc.
+        let ct_path = dir.path().join("content.bin").display().to_string();
+        std::fs::write(&ct_path, &content).expect("write");
+        let out = std::process::Command::new("openssl")
+            .args(["enc", "-d", "-aes-256-cbc", "-K", &hex::encode(&*cek), "-iv", &hex::encode(&iv), "-in", &ct_path])
+            .output()
+            .expect("openssl enc");
+        assert!(out.status.success(), "{transport:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(out.stdout, plaintext, "{transport:?}");
+
+        // The wrong mechanism does not yield this key.
+        let wrong = if transport == KeyTransport::RsaPkcs1v15 {
+            KeyTransport::RsaOaepSha1
+        } else {
+            KeyTransport::RsaPkcs1v15
+        };
+        let other = token().hsm.decrypt_key_transport(&key.id, wrong, &encrypted_key);
+        assert!(other.map(|k| *k != *cek).unwrap_or(true));
+    }
+}
+
+#[test]
+fn oaep_with_sha256_is_recovered_or_refused_clearly() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ca = test_ca();
+    let key = generate(KeyAlgorithm::Rsa2048, KeyRole::Mailbox, "oaep256");
+    let address = Address::parse("oaep256@corp.example").expect("address");
+    let cert = ca::issue_mailbox_certificate(&token().hsm, &ca, &address, &key, 365, "http://crl.example/ca.crl")
+        .expect("issue");
+    let cert_path = write_pem(dir.path(), "c.pem", &cert);
+    let secret = [0x42u8; 32];
+    let in_path = dir.path().join("k").display().to_string();
+    let out_path = dir.path().join("k.enc").display().to_string();
+    std::fs::write(&in_path, secret).expect("write");
+    run_ok(
+        "openssl",
+        &[
+            "pkeyutl", "-encrypt", "-certin", "-inkey", &cert_path, "-in", &in_path, "-out", &out_path, "-pkeyopt",
+            "rsa_padding_mode:oaep", "-pkeyopt", "rsa_oaep_md:sha256", "-pkeyopt", "rsa_mgf1_md:sha256",
+        ],
+    );
+    let encrypted = std::fs::read(&out_path).expect("read");
+    match token().hsm.decrypt_key_transport(&key.id, KeyTransport::RsaOaepSha256, &encrypted) {
+        Ok(recovered) => assert_eq!(&recovered[..], &secret[..]),
+        Err(HsmError::MechanismRefused { mechanism, .. }) => assert!(mechanism.contains("SHA-256")),
+        Err(other) => panic!("expected the key or a clear refusal, got {other}"),
+    }
+}
+
+#[test]
+fn ecdh_in_the_token_agrees_with_the_peer() {
+    use p256::elliptic_curve::Generate;
+    let key = generate(KeyAlgorithm::P256, KeyRole::Mailbox, "ecdh");
+    let our_point = key.public_key.subject_public_key.raw_bytes().to_vec();
+    let our_public = p256::PublicKey::from_sec1_bytes(&our_point).expect("our point");
+    let ephemeral = p256::ecdh::EphemeralSecret::generate();
+    let peer_point = ephemeral.public_key().to_sec1_bytes();
+    let expected = ephemeral.diffie_hellman(&our_public);
+    let z = token()
+        .hsm
+        .ecdh_shared_secret(&key.id, &peer_point)
+        .expect("derive in token");
+    assert_eq!(&z[..], expected.raw_secret_bytes().as_slice());
+}
+
+#[test]
+fn imported_pkcs8_keys_are_held_like_generated_ones_and_sign() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for (i, genpkey) in [
+        vec!["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"],
+        vec!["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"],
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let pem_path = dir.path().join(format!("key{i}.pem")).display().to_string();
+        let key_path = dir.path().join(format!("key{i}.der")).display().to_string();
+        let mut args = vec!["genpkey", "-out", pem_path.as_str()];
+        args.extend(genpkey);
+        run_ok("openssl", &args);
+        // openssl writes DER keys in the traditional format; PKCS#12 bags carry PKCS#8.
+        run_ok("openssl", &["pkcs8", "-topk8", "-nocrypt", "-in", &pem_path, "-outform", "DER", "-out", &key_path]);
+        let pub_path = dir.path().join(format!("pub{i}.pem")).display().to_string();
+        run_ok("openssl", &["pkey", "-in", &pem_path, "-pubout", "-out", &pub_path]);
+        let pkcs8 = Zeroizing::new(std::fs::read(&key_path).expect("read key"));
+        let imported = token().hsm.import_pkcs8(pkcs8, &format!("imported {i}")).expect("import");
+        let report = token().hsm.custody_report(&imported.id).expect("report");
+        assert!(report.key_cannot_leave(), "{report:?}");
+        assert!(!report.always_sensitive && !report.never_extractable && !report.local, "{report:?}");
+
+        let scheme = if i == 0 { SignatureScheme::RsaPkcs1Sha256 } else { SignatureScheme::EcdsaSha256 };
+        let signature = token().hsm.sign(&imported.id, scheme, b"imported").expect("sign");
+        let data_path = dir.path().join("d").display().to_string();
+        let sig_path = dir.path().join("s").display().to_string();
+        std::fs::write(&data_path, b"imported").expect("write");
+        std::fs::write(&sig_path, signature).expect("write");
+        let out = run_ok("openssl", &["dgst", "-sha256", "-verify", &pub_path, "-signature", &sig_path, &data_path]);
+        assert!(out.contains("Verified OK"));
+        // The public key we derived matches openssl's.
+        let ours = imported.public_key.to_der().expect("der");
+        let theirs = std::process::Command::new("openssl")
+            .args(["pkey", "-pubin", "-in", &pub_path, "-outform", "DER"])
+            .output()
+            .expect("openssl")
+            .stdout;
+        assert_eq!(ours, theirs);
+    }
+}
+
+#[test]
+fn garbage_is_refused_as_a_key_to_import() {
+    let err = token()
+        .hsm
+        .import_pkcs8(Zeroizing::new(vec![0x30, 0x03, 0x02, 0x01, 0x00]), "junk")
+        .unwrap_err();
+    assert!(matches!(err, HsmError::InvalidKey(_)), "{err}");
+}
+
+#[test]
+fn unknown_key_ids_give_a_typed_error() {
+    let id = smimegate::hsm::KeyId::new(vec![0xab; 20]);
+    let err = token().hsm.sign(&id, SignatureScheme::RsaPkcs1Sha256, b"x").unwrap_err();
+    assert!(matches!(err, HsmError::KeyNotFound { .. }), "{err}");
+    assert!(!err.is_transient());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sixty_four_concurrent_signatures_share_a_pool_of_four_sessions() {
+    let hsm = common::hsm_with_sessions(4);
+    let key = hsm
+        .call_keygen(|h| h.generate_key_pair(KeyAlgorithm::P256, KeyRole::Mailbox, "pool"))
+        .await
+        .expect("keygen");
+    let mut tasks = Vec::new();
+    for i in 0..64u32 {
+        let (hsm, id) = (hsm.clone(), key.id.clone());
+        tasks.push(tokio::spawn(async move {
+            let message = format!("message {i}");
+            hsm.call("sign", move |h| h.sign(&id, SignatureScheme::EcdsaSha256, message.as_bytes()))
+                .await
+        }));
+    }
+    let all = tokio::time::timeout(std::time::Duration::from_secs(120), async {
+        let mut signatures = Vec::new();
+        for t in tasks {
+            signatures.push(t.await.expect("task").expect("signature"));
+        }
+        signatures
+    })
+    .await
+    .expect("no deadlock: all 64 finished");
+    assert_eq!(all.len(), 64);
+    let usage = hsm.pool_usage();
+    assert!(usage.open <= 4 && usage.capacity == 4, "{usage:?}");
+    assert_eq!(usage.in_use, 0, "{usage:?}");
+    // Every signature verifies against the token's public key.
+    let vk = p256::ecdsa::VerifyingKey::from_sec1_bytes(key.public_key.subject_public_key.raw_bytes()).expect("vk");
+    for (i, sig) in all.iter().enumerate() {
+        use p256::ecdsa::signature::Verifier;
+        let sig = p256::ecdsa::Signature::from_der(sig).expect("DER signature");
+        vk.verify(format!("message {i}").as_bytes(), &sig).expect("verifies");
+    }
+}
