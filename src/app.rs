@@ -11,7 +11,9 @@ use crate::config::Settings;
 use crate::hsm::{Hsm, HsmConfig, HsmError, KeyAlgorithm, KeyRole};
 use crate::pki::address::Address;
 use crate::pki::ca::{self, CaIdentity, IssueError};
-use crate::store::{CertificateSource, KeyPurpose, MailboxState, StoreError, Store, StoredCertificate};
+use crate::store::{
+    CertificateSource, KeyPurpose, MailboxState, Store, StoreError, StoredCertificate,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -31,12 +33,12 @@ pub enum AppError {
 /// the PIN file. Never from the configuration file itself.
 pub fn read_pin(settings: &Settings) -> Result<SecretString, HsmError> {
     let hsm = &settings.config.hsm;
-    if !hsm.pin_env.is_empty() {
-        if let Ok(pin) = std::env::var(&hsm.pin_env) {
-            if !pin.is_empty() {
-                return Ok(SecretString::from(pin));
-            }
-        }
+    if let Some(pin) = (!hsm.pin_env.is_empty())
+        .then(|| std::env::var(&hsm.pin_env).ok())
+        .flatten()
+        .filter(|pin| !pin.is_empty())
+    {
+        return Ok(SecretString::from(pin));
     }
     let path = settings.path(&hsm.pin_file);
     let text = std::fs::read_to_string(&path).map_err(|e| {
@@ -48,7 +50,10 @@ pub fn read_pin(settings: &Settings) -> Result<SecretString, HsmError> {
     })?;
     let pin = text.trim_end_matches(['\n', '\r']).to_string();
     if pin.is_empty() {
-        return Err(HsmError::PinSource(format!("PIN file {} is empty", path.display())));
+        return Err(HsmError::PinSource(format!(
+            "PIN file {} is empty",
+            path.display()
+        )));
     }
     Ok(SecretString::from(pin))
 }
@@ -112,7 +117,11 @@ impl App {
     pub async fn open(settings: Settings) -> Result<App, AppError> {
         let store = open_store(&settings).await?;
         let hsm = open_hsm(&settings).await?;
-        Ok(App { settings, store, hsm })
+        Ok(App {
+            settings,
+            store,
+            hsm,
+        })
     }
 
     /// The CA key reference and certificate from the database.
@@ -200,7 +209,8 @@ impl App {
             .insert(&key.id, algorithm, KeyPurpose::Mailbox, Some(mailbox_id))
             .await?;
         let ca_config = self.settings.config.ca.clone();
-        let (ca_for_task, address_for_task, key_for_task) = (ca.clone(), address.clone(), key.clone());
+        let (ca_for_task, address_for_task, key_for_task) =
+            (ca.clone(), address.clone(), key.clone());
         let issued = self
             .hsm
             .call("issue certificate", move |hsm| {
@@ -228,7 +238,12 @@ impl App {
         Ok(self
             .store
             .certificates()
-            .insert(&cert, CertificateSource::Issued, Some(address.as_str()), Some(key_row.id))
+            .insert(
+                &cert,
+                CertificateSource::Issued,
+                Some(address.as_str()),
+                Some(key_row.id),
+            )
             .await?)
     }
 }

@@ -29,7 +29,10 @@ fn main() -> ExitCode {
             export_softhsm2_conf(&conf)
         };
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => return fail(&anyhow::Error::from(e)),
     };
@@ -57,7 +60,11 @@ fn fail(err: &anyhow::Error) -> ExitCode {
 /// output stays readable. RUST_LOG overrides both.
 fn init_tracing(settings: &Settings, service: bool) {
     use tracing_subscriber::EnvFilter;
-    let configured = if service { settings.config.log.filter.as_str() } else { "warn" };
+    let configured = if service {
+        settings.config.log.filter.as_str()
+    } else {
+        "warn"
+    };
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(configured))
         .unwrap_or_else(|_| EnvFilter::new("info"));
@@ -66,7 +73,9 @@ fn init_tracing(settings: &Settings, service: bool) {
         Ok(directive) => filter.add_directive(directive),
         Err(_) => filter,
     };
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if settings.config.log.json {
         builder.json().init();
     } else {

@@ -10,16 +10,19 @@ use std::path::{Path, PathBuf};
 use secrecy::ExposeSecret;
 
 use crate::app::{self, Actor, AppError};
-use crate::config::{Settings, CONFIG_FILE, TEMPLATE};
-use crate::hsm::provision::{self, TokenInit};
+use crate::config::{CONFIG_FILE, Settings, TEMPLATE};
 use crate::hsm::HsmError;
+use crate::hsm::provision::{self, TokenInit};
 use crate::pki::ca;
 use crate::store::{CertificateSource, KeyPurpose};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
     #[error("cannot write {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
     #[error(transparent)]
@@ -51,15 +54,18 @@ pub fn prepare_data_dir(data_dir: &Path) -> Result<(Settings, Vec<String>), Setu
         created.push(format!("configuration {}", config_path.display()));
     }
     let settings = Settings::load(data_dir)?;
-    if let Some(conf) = settings.softhsm2_conf() {
-        if !conf.exists() {
-            let token_dir = data_dir.join("tokens");
-            fs::create_dir_all(&token_dir).map_err(io(&token_dir))?;
-            fs::set_permissions(&token_dir, fs::Permissions::from_mode(0o700)).map_err(io(&token_dir))?;
-            let absolute = fs::canonicalize(&token_dir).map_err(io(&token_dir))?;
-            write_new(&conf, provision::softhsm2_conf_text(&absolute).as_bytes(), 0o600)?;
-            created.push(format!("SoftHSM2 configuration {}", conf.display()));
-        }
+    if let Some(conf) = settings.softhsm2_conf().filter(|conf| !conf.exists()) {
+        let token_dir = data_dir.join("tokens");
+        fs::create_dir_all(&token_dir).map_err(io(&token_dir))?;
+        fs::set_permissions(&token_dir, fs::Permissions::from_mode(0o700))
+            .map_err(io(&token_dir))?;
+        let absolute = fs::canonicalize(&token_dir).map_err(io(&token_dir))?;
+        write_new(
+            &conf,
+            provision::softhsm2_conf_text(&absolute).as_bytes(),
+            0o600,
+        )?;
+        created.push(format!("SoftHSM2 configuration {}", conf.display()));
     }
     Ok((settings, created))
 }
@@ -79,16 +85,22 @@ pub async fn initialise(settings: &Settings, created: &mut Vec<String>) -> Resul
     let label = format!("{} (CA)", settings.config.hsm.token_label);
     let algorithm = ca_config.key;
     let key = hsm
-        .call_keygen(move |hsm| hsm.generate_key_pair(algorithm, crate::hsm::KeyRole::CertificateAuthority, &label))
+        .call_keygen(move |hsm| {
+            hsm.generate_key_pair(algorithm, crate::hsm::KeyRole::CertificateAuthority, &label)
+        })
         .await?;
     let key_for_task = key.clone();
     let cert = hsm
         .call("create CA certificate", move |hsm| {
-            ca::create_ca_certificate(hsm, &key_for_task, &ca_config.subject, ca_config.validity_days).map_err(|e| {
-                match e {
-                    ca::IssueError::Token(h) => h,
-                    other => HsmError::Encoding(other.to_string()),
-                }
+            ca::create_ca_certificate(
+                hsm,
+                &key_for_task,
+                &ca_config.subject,
+                ca_config.validity_days,
+            )
+            .map_err(|e| match e {
+                ca::IssueError::Token(h) => h,
+                other => HsmError::Encoding(other.to_string()),
             })
         })
         .await?;
@@ -105,7 +117,13 @@ pub async fn initialise(settings: &Settings, created: &mut Vec<String>) -> Resul
     let actor = Actor::cli();
     store
         .audit()
-        .append(&actor.name, &actor.origin, "ca.create", &stored.record.subject, &format!("{algorithm}"))
+        .append(
+            &actor.name,
+            &actor.origin,
+            "ca.create",
+            &stored.record.subject,
+            &format!("{algorithm}"),
+        )
         .await
         .map_err(AppError::from)?;
     created.push(format!(
@@ -115,7 +133,10 @@ pub async fn initialise(settings: &Settings, created: &mut Vec<String>) -> Resul
     Ok(())
 }
 
-async fn init_softhsm_token(settings: &Settings, created: &mut Vec<String>) -> Result<(), SetupError> {
+async fn init_softhsm_token(
+    settings: &Settings,
+    created: &mut Vec<String>,
+) -> Result<(), SetupError> {
     let hsm = &settings.config.hsm;
     let user_pin_path = settings.path(&hsm.pin_file);
     let so_pin_path = settings.path(&hsm.so_pin_file);
@@ -124,7 +145,11 @@ async fn init_softhsm_token(settings: &Settings, created: &mut Vec<String>) -> R
         Ok(pin) => pin,
         Err(_) => {
             let pin = provision::random_pin()?;
-            write_new(&user_pin_path, format!("{}\n", pin.expose_secret()).as_bytes(), 0o600)?;
+            write_new(
+                &user_pin_path,
+                format!("{}\n", pin.expose_secret()).as_bytes(),
+                0o600,
+            )?;
             created.push(format!("user PIN file {}", user_pin_path.display()));
             pin
         }
@@ -133,16 +158,25 @@ async fn init_softhsm_token(settings: &Settings, created: &mut Vec<String>) -> R
         Ok(text) if !text.trim().is_empty() => secrecy::SecretString::from(text.trim().to_string()),
         _ => {
             let pin = provision::random_pin()?;
-            write_new(&so_pin_path, format!("{}\n", pin.expose_secret()).as_bytes(), 0o600)?;
-            created.push(format!("security officer PIN file {}", so_pin_path.display()));
+            write_new(
+                &so_pin_path,
+                format!("{}\n", pin.expose_secret()).as_bytes(),
+                0o600,
+            )?;
+            created.push(format!(
+                "security officer PIN file {}",
+                so_pin_path.display()
+            ));
             pin
         }
     };
     let module = hsm.module.clone();
     let label = hsm.token_label.clone();
-    let outcome = tokio::task::spawn_blocking(move || provision::init_token(&module, &label, &so_pin, &user_pin))
-        .await
-        .map_err(|e| HsmError::Task(e.to_string()))??;
+    let outcome = tokio::task::spawn_blocking(move || {
+        provision::init_token(&module, &label, &so_pin, &user_pin)
+    })
+    .await
+    .map_err(|e| HsmError::Task(e.to_string()))??;
     if outcome == TokenInit::Created {
         created.push(format!("SoftHSM2 token '{}'", hsm.token_label));
     }

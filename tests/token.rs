@@ -7,7 +7,9 @@ mod common;
 use std::path::Path;
 
 use der::{Decode, Encode, EncodePem};
-use smimegate::hsm::{GeneratedKey, HsmError, KeyAlgorithm, KeyRole, KeyTransport, Refusal, SignatureScheme};
+use smimegate::hsm::{
+    GeneratedKey, HsmError, KeyAlgorithm, KeyRole, KeyTransport, Refusal, SignatureScheme,
+};
 use smimegate::pki::address::Address;
 use smimegate::pki::ca::{self, CaIdentity};
 use zeroize::Zeroizing;
@@ -22,8 +24,13 @@ fn generate(algorithm: KeyAlgorithm, role: KeyRole, label: &str) -> GeneratedKey
 }
 
 fn test_ca() -> CaIdentity {
-    let key = generate(KeyAlgorithm::Rsa3072, KeyRole::CertificateAuthority, "test CA");
-    let cert = ca::create_ca_certificate(&token().hsm, &key, "CN=Test CA,O=smimegate tests", 30).expect("CA certificate");
+    let key = generate(
+        KeyAlgorithm::Rsa3072,
+        KeyRole::CertificateAuthority,
+        "test CA",
+    );
+    let cert = ca::create_ca_certificate(&token().hsm, &key, "CN=Test CA,O=smimegate tests", 30)
+        .expect("CA certificate");
     CaIdentity {
         key_id: key.id,
         algorithm: key.algorithm,
@@ -43,11 +50,26 @@ fn assert_generated_in_token(key: &GeneratedKey) {
     assert!(report.sensitive, "CKA_SENSITIVE: {report:?}");
     assert!(report.always_sensitive, "CKA_ALWAYS_SENSITIVE: {report:?}");
     assert!(!report.extractable, "CKA_EXTRACTABLE: {report:?}");
-    assert!(report.never_extractable, "CKA_NEVER_EXTRACTABLE: {report:?}");
-    assert_eq!(report.read_secret, Refusal::Refused("CKR_ATTRIBUTE_SENSITIVE".into()));
-    assert_eq!(report.wrap, Refusal::Refused("CKR_KEY_UNEXTRACTABLE".into()));
-    assert_eq!(report.set_extractable, Refusal::Refused("CKR_ATTRIBUTE_READ_ONLY".into()));
-    assert_eq!(report.clear_sensitive, Refusal::Refused("CKR_ATTRIBUTE_READ_ONLY".into()));
+    assert!(
+        report.never_extractable,
+        "CKA_NEVER_EXTRACTABLE: {report:?}"
+    );
+    assert_eq!(
+        report.read_secret,
+        Refusal::Refused("CKR_ATTRIBUTE_SENSITIVE".into())
+    );
+    assert_eq!(
+        report.wrap,
+        Refusal::Refused("CKR_KEY_UNEXTRACTABLE".into())
+    );
+    assert_eq!(
+        report.set_extractable,
+        Refusal::Refused("CKR_ATTRIBUTE_READ_ONLY".into())
+    );
+    assert_eq!(
+        report.clear_sensitive,
+        Refusal::Refused("CKR_ATTRIBUTE_READ_ONLY".into())
+    );
     assert!(report.generated_in_token());
 }
 
@@ -62,7 +84,11 @@ fn every_generated_key_kind_stays_in_the_token() {
     ] {
         let key = generate(algorithm, role, &format!("custody {algorithm} {role:?}"));
         assert_generated_in_token(&key);
-        let info = token().hsm.find_key(&key.id).expect("find").expect("key present");
+        let info = token()
+            .hsm
+            .find_key(&key.id)
+            .expect("find")
+            .expect("key present");
         assert_eq!(info.algorithm, Some(algorithm));
     }
 }
@@ -72,8 +98,15 @@ fn key_id_is_the_subject_key_identifier_of_the_certificate() {
     let ca = test_ca();
     let key = generate(KeyAlgorithm::Rsa2048, KeyRole::Mailbox, "ski");
     let address = Address::parse("ski@corp.example").expect("address");
-    let cert = ca::issue_mailbox_certificate(&token().hsm, &ca, &address, &key, 365, "http://crl.example/ca.crl")
-        .expect("issue");
+    let cert = ca::issue_mailbox_certificate(
+        &token().hsm,
+        &ca,
+        &address,
+        &key,
+        365,
+        "http://crl.example/ca.crl",
+    )
+    .expect("issue");
     let (_, ski) = cert
         .tbs_certificate()
         .get_extension::<x509_cert::ext::pkix::SubjectKeyIdentifier>()
@@ -90,42 +123,99 @@ fn signatures_made_in_the_token_verify_with_openssl_from_the_certificate_alone()
     let data = b"Message to be signed by the token.\r\n".repeat(50);
     std::fs::write(&data_path, &data).expect("write data");
     let cases = [
-        (KeyAlgorithm::Rsa2048, SignatureScheme::RsaPkcs1Sha256, "sha256", vec![]),
-        (KeyAlgorithm::Rsa2048, SignatureScheme::RsaPkcs1Sha384, "sha384", vec![]),
-        (KeyAlgorithm::Rsa3072, SignatureScheme::RsaPkcs1Sha512, "sha512", vec![]),
+        (
+            KeyAlgorithm::Rsa2048,
+            SignatureScheme::RsaPkcs1Sha256,
+            "sha256",
+            vec![],
+        ),
+        (
+            KeyAlgorithm::Rsa2048,
+            SignatureScheme::RsaPkcs1Sha384,
+            "sha384",
+            vec![],
+        ),
+        (
+            KeyAlgorithm::Rsa3072,
+            SignatureScheme::RsaPkcs1Sha512,
+            "sha512",
+            vec![],
+        ),
         (
             KeyAlgorithm::Rsa2048,
             SignatureScheme::RsaPssSha256,
             "sha256",
-            vec!["-sigopt", "rsa_padding_mode:pss", "-sigopt", "rsa_pss_saltlen:32"],
+            vec![
+                "-sigopt",
+                "rsa_padding_mode:pss",
+                "-sigopt",
+                "rsa_pss_saltlen:32",
+            ],
         ),
         (
             KeyAlgorithm::Rsa2048,
             SignatureScheme::RsaPssSha512,
             "sha512",
-            vec!["-sigopt", "rsa_padding_mode:pss", "-sigopt", "rsa_pss_saltlen:64"],
+            vec![
+                "-sigopt",
+                "rsa_padding_mode:pss",
+                "-sigopt",
+                "rsa_pss_saltlen:64",
+            ],
         ),
-        (KeyAlgorithm::P256, SignatureScheme::EcdsaSha256, "sha256", vec![]),
-        (KeyAlgorithm::P256, SignatureScheme::EcdsaSha384, "sha384", vec![]),
+        (
+            KeyAlgorithm::P256,
+            SignatureScheme::EcdsaSha256,
+            "sha256",
+            vec![],
+        ),
+        (
+            KeyAlgorithm::P256,
+            SignatureScheme::EcdsaSha384,
+            "sha384",
+            vec![],
+        ),
     ];
     for (i, (algorithm, scheme, digest, extra)) in cases.into_iter().enumerate() {
         let key = generate(algorithm, KeyRole::Mailbox, &format!("sig {i}"));
         let address = Address::parse(&format!("signer{i}@corp.example")).expect("address");
-        let cert = ca::issue_mailbox_certificate(&token().hsm, &ca, &address, &key, 365, "http://crl.example/ca.crl")
-            .expect("issue");
+        let cert = ca::issue_mailbox_certificate(
+            &token().hsm,
+            &ca,
+            &address,
+            &key,
+            365,
+            "http://crl.example/ca.crl",
+        )
+        .expect("issue");
         let cert_path = write_pem(dir.path(), &format!("cert{i}.pem"), &cert);
         let pub_path = dir.path().join(format!("pub{i}.pem")).display().to_string();
-        run_ok("openssl", &["x509", "-in", &cert_path, "-pubkey", "-noout", "-out", &pub_path]);
+        run_ok(
+            "openssl",
+            &[
+                "x509", "-in", &cert_path, "-pubkey", "-noout", "-out", &pub_path,
+            ],
+        );
         let signature = token().hsm.sign(&key.id, scheme, &data).expect("sign");
         let sig_path = dir.path().join(format!("sig{i}")).display().to_string();
         std::fs::write(&sig_path, &signature).expect("write signature");
         let digest_flag = format!("-{digest}");
         let data_arg = data_path.display().to_string();
-        let mut args = vec!["dgst", digest_flag.as_str(), "-verify", &pub_path, "-signature", &sig_path];
+        let mut args = vec![
+            "dgst",
+            digest_flag.as_str(),
+            "-verify",
+            &pub_path,
+            "-signature",
+            &sig_path,
+        ];
         args.extend(extra.iter().copied());
         args.push(&data_arg);
         let (ok, stdout, stderr) = run("openssl", &args);
-        assert!(ok && stdout.contains("Verified OK"), "{scheme:?}: {stdout}{stderr}");
+        assert!(
+            ok && stdout.contains("Verified OK"),
+            "{scheme:?}: {stdout}{stderr}"
+        );
 
         // A changed message must not verify: the check above is not vacuous.
         let tampered = dir.path().join(format!("tampered{i}"));
@@ -151,10 +241,27 @@ fn ca_and_mailbox_certificates_pass_openssl_smime_checks() {
     ] {
         let key = generate(algorithm, KeyRole::Mailbox, "profile");
         let address = Address::parse(&format!("{algorithm}@corp.example")).expect("address");
-        let cert = ca::issue_mailbox_certificate(&token().hsm, &ca, &address, &key, 365, "http://crl.example/ca.crl")
-            .expect("issue");
+        let cert = ca::issue_mailbox_certificate(
+            &token().hsm,
+            &ca,
+            &address,
+            &key,
+            365,
+            "http://crl.example/ca.crl",
+        )
+        .expect("issue");
         let path = write_pem(dir.path(), &format!("{algorithm}.pem"), &cert);
-        let out = run_ok("openssl", &["verify", "-purpose", "smimesign", "-CAfile", &ca_path, &path]);
+        let out = run_ok(
+            "openssl",
+            &[
+                "verify",
+                "-purpose",
+                "smimesign",
+                "-CAfile",
+                &ca_path,
+                &path,
+            ],
+        );
         assert!(out.contains(": OK"), "{out}");
         let text = run_ok("openssl", &["x509", "-in", &path, "-noout", "-text"]);
         assert!(text.contains("E-mail Protection"), "{text}");
@@ -170,7 +277,13 @@ fn ca_and_mailbox_certificates_pass_openssl_smime_checks() {
 fn enveloped_parts(der_bytes: &[u8]) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
     let ci = cms::content_info::ContentInfo::from_der(der_bytes).expect("ContentInfo");
     let env: cms::enveloped_data::EnvelopedData = ci.content.decode_as().expect("EnvelopedData");
-    let ri = env.recip_infos.0.iter().next().expect("one recipient").clone();
+    let ri = env
+        .recip_infos
+        .0
+        .iter()
+        .next()
+        .expect("one recipient")
+        .clone();
     let cms::enveloped_data::RecipientInfo::Ktri(ktri) = ri else {
         panic!("expected KeyTransRecipientInfo")
     };
@@ -184,7 +297,11 @@ fn enveloped_parts(der_bytes: &[u8]) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
     (
         ktri.enc_key.as_bytes().to_vec(),
         iv.as_bytes().to_vec(),
-        env.encrypted_content.encrypted_content.expect("content").as_bytes().to_vec(),
+        env.encrypted_content
+            .encrypted_content
+            .expect("content")
+            .as_bytes()
+            .to_vec(),
     )
 }
 
@@ -194,8 +311,15 @@ fn content_keys_encrypted_by_openssl_cms_are_recovered_in_the_token() {
     let ca = test_ca();
     let key = generate(KeyAlgorithm::Rsa2048, KeyRole::Mailbox, "recipient");
     let address = Address::parse("recipient@corp.example").expect("address");
-    let cert = ca::issue_mailbox_certificate(&token().hsm, &ca, &address, &key, 365, "http://crl.example/ca.crl")
-        .expect("issue");
+    let cert = ca::issue_mailbox_certificate(
+        &token().hsm,
+        &ca,
+        &address,
+        &key,
+        365,
+        "http://crl.example/ca.crl",
+    )
+    .expect("issue");
     let cert_path = write_pem(dir.path(), "recipient.pem", &cert);
     let plain_path = dir.path().join("plain").display().to_string();
     let plaintext = b"Content-Type: text/plain\r\n\r\nconfidential\r\n".repeat(20);
@@ -207,14 +331,25 @@ fn content_keys_encrypted_by_openssl_cms_are_recovered_in_the_token() {
     ] {
         let out_path = dir.path().join("enveloped.der").display().to_string();
         let mut args = vec![
-            "cms", "-encrypt", "-binary", "-aes256", "-outform", "DER", "-in", &plain_path, "-out", &out_path,
-            "-recip", &cert_path,
+            "cms",
+            "-encrypt",
+            "-binary",
+            "-aes256",
+            "-outform",
+            "DER",
+            "-in",
+            &plain_path,
+            "-out",
+            &out_path,
+            "-recip",
+            &cert_path,
         ];
         if let Some(p) = padding {
             args.extend(["-keyopt", p]);
         }
         run_ok("openssl", &args);
-        let (encrypted_key, iv, content) = enveloped_parts(&std::fs::read(&out_path).expect("read"));
+        let (encrypted_key, iv, content) =
+            enveloped_parts(&std::fs::read(&out_path).expect("read"));
         let cek = token()
             .hsm
             .decrypt_key_transport(&key.id, transport, &encrypted_key)
@@ -224,10 +359,24 @@ fn content_keys_encrypted_by_openssl_cms_are_recovered_in_the_token() {
         let ct_path = dir.path().join("content.bin").display().to_string();
         std::fs::write(&ct_path, &content).expect("write");
         let out = std::process::Command::new("openssl")
-            .args(["enc", "-d", "-aes-256-cbc", "-K", &hex::encode(&*cek), "-iv", &hex::encode(&iv), "-in", &ct_path])
+            .args([
+                "enc",
+                "-d",
+                "-aes-256-cbc",
+                "-K",
+                &hex::encode(&*cek),
+                "-iv",
+                &hex::encode(&iv),
+                "-in",
+                &ct_path,
+            ])
             .output()
             .expect("openssl enc");
-        assert!(out.status.success(), "{transport:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{transport:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert_eq!(out.stdout, plaintext, "{transport:?}");
 
         // The wrong mechanism does not yield this key.
@@ -236,7 +385,9 @@ fn content_keys_encrypted_by_openssl_cms_are_recovered_in_the_token() {
         } else {
             KeyTransport::RsaPkcs1v15
         };
-        let other = token().hsm.decrypt_key_transport(&key.id, wrong, &encrypted_key);
+        let other = token()
+            .hsm
+            .decrypt_key_transport(&key.id, wrong, &encrypted_key);
         assert!(other.map(|k| *k != *cek).unwrap_or(true));
     }
 }
@@ -247,8 +398,15 @@ fn oaep_with_sha256_is_recovered_or_refused_clearly() {
     let ca = test_ca();
     let key = generate(KeyAlgorithm::Rsa2048, KeyRole::Mailbox, "oaep256");
     let address = Address::parse("oaep256@corp.example").expect("address");
-    let cert = ca::issue_mailbox_certificate(&token().hsm, &ca, &address, &key, 365, "http://crl.example/ca.crl")
-        .expect("issue");
+    let cert = ca::issue_mailbox_certificate(
+        &token().hsm,
+        &ca,
+        &address,
+        &key,
+        365,
+        "http://crl.example/ca.crl",
+    )
+    .expect("issue");
     let cert_path = write_pem(dir.path(), "c.pem", &cert);
     let secret = [0x42u8; 32];
     let in_path = dir.path().join("k").display().to_string();
@@ -257,12 +415,28 @@ fn oaep_with_sha256_is_recovered_or_refused_clearly() {
     run_ok(
         "openssl",
         &[
-            "pkeyutl", "-encrypt", "-certin", "-inkey", &cert_path, "-in", &in_path, "-out", &out_path, "-pkeyopt",
-            "rsa_padding_mode:oaep", "-pkeyopt", "rsa_oaep_md:sha256", "-pkeyopt", "rsa_mgf1_md:sha256",
+            "pkeyutl",
+            "-encrypt",
+            "-certin",
+            "-inkey",
+            &cert_path,
+            "-in",
+            &in_path,
+            "-out",
+            &out_path,
+            "-pkeyopt",
+            "rsa_padding_mode:oaep",
+            "-pkeyopt",
+            "rsa_oaep_md:sha256",
+            "-pkeyopt",
+            "rsa_mgf1_md:sha256",
         ],
     );
     let encrypted = std::fs::read(&out_path).expect("read");
-    match token().hsm.decrypt_key_transport(&key.id, KeyTransport::RsaOaepSha256, &encrypted) {
+    match token()
+        .hsm
+        .decrypt_key_transport(&key.id, KeyTransport::RsaOaepSha256, &encrypted)
+    {
         Ok(recovered) => assert_eq!(&recovered[..], &secret[..]),
         Err(HsmError::MechanismRefused { mechanism, .. }) => assert!(mechanism.contains("SHA-256")),
         Err(other) => panic!("expected the key or a clear refusal, got {other}"),
@@ -301,22 +475,55 @@ fn imported_pkcs8_keys_are_held_like_generated_ones_and_sign() {
         args.extend(genpkey);
         run_ok("openssl", &args);
         // openssl writes DER keys in the traditional format; PKCS#12 bags carry PKCS#8.
-        run_ok("openssl", &["pkcs8", "-topk8", "-nocrypt", "-in", &pem_path, "-outform", "DER", "-out", &key_path]);
+        run_ok(
+            "openssl",
+            &[
+                "pkcs8", "-topk8", "-nocrypt", "-in", &pem_path, "-outform", "DER", "-out",
+                &key_path,
+            ],
+        );
         let pub_path = dir.path().join(format!("pub{i}.pem")).display().to_string();
-        run_ok("openssl", &["pkey", "-in", &pem_path, "-pubout", "-out", &pub_path]);
+        run_ok(
+            "openssl",
+            &["pkey", "-in", &pem_path, "-pubout", "-out", &pub_path],
+        );
         let pkcs8 = Zeroizing::new(std::fs::read(&key_path).expect("read key"));
-        let imported = token().hsm.import_pkcs8(pkcs8, &format!("imported {i}")).expect("import");
+        let imported = token()
+            .hsm
+            .import_pkcs8(pkcs8, &format!("imported {i}"))
+            .expect("import");
         let report = token().hsm.custody_report(&imported.id).expect("report");
         assert!(report.key_cannot_leave(), "{report:?}");
-        assert!(!report.always_sensitive && !report.never_extractable && !report.local, "{report:?}");
+        assert!(
+            !report.always_sensitive && !report.never_extractable && !report.local,
+            "{report:?}"
+        );
 
-        let scheme = if i == 0 { SignatureScheme::RsaPkcs1Sha256 } else { SignatureScheme::EcdsaSha256 };
-        let signature = token().hsm.sign(&imported.id, scheme, b"imported").expect("sign");
+        let scheme = if i == 0 {
+            SignatureScheme::RsaPkcs1Sha256
+        } else {
+            SignatureScheme::EcdsaSha256
+        };
+        let signature = token()
+            .hsm
+            .sign(&imported.id, scheme, b"imported")
+            .expect("sign");
         let data_path = dir.path().join("d").display().to_string();
         let sig_path = dir.path().join("s").display().to_string();
         std::fs::write(&data_path, b"imported").expect("write");
         std::fs::write(&sig_path, signature).expect("write");
-        let out = run_ok("openssl", &["dgst", "-sha256", "-verify", &pub_path, "-signature", &sig_path, &data_path]);
+        let out = run_ok(
+            "openssl",
+            &[
+                "dgst",
+                "-sha256",
+                "-verify",
+                &pub_path,
+                "-signature",
+                &sig_path,
+                &data_path,
+            ],
+        );
         assert!(out.contains("Verified OK"));
         // The public key we derived matches openssl's.
         let ours = imported.public_key.to_der().expect("der");
@@ -341,7 +548,10 @@ fn garbage_is_refused_as_a_key_to_import() {
 #[test]
 fn unknown_key_ids_give_a_typed_error() {
     let id = smimegate::hsm::KeyId::new(vec![0xab; 20]);
-    let err = token().hsm.sign(&id, SignatureScheme::RsaPkcs1Sha256, b"x").unwrap_err();
+    let err = token()
+        .hsm
+        .sign(&id, SignatureScheme::RsaPkcs1Sha256, b"x")
+        .unwrap_err();
     assert!(matches!(err, HsmError::KeyNotFound { .. }), "{err}");
     assert!(!err.is_transient());
 }
@@ -358,8 +568,10 @@ async fn sixty_four_concurrent_signatures_share_a_pool_of_four_sessions() {
         let (hsm, id) = (hsm.clone(), key.id.clone());
         tasks.push(tokio::spawn(async move {
             let message = format!("message {i}");
-            hsm.call("sign", move |h| h.sign(&id, SignatureScheme::EcdsaSha256, message.as_bytes()))
-                .await
+            hsm.call("sign", move |h| {
+                h.sign(&id, SignatureScheme::EcdsaSha256, message.as_bytes())
+            })
+            .await
         }));
     }
     let all = tokio::time::timeout(std::time::Duration::from_secs(120), async {
@@ -376,10 +588,13 @@ async fn sixty_four_concurrent_signatures_share_a_pool_of_four_sessions() {
     assert!(usage.open <= 4 && usage.capacity == 4, "{usage:?}");
     assert_eq!(usage.in_use, 0, "{usage:?}");
     // Every signature verifies against the token's public key.
-    let vk = p256::ecdsa::VerifyingKey::from_sec1_bytes(key.public_key.subject_public_key.raw_bytes()).expect("vk");
+    let vk =
+        p256::ecdsa::VerifyingKey::from_sec1_bytes(key.public_key.subject_public_key.raw_bytes())
+            .expect("vk");
     for (i, sig) in all.iter().enumerate() {
         use p256::ecdsa::signature::Verifier;
         let sig = p256::ecdsa::Signature::from_der(sig).expect("DER signature");
-        vk.verify(format!("message {i}").as_bytes(), &sig).expect("verifies");
+        vk.verify(format!("message {i}").as_bytes(), &sig)
+            .expect("verifies");
     }
 }

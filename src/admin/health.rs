@@ -59,16 +59,34 @@ async fn health(State(app): State<Arc<App>>) -> impl IntoResponse {
             ok: db.is_ok(),
             backend: app.store.backend(),
             // Only the kind of failure: internals stay in the log.
-            error: db.err().map(|e| if e.is_transient() { "unreachable" } else { "error" }.to_string()),
+            error: db.err().map(|e| {
+                if e.is_transient() {
+                    "unreachable"
+                } else {
+                    "error"
+                }
+                .to_string()
+            }),
         },
         token: TokenComponent {
             ok: token.as_ref().is_ok_and(|t| t.logged_in),
             label: app.hsm.token_label().to_string(),
             logged_in: token.as_ref().ok().map(|t| t.logged_in),
             sessions: app.hsm.pool_usage(),
-            error: token.err().map(|e| if e.is_transient() { "unavailable" } else { "error" }.to_string()),
+            error: token.err().map(|e| {
+                if e.is_transient() {
+                    "unavailable"
+                } else {
+                    "error"
+                }
+                .to_string()
+            }),
         },
     };
-    let status = if healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (status, Json(body))
 }

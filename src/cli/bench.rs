@@ -1,8 +1,8 @@
 //! `smimegate token bench`: sign rate through the session pool (as the relay uses it)
 //! against a bare single-session loop, both measured in the same run on a throwaway key.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -41,12 +41,19 @@ pub async fn run(hsm: Hsm, args: BenchArgs) -> Result<()> {
     for key_algorithm in &args.keys {
         let algorithm = *key_algorithm;
         let key = hsm
-            .call_keygen(move |h| h.generate_key_pair(algorithm, crate::hsm::KeyRole::Mailbox, "smimegate-bench (throwaway)"))
+            .call_keygen(move |h| {
+                h.generate_key_pair(
+                    algorithm,
+                    crate::hsm::KeyRole::Mailbox,
+                    "smimegate-bench (throwaway)",
+                )
+            })
             .await?;
         let scheme = default_scheme(algorithm);
         let outcome = measure(&hsm, &key.id, algorithm, scheme, &args, duration).await;
         let id = key.id.clone();
-        hsm.call("destroy bench key", move |h| h.destroy_bench_key(&id)).await?;
+        hsm.call("destroy bench key", move |h| h.destroy_bench_key(&id))
+            .await?;
         for figure in outcome? {
             if args.json {
                 println!("{}", serde_json::to_string(&figure)?);
@@ -82,7 +89,9 @@ async fn measure(
         let mut handles = Vec::new();
         for _ in 0..threads {
             let (hsm, id, data) = (hsm.clone(), id.clone(), data.clone());
-            handles.push(tokio::task::spawn_blocking(move || hsm.bare_sign_loop(&id, scheme, &data, duration)));
+            handles.push(tokio::task::spawn_blocking(move || {
+                hsm.bare_sign_loop(&id, scheme, &data, duration)
+            }));
         }
         let mut bare_total = 0;
         for h in handles {
@@ -107,7 +116,8 @@ async fn measure(
             tasks.push(tokio::spawn(async move {
                 while Instant::now() < deadline {
                     let (id, data) = (id.clone(), data.clone());
-                    hsm.call("sign", move |h| h.sign(&id, scheme, &data)).await?;
+                    hsm.call("sign", move |h| h.sign(&id, scheme, &data))
+                        .await?;
                     done.fetch_add(1, Ordering::Relaxed);
                 }
                 Ok::<(), crate::hsm::HsmError>(())

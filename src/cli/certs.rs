@@ -1,6 +1,6 @@
 //! `smimegate cert show`: a mailbox's public certificate chain.
 
-use anyhow::{bail, Result};
+use anyhow::{Result, bail};
 use const_oid::db::DB;
 use der::{Decode, EncodePem};
 use x509_cert::certificate::Certificate;
@@ -25,10 +25,11 @@ pub async fn show(store: &Store, address: &Address, pem: bool) -> Result<()> {
         bail!("no certificate for {address} ({state})");
     };
     let mut chain = vec![Certificate::from_der(&leaf.record.der)?];
-    if let Some(ca) = app::load_ca(store).await? {
-        if leaf.record.issuer == ca.certificate.tbs_certificate().subject().to_string() {
-            chain.push(ca.certificate);
-        }
+    if let Some(ca) = app::load_ca(store)
+        .await?
+        .filter(|ca| leaf.record.issuer == ca.certificate.tbs_certificate().subject().to_string())
+    {
+        chain.push(ca.certificate);
     }
     if pem {
         for cert in &chain {
@@ -56,10 +57,16 @@ fn print_details(cert: &Certificate, role: &str) -> Result<()> {
     println!("{role}:");
     println!("  subject:      {}", tbs.subject());
     println!("  issuer:       {}", tbs.issuer());
-    println!("  serial:       {}", hex::encode(tbs.serial_number().as_bytes()));
+    println!(
+        "  serial:       {}",
+        hex::encode(tbs.serial_number().as_bytes())
+    );
     println!("  not before:   {}", tbs.validity().not_before);
     println!("  not after:    {}", tbs.validity().not_after);
-    println!("  sha-256:      {}", hex::encode(sha2::Sha256::digest(&der)));
+    println!(
+        "  sha-256:      {}",
+        hex::encode(sha2::Sha256::digest(&der))
+    );
     let alg = &tbs.subject_public_key_info().algorithm.oid;
     println!("  public key:   {}", DB.by_oid(alg).unwrap_or("unknown"));
     if let Some((_, san)) = tbs.get_extension::<SubjectAltName>()? {
@@ -83,7 +90,11 @@ fn print_details(cert: &Certificate, role: &str) -> Result<()> {
         );
     }
     if let Some((_, eku)) = tbs.get_extension::<ExtendedKeyUsage>()? {
-        let usages: Vec<&str> = eku.0.iter().map(|o| DB.by_oid(o).unwrap_or("unknown")).collect();
+        let usages: Vec<&str> = eku
+            .0
+            .iter()
+            .map(|o| DB.by_oid(o).unwrap_or("unknown"))
+            .collect();
         println!("  ext. usage:   {}", usages.join(", "));
     }
     Ok(())
@@ -92,6 +103,9 @@ fn print_details(cert: &Certificate, role: &str) -> Result<()> {
 pub fn format_time(unix: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(unix)
         .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_else(|| unix.to_string())
 }

@@ -17,10 +17,19 @@ use crate::pki::address::{Address, Domain};
 use crate::store::Store;
 
 #[derive(Parser, Debug)]
-#[command(name = "smimegate", version, about = "S/MIME gateway with every private key in a PKCS#11 token")]
+#[command(
+    name = "smimegate",
+    version,
+    about = "S/MIME gateway with every private key in a PKCS#11 token"
+)]
 pub struct Cli {
     /// Data directory holding smimegate.toml, the SQLite database and the SoftHSM2 token.
-    #[arg(long, global = true, env = "SMIMEGATE_DATA_DIR", default_value = "./var")]
+    #[arg(
+        long,
+        global = true,
+        env = "SMIMEGATE_DATA_DIR",
+        default_value = "./var"
+    )]
     pub data_dir: PathBuf,
     #[command(subcommand)]
     pub command: Command,
@@ -122,7 +131,11 @@ pub struct ServeArgs {
 
 /// Runs a command whose settings are already loaded (and whose SoftHSM2 configuration,
 /// if any, is already exported).
-pub async fn run(command: Command, settings: Settings, mut init_changes: Vec<String>) -> Result<()> {
+pub async fn run(
+    command: Command,
+    settings: Settings,
+    mut init_changes: Vec<String>,
+) -> Result<()> {
     match command {
         Command::Init => {
             crate::setup::initialise(&settings, &mut init_changes).await?;
@@ -162,13 +175,27 @@ async fn domain(cmd: DomainCommand, settings: &Settings) -> Result<()> {
             if let Some(hop) = &next_hop {
                 validate_host_port(hop)?;
             }
-            let row = store.domains().add(&domain, next_hop.as_deref(), wildcard).await?;
-            audit(&store, &actor, "domain.add", domain.as_str(), &format!("next_hop={next_hop:?} wildcard={wildcard}")).await?;
+            let row = store
+                .domains()
+                .add(&domain, next_hop.as_deref(), wildcard)
+                .await?;
+            audit(
+                &store,
+                &actor,
+                "domain.add",
+                domain.as_str(),
+                &format!("next_hop={next_hop:?} wildcard={wildcard}"),
+            )
+            .await?;
             println!(
                 "added domain {} (next hop {}, {})",
                 row.name,
                 row.next_hop.as_deref().unwrap_or("none"),
-                if row.wildcard { "wildcard" } else { "known mailboxes only" }
+                if row.wildcard {
+                    "wildcard"
+                } else {
+                    "known mailboxes only"
+                }
             );
         }
         DomainCommand::List { json } => {
@@ -182,7 +209,11 @@ async fn domain(cmd: DomainCommand, settings: &Settings) -> Result<()> {
                         "{:<40} {:<28} {}",
                         d.name,
                         d.next_hop.as_deref().unwrap_or("-"),
-                        if d.wildcard { "wildcard" } else { "known mailboxes" }
+                        if d.wildcard {
+                            "wildcard"
+                        } else {
+                            "known mailboxes"
+                        }
                     );
                 }
             }
@@ -211,7 +242,10 @@ async fn mailbox(cmd: MailboxCommand, settings: Settings) -> Result<()> {
             audit(&store, &actor, "mailbox.add", address.as_str(), "").await?;
             println!("added mailbox {} ({})", row.address, row.state.as_str());
             if domain.is_some_and(|d| d.wildcard) {
-                println!("note: {} is wildcard-routed; listed mailboxes can be activated", address.domain());
+                println!(
+                    "note: {} is wildcard-routed; listed mailboxes can be activated",
+                    address.domain()
+                );
             }
         }
         MailboxCommand::List { json } => {
@@ -251,7 +285,9 @@ async fn mailbox(cmd: MailboxCommand, settings: Settings) -> Result<()> {
 }
 
 async fn serve(settings: Settings, args: ServeArgs) -> Result<()> {
-    let listen = args.http.unwrap_or_else(|| settings.config.http.listen.clone());
+    let listen = args
+        .http
+        .unwrap_or_else(|| settings.config.http.listen.clone());
     let app = Arc::new(App::open(settings).await?);
     if app.ca().await.is_err() {
         tracing::warn!("the built-in CA is missing: run `smimegate init`");
@@ -295,7 +331,13 @@ async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
-async fn audit(store: &Store, actor: &Actor, action: &str, target: &str, detail: &str) -> Result<()> {
+async fn audit(
+    store: &Store,
+    actor: &Actor,
+    action: &str,
+    target: &str,
+    detail: &str,
+) -> Result<()> {
     store
         .audit()
         .append(&actor.name, &actor.origin, action, target, detail)

@@ -1,6 +1,6 @@
 //! `smimegate token status|custody|bench`.
 
-use anyhow::{bail, Result};
+use anyhow::{Result, bail};
 
 use super::TokenCommand;
 use crate::app;
@@ -16,13 +16,25 @@ pub async fn run(cmd: TokenCommand, settings: Settings) -> Result<()> {
                 return Ok(());
             }
             println!("module:       {}", health.module);
-            println!("library:      {} {}", health.library, health.library_version);
+            println!(
+                "library:      {} {}",
+                health.library, health.library_version
+            );
             println!("slot:         {}", health.slot);
-            println!("token:        {} ({} {}, serial {})", health.label, health.manufacturer, health.model, health.serial);
-            println!("logged in:    {}", if health.logged_in { "yes" } else { "no" });
+            println!(
+                "token:        {} ({} {}, serial {})",
+                health.label, health.manufacturer, health.model, health.serial
+            );
+            println!(
+                "logged in:    {}",
+                if health.logged_in { "yes" } else { "no" }
+            );
             println!(
                 "sessions:     {} in use, {} idle, {} open of {} allowed",
-                health.sessions.in_use, health.sessions.idle, health.sessions.open, health.sessions.capacity
+                health.sessions.in_use,
+                health.sessions.idle,
+                health.sessions.open,
+                health.sessions.capacity
             );
             if health.pin_locked {
                 println!("PIN:          LOCKED");
@@ -47,7 +59,13 @@ pub async fn run(cmd: TokenCommand, settings: Settings) -> Result<()> {
                 for r in &reports {
                     println!(
                         "{} {:<32} sensitive={} always_sensitive={} extractable={} never_extractable={} local={}",
-                        r.id, r.label, r.sensitive, r.always_sensitive, r.extractable, r.never_extractable, r.local
+                        r.id,
+                        r.label,
+                        r.sensitive,
+                        r.always_sensitive,
+                        r.extractable,
+                        r.never_extractable,
+                        r.local
                     );
                     println!(
                         "    read secret: {:?}; wrap: {:?}; set extractable: {:?}; clear sensitive: {:?}",
@@ -62,7 +80,10 @@ pub async fn run(cmd: TokenCommand, settings: Settings) -> Result<()> {
                 .map(|r| r.id.as_str())
                 .collect();
             if !exposed.is_empty() {
-                bail!("key(s) not protected against export: {}", exposed.join(", "));
+                bail!(
+                    "key(s) not protected against export: {}",
+                    exposed.join(", ")
+                );
             }
         }
         TokenCommand::Bench(args) => super::bench::run(hsm, args).await?,

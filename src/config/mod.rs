@@ -31,7 +31,7 @@ pub enum ConfigError {
     Invalid { key: &'static str, message: String },
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub gateway: GatewayConfig,
@@ -156,19 +156,6 @@ impl Default for LogConfig {
         Self {
             filter: "info".into(),
             json: false,
-        }
-    }
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            gateway: GatewayConfig::default(),
-            database: DatabaseConfig::default(),
-            hsm: HsmSection::default(),
-            ca: CaConfig::default(),
-            http: HttpConfig::default(),
-            log: LogConfig::default(),
         }
     }
 }

@@ -4,13 +4,19 @@
 use std::time::{Duration, Instant};
 
 use super::error::{HsmError, Result};
-use super::keys::{require_private_key, KeyId};
+use super::keys::{KeyId, require_private_key};
 use super::{Hsm, SignatureScheme};
 
 impl Hsm {
     /// Signs `data` in a tight loop on a single borrowed session for `duration`, with
     /// no pool round trip and no thread hand-off per signature. Returns the count.
-    pub fn bare_sign_loop(&self, id: &KeyId, scheme: SignatureScheme, data: &[u8], duration: Duration) -> Result<u64> {
+    pub fn bare_sign_loop(
+        &self,
+        id: &KeyId,
+        scheme: SignatureScheme,
+        data: &[u8],
+        duration: Duration,
+    ) -> Result<u64> {
         let session = self.inner.pool.acquire(self.inner.acquire_timeout)?;
         let key = require_private_key(&session, id)?;
         let deadline = Instant::now() + duration;

@@ -5,12 +5,14 @@
 
 use cryptoki::error::Error as CkError;
 use cryptoki::mechanism::Mechanism;
-use cryptoki::object::{Attribute, AttributeInfo, AttributeType, KeyType, ObjectClass, ObjectHandle};
+use cryptoki::object::{
+    Attribute, AttributeInfo, AttributeType, KeyType, ObjectClass, ObjectHandle,
+};
 use cryptoki::session::Session;
 
 use super::error::{HsmError, Result};
-use super::keys::{require_private_key, KeyId};
-use super::{ckr_name, Hsm};
+use super::keys::{KeyId, require_private_key};
+use super::{Hsm, ckr_name};
 
 /// The token's answer to one attempt at getting a key out.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -126,7 +128,9 @@ fn probe(session: &Session, key: ObjectHandle, id: &KeyId) -> Result<CustodyRepo
     for attr in attrs {
         match attr {
             Attribute::Label(l) => report.label = String::from_utf8_lossy(&l).into_owned(),
-            Attribute::KeyType(kt) if kt == KeyType::RSA => secret_attribute = AttributeType::PrivateExponent,
+            Attribute::KeyType(kt) if kt == KeyType::RSA => {
+                secret_attribute = AttributeType::PrivateExponent
+            }
             Attribute::Token(v) => report.token = v,
             Attribute::Private(v) => report.private = v,
             Attribute::Sensitive(v) => report.sensitive = v,
@@ -149,8 +153,10 @@ fn probe(session: &Session, key: ObjectHandle, id: &KeyId) -> Result<CustodyRepo
     };
 
     report.wrap = try_wrap(session, key)?;
-    report.set_extractable = refusal(session.update_attributes(key, &[Attribute::Extractable(true)]))?;
-    report.clear_sensitive = refusal(session.update_attributes(key, &[Attribute::Sensitive(false)]))?;
+    report.set_extractable =
+        refusal(session.update_attributes(key, &[Attribute::Extractable(true)]))?;
+    report.clear_sensitive =
+        refusal(session.update_attributes(key, &[Attribute::Sensitive(false)]))?;
     Ok(report)
 }
 

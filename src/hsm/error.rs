@@ -40,7 +40,10 @@ pub enum HsmError {
         reason: String,
     },
     #[error("token operation '{operation}' timed out after {seconds}s")]
-    Timeout { operation: &'static str, seconds: u64 },
+    Timeout {
+        operation: &'static str,
+        seconds: u64,
+    },
     #[error("no free token session within {seconds}s (all {capacity} in use)")]
     Busy { seconds: u64, capacity: usize },
     #[error("invalid key material: {0}")]

@@ -3,9 +3,9 @@
 
 use cryptoki::mechanism::MechanismType;
 
+use super::Hsm;
 use super::error::{HsmError, Result};
 use super::pool::PoolUsage;
-use super::Hsm;
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct TokenHealth {
@@ -33,14 +33,42 @@ pub struct MechanismSupport {
 
 /// The mechanisms smimegate uses, and for what.
 const REQUIRED: &[(MechanismType, &str, &str)] = &[
-    (MechanismType::RSA_PKCS_KEY_PAIR_GEN, "CKM_RSA_PKCS_KEY_PAIR_GEN", "RSA key generation"),
-    (MechanismType::ECC_KEY_PAIR_GEN, "CKM_EC_KEY_PAIR_GEN", "EC key generation"),
-    (MechanismType::SHA256_RSA_PKCS, "CKM_SHA256_RSA_PKCS", "RSA signatures"),
-    (MechanismType::SHA256_RSA_PKCS_PSS, "CKM_SHA256_RSA_PKCS_PSS", "RSASSA-PSS signatures"),
+    (
+        MechanismType::RSA_PKCS_KEY_PAIR_GEN,
+        "CKM_RSA_PKCS_KEY_PAIR_GEN",
+        "RSA key generation",
+    ),
+    (
+        MechanismType::ECC_KEY_PAIR_GEN,
+        "CKM_EC_KEY_PAIR_GEN",
+        "EC key generation",
+    ),
+    (
+        MechanismType::SHA256_RSA_PKCS,
+        "CKM_SHA256_RSA_PKCS",
+        "RSA signatures",
+    ),
+    (
+        MechanismType::SHA256_RSA_PKCS_PSS,
+        "CKM_SHA256_RSA_PKCS_PSS",
+        "RSASSA-PSS signatures",
+    ),
     (MechanismType::ECDSA, "CKM_ECDSA", "ECDSA signatures"),
-    (MechanismType::RSA_PKCS, "CKM_RSA_PKCS", "RSA key transport (PKCS#1 v1.5)"),
-    (MechanismType::RSA_PKCS_OAEP, "CKM_RSA_PKCS_OAEP", "RSA key transport (OAEP)"),
-    (MechanismType::ECDH1_DERIVE, "CKM_ECDH1_DERIVE", "ECDH key agreement"),
+    (
+        MechanismType::RSA_PKCS,
+        "CKM_RSA_PKCS",
+        "RSA key transport (PKCS#1 v1.5)",
+    ),
+    (
+        MechanismType::RSA_PKCS_OAEP,
+        "CKM_RSA_PKCS_OAEP",
+        "RSA key transport (OAEP)",
+    ),
+    (
+        MechanismType::ECDH1_DERIVE,
+        "CKM_ECDH1_DERIVE",
+        "ECDH key agreement",
+    ),
 ];
 
 impl Hsm {

@@ -18,8 +18,8 @@ use spki::{AlgorithmIdentifierOwned, SubjectPublicKeyInfoOwned};
 use x509_cert::ext::pkix::SubjectKeyIdentifier;
 use zeroize::{Zeroize, Zeroizing};
 
-use super::error::{HsmError, Result};
 use super::Hsm;
+use super::error::{HsmError, Result};
 
 /// Key kinds the gateway creates.
 #[derive(
@@ -80,7 +80,10 @@ impl KeyId {
     }
 
     pub fn from_hex(hex_id: &str) -> Option<Self> {
-        hex::decode(hex_id).ok().filter(|b| !b.is_empty()).map(KeyId)
+        hex::decode(hex_id)
+            .ok()
+            .filter(|b| !b.is_empty())
+            .map(KeyId)
     }
 
     /// The subject key identifier of `spki`, which is the `CKA_ID` we give its key.
@@ -131,7 +134,12 @@ pub struct KeyInfo {
 impl Hsm {
     /// Generates a key pair inside the token. The private half is sensitive and
     /// non-extractable; `label` is stored as `CKA_LABEL` on both halves.
-    pub fn generate_key_pair(&self, algorithm: KeyAlgorithm, role: KeyRole, label: &str) -> Result<GeneratedKey> {
+    pub fn generate_key_pair(
+        &self,
+        algorithm: KeyAlgorithm,
+        role: KeyRole,
+        label: &str,
+    ) -> Result<GeneratedKey> {
         self.with_session(|session| {
             // A provisional id; replaced by the SKI once the public key is known.
             let provisional = random_id()?;
@@ -163,19 +171,22 @@ impl Hsm {
         let parsed = pkcs8::PrivateKeyInfoRef::from_der(&pkcs8_der)
             .map_err(|e| HsmError::InvalidKey(format!("not a PKCS#8 private key: {e}")))?;
         let oid = parsed.algorithm.oid;
-        let (algorithm, public_key, mut private_template, public_template) = if oid == RSA_ENCRYPTION {
-            rsa_import_templates(parsed.private_key.as_bytes())?
-        } else if oid == ID_EC_PUBLIC_KEY {
-            let curve: Option<ObjectIdentifier> = parsed
-                .algorithm
-                .parameters
-                .map(|p| p.decode_as())
-                .transpose()
-                .map_err(|e| HsmError::InvalidKey(format!("EC parameters: {e}")))?;
-            ec_import_templates(parsed.private_key.as_bytes(), curve)?
-        } else {
-            return Err(HsmError::InvalidKey(format!("unsupported key algorithm {oid}")));
-        };
+        let (algorithm, public_key, mut private_template, public_template) =
+            if oid == RSA_ENCRYPTION {
+                rsa_import_templates(parsed.private_key.as_bytes())?
+            } else if oid == ID_EC_PUBLIC_KEY {
+                let curve: Option<ObjectIdentifier> = parsed
+                    .algorithm
+                    .parameters
+                    .map(|p| p.decode_as())
+                    .transpose()
+                    .map_err(|e| HsmError::InvalidKey(format!("EC parameters: {e}")))?;
+                ec_import_templates(parsed.private_key.as_bytes(), curve)?
+            } else {
+                return Err(HsmError::InvalidKey(format!(
+                    "unsupported key algorithm {oid}"
+                )));
+            };
         let id = KeyId::for_public_key(&public_key)?;
         let common = [
             Attribute::Token(true),
@@ -273,7 +284,14 @@ pub(crate) fn require_private_key(session: &Session, id: &KeyId) -> Result<Objec
 
 fn describe_key(session: &Session, handle: ObjectHandle) -> Result<KeyInfo> {
     let attrs = session
-        .get_attributes(handle, &[AttributeType::Id, AttributeType::Label, AttributeType::KeyType])
+        .get_attributes(
+            handle,
+            &[
+                AttributeType::Id,
+                AttributeType::Label,
+                AttributeType::KeyType,
+            ],
+        )
         .map_err(|e| HsmError::token("read key attributes", e))?;
     let mut info = KeyInfo {
         id: String::new(),
@@ -294,7 +312,10 @@ fn describe_key(session: &Session, handle: ObjectHandle) -> Result<KeyInfo> {
 }
 
 /// Which of our algorithms a key object is, if any.
-pub(crate) fn key_algorithm(session: &Session, handle: ObjectHandle) -> Result<Option<KeyAlgorithm>> {
+pub(crate) fn key_algorithm(
+    session: &Session,
+    handle: ObjectHandle,
+) -> Result<Option<KeyAlgorithm>> {
     let attrs = session
         .get_attributes(handle, &[AttributeType::KeyType])
         .map_err(|e| HsmError::token("read key type", e))?;
@@ -357,9 +378,18 @@ fn p256_params() -> Result<Vec<u8>> {
         .map_err(|e| HsmError::Encoding(e.to_string()))
 }
 
-type KeygenTemplates = (Vec<Attribute>, Vec<Attribute>, cryptoki::mechanism::Mechanism<'static>);
+type KeygenTemplates = (
+    Vec<Attribute>,
+    Vec<Attribute>,
+    cryptoki::mechanism::Mechanism<'static>,
+);
 
-fn keygen_templates(algorithm: KeyAlgorithm, role: KeyRole, label: &str, id: &[u8]) -> Result<KeygenTemplates> {
+fn keygen_templates(
+    algorithm: KeyAlgorithm,
+    role: KeyRole,
+    label: &str,
+    id: &[u8],
+) -> Result<KeygenTemplates> {
     let recovers_keys = role == KeyRole::Mailbox;
     use cryptoki::mechanism::Mechanism;
     let label = label.as_bytes().to_vec();
@@ -381,7 +411,11 @@ fn keygen_templates(algorithm: KeyAlgorithm, role: KeyRole, label: &str, id: &[u
     ];
     let mechanism = match algorithm {
         KeyAlgorithm::Rsa2048 | KeyAlgorithm::Rsa3072 => {
-            let bits: u64 = if algorithm == KeyAlgorithm::Rsa2048 { 2048 } else { 3072 };
+            let bits: u64 = if algorithm == KeyAlgorithm::Rsa2048 {
+                2048
+            } else {
+                3072
+            };
             public.extend([
                 Attribute::ModulusBits(bits.into()),
                 Attribute::PublicExponent(vec![0x01, 0x00, 0x01]),
@@ -416,7 +450,10 @@ fn read_public_key(
 ) -> Result<SubjectPublicKeyInfoOwned> {
     if algorithm.is_rsa() {
         let attrs = session
-            .get_attributes(public, &[AttributeType::Modulus, AttributeType::PublicExponent])
+            .get_attributes(
+                public,
+                &[AttributeType::Modulus, AttributeType::PublicExponent],
+            )
             .map_err(|e| HsmError::token("read public key", e))?;
         let mut modulus = None;
         let mut exponent = None;
@@ -428,7 +465,9 @@ fn read_public_key(
             }
         }
         let (Some(n), Some(e)) = (modulus, exponent) else {
-            return Err(HsmError::InvalidKey("public key lacks modulus or exponent".into()));
+            return Err(HsmError::InvalidKey(
+                "public key lacks modulus or exponent".into(),
+            ));
         };
         rsa_spki(&n, &e)
     } else {
@@ -469,7 +508,9 @@ fn rsa_spki(modulus: &[u8], exponent: &[u8]) -> Result<SubjectPublicKeyInfoOwned
 fn ec_spki(point: &[u8]) -> Result<SubjectPublicKeyInfoOwned> {
     let enc = |e: der::Error| HsmError::Encoding(e.to_string());
     if point.len() != 65 || point[0] != 0x04 {
-        return Err(HsmError::InvalidKey("EC point is not an uncompressed P-256 point".into()));
+        return Err(HsmError::InvalidKey(
+            "EC point is not an uncompressed P-256 point".into(),
+        ));
     }
     Ok(SubjectPublicKeyInfoOwned {
         algorithm: AlgorithmIdentifierOwned {
@@ -480,7 +521,12 @@ fn ec_spki(point: &[u8]) -> Result<SubjectPublicKeyInfoOwned> {
     })
 }
 
-type ImportTemplates = (KeyAlgorithm, SubjectPublicKeyInfoOwned, Vec<Attribute>, Vec<Attribute>);
+type ImportTemplates = (
+    KeyAlgorithm,
+    SubjectPublicKeyInfoOwned,
+    Vec<Attribute>,
+    Vec<Attribute>,
+);
 
 fn rsa_import_templates(pkcs1: &[u8]) -> Result<ImportTemplates> {
     let key = rsa::pkcs1::RsaPrivateKeyRef::from_der(pkcs1)
@@ -524,7 +570,9 @@ fn ec_import_templates(sec1: &[u8], curve: Option<ObjectIdentifier>) -> Result<I
         .map_err(|e| HsmError::InvalidKey(format!("EC private key: {e}")))?;
     let curve = curve.or(key.parameters.and_then(|p| p.named_curve()));
     if curve != Some(SECP_256_R_1) {
-        return Err(HsmError::InvalidKey("only P-256 EC keys are accepted".into()));
+        return Err(HsmError::InvalidKey(
+            "only P-256 EC keys are accepted".into(),
+        ));
     }
     let secret = p256::SecretKey::from_slice(key.private_key)
         .map_err(|_| HsmError::InvalidKey("invalid P-256 private scalar".into()))?;

@@ -157,7 +157,11 @@ impl Hsm {
             Ok(Ok(result)) => result,
             Ok(Err(join)) => Err(HsmError::Task(join.to_string())),
             Err(_) => {
-                tracing::warn!(operation, seconds = timeout.as_secs(), "token operation timed out");
+                tracing::warn!(
+                    operation,
+                    seconds = timeout.as_secs(),
+                    "token operation timed out"
+                );
                 Err(HsmError::Timeout {
                     operation,
                     seconds: timeout.as_secs(),
@@ -168,10 +172,7 @@ impl Hsm {
 
     /// Borrows a session for `work`. A session that failed at the session level is
     /// closed and the work retried once on another; a lost login is restored once.
-    pub(crate) fn with_session<T>(
-        &self,
-        work: impl Fn(&Session) -> Result<T>,
-    ) -> Result<T> {
+    pub(crate) fn with_session<T>(&self, work: impl Fn(&Session) -> Result<T>) -> Result<T> {
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -245,11 +246,12 @@ fn find_token(ctx: &Pkcs11, module: &Path, label: &str) -> Result<Slot> {
 fn login(session: &Session, pin: &AuthPin, label: &str) -> Result<()> {
     match session.login(UserType::User, Some(pin)) {
         Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(()),
-        Err(CkError::Pkcs11(RvError::PinIncorrect | RvError::PinInvalid | RvError::PinLenRange, _)) => {
-            Err(HsmError::WrongPin {
-                label: label.to_string(),
-            })
-        }
+        Err(CkError::Pkcs11(
+            RvError::PinIncorrect | RvError::PinInvalid | RvError::PinLenRange,
+            _,
+        )) => Err(HsmError::WrongPin {
+            label: label.to_string(),
+        }),
         Err(CkError::Pkcs11(RvError::PinLocked, _)) => Err(HsmError::PinLocked {
             label: label.to_string(),
         }),
@@ -283,8 +285,14 @@ mod tests {
 
     #[test]
     fn return_values_get_their_specification_names() {
-        assert_eq!(ckr_name(RvError::AttributeSensitive), "CKR_ATTRIBUTE_SENSITIVE");
+        assert_eq!(
+            ckr_name(RvError::AttributeSensitive),
+            "CKR_ATTRIBUTE_SENSITIVE"
+        );
         assert_eq!(ckr_name(RvError::KeyUnextractable), "CKR_KEY_UNEXTRACTABLE");
-        assert_eq!(ckr_name(RvError::AttributeReadOnly), "CKR_ATTRIBUTE_READ_ONLY");
+        assert_eq!(
+            ckr_name(RvError::AttributeReadOnly),
+            "CKR_ATTRIBUTE_READ_ONLY"
+        );
     }
 }

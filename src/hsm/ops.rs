@@ -2,17 +2,17 @@
 //! content-encryption keys. The host supplies data and receives results; the key never
 //! leaves the token.
 
+use cryptoki::error::RvError;
 use cryptoki::mechanism::elliptic_curve::{EcKdf, Ecdh1DeriveParams};
 use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsOaepParams, PkcsOaepSource, PkcsPssParams};
 use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::object::{Attribute, KeyType, ObjectClass};
-use cryptoki::error::RvError;
 use sha2::Digest;
 use zeroize::Zeroizing;
 
-use super::error::{HsmError, Result};
-use super::keys::{require_private_key, KeyId};
 use super::Hsm;
+use super::error::{HsmError, Result};
+use super::keys::{KeyId, require_private_key};
 
 /// Signature algorithms the token is asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -33,7 +33,9 @@ impl SignatureScheme {
     pub fn is_ecdsa(self) -> bool {
         matches!(
             self,
-            SignatureScheme::EcdsaSha256 | SignatureScheme::EcdsaSha384 | SignatureScheme::EcdsaSha512
+            SignatureScheme::EcdsaSha256
+                | SignatureScheme::EcdsaSha384
+                | SignatureScheme::EcdsaSha512
         )
     }
 
@@ -105,12 +107,18 @@ fn is_mechanism_refusal(rv: RvError) -> bool {
     )
 }
 
-fn refused_or_token(mechanism: &'static str, operation: &'static str, err: cryptoki::error::Error) -> HsmError {
+fn refused_or_token(
+    mechanism: &'static str,
+    operation: &'static str,
+    err: cryptoki::error::Error,
+) -> HsmError {
     match err {
-        cryptoki::error::Error::Pkcs11(rv, _) if is_mechanism_refusal(rv) => HsmError::MechanismRefused {
-            mechanism,
-            reason: super::ckr_name(rv),
-        },
+        cryptoki::error::Error::Pkcs11(rv, _) if is_mechanism_refusal(rv) => {
+            HsmError::MechanismRefused {
+                mechanism,
+                reason: super::ckr_name(rv),
+            }
+        }
         other => HsmError::token(operation, other),
     }
 }
@@ -140,9 +148,9 @@ impl Hsm {
                     pss = scheme.pss_params();
                     Mechanism::Sha512RsaPkcsPss(pss)
                 }
-                SignatureScheme::EcdsaSha256 | SignatureScheme::EcdsaSha384 | SignatureScheme::EcdsaSha512 => {
-                    Mechanism::Ecdsa
-                }
+                SignatureScheme::EcdsaSha256
+                | SignatureScheme::EcdsaSha384
+                | SignatureScheme::EcdsaSha512 => Mechanism::Ecdsa,
             };
             let input = digest.as_deref().unwrap_or(data);
             session

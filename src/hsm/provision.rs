@@ -49,7 +49,12 @@ pub fn random_pin() -> Result<SecretString> {
 
 /// Initialises a token labelled `label` in the first free slot of `module` and sets
 /// its user PIN. Does nothing when a token with that label exists already.
-pub fn init_token(module: &Path, label: &str, so_pin: &AuthPin, user_pin: &AuthPin) -> Result<TokenInit> {
+pub fn init_token(
+    module: &Path,
+    label: &str,
+    so_pin: &AuthPin,
+    user_pin: &AuthPin,
+) -> Result<TokenInit> {
     let ctx = load_module(module)?;
     match find_token(&ctx, module, label) {
         Ok(_) => return Ok(TokenInit::AlreadyPresent),
@@ -86,9 +91,7 @@ pub fn init_token(module: &Path, label: &str, so_pin: &AuthPin, user_pin: &AuthP
     session
         .init_pin(user_pin)
         .map_err(|e| HsmError::token("set user PIN", e))?;
-    session
-        .logout()
-        .map_err(|e| HsmError::token("logout", e))?;
+    session.logout().map_err(|e| HsmError::token("logout", e))?;
     tracing::info!(label, module = %module.display(), "token initialised");
     Ok(TokenInit::Created)
 }

@@ -4,16 +4,19 @@
 //! [`Hsm::call`] (the blocking pool), never directly on the async runtime.
 
 use const_oid::db::rfc5912::{
-    ECDSA_WITH_SHA_256, ECDSA_WITH_SHA_384, ECDSA_WITH_SHA_512, ID_RSASSA_PSS, SHA_256_WITH_RSA_ENCRYPTION,
-    SHA_384_WITH_RSA_ENCRYPTION, SHA_512_WITH_RSA_ENCRYPTION,
+    ECDSA_WITH_SHA_256, ECDSA_WITH_SHA_384, ECDSA_WITH_SHA_512, ID_RSASSA_PSS,
+    SHA_256_WITH_RSA_ENCRYPTION, SHA_384_WITH_RSA_ENCRYPTION, SHA_512_WITH_RSA_ENCRYPTION,
 };
 use der::asn1::BitString;
 use der::{Any, Encode};
-use spki::{AlgorithmIdentifierOwned, DynSignatureAlgorithmIdentifier, EncodePublicKey, SignatureBitStringEncoding, SubjectPublicKeyInfoOwned};
+use spki::{
+    AlgorithmIdentifierOwned, DynSignatureAlgorithmIdentifier, EncodePublicKey,
+    SignatureBitStringEncoding, SubjectPublicKeyInfoOwned,
+};
 
+use super::Hsm;
 use super::keys::KeyId;
 use super::ops::SignatureScheme;
-use super::Hsm;
 
 /// The public half of a token key, as the builders want it.
 #[derive(Clone, Debug)]
@@ -50,7 +53,12 @@ pub struct TokenSigner {
 }
 
 impl TokenSigner {
-    pub fn new(hsm: Hsm, key: KeyId, scheme: SignatureScheme, public_key: SubjectPublicKeyInfoOwned) -> Self {
+    pub fn new(
+        hsm: Hsm,
+        key: KeyId,
+        scheme: SignatureScheme,
+        public_key: SubjectPublicKeyInfoOwned,
+    ) -> Self {
         Self {
             hsm,
             key,

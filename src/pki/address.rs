@@ -23,7 +23,9 @@ impl Address {
         };
         let trimmed = input.trim();
         if !trimmed.is_ascii() {
-            return Err(err("only ASCII addresses can be certified (rfc822Name is IA5String)"));
+            return Err(err(
+                "only ASCII addresses can be certified (rfc822Name is IA5String)",
+            ));
         }
         let (local, domain) = trimmed.rsplit_once('@').ok_or_else(|| err("no '@'"))?;
         if local.is_empty() || local.len() > 64 {
@@ -33,11 +35,18 @@ impl Address {
             return Err(err("misplaced '.' in local part"));
         }
         const LOCAL_SPECIALS: &str = "!#$%&'*+-/=?^_`{|}~.";
-        if !local.chars().all(|c| c.is_ascii_alphanumeric() || LOCAL_SPECIALS.contains(c)) {
+        if !local
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || LOCAL_SPECIALS.contains(c))
+        {
             return Err(err("local part has a character outside the dot-atom set"));
         }
         let domain = Domain::parse(domain).map_err(|e| err(e.reason))?;
-        Ok(Address(format!("{}@{}", local.to_ascii_lowercase(), domain.0)))
+        Ok(Address(format!(
+            "{}@{}",
+            local.to_ascii_lowercase(),
+            domain.0
+        )))
     }
 
     pub fn as_str(&self) -> &str {

@@ -15,7 +15,9 @@ use x509_cert::time::{Time, Validity};
 
 use super::address::Address;
 use super::profile::{CaProfile, MailboxProfile};
-use crate::hsm::{GeneratedKey, Hsm, HsmError, KeyAlgorithm, KeyId, SignatureScheme, TokenSignature, TokenSigner};
+use crate::hsm::{
+    GeneratedKey, Hsm, HsmError, KeyAlgorithm, KeyId, SignatureScheme, TokenSignature, TokenSigner,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum IssueError {
@@ -49,7 +51,10 @@ pub struct CaIdentity {
 
 impl CaIdentity {
     pub fn public_key(&self) -> SubjectPublicKeyInfoOwned {
-        self.certificate.tbs_certificate().subject_public_key_info().clone()
+        self.certificate
+            .tbs_certificate()
+            .subject_public_key_info()
+            .clone()
     }
 }
 
@@ -101,7 +106,8 @@ pub fn issue_mailbox_certificate(
         algorithm: subject_key.algorithm,
         crl_url: crl_url.to_string(),
     };
-    super::profile::mailbox_subject(address.as_str()).map_err(|e| IssueError::Build(e.to_string()))?;
+    super::profile::mailbox_subject(address.as_str())
+        .map_err(|e| IssueError::Build(e.to_string()))?;
     let builder = CertificateBuilder::new(
         profile,
         random_serial()?,
@@ -109,7 +115,12 @@ pub fn issue_mailbox_certificate(
         subject_key.public_key.clone(),
     )
     .map_err(|e| IssueError::Build(e.to_string()))?;
-    let signer = TokenSigner::new(hsm.clone(), ca.key_id.clone(), default_scheme(ca.algorithm), ca.public_key());
+    let signer = TokenSigner::new(
+        hsm.clone(),
+        ca.key_id.clone(),
+        default_scheme(ca.algorithm),
+        ca.public_key(),
+    );
     build(builder, &signer)
 }
 
@@ -117,14 +128,17 @@ fn build<P: x509_cert::builder::profile::BuilderProfile>(
     builder: CertificateBuilder<P>,
     signer: &TokenSigner,
 ) -> Result<Certificate, IssueError> {
-    let cert = builder
-        .build::<_, TokenSignature>(signer)
-        .map_err(|e| match find_hsm_error(&e) {
-            Some(msg) => IssueError::Build(format!("token signature failed: {msg}")),
-            None => IssueError::Build(e.to_string()),
-        })?;
+    let cert =
+        builder
+            .build::<_, TokenSignature>(signer)
+            .map_err(|e| match find_hsm_error(&e) {
+                Some(msg) => IssueError::Build(format!("token signature failed: {msg}")),
+                None => IssueError::Build(e.to_string()),
+            })?;
     // Round-trip through DER so what we store is exactly what parsers will see.
-    let der = cert.to_der().map_err(|e| IssueError::Build(e.to_string()))?;
+    let der = cert
+        .to_der()
+        .map_err(|e| IssueError::Build(e.to_string()))?;
     Certificate::from_der(&der).map_err(|e| IssueError::Build(e.to_string()))
 }
 

@@ -12,8 +12,8 @@ use x509_cert::certificate::TbsCertificate;
 use x509_cert::ext::pkix::crl::dp::DistributionPoint;
 use x509_cert::ext::pkix::name::{DistributionPointName, GeneralName};
 use x509_cert::ext::pkix::{
-    AuthorityKeyIdentifier, BasicConstraints, CertificatePolicies, CrlDistributionPoints, ExtendedKeyUsage,
-    KeyUsage, KeyUsages, SubjectAltName, SubjectKeyIdentifier,
+    AuthorityKeyIdentifier, BasicConstraints, CertificatePolicies, CrlDistributionPoints,
+    ExtendedKeyUsage, KeyUsage, KeyUsages, SubjectAltName, SubjectKeyIdentifier,
 };
 use x509_cert::ext::{Extension, ToExtension};
 use x509_cert::name::{Name, RelativeDistinguishedName};
@@ -21,7 +21,8 @@ use x509_cert::name::{Name, RelativeDistinguishedName};
 use crate::hsm::KeyAlgorithm;
 
 /// CA/B Forum reserved policy OID for mailbox-validated, strict profile.
-pub const POLICY_MAILBOX_VALIDATED_STRICT: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.23.140.1.5.1.3");
+pub const POLICY_MAILBOX_VALIDATED_STRICT: ObjectIdentifier =
+    ObjectIdentifier::new_unwrap("2.23.140.1.5.1.3");
 
 /// Self-signed root of the built-in CA.
 pub struct CaProfile {
@@ -37,6 +38,8 @@ impl BuilderProfile for CaProfile {
         self.subject.clone()
     }
 
+    // Each extension is built seeing the ones before it (`to_extension` checks them).
+    #[allow(clippy::vec_init_then_push)]
     fn build_extensions(
         &self,
         spk: SubjectPublicKeyInfoRef<'_>,
@@ -52,7 +55,10 @@ impl BuilderProfile for CaProfile {
             }
             .to_extension(tbs.subject(), &extensions)?,
         );
-        extensions.push(KeyUsage(KeyUsages::KeyCertSign | KeyUsages::CRLSign).to_extension(tbs.subject(), &extensions)?);
+        extensions.push(
+            KeyUsage(KeyUsages::KeyCertSign | KeyUsages::CRLSign)
+                .to_extension(tbs.subject(), &extensions)?,
+        );
         extensions.push(
             AuthorityKeyIdentifier {
                 key_identifier: Some(ski.0.clone()),
@@ -95,6 +101,8 @@ impl BuilderProfile for MailboxProfile {
         mailbox_subject(&self.address).unwrap_or_default()
     }
 
+    // Each extension is built seeing the ones before it (`to_extension` checks them).
+    #[allow(clippy::vec_init_then_push)]
     fn build_extensions(
         &self,
         spk: SubjectPublicKeyInfoRef<'_>,
@@ -112,10 +120,14 @@ impl BuilderProfile for MailboxProfile {
             .to_extension(subject, &extensions)?,
         );
         extensions.push(Self::key_usage(self.algorithm).to_extension(subject, &extensions)?);
-        extensions.push(ExtendedKeyUsage(vec![ID_KP_EMAIL_PROTECTION]).to_extension(subject, &extensions)?);
         extensions.push(
-            SubjectAltName(vec![GeneralName::Rfc822Name(Ia5String::new(&self.address)?)])
-                .to_extension(subject, &extensions)?,
+            ExtendedKeyUsage(vec![ID_KP_EMAIL_PROTECTION]).to_extension(subject, &extensions)?,
+        );
+        extensions.push(
+            SubjectAltName(vec![GeneralName::Rfc822Name(Ia5String::new(
+                &self.address,
+            )?)])
+            .to_extension(subject, &extensions)?,
         );
         extensions.push(
             CertificatePolicies(vec![x509_cert::ext::pkix::certpolicy::PolicyInformation {

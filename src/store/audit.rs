@@ -3,7 +3,7 @@
 
 use sqlx::{AnyPool, Row};
 
-use super::{db, now, Result};
+use super::{Result, db, now};
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct AuditEntry {
@@ -21,7 +21,14 @@ pub struct AuditLog<'a> {
 }
 
 impl AuditLog<'_> {
-    pub async fn append(&self, actor: &str, origin: &str, action: &str, target: &str, detail: &str) -> Result<()> {
+    pub async fn append(
+        &self,
+        actor: &str,
+        origin: &str,
+        action: &str,
+        target: &str,
+        detail: &str,
+    ) -> Result<()> {
         sqlx::query("INSERT INTO audit_log (at, actor, origin, action, target, detail) VALUES ($1, $2, $3, $4, $5, $6)")
             .bind(now())
             .bind(actor)

@@ -6,7 +6,7 @@ use sha2::Digest;
 use sqlx::{AnyPool, AssertSqlSafe, Row};
 use x509_cert::certificate::Certificate;
 
-use super::{db, now, query_error, Result, StoreError};
+use super::{Result, StoreError, db, now, query_error};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -61,7 +61,10 @@ impl CertificateRecord {
             .map_err(|e| StoreError::Corrupt(format!("certificate does not encode: {e}")))?;
         let tbs = cert.tbs_certificate();
         let unix = |t: &x509_cert::time::Time| {
-            t.to_unix_duration().as_secs().try_into().unwrap_or(i64::MAX)
+            t.to_unix_duration()
+                .as_secs()
+                .try_into()
+                .unwrap_or(i64::MAX)
         };
         Ok(CertificateRecord {
             fingerprint_sha256: hex::encode(sha2::Sha256::digest(&der)),
@@ -175,7 +178,11 @@ impl Certificates<'_> {
     }
 
     /// The newest unrevoked certificate of `source` for `address` that is valid now.
-    pub async fn current(&self, address: &str, source: CertificateSource) -> Result<Option<StoredCertificate>> {
+    pub async fn current(
+        &self,
+        address: &str,
+        source: CertificateSource,
+    ) -> Result<Option<StoredCertificate>> {
         let at = now();
         let row = sqlx::query(AssertSqlSafe(format!(
             "SELECT {COLUMNS} FROM certificates WHERE owner_address = $1 AND source = $2 \

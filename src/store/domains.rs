@@ -2,7 +2,7 @@
 
 use sqlx::{AnyPool, Row};
 
-use super::{db, now, query_error, Result, StoreError};
+use super::{Result, StoreError, db, now, query_error};
 use crate::pki::address::Domain;
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -29,7 +29,12 @@ fn row_to_domain(row: &sqlx::any::AnyRow) -> std::result::Result<DomainRow, sqlx
 }
 
 impl Domains<'_> {
-    pub async fn add(&self, domain: &Domain, next_hop: Option<&str>, wildcard: bool) -> Result<DomainRow> {
+    pub async fn add(
+        &self,
+        domain: &Domain,
+        next_hop: Option<&str>,
+        wildcard: bool,
+    ) -> Result<DomainRow> {
         let row = sqlx::query(
             "INSERT INTO domains (name, next_hop, wildcard, created_at) VALUES ($1, $2, $3, $4) \
              RETURNING id, name, next_hop, wildcard, created_at",
@@ -45,11 +50,13 @@ impl Domains<'_> {
     }
 
     pub async fn get(&self, domain: &Domain) -> Result<Option<DomainRow>> {
-        let row = sqlx::query("SELECT id, name, next_hop, wildcard, created_at FROM domains WHERE name = $1")
-            .bind(domain.as_str())
-            .fetch_optional(self.pool)
-            .await
-            .map_err(db("reading domain"))?;
+        let row = sqlx::query(
+            "SELECT id, name, next_hop, wildcard, created_at FROM domains WHERE name = $1",
+        )
+        .bind(domain.as_str())
+        .fetch_optional(self.pool)
+        .await
+        .map_err(db("reading domain"))?;
         row.as_ref()
             .map(row_to_domain)
             .transpose()
@@ -57,10 +64,12 @@ impl Domains<'_> {
     }
 
     pub async fn list(&self) -> Result<Vec<DomainRow>> {
-        let rows = sqlx::query("SELECT id, name, next_hop, wildcard, created_at FROM domains ORDER BY name")
-            .fetch_all(self.pool)
-            .await
-            .map_err(db("listing domains"))?;
+        let rows = sqlx::query(
+            "SELECT id, name, next_hop, wildcard, created_at FROM domains ORDER BY name",
+        )
+        .fetch_all(self.pool)
+        .await
+        .map_err(db("listing domains"))?;
         rows.iter()
             .map(row_to_domain)
             .collect::<std::result::Result<_, _>>()

@@ -3,7 +3,7 @@
 
 use sqlx::{AnyPool, AssertSqlSafe, Row};
 
-use super::{db, now, query_error, Result, StoreError};
+use super::{Result, StoreError, db, now, query_error};
 use crate::hsm::{KeyAlgorithm, KeyId};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -46,7 +46,8 @@ pub struct KeyRow {
 
 impl KeyRow {
     pub fn key_id(&self) -> Result<KeyId> {
-        KeyId::from_hex(&self.cka_id).ok_or_else(|| StoreError::Corrupt(format!("bad CKA_ID '{}'", self.cka_id)))
+        KeyId::from_hex(&self.cka_id)
+            .ok_or_else(|| StoreError::Corrupt(format!("bad CKA_ID '{}'", self.cka_id)))
     }
 }
 
@@ -54,7 +55,8 @@ pub struct Keys<'a> {
     pub(super) pool: &'a AnyPool,
 }
 
-const SELECT: &str = "SELECT id, cka_id, algorithm, purpose, mailbox_id, created_at, retired_at FROM keys";
+const SELECT: &str =
+    "SELECT id, cka_id, algorithm, purpose, mailbox_id, created_at, retired_at FROM keys";
 
 fn row_to_key(row: &sqlx::any::AnyRow) -> Result<KeyRow> {
     let read = db("reading key");
@@ -109,11 +111,13 @@ impl Keys<'_> {
     }
 
     pub async fn for_mailbox(&self, mailbox_id: i64) -> Result<Vec<KeyRow>> {
-        let rows = sqlx::query(AssertSqlSafe(format!("{SELECT} WHERE mailbox_id = $1 ORDER BY id")))
-            .bind(mailbox_id)
-            .fetch_all(self.pool)
-            .await
-            .map_err(db("listing mailbox keys"))?;
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "{SELECT} WHERE mailbox_id = $1 ORDER BY id"
+        )))
+        .bind(mailbox_id)
+        .fetch_all(self.pool)
+        .await
+        .map_err(db("listing mailbox keys"))?;
         rows.iter().map(row_to_key).collect()
     }
 

@@ -2,7 +2,7 @@
 
 use sqlx::{AnyPool, AssertSqlSafe, Row};
 
-use super::{db, now, query_error, Result, StoreError};
+use super::{Result, StoreError, db, now, query_error};
 use crate::pki::address::Address;
 
 /// `inactive → pending → active → revoke-pending → inactive` (DESIGN §5).
@@ -101,7 +101,9 @@ impl Mailboxes<'_> {
         .bind(at)
         .execute(self.pool)
         .await
-        .map_err(query_error("adding mailbox", || format!("mailbox {address}")))?;
+        .map_err(query_error("adding mailbox", || {
+            format!("mailbox {address}")
+        }))?;
         self.require(address).await
     }
 
@@ -130,7 +132,12 @@ impl Mailboxes<'_> {
 
     /// Moves a mailbox from `from` to `to`; refuses when it is not in `from` (another
     /// node or command got there first).
-    pub async fn transition(&self, address: &Address, from: MailboxState, to: MailboxState) -> Result<()> {
+    pub async fn transition(
+        &self,
+        address: &Address,
+        from: MailboxState,
+        to: MailboxState,
+    ) -> Result<()> {
         let done = sqlx::query(
             "UPDATE mailboxes SET state = $1, state_changed_at = $2, \
              revoke_requested_at = CASE WHEN $1 = 'revoke-pending' THEN $2 ELSE revoke_requested_at END \

@@ -10,8 +10,8 @@ mod mailboxes;
 
 use std::time::Duration;
 
-use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::AnyPool;
+use sqlx::any::{AnyPoolOptions, install_default_drivers};
 
 pub use audit::{AuditEntry, AuditLog};
 pub use certificates::{CertificateRecord, CertificateSource, Certificates, StoredCertificate};
@@ -60,7 +60,10 @@ impl StoreError {
             StoreError::Connect { .. } => true,
             StoreError::Query { source, .. } => matches!(
                 source,
-                sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Tls(_)
+                sqlx::Error::Io(_)
+                    | sqlx::Error::PoolTimedOut
+                    | sqlx::Error::PoolClosed
+                    | sqlx::Error::Tls(_)
             ),
             _ => false,
         }
@@ -70,7 +73,10 @@ impl StoreError {
 pub type Result<T> = std::result::Result<T, StoreError>;
 
 /// Maps a query error, turning unique violations into [`StoreError::Conflict`].
-pub(crate) fn query_error(operation: &'static str, what: impl FnOnce() -> String) -> impl FnOnce(sqlx::Error) -> StoreError {
+pub(crate) fn query_error(
+    operation: &'static str,
+    what: impl FnOnce() -> String,
+) -> impl FnOnce(sqlx::Error) -> StoreError {
     move |source| match &source {
         sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict(what()),
         _ => StoreError::Query { operation, source },
@@ -111,7 +117,11 @@ impl Store {
             return Err(StoreError::UnsupportedUrl(redact(url)));
         };
         // SQLite serialises writers; one connection avoids "database is locked" under load.
-        let max = if backend == Backend::Sqlite { 1 } else { max_connections };
+        let max = if backend == Backend::Sqlite {
+            1
+        } else {
+            max_connections
+        };
         let pool = AnyPoolOptions::new()
             .max_connections(max)
             .acquire_timeout(timeout)

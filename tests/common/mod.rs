@@ -43,8 +43,13 @@ pub fn token() -> &'static TestToken {
         unsafe { provision::export_softhsm2_conf(&conf) };
         let user_pin = format!("user-{}", std::process::id());
         let so_pin = SecretString::from(format!("so-{}", std::process::id()));
-        let outcome = provision::init_token(&module(), LABEL, &so_pin, &SecretString::from(user_pin.clone()))
-            .expect("initialise test token");
+        let outcome = provision::init_token(
+            &module(),
+            LABEL,
+            &so_pin,
+            &SecretString::from(user_pin.clone()),
+        )
+        .expect("initialise test token");
         assert_eq!(outcome, TokenInit::Created);
         let hsm = open_hsm(&user_pin, 8);
         TestToken { dir, user_pin, hsm }
@@ -81,7 +86,8 @@ pub async fn sqlite_store() -> (Store, tempfile::TempDir) {
 
 /// The PostgreSQL server for tests: `TEST_DATABASE_URL`, else the local one CI has.
 pub fn postgres_base_url() -> String {
-    std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+    std::env::var("TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
 }
 
 /// A fresh PostgreSQL database of its own, dropped by [`PgDatabase::drop_database`].
@@ -94,12 +100,14 @@ pub struct PgDatabase {
 pub async fn postgres_store() -> PgDatabase {
     use sqlx::Connection;
     let admin_url = postgres_base_url();
-    let mut admin = sqlx::PgConnection::connect(&admin_url).await.unwrap_or_else(|e| {
-        panic!(
-            "PostgreSQL at {admin_url} is required for the store suite (set TEST_DATABASE_URL, \
+    let mut admin = sqlx::PgConnection::connect(&admin_url)
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "PostgreSQL at {admin_url} is required for the store suite (set TEST_DATABASE_URL, \
              or run ./scripts/test, which starts one): {e}"
-        )
-    });
+            )
+        });
     let mut suffix = [0u8; 6];
     getrandom::fill(&mut suffix).expect("random");
     let name = format!("smimegate_test_{}", hex::encode(suffix));
@@ -112,7 +120,11 @@ pub async fn postgres_store() -> PgDatabase {
     let store = Store::connect(&url, 4, Duration::from_secs(10))
         .await
         .expect("PostgreSQL store");
-    PgDatabase { store, name, admin_url }
+    PgDatabase {
+        store,
+        name,
+        admin_url,
+    }
 }
 
 impl PgDatabase {
@@ -120,9 +132,12 @@ impl PgDatabase {
         use sqlx::Connection;
         self.store.close().await;
         if let Ok(mut admin) = sqlx::PgConnection::connect(&self.admin_url).await {
-            let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {}", self.name)))
-                .execute(&mut admin)
-                .await;
+            let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {}",
+                self.name
+            )))
+            .execute(&mut admin)
+            .await;
         }
     }
 }
@@ -133,7 +148,10 @@ fn replace_database(url: &str, name: &str) -> String {
         None => (url, None),
     };
     let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
-    let host_end = base[scheme_end..].find('/').map(|i| i + scheme_end).unwrap_or(base.len());
+    let host_end = base[scheme_end..]
+        .find('/')
+        .map(|i| i + scheme_end)
+        .unwrap_or(base.len());
     let mut out = format!("{}/{}", &base[..host_end], name);
     if let Some(q) = query {
         out.push('?');
@@ -173,7 +191,9 @@ pub fn run(program: &str, args: &[&str]) -> (bool, String, String) {
     let out = Command::new(program)
         .args(args)
         .output()
-        .unwrap_or_else(|e| panic!("cannot run {program} (run ./scripts/test, which installs it): {e}"));
+        .unwrap_or_else(|e| {
+            panic!("cannot run {program} (run ./scripts/test, which installs it): {e}")
+        });
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),

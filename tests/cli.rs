@@ -1,0 +1,308 @@
+//! The binary as an operator uses it: init (twice), domains, mailboxes, activation,
+//! the certificate checked by openssl, the key witnessed by pkcs11-tool, the errors a
+//! user can cause, and the health endpoint of `serve`.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::path::Path;
+
+use common::{run_ok, smimegate, smimegate_env, smimegate_ok};
+
+fn initialised_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = smimegate_ok(&dir.path().join("var"), &["init"]);
+    assert!(out.contains("created SoftHSM2 token"), "{out}");
+    assert!(out.contains("created CA"), "{out}");
+    dir
+}
+
+/// Every failure is one line on stderr, exit status 1, never a panic.
+fn assert_clean_failure(out: &std::process::Output, expected: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "expected one line, got: {stderr}");
+    assert!(lines[0].starts_with("smimegate: error: "), "{stderr}");
+    assert!(
+        lines[0].contains(expected),
+        "expected '{expected}' in: {stderr}"
+    );
+}
+
+fn set_config(data: &Path, from: &str, to: &str) {
+    let path = data.join("smimegate.toml");
+    let text = std::fs::read_to_string(&path).expect("config");
+    assert!(text.contains(from), "config lacks {from}");
+    std::fs::write(&path, text.replace(from, to)).expect("write config");
+}
+
+#[test]
+fn init_is_idempotent_and_keeps_secrets_private() {
+    let dir = initialised_dir();
+    let data = dir.path().join("var");
+    let before = std::fs::read(data.join("smimegate.db")).expect("db");
+    let out = smimegate_ok(&data, &["init"]);
+    assert!(out.contains("nothing to do"), "{out}");
+    assert_eq!(
+        std::fs::read(data.join("smimegate.db")).expect("db"),
+        before
+    );
+    use std::os::unix::fs::PermissionsExt;
+    for pin in ["hsm-user.pin", "hsm-so.pin"] {
+        let mode = std::fs::metadata(data.join(pin))
+            .expect("pin file")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{pin}");
+    }
+    let config = std::fs::read_to_string(data.join("smimegate.toml")).expect("config");
+    let pin = std::fs::read_to_string(data.join("hsm-user.pin")).expect("pin");
+    assert!(
+        !config.contains(pin.trim()),
+        "PIN leaked into the configuration"
+    );
+}
+
+#[test]
+fn activated_mailbox_certificate_is_accepted_for_smime_and_its_key_stays_in_the_token() {
+    let dir = initialised_dir();
+    let data = dir.path().join("var");
+    smimegate_ok(
+        &data,
+        &[
+            "domain",
+            "add",
+            "corp.example",
+            "--next-hop",
+            "127.0.0.1:2525",
+        ],
+    );
+    smimegate_ok(&data, &["mailbox", "add", "Alice@corp.example"]);
+    let out = smimegate_ok(&data, &["mailbox", "activate", "alice@corp.example"]);
+    assert!(out.contains("activated alice@corp.example"), "{out}");
+    let list = smimegate_ok(&data, &["mailbox", "list"]);
+    assert!(
+        list.contains("alice@corp.example") && list.contains("active"),
+        "{list}"
+    );
+
+    let pem = smimegate_ok(&data, &["cert", "show", "alice@corp.example", "--pem"]);
+    assert!(!pem.contains("PRIVATE"), "{pem}");
+    let blocks: Vec<&str> = pem.split_inclusive("-----END CERTIFICATE-----\n").collect();
+    assert_eq!(blocks.len(), 2, "leaf and CA expected: {pem}");
+    let leaf = dir.path().join("leaf.pem");
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&leaf, blocks[0]).expect("write");
+    std::fs::write(&ca, blocks[1]).expect("write");
+    let (leaf, ca) = (leaf.display().to_string(), ca.display().to_string());
+    let out = run_ok(
+        "openssl",
+        &["verify", "-purpose", "smimesign", "-CAfile", &ca, &leaf],
+    );
+    assert!(out.contains(": OK"), "{out}");
+    let text = run_ok("openssl", &["x509", "-in", &leaf, "-noout", "-text"]);
+    assert!(text.contains("E-mail Protection"), "{text}");
+    assert!(
+        text.contains("Digital Signature, Key Encipherment"),
+        "{text}"
+    );
+    assert!(text.contains("email:alice@corp.example"), "{text}");
+
+    let details = smimegate_ok(&data, &["cert", "show", "alice@corp.example"]);
+    assert!(details.contains("id-kp-emailProtection"), "{details}");
+
+    // pkcs11-tool, an outside witness, sees every private key as protected.
+    let conf = data.join("softhsm2.conf");
+    let pin = std::fs::read_to_string(data.join("hsm-user.pin")).expect("pin");
+    let out = std::process::Command::new("pkcs11-tool")
+        .env("SOFTHSM2_CONF", &conf)
+        .args([
+            "--module",
+            &common::module().display().to_string(),
+            "--token-label",
+            "smimegate",
+            "--login",
+            "--pin",
+            pin.trim(),
+            "--list-objects",
+            "--type",
+            "privkey",
+        ])
+        .output()
+        .expect("pkcs11-tool (opensc)");
+    let listing = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{listing}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let keys: Vec<&str> = listing.split("Private Key Object").skip(1).collect();
+    assert_eq!(keys.len(), 2, "CA and alice expected: {listing}");
+    assert!(listing.contains("alice@corp.example"), "{listing}");
+    for key in keys {
+        assert!(
+            key.contains("Access:     sensitive, always sensitive, never extractable"),
+            "{key}"
+        );
+    }
+    let custody = smimegate_ok(&data, &["token", "custody"]);
+    assert!(custody.contains("2 key(s) checked"), "{custody}");
+
+    // Activating twice is refused: one certificate per mailbox.
+    let again = smimegate(&data, &["mailbox", "activate", "alice@corp.example"]);
+    assert_clean_failure(&again, "is active, not inactive");
+}
+
+#[test]
+fn p256_mailboxes_get_key_agreement_certificates() {
+    let dir = initialised_dir();
+    let data = dir.path().join("var");
+    smimegate_ok(
+        &data,
+        &[
+            "domain",
+            "add",
+            "corp.example",
+            "--next-hop",
+            "mx.corp.example:25",
+        ],
+    );
+    smimegate_ok(&data, &["mailbox", "add", "carol@corp.example"]);
+    smimegate_ok(
+        &data,
+        &["mailbox", "activate", "carol@corp.example", "--key", "p256"],
+    );
+    let details = smimegate_ok(&data, &["cert", "show", "carol@corp.example"]);
+    assert!(details.contains("id-ecPublicKey"), "{details}");
+    assert!(
+        details.contains("DigitalSignature, KeyAgreement"),
+        "{details}"
+    );
+}
+
+#[test]
+fn user_errors_are_one_clear_line() {
+    let dir = initialised_dir();
+    let data = dir.path().join("var");
+
+    let out = smimegate(&dir.path().join("missing"), &["token", "status"]);
+    assert_clean_failure(&out, "run `smimegate init");
+
+    let out = smimegate(&data, &["mailbox", "activate", "nobody@corp.example"]);
+    assert_clean_failure(&out, "no managed mailbox nobody@corp.example");
+
+    let out = smimegate(&data, &["mailbox", "add", "not-an-address"]);
+    assert_clean_failure(&out, "not a valid mailbox address");
+
+    let out = smimegate(&data, &["mailbox", "add", "bob@elsewhere.example"]);
+    assert_clean_failure(&out, "elsewhere.example is not a managed domain");
+
+    let out = smimegate(&data, &["cert", "show", "nobody@corp.example"]);
+    assert_clean_failure(&out, "no certificate for nobody@corp.example");
+
+    let out = smimegate_env(
+        &data,
+        &["token", "status"],
+        &[("SMIMEGATE_HSM_PIN", "wrong-pin")],
+    );
+    assert_clean_failure(&out, "refused the PIN");
+
+    let copy = dir.path().join("copy");
+    std::fs::create_dir(&copy).expect("mkdir");
+    for file in [
+        "smimegate.toml",
+        "softhsm2.conf",
+        "hsm-user.pin",
+        "smimegate.db",
+    ] {
+        std::fs::copy(data.join(file), copy.join(file)).expect("copy");
+    }
+    // softhsm2.conf points at the original token directory, so the copy sees the token.
+    set_config(
+        &copy,
+        "token_label = \"smimegate\"",
+        "token_label = \"no-such-token\"",
+    );
+    let out = smimegate(&copy, &["token", "status"]);
+    assert_clean_failure(&out, "no token labelled 'no-such-token'");
+
+    set_config(
+        &copy,
+        "token_label = \"no-such-token\"",
+        "token_label = \"smimegate\"",
+    );
+    set_config(
+        &copy,
+        "/usr/lib/softhsm/libsofthsm2.so",
+        "/nonexistent/libpkcs11.so",
+    );
+    let out = smimegate(&copy, &["token", "status"]);
+    assert_clean_failure(&out, "cannot load PKCS#11 module /nonexistent/libpkcs11.so");
+
+    set_config(
+        &copy,
+        "/nonexistent/libpkcs11.so",
+        "/usr/lib/softhsm/libsofthsm2.so",
+    );
+    std::fs::remove_file(copy.join("hsm-user.pin")).expect("rm pin");
+    let out = smimegate(&copy, &["token", "status"]);
+    assert_clean_failure(&out, "no token PIN");
+
+    set_config(
+        &copy,
+        "url = \"sqlite:smimegate.db\"",
+        "url = \"postgres://nobody@127.0.0.1:1/none\"",
+    );
+    set_config(
+        &copy,
+        "connect_timeout_secs = 10",
+        "connect_timeout_secs = 2",
+    );
+    let out = smimegate(&copy, &["domain", "list"]);
+    assert_clean_failure(
+        &out,
+        "cannot reach database postgres://nobody@127.0.0.1:1/none",
+    );
+}
+
+#[test]
+fn serve_reports_health_over_http() {
+    let dir = initialised_dir();
+    let data = dir.path().join("var");
+    let port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        probe.local_addr().expect("addr").port()
+    };
+    let listen = format!("127.0.0.1:{port}");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_smimegate"))
+        .args([
+            "--data-dir",
+            &data.display().to_string(),
+            "serve",
+            "--http",
+            &listen,
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start serve");
+    let mut response = String::new();
+    for _ in 0..100 {
+        if let Ok(mut stream) = std::net::TcpStream::connect(&listen) {
+            stream
+                .write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                .expect("write");
+            stream.read_to_string(&mut response).expect("read");
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.contains("\"status\":\"ok\""), "{response}");
+    assert!(response.contains("\"logged_in\":true"), "{response}");
+    assert!(response.contains("\"backend\":\"sqlite\""), "{response}");
+}
