@@ -1,5 +1,11 @@
 //! `smimegate token bench`: sign rate through the session pool (as the relay uses it)
-//! against a bare single-session loop, both measured in the same run on a throwaway key.
+//! against bare signing loops, both measured in the same run on a throwaway key.
+//!
+//! For N workers: N OS threads each loop on their own session ("bare", the baseline);
+//! then a pool of N sessions kept busy by 4×N concurrent async callers, each signature
+//! a `Hsm::call` ("pool", what the relay does under load); and, for the record, one
+//! caller at a time through that pool ("pool-seq", latency-bound: every signature waits
+//! for two thread hand-offs).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,7 +22,7 @@ pub struct BenchArgs {
     /// Key types to measure.
     #[arg(long = "key", value_enum, default_values_t = [KeyAlgorithm::Rsa2048, KeyAlgorithm::P256])]
     pub keys: Vec<KeyAlgorithm>,
-    /// Concurrent workers through the pool (each value is one run).
+    /// Token sessions (and bare threads) to measure with; each value is one run.
     #[arg(long, value_delimiter = ',', default_values_t = [1usize, 2])]
     pub workers: Vec<usize>,
     /// Seconds per measurement.
@@ -36,7 +42,7 @@ struct Figure {
     ratio_to_bare: Option<f64>,
 }
 
-pub async fn run(hsm: Hsm, args: BenchArgs) -> Result<()> {
+pub async fn run(hsm: Hsm, settings: &crate::config::Settings, args: BenchArgs) -> Result<()> {
     let duration = Duration::from_secs(args.seconds.max(1));
     for key_algorithm in &args.keys {
         let algorithm = *key_algorithm;
@@ -50,7 +56,7 @@ pub async fn run(hsm: Hsm, args: BenchArgs) -> Result<()> {
             })
             .await?;
         let scheme = default_scheme(algorithm);
-        let outcome = measure(&hsm, &key.id, algorithm, scheme, &args, duration).await;
+        let outcome = measure(&hsm, settings, &key.id, algorithm, scheme, &args, duration).await;
         let id = key.id.clone();
         hsm.call("destroy bench key", move |h| h.destroy_bench_key(&id))
             .await?;
@@ -63,7 +69,7 @@ pub async fn run(hsm: Hsm, args: BenchArgs) -> Result<()> {
                     .map(|r| format!("  ({:.1} % of bare)", r * 100.0))
                     .unwrap_or_default();
                 println!(
-                    "{:<8} {:<5} {} thread(s): {:>9.1} sign/s{ratio}",
+                    "{:<8} {:<8} {} session(s): {:>9.1} sign/s{ratio}",
                     figure.key, figure.mode, figure.threads, figure.ops_per_sec
                 );
             }
@@ -74,6 +80,7 @@ pub async fn run(hsm: Hsm, args: BenchArgs) -> Result<()> {
 
 async fn measure(
     hsm: &Hsm,
+    settings: &crate::config::Settings,
     id: &crate::hsm::KeyId,
     key: KeyAlgorithm,
     scheme: SignatureScheme,
@@ -106,34 +113,51 @@ async fn measure(
             ratio_to_bare: None,
         });
 
-        // Through the pool: async workers, each signature a `Hsm::call`.
-        let done = Arc::new(AtomicU64::new(0));
-        let start = Instant::now();
-        let deadline = start + duration;
-        let mut tasks = Vec::new();
-        for _ in 0..threads {
-            let (hsm, id, data, done) = (hsm.clone(), id.clone(), data.clone(), done.clone());
-            tasks.push(tokio::spawn(async move {
-                while Instant::now() < deadline {
-                    let (id, data) = (id.clone(), data.clone());
-                    hsm.call("sign", move |h| h.sign(&id, scheme, &data))
-                        .await?;
-                    done.fetch_add(1, Ordering::Relaxed);
-                }
-                Ok::<(), crate::hsm::HsmError>(())
-            }));
+        // Through a pool of `threads` sessions.
+        let mut config = crate::app::hsm_config(settings)?;
+        config.max_sessions = threads;
+        let pool = tokio::task::spawn_blocking(move || Hsm::open(config)).await??;
+        for (mode, callers) in [("pool", threads * 4), ("pool-seq", 1)] {
+            let rate = pooled_rate(&pool, id, scheme, &data, callers, duration).await?;
+            figures.push(Figure {
+                key,
+                mode,
+                threads,
+                ops_per_sec: rate,
+                ratio_to_bare: Some(rate / bare),
+            });
         }
-        for t in tasks {
-            t.await??;
-        }
-        let pooled = done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64();
-        figures.push(Figure {
-            key,
-            mode: "pool",
-            threads,
-            ops_per_sec: pooled,
-            ratio_to_bare: Some(pooled / bare),
-        });
     }
     Ok(figures)
+}
+
+/// Signatures per second from `callers` async tasks looping on `Hsm::call`.
+async fn pooled_rate(
+    pool: &Hsm,
+    id: &crate::hsm::KeyId,
+    scheme: SignatureScheme,
+    data: &Arc<[u8]>,
+    callers: usize,
+    duration: Duration,
+) -> Result<f64> {
+    let done = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let deadline = start + duration;
+    let mut tasks = Vec::new();
+    for _ in 0..callers {
+        let (hsm, id, data, done) = (pool.clone(), id.clone(), data.clone(), done.clone());
+        tasks.push(tokio::spawn(async move {
+            while Instant::now() < deadline {
+                let (id, data) = (id.clone(), data.clone());
+                hsm.call("sign", move |h| h.sign(&id, scheme, &data))
+                    .await?;
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok::<(), crate::hsm::HsmError>(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok(done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64())
 }

@@ -86,7 +86,7 @@ pub async fn run(cmd: TokenCommand, settings: Settings) -> Result<()> {
                 );
             }
         }
-        TokenCommand::Bench(args) => super::bench::run(hsm, args).await?,
+        TokenCommand::Bench(args) => super::bench::run(hsm, &settings, args).await?,
     }
     Ok(())
 }

@@ -45,6 +45,7 @@ impl Hsm {
     /// Destroys both halves of a key pair. Only for the benchmark's own throwaway key:
     /// mailbox keys are never destroyed, so old mail stays readable.
     pub(crate) fn destroy_bench_key(&self, id: &KeyId) -> Result<()> {
+        self.forget_key(id);
         self.with_session(|session| {
             let handles = session
                 .find_objects(&[cryptoki::object::Attribute::Id(id.as_bytes().to_vec())])

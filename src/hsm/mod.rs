@@ -18,13 +18,16 @@ mod ops;
 mod pool;
 pub mod provision;
 mod signer;
+mod workers;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::object::ObjectHandle;
 use cryptoki::session::{Session, UserType};
 use cryptoki::slot::{Limit, Slot};
 use cryptoki::types::AuthPin;
@@ -64,8 +67,13 @@ struct Inner {
     ctx: Pkcs11,
     pin: AuthPin,
     pool: SessionPool,
+    /// One thread per pooled session; async callers queue their work here.
+    workers: workers::Workers,
     operation_timeout: Duration,
     acquire_timeout: Duration,
+    /// Private key handles by CKA_ID. Handles are valid in every session of this
+    /// application; a handle the token no longer accepts is looked up again.
+    handles: Mutex<HashMap<KeyId, ObjectHandle>>,
 }
 
 /// Key generation is slow on software tokens (RSA-3072 takes seconds): it gets at
@@ -103,10 +111,12 @@ impl Hsm {
                 label: config.token_label,
                 slot,
                 pool: SessionPool::new(ctx.clone(), slot, capacity, first),
+                workers: workers::Workers::start(capacity)?,
                 ctx,
                 pin,
                 operation_timeout: config.operation_timeout,
                 acquire_timeout: config.acquire_timeout,
+                handles: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -119,9 +129,10 @@ impl Hsm {
         self.inner.pool.usage()
     }
 
-    /// Runs `work` on the blocking thread pool, bounded by the operation timeout.
-    /// A timed-out operation keeps its session until the token returns; the caller
-    /// gets [`HsmError::Timeout`], which is transient.
+    /// Runs `work` on one of the token's worker threads (one per pooled session),
+    /// bounded by the acquire and operation timeouts. A timed-out operation keeps its
+    /// session until the token returns; the caller gets [`HsmError::Timeout`] (or
+    /// [`HsmError::Busy`] if no worker took it in time), both transient.
     pub async fn call<T, F>(&self, operation: &'static str, work: F) -> Result<T>
     where
         T: Send + 'static,
@@ -152,22 +163,12 @@ impl Hsm {
         F: FnOnce(&Hsm) -> Result<T> + Send + 'static,
     {
         let hsm = self.clone();
-        let task = tokio::task::spawn_blocking(move || work(&hsm));
-        match tokio::time::timeout(timeout, task).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(join)) => Err(HsmError::Task(join.to_string())),
-            Err(_) => {
-                tracing::warn!(
-                    operation,
-                    seconds = timeout.as_secs(),
-                    "token operation timed out"
-                );
-                Err(HsmError::Timeout {
-                    operation,
-                    seconds: timeout.as_secs(),
-                })
-            }
-        }
+        self.inner
+            .workers
+            .run(operation, self.inner.acquire_timeout, timeout, move || {
+                work(&hsm)
+            })
+            .await
     }
 
     /// Borrows a session for `work`. A session that failed at the session level is
@@ -195,6 +196,56 @@ impl Hsm {
                 return Err(err);
             }
         }
+    }
+}
+
+impl Hsm {
+    /// Runs `op` with the handle of the private key `id`: from the cache when known,
+    /// else found by `CKA_ID` (one `C_FindObjects` per key, not per operation). A handle
+    /// the token rejects is evicted, found again and the operation retried once.
+    pub(crate) fn with_private_key<T>(
+        &self,
+        session: &Session,
+        id: &KeyId,
+        op: impl Fn(ObjectHandle) -> Result<T>,
+    ) -> Result<T> {
+        let cached = self.handles().get(id).copied();
+        let handle = match cached {
+            Some(handle) => handle,
+            None => self.find_and_cache(session, id)?,
+        };
+        match op(handle) {
+            Err(err)
+                if cached.is_some()
+                    && matches!(
+                        err.rv(),
+                        Some(RvError::KeyHandleInvalid | RvError::ObjectHandleInvalid)
+                    ) =>
+            {
+                self.forget_key(id);
+                let handle = self.find_and_cache(session, id)?;
+                op(handle)
+            }
+            result => result,
+        }
+    }
+
+    fn find_and_cache(&self, session: &Session, id: &KeyId) -> Result<ObjectHandle> {
+        let handle = keys::require_private_key(session, id)?;
+        self.handles().insert(id.clone(), handle);
+        Ok(handle)
+    }
+
+    pub(crate) fn forget_key(&self, id: &KeyId) {
+        self.handles().remove(id);
+    }
+
+    fn handles(&self) -> std::sync::MutexGuard<'_, HashMap<KeyId, ObjectHandle>> {
+        // The map holds plain values; a panic elsewhere cannot leave it half-updated.
+        self.inner
+            .handles
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 }
 

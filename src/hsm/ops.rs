@@ -12,7 +12,7 @@ use zeroize::Zeroizing;
 
 use super::Hsm;
 use super::error::{HsmError, Result};
-use super::keys::{KeyId, require_private_key};
+use super::keys::KeyId;
 
 /// Signature algorithms the token is asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -130,7 +130,6 @@ impl Hsm {
     pub fn sign(&self, id: &KeyId, scheme: SignatureScheme, data: &[u8]) -> Result<Vec<u8>> {
         let digest = scheme.is_ecdsa().then(|| host_digest(scheme, data));
         let raw = self.with_session(|session| {
-            let key = require_private_key(session, id)?;
             let pss;
             let mechanism = match scheme {
                 SignatureScheme::RsaPkcs1Sha256 => Mechanism::Sha256RsaPkcs,
@@ -153,9 +152,11 @@ impl Hsm {
                 | SignatureScheme::EcdsaSha512 => Mechanism::Ecdsa,
             };
             let input = digest.as_deref().unwrap_or(data);
-            session
-                .sign(&mechanism, key, input)
-                .map_err(|e| refused_or_token(scheme.mechanism_name(), "sign", e))
+            self.with_private_key(session, id, |key| {
+                session
+                    .sign(&mechanism, key, input)
+                    .map_err(|e| refused_or_token(scheme.mechanism_name(), "sign", e))
+            })
         })?;
         if scheme.is_ecdsa() {
             let sig = p256::ecdsa::Signature::from_slice(&raw)
@@ -176,7 +177,6 @@ impl Hsm {
         encrypted_key: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>> {
         self.with_session(|session| {
-            let key = require_private_key(session, id)?;
             let mechanism = match transport {
                 KeyTransport::RsaPkcs1v15 => Mechanism::RsaPkcs,
                 KeyTransport::RsaOaepSha1 => Mechanism::RsaPkcsOaep(PkcsOaepParams::new(
@@ -190,10 +190,12 @@ impl Hsm {
                     PkcsOaepSource::empty(),
                 )),
             };
-            session
-                .decrypt(&mechanism, key, encrypted_key)
-                .map(Zeroizing::new)
-                .map_err(|e| refused_or_token(transport.mechanism_name(), "decrypt key", e))
+            self.with_private_key(session, id, |key| {
+                session
+                    .decrypt(&mechanism, key, encrypted_key)
+                    .map(Zeroizing::new)
+                    .map_err(|e| refused_or_token(transport.mechanism_name(), "decrypt key", e))
+            })
         })
     }
 
@@ -202,7 +204,6 @@ impl Hsm {
     /// Z is derived as a session object, read once and destroyed.
     pub fn ecdh_shared_secret(&self, id: &KeyId, peer_point: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
         self.with_session(|session| {
-            let key = require_private_key(session, id)?;
             let params = Ecdh1DeriveParams::new(EcKdf::null(), peer_point);
             let template = [
                 Attribute::Class(ObjectClass::SECRET_KEY),
@@ -212,9 +213,11 @@ impl Hsm {
                 Attribute::Extractable(true),
                 Attribute::ValueLen(32u64.into()),
             ];
-            let derived = session
-                .derive_key(&Mechanism::Ecdh1Derive(params), key, &template)
-                .map_err(|e| refused_or_token("CKM_ECDH1_DERIVE", "derive shared secret", e))?;
+            let derived = self.with_private_key(session, id, |key| {
+                session
+                    .derive_key(&Mechanism::Ecdh1Derive(params), key, &template)
+                    .map_err(|e| refused_or_token("CKM_ECDH1_DERIVE", "derive shared secret", e))
+            })?;
             let value = session
                 .get_attributes(derived, &[cryptoki::object::AttributeType::Value])
                 .map_err(|e| HsmError::token("read shared secret", e));
