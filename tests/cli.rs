@@ -114,30 +114,7 @@ fn activated_mailbox_certificate_is_accepted_for_smime_and_its_key_stays_in_the_
     assert!(details.contains("id-kp-emailProtection"), "{details}");
 
     // pkcs11-tool, an outside witness, sees every private key as protected.
-    let conf = data.join("softhsm2.conf");
-    let pin = std::fs::read_to_string(data.join("hsm-user.pin")).expect("pin");
-    let out = std::process::Command::new("pkcs11-tool")
-        .env("SOFTHSM2_CONF", &conf)
-        .args([
-            "--module",
-            &common::module().display().to_string(),
-            "--token-label",
-            "smimegate",
-            "--login",
-            "--pin",
-            pin.trim(),
-            "--list-objects",
-            "--type",
-            "privkey",
-        ])
-        .output()
-        .expect("pkcs11-tool (opensc)");
-    let listing = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{listing}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let listing = pkcs11_tool_private_keys(&data);
     let keys: Vec<&str> = listing.split("Private Key Object").skip(1).collect();
     assert_eq!(keys.len(), 2, "CA and alice expected: {listing}");
     assert!(listing.contains("alice@corp.example"), "{listing}");
@@ -180,6 +157,44 @@ fn p256_mailboxes_get_key_agreement_certificates() {
         details.contains("DigitalSignature, KeyAgreement"),
         "{details}"
     );
+    let listing = pkcs11_tool_private_keys(&data);
+    let carol = listing
+        .split("Private Key Object")
+        .find(|k| k.contains("carol@corp.example"))
+        .unwrap_or_else(|| panic!("carol's key not listed: {listing}"));
+    assert!(carol.contains("EC"), "{carol}");
+    assert!(
+        carol.contains("Access:     sensitive, always sensitive, never extractable"),
+        "{carol}"
+    );
+}
+
+/// `pkcs11-tool --list-objects --type privkey` on the data directory's token.
+fn pkcs11_tool_private_keys(data: &Path) -> String {
+    let pin = std::fs::read_to_string(data.join("hsm-user.pin")).expect("pin");
+    let out = std::process::Command::new("pkcs11-tool")
+        .env("SOFTHSM2_CONF", data.join("softhsm2.conf"))
+        .args([
+            "--module",
+            &common::module().display().to_string(),
+            "--token-label",
+            "smimegate",
+            "--login",
+            "--pin",
+            pin.trim(),
+            "--list-objects",
+            "--type",
+            "privkey",
+        ])
+        .output()
+        .expect("pkcs11-tool (opensc)");
+    let listing = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{listing}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    listing
 }
 
 #[test]

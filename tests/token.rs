@@ -598,3 +598,89 @@ async fn sixty_four_concurrent_signatures_share_a_pool_of_four_sessions() {
             .expect("verifies");
     }
 }
+
+#[test]
+fn cms_signed_data_built_with_the_token_signer_verifies_with_openssl() {
+    use cms::builder::{SignedDataBuilder, SignerInfoBuilder};
+    use cms::cert::{CertificateChoices, IssuerAndSerialNumber};
+    use cms::signed_data::{EncapsulatedContentInfo, SignerIdentifier};
+    use smimegate::hsm::{TokenSignature, TokenSigner};
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ca = test_ca();
+    let ca_path = write_pem(dir.path(), "ca.pem", &ca.certificate);
+    let content = b"Content-Type: text/plain\r\n\r\nSigned in the token.\r\n".to_vec();
+    for (algorithm, scheme) in [
+        (KeyAlgorithm::Rsa2048, SignatureScheme::RsaPkcs1Sha256),
+        (KeyAlgorithm::P256, SignatureScheme::EcdsaSha256),
+    ] {
+        let key = generate(algorithm, KeyRole::Mailbox, "cms");
+        let address = Address::parse(&format!("cms-{algorithm}@corp.example")).expect("address");
+        let cert = ca::issue_mailbox_certificate(
+            &token().hsm,
+            &ca,
+            &address,
+            &key,
+            365,
+            "http://crl.example/ca.crl",
+        )
+        .expect("issue");
+        let eci = EncapsulatedContentInfo {
+            econtent_type: const_oid::db::rfc5911::ID_DATA,
+            econtent: Some(der::Any::new(der::Tag::OctetString, content.clone()).expect("content")),
+        };
+        let digest = spki::AlgorithmIdentifierOwned {
+            oid: const_oid::db::rfc5912::ID_SHA_256,
+            parameters: None,
+        };
+        let sid = SignerIdentifier::IssuerAndSerialNumber(IssuerAndSerialNumber {
+            issuer: cert.tbs_certificate().issuer().clone(),
+            serial_number: cert.tbs_certificate().serial_number().clone(),
+        });
+        let signer = TokenSigner::new(
+            token().hsm.clone(),
+            key.id.clone(),
+            scheme,
+            key.public_key.clone(),
+        );
+        let signer_info =
+            SignerInfoBuilder::new(sid, digest.clone(), &eci, None).expect("signer info");
+        let signed = SignedDataBuilder::new(&eci)
+            .add_digest_algorithm(digest)
+            .expect("digest")
+            .add_certificate(CertificateChoices::Certificate(cert))
+            .expect("certificate")
+            .add_signer_info::<_, TokenSignature>(signer_info, &signer)
+            .expect("sign in token")
+            .build()
+            .expect("build");
+        let path = dir
+            .path()
+            .join(format!("{algorithm}.p7m"))
+            .display()
+            .to_string();
+        std::fs::write(&path, signed.to_der().expect("DER")).expect("write");
+        let out = std::process::Command::new("openssl")
+            .args([
+                "cms",
+                "-verify",
+                "-inform",
+                "DER",
+                "-in",
+                &path,
+                "-CAfile",
+                &ca_path,
+                "-purpose",
+                "smimesign",
+                "-binary",
+            ])
+            .output()
+            .expect("openssl cms");
+        assert!(
+            out.status.success(),
+            "{algorithm}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.stdout, content, "{algorithm}");
+    }
+}
