@@ -91,20 +91,19 @@ async fn measure(
     let mut figures = Vec::new();
     for &threads in &args.workers {
         let threads = threads.max(1);
-        // Baseline: `threads` OS threads, each looping on its own session.
-        let start = Instant::now();
-        let mut handles = Vec::new();
-        for _ in 0..threads {
-            let (hsm, id, data) = (hsm.clone(), id.clone(), data.clone());
-            handles.push(tokio::task::spawn_blocking(move || {
-                hsm.bare_sign_loop(&id, scheme, &data, duration)
-            }));
-        }
-        let mut bare_total = 0;
-        for h in handles {
-            bare_total += h.await??;
-        }
-        let bare = bare_total as f64 / start.elapsed().as_secs_f64();
+        // Baseline: `threads` OS threads, each looping on its own session. Measured
+        // before and after the pool runs, half the time each, and averaged, so that
+        // drift in the machine's speed does not favour either side.
+        let half = duration / 2;
+        let before = bare_rate(hsm, id, scheme, &data, threads, half).await?;
+        // Through a pool of `threads` sessions.
+        let mut config = crate::app::hsm_config(settings)?;
+        config.max_sessions = threads;
+        let pool = tokio::task::spawn_blocking(move || Hsm::open(config)).await??;
+        let saturated = pooled_rate(&pool, id, scheme, &data, threads * 4, duration).await?;
+        let sequential = pooled_rate(&pool, id, scheme, &data, 1, duration).await?;
+        let after = bare_rate(hsm, id, scheme, &data, threads, half).await?;
+        let bare = (before + after) / 2.0;
         figures.push(Figure {
             key,
             mode: "bare",
@@ -112,13 +111,7 @@ async fn measure(
             ops_per_sec: bare,
             ratio_to_bare: None,
         });
-
-        // Through a pool of `threads` sessions.
-        let mut config = crate::app::hsm_config(settings)?;
-        config.max_sessions = threads;
-        let pool = tokio::task::spawn_blocking(move || Hsm::open(config)).await??;
-        for (mode, callers) in [("pool", threads * 4), ("pool-seq", 1)] {
-            let rate = pooled_rate(&pool, id, scheme, &data, callers, duration).await?;
+        for (mode, rate) in [("pool", saturated), ("pool-seq", sequential)] {
             figures.push(Figure {
                 key,
                 mode,
@@ -129,6 +122,32 @@ async fn measure(
         }
     }
     Ok(figures)
+}
+
+/// Signatures per second from `threads` OS threads each looping on its own session.
+async fn bare_rate(
+    hsm: &Hsm,
+    id: &crate::hsm::KeyId,
+    scheme: SignatureScheme,
+    data: &Arc<[u8]>,
+    threads: usize,
+    duration: Duration,
+) -> Result<f64> {
+    let start = Instant::now();
+    let mut handles = Vec::new();
+    for _ in 0..threads {
+        let (hsm, id, data) = (hsm.clone(), id.clone(), data.clone());
+        handles.push(std::thread::spawn(move || {
+            hsm.bare_sign_loop(&id, scheme, &data, duration)
+        }));
+    }
+    let mut total = 0;
+    for h in handles {
+        total += h
+            .join()
+            .map_err(|_| anyhow::anyhow!("bare signing thread panicked"))??;
+    }
+    Ok(total as f64 / start.elapsed().as_secs_f64())
 }
 
 /// Signatures per second from `callers` async tasks looping on `Hsm::call`.

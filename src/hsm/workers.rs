@@ -37,10 +37,10 @@ impl Workers {
         Ok(Workers { queue, threads })
     }
 
-    /// Runs `work` on a worker. Waits up to `queue_timeout` for a worker to take it
-    /// ([`HsmError::Busy`] otherwise; the job is then skipped, never run late) and up to
-    /// `run_timeout` for it to finish ([`HsmError::Timeout`]; the worker stays with the
-    /// token until it returns, and the result is dropped).
+    /// Runs `work` on a worker. A job no worker has taken within `queue_timeout` is
+    /// [`HsmError::Busy`] and skipped, never run late. A job that has started gets
+    /// `run_timeout` more after that point, then [`HsmError::Timeout`] (the worker stays
+    /// with the token until it returns, and the result is dropped).
     pub(crate) async fn run<T, F>(
         &self,
         operation: &'static str,
@@ -52,8 +52,7 @@ impl Workers {
         T: Send + 'static,
         F: FnOnce() -> Result<T> + Send + 'static,
     {
-        let (reply, result) = tokio::sync::oneshot::channel();
-        let (started_tx, started) = tokio::sync::oneshot::channel::<()>();
+        let (reply, mut result) = tokio::sync::oneshot::channel();
         let state = Arc::new(AtomicU8::new(QUEUED));
         let job_state = state.clone();
         let job: Job = Box::new(move || {
@@ -64,7 +63,6 @@ impl Workers {
             {
                 return;
             }
-            let _ = started_tx.send(());
             let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work))
                 .unwrap_or_else(|_| Err(HsmError::Task(format!("{operation} panicked"))));
             let _ = reply.send(outcome);
@@ -72,16 +70,26 @@ impl Workers {
         self.queue
             .send(job)
             .map_err(|_| HsmError::Task("token workers stopped".into()))?;
-        if tokio::time::timeout(queue_timeout, started).await.is_err()
-            && state
-                .compare_exchange(QUEUED, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
+        // Common case: the answer arrives within the queue timeout (one timer).
+        match tokio::time::timeout(queue_timeout, &mut result).await {
+            Ok(Ok(outcome)) => return outcome,
+            Ok(Err(_)) => {
+                return Err(HsmError::Task(format!(
+                    "{operation}: worker dropped the job"
+                )));
+            }
+            Err(_) => {}
+        }
+        if state
+            .compare_exchange(QUEUED, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
         {
             return Err(HsmError::Busy {
                 seconds: queue_timeout.as_secs(),
                 capacity: self.threads,
             });
         }
+        // Started but not finished: it gets the operation timeout from here.
         match tokio::time::timeout(run_timeout, result).await {
             Ok(Ok(outcome)) => outcome,
             Ok(Err(_)) => Err(HsmError::Task(format!(
@@ -151,7 +159,7 @@ mod tests {
     async fn a_job_that_overruns_times_out_and_is_transient() {
         let workers = Workers::start(1).expect("start");
         let err = workers
-            .run("slow", LONG, SHORT, || {
+            .run("slow", SHORT, SHORT, || {
                 std::thread::sleep(Duration::from_millis(300));
                 Ok(())
             })
