@@ -7,6 +7,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod hsm;
+pub mod mime;
 pub mod pki;
 pub mod setup;
 pub mod store;

@@ -1,0 +1,99 @@
+//! Transfer encodings that produce 7-bit lines of at most 76 characters.
+
+use base64::Engine;
+
+/// Base64 with CRLF line breaks every 76 characters, final CRLF included.
+pub fn base64_lines(data: &[u8]) -> Vec<u8> {
+    let encoded = base64::engine::general_purpose::STANDARD.encode(data);
+    let mut out = Vec::with_capacity(encoded.len() + encoded.len() / 76 * 2 + 2);
+    for chunk in encoded.as_bytes().chunks(76) {
+        out.extend_from_slice(chunk);
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+/// Quoted-printable (RFC 2045 §6.7) of canonical CRLF text: line breaks stay hard
+/// breaks, every other CR, LF and 8-bit byte is escaped, trailing white space is
+/// escaped, soft breaks keep lines within 76 characters. "From " at a line start is
+/// escaped too, so mbox-style relays cannot alter it.
+pub fn quoted_printable(text: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(text.len() + text.len() / 8);
+    let lines: Vec<&[u8]> = split_crlf_lines(text);
+    for (n, line) in lines.iter().enumerate() {
+        let mut width = 0usize;
+        for (i, &b) in line.iter().enumerate() {
+            let last = i + 1 == line.len();
+            let needs_escape = b == b'='
+                || !(b == b' ' || b == b'\t' || (33..=126).contains(&b))
+                || ((b == b' ' || b == b'\t') && last)
+                || (i == 0 && b == b'F' && line.starts_with(b"From "))
+                || (i == 0 && b == b'.');
+            let piece_len = if needs_escape { 3 } else { 1 };
+            // Leave room for the soft break '='.
+            if width + piece_len > 75 {
+                out.extend_from_slice(b"=\r\n");
+                width = 0;
+            }
+            if needs_escape {
+                out.extend_from_slice(format!("={b:02X}").as_bytes());
+            } else {
+                out.push(b);
+            }
+            width += piece_len;
+        }
+        if n + 1 < lines.len() || text.ends_with(b"\r\n") {
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    out
+}
+
+/// Lines of a CRLF text without their CRLF; a text ending in CRLF has no empty last line.
+fn split_crlf_lines(text: &[u8]) -> Vec<&[u8]> {
+    let mut lines = Vec::new();
+    let mut start = 0;
+    let mut i = 0;
+    while i + 1 < text.len() {
+        if text[i] == b'\r' && text[i + 1] == b'\n' {
+            lines.push(&text[start..i]);
+            start = i + 2;
+            i += 2;
+        } else {
+            i += 1;
+        }
+    }
+    if start < text.len() {
+        lines.push(&text[start..]);
+    }
+    lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoted_printable_keeps_lines_short_and_seven_bit() {
+        let text = "Grüße aus Köln = schön \r\nFrom here\r\n.dot\r\n".as_bytes();
+        let qp = quoted_printable(text);
+        let s = std::str::from_utf8(&qp).expect("ascii");
+        assert!(s.is_ascii());
+        assert!(s.contains("Gr=C3=BC=C3=9Fe"));
+        assert!(s.contains("=3D"));
+        assert!(s.contains("sch=C3=B6n=20\r\n"), "{s}");
+        assert!(s.contains("=46rom here"), "{s}");
+        assert!(s.contains("=2Edot"), "{s}");
+        let long = vec![b'a'; 300];
+        let qp = quoted_printable(&long);
+        assert!(qp.split(|&b| b == b'\n').all(|l| l.len() <= 77));
+    }
+
+    #[test]
+    fn base64_lines_are_76_wide() {
+        let out = base64_lines(&[0xffu8; 200]);
+        let s = std::str::from_utf8(&out).expect("ascii");
+        assert!(s.lines().all(|l| l.len() <= 76));
+        assert!(s.ends_with("\r\n"));
+    }
+}

@@ -1,0 +1,41 @@
+//! MIME handling for signing: canonical CRLF line endings, header and
+//! Content-Type parsing, and the transfer re-encoding that makes an entity 7-bit clean
+//! before it is signed, so no relay can break the signature (RFC 8551 §3.1.2/§3.1.3).
+//! Pure: bytes in, bytes out, no I/O. Every recursion is bounded by [`Limits`].
+
+mod encode;
+mod entity;
+mod header;
+
+pub use encode::{base64_lines, quoted_printable};
+pub use entity::{make_seven_bit_safe, split_message, to_crlf, Message};
+pub use header::{ContentType, Header};
+
+/// Bounds on what the MIME code will walk.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Deepest nesting of multiparts and message/rfc822 parts.
+    pub max_depth: usize,
+    /// Largest message, in bytes.
+    pub max_size: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_depth: 32,
+            max_size: 50 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum MimeError {
+    #[error("MIME nesting deeper than {limit} levels")]
+    TooDeep { limit: usize },
+    #[error("message of {size} bytes exceeds the limit of {limit} bytes")]
+    TooLarge { size: usize, limit: usize },
+    #[error("malformed MIME: {0}")]
+    Malformed(&'static str),
+}
