@@ -248,6 +248,50 @@ impl App {
     }
 }
 
+impl App {
+    /// The signing identity of an active mailbox: its current certificate, the key
+    /// behind it and the CA chain.
+    pub async fn signer_for(
+        &self,
+        address: &Address,
+    ) -> Result<crate::smime::SignerIdentity, AppError> {
+        let mailbox = self.store.mailboxes().require(address).await?;
+        if mailbox.state != MailboxState::Active {
+            return Err(AppError::Refused(format!(
+                "mailbox {address} is {}: it has no active certificate to sign with",
+                mailbox.state.as_str()
+            )));
+        }
+        let cert = self
+            .store
+            .certificates()
+            .current(address.as_str(), CertificateSource::Issued)
+            .await?
+            .ok_or_else(|| {
+                AppError::Refused(format!("mailbox {address} has no valid certificate"))
+            })?;
+        let key_row_id = cert
+            .key_id
+            .ok_or_else(|| StoreError::Corrupt(format!("certificate of {address} names no key")))?;
+        let key = self
+            .store
+            .keys()
+            .get(key_row_id)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt(format!("key of {address} is not recorded")))?;
+        let certificate = Certificate::from_der(&cert.record.der)
+            .map_err(|e| StoreError::Corrupt(format!("certificate of {address}: {e}")))?;
+        let ca = self.ca().await?;
+        Ok(crate::smime::SignerIdentity {
+            key_id: key.key_id()?,
+            key_algorithm: key.algorithm,
+            scheme: ca::default_scheme(key.algorithm),
+            certificate,
+            chain: vec![ca.certificate],
+        })
+    }
+}
+
 /// The CA as recorded in the database, if `init` has created it.
 pub async fn load_ca(store: &Store) -> Result<Option<CaIdentity>, AppError> {
     let Some(key) = store.keys().current_ca().await? else {

@@ -10,4 +10,5 @@ pub mod hsm;
 pub mod mime;
 pub mod pki;
 pub mod setup;
+pub mod smime;
 pub mod store;

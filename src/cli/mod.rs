@@ -53,6 +53,22 @@ pub enum Command {
     Cert(CertCommand),
     /// Run the gateway (at this stage: the HTTP health endpoint).
     Serve(ServeArgs),
+    /// Use the S/MIME engine without SMTP: a message on stdin or in a file, the result
+    /// on stdout, one verdict line on stderr.
+    #[command(subcommand)]
+    Smime(SmimeCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SmimeCommand {
+    /// Sign as multipart/signed with the mailbox's key in the token.
+    Sign {
+        /// The signing mailbox (must be active).
+        #[arg(long)]
+        from: String,
+        /// The message; stdin when absent.
+        file: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -159,6 +175,7 @@ pub async fn run(
             certs::show(&store, &Address::parse(&address)?, pem).await
         }
         Command::Serve(args) => serve(settings, args).await,
+        Command::Smime(cmd) => smime(cmd, settings).await,
     }
 }
 
@@ -282,6 +299,57 @@ async fn mailbox(cmd: MailboxCommand, settings: Settings) -> Result<()> {
         }
     }
     Ok(())
+}
+
+async fn smime(cmd: SmimeCommand, settings: Settings) -> Result<()> {
+    match cmd {
+        SmimeCommand::Sign { from, file } => {
+            let address = Address::parse(&from)?;
+            let message = read_input(file.as_deref())?;
+            let app = App::open(settings).await?;
+            let signer = app.signer_for(&address).await?;
+            let serial = hex::encode(
+                signer
+                    .certificate
+                    .tbs_certificate()
+                    .serial_number()
+                    .as_bytes(),
+            );
+            let limits = crate::mime::Limits::default();
+            let signed = app
+                .hsm
+                .call("sign message", move |hsm| {
+                    crate::smime::sign_detached(hsm, &signer, &message, &limits).map_err(
+                        |e| match e {
+                            crate::smime::SmimeError::Token(t) => t,
+                            other => crate::hsm::HsmError::Encoding(other.to_string()),
+                        },
+                    )
+                })
+                .await?;
+            use std::io::Write;
+            std::io::stdout().write_all(&signed)?;
+            eprintln!("signed by {address} (certificate serial {serial})");
+            Ok(())
+        }
+    }
+}
+
+/// A message from a file, or from stdin.
+fn read_input(file: Option<&std::path::Path>) -> Result<Vec<u8>> {
+    use std::io::Read;
+    match file {
+        Some(path) => {
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+        }
+        None => {
+            let mut buf = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut buf)
+                .context("cannot read stdin")?;
+            Ok(buf)
+        }
+    }
 }
 
 async fn serve(settings: Settings, args: ServeArgs) -> Result<()> {

@@ -74,7 +74,9 @@ fn parse_header_block(block: &[u8]) -> Result<Vec<Header>, MimeError> {
     let mut headers: Vec<Header> = Vec::new();
     let mut start = 0;
     while start < block.len() {
-        let end = find(block, b"\r\n", start).map(|i| i + 2).unwrap_or(block.len());
+        let end = find(block, b"\r\n", start)
+            .map(|i| i + 2)
+            .unwrap_or(block.len());
         let line = &block[start..end];
         if line.first().is_some_and(|&b| b == b' ' || b == b'\t') {
             let last = headers
@@ -151,7 +153,9 @@ pub fn make_seven_bit_safe(entity: Message, limits: &Limits) -> Result<Message, 
 
 fn walk(entity: Message, limits: &Limits, depth: usize) -> Result<Message, MimeError> {
     if depth > limits.max_depth {
-        return Err(MimeError::TooDeep { limit: limits.max_depth });
+        return Err(MimeError::TooDeep {
+            limit: limits.max_depth,
+        });
     }
     let ct = entity.content_type();
     if ct.is_multipart() {
@@ -172,12 +176,16 @@ fn walk(entity: Message, limits: &Limits, depth: usize) -> Result<Message, MimeE
     let cte = transfer_encoding(&entity.headers);
     if cte == "base64" || cte == "quoted-printable" {
         // Already declared 7-bit; the 8-bit bytes in it are the sender's error.
-        return Err(MimeError::Malformed("8-bit data in a base64 or quoted-printable part"));
+        return Err(MimeError::Malformed(
+            "8-bit data in a base64 or quoted-printable part",
+        ));
     }
     if ct.is_message() {
         let inner = split_message(&entity.body)?;
-        let (inner_content, inner_other): (Vec<Header>, Vec<Header>) =
-            inner.headers.into_iter().partition(|h| h.is_content_header());
+        let (inner_content, inner_other): (Vec<Header>, Vec<Header>) = inner
+            .headers
+            .into_iter()
+            .partition(|h| h.is_content_header());
         if inner_other.iter().any(|h| needs_encoding(&h.raw)) {
             return Err(MimeError::Malformed(
                 "8-bit header in an attached message cannot be made 7-bit",
@@ -221,7 +229,12 @@ fn with_transfer_encoding(headers: Vec<Header>, encoding: &str) -> Vec<Header> {
 
 /// Walks each body part of a multipart body, keeping preamble, delimiters and
 /// epilogue byte for byte.
-fn walk_multipart(body: &[u8], boundary: &[u8], limits: &Limits, depth: usize) -> Result<Vec<u8>, MimeError> {
+fn walk_multipart(
+    body: &[u8],
+    boundary: &[u8],
+    limits: &Limits,
+    depth: usize,
+) -> Result<Vec<u8>, MimeError> {
     let mut delimiter = b"--".to_vec();
     delimiter.extend_from_slice(boundary);
     // Start offsets of delimiter lines, and whether each is the closing one.
@@ -234,7 +247,10 @@ fn walk_multipart(body: &[u8], boundary: &[u8], limits: &Limits, depth: usize) -
             let rest = &body[p + delimiter.len()..line_end];
             let closing = rest.starts_with(b"--");
             let trailing = if closing { &rest[2..] } else { rest };
-            if trailing.iter().all(|b| matches!(b, b' ' | b'\t' | b'\r' | b'\n')) {
+            if trailing
+                .iter()
+                .all(|b| matches!(b, b' ' | b'\t' | b'\r' | b'\n'))
+            {
                 lines.push((p, line_end, closing));
                 if closing {
                     break;
@@ -256,7 +272,11 @@ fn walk_multipart(body: &[u8], boundary: &[u8], limits: &Limits, depth: usize) -
         }
         let next = lines.get(k + 1).map(|l| l.0).unwrap_or(body.len());
         // The CRLF before the next delimiter belongs to that delimiter.
-        let content_end = if next >= end + 2 && lines.get(k + 1).is_some() { next - 2 } else { next };
+        let content_end = if next >= end + 2 && lines.get(k + 1).is_some() {
+            next - 2
+        } else {
+            next
+        };
         let part = split_message(&body[end..content_end.max(end)])?;
         let walked = walk(part, limits, depth + 1)?;
         out.extend_from_slice(&walked.to_bytes());
@@ -300,7 +320,9 @@ mod tests {
 
     #[test]
     fn eight_bit_text_becomes_quoted_printable() {
-        let e = entity("Content-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: 8bit\n\nGrüße\n");
+        let e = entity(
+            "Content-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: 8bit\n\nGrüße\n",
+        );
         let out = make_seven_bit_safe(e, &Limits::default()).expect("ok");
         let bytes = out.to_bytes();
         let s = String::from_utf8(bytes).expect("ascii");
@@ -316,9 +338,15 @@ mod tests {
         let out = make_seven_bit_safe(entity(text), &Limits::default()).expect("ok");
         let s = String::from_utf8(out.to_bytes()).expect("ascii");
         assert!(s.is_ascii(), "{s}");
-        assert!(s.contains("preamble\r\n--XX\r\nContent-Type: text/plain\r\n\r\nplain\r\n--XX\r\n"), "{s}");
+        assert!(
+            s.contains("preamble\r\n--XX\r\nContent-Type: text/plain\r\n\r\nplain\r\n--XX\r\n"),
+            "{s}"
+        );
         // The CRLF before "--XX--" belongs to the delimiter: the part is just "ÿþ".
-        assert!(s.contains("Content-Transfer-Encoding: base64\r\n\r\nw7/Dvg==\r\n\r\n--XX--"), "{s}");
+        assert!(
+            s.contains("Content-Transfer-Encoding: base64\r\n\r\nw7/Dvg==\r\n\r\n--XX--"),
+            "{s}"
+        );
         assert!(s.ends_with("--XX--\r\nepilogue\r\n"), "{s}");
     }
 
@@ -326,7 +354,9 @@ mod tests {
     fn nesting_is_bounded() {
         let mut text = String::new();
         for i in 0..100 {
-            text.push_str(&format!("Content-Type: multipart/mixed; boundary=b{i}\r\n\r\n--b{i}\r\n"));
+            text.push_str(&format!(
+                "Content-Type: multipart/mixed; boundary=b{i}\r\n\r\n--b{i}\r\n"
+            ));
         }
         text.push_str("Content-Type: text/plain\r\n\r\n\u{00e9}\r\n");
         let err = make_seven_bit_safe(entity(&text), &Limits::default()).unwrap_err();

@@ -16,7 +16,11 @@ impl Header {
 
     /// The field name, as written.
     pub fn name(&self) -> &str {
-        let end = self.raw.iter().position(|&b| b == b':').unwrap_or(self.raw.len());
+        let end = self
+            .raw
+            .iter()
+            .position(|&b| b == b':')
+            .unwrap_or(self.raw.len());
         std::str::from_utf8(&self.raw[..end]).unwrap_or("").trim()
     }
 
@@ -43,7 +47,8 @@ impl Header {
     /// Content-* headers describe the entity and move with it; MIME-Version counts too.
     pub fn is_content_header(&self) -> bool {
         let name = self.name();
-        name.len() >= 8 && name[..8].eq_ignore_ascii_case("content-") || name.eq_ignore_ascii_case("mime-version")
+        name.len() >= 8 && name[..8].eq_ignore_ascii_case("content-")
+            || name.eq_ignore_ascii_case("mime-version")
     }
 }
 
@@ -71,7 +76,10 @@ impl ContentType {
         let mut parts = split_params(value).into_iter();
         let media = parts.next()?;
         let (kind, subtype) = media.split_once('/')?;
-        let (kind, subtype) = (kind.trim().to_ascii_lowercase(), subtype.trim().to_ascii_lowercase());
+        let (kind, subtype) = (
+            kind.trim().to_ascii_lowercase(),
+            subtype.trim().to_ascii_lowercase(),
+        );
         if kind.is_empty() || subtype.is_empty() || !is_token(&kind) || !is_token(&subtype) {
             return None;
         }
@@ -81,7 +89,11 @@ impl ContentType {
                 Some((name.trim().to_ascii_lowercase(), unquote(value.trim())))
             })
             .collect();
-        Some(ContentType { kind, subtype, params })
+        Some(ContentType {
+            kind,
+            subtype,
+            params,
+        })
     }
 
     pub fn param(&self, name: &str) -> Option<&str> {
@@ -161,8 +173,12 @@ mod tests {
 
     #[test]
     fn content_types_parse_with_quoted_parameters() {
-        let ct = ContentType::parse("Multipart/Mixed; boundary=\"a;b \\\"c\\\"\"; charset=utf-8").expect("parses");
-        assert_eq!((ct.kind.as_str(), ct.subtype.as_str()), ("multipart", "mixed"));
+        let ct = ContentType::parse("Multipart/Mixed; boundary=\"a;b \\\"c\\\"\"; charset=utf-8")
+            .expect("parses");
+        assert_eq!(
+            (ct.kind.as_str(), ct.subtype.as_str()),
+            ("multipart", "mixed")
+        );
         assert_eq!(ct.param("boundary"), Some("a;b \"c\""));
         assert_eq!(ct.param("charset"), Some("utf-8"));
         assert!(ContentType::parse("garbage").is_none());

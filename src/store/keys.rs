@@ -110,6 +110,15 @@ impl Keys<'_> {
         row.as_ref().map(row_to_key).transpose()
     }
 
+    pub async fn get(&self, id: i64) -> Result<Option<KeyRow>> {
+        let row = sqlx::query(AssertSqlSafe(format!("{SELECT} WHERE id = $1")))
+            .bind(id)
+            .fetch_optional(self.pool)
+            .await
+            .map_err(db("reading key"))?;
+        row.as_ref().map(row_to_key).transpose()
+    }
+
     pub async fn for_mailbox(&self, mailbox_id: i64) -> Result<Vec<KeyRow>> {
         let rows = sqlx::query(AssertSqlSafe(format!(
             "{SELECT} WHERE mailbox_id = $1 ORDER BY id"

@@ -1,0 +1,8 @@
+//! S/MIME (RFC 8551) over CMS (RFC 5652). Private-key operations go to the token
+//! through [`crate::hsm::TokenSigner`]; everything here runs on the calling thread and
+//! blocks while the token signs, so async callers use `Hsm::call`.
+
+mod attributes;
+mod sign;
+
+pub use sign::{DigestAlgorithm, SignerIdentity, SmimeError, sign_detached};

@@ -1,0 +1,210 @@
+//! Signing: what the engine emits is verified by openssl (the peer decides, not our
+//! own parser), survives a relay that rewrites line endings, and fails when tampered.
+
+mod common;
+
+use der::EncodePem;
+use smimegate::hsm::{KeyAlgorithm, KeyRole};
+use smimegate::mime::Limits;
+use smimegate::pki::address::Address;
+use smimegate::pki::ca::{self, CaIdentity};
+use smimegate::smime::{SignerIdentity, sign_detached};
+
+use common::token;
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    ca_path: String,
+    signers: Vec<SignerIdentity>,
+}
+
+fn fixture() -> Fixture {
+    let hsm = &token().hsm;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ca_key = hsm
+        .generate_key_pair(
+            KeyAlgorithm::P256,
+            KeyRole::CertificateAuthority,
+            "smime CA",
+        )
+        .expect("CA key");
+    let ca_cert = ca::create_ca_certificate(hsm, &ca_key, "CN=S/MIME Test CA", 30).expect("CA");
+    let ca_path = dir.path().join("ca.pem");
+    std::fs::write(
+        &ca_path,
+        ca_cert.to_pem(der::pem::LineEnding::LF).expect("pem"),
+    )
+    .expect("write");
+    let ca = CaIdentity {
+        key_id: ca_key.id,
+        algorithm: ca_key.algorithm,
+        certificate: ca_cert.clone(),
+    };
+    let signers = [KeyAlgorithm::Rsa2048, KeyAlgorithm::P256]
+        .into_iter()
+        .map(|algorithm| {
+            let key = hsm
+                .generate_key_pair(algorithm, KeyRole::Mailbox, "signer")
+                .expect("key");
+            let address = Address::parse(&format!("{algorithm}@corp.example")).expect("address");
+            let cert = ca::issue_mailbox_certificate(
+                hsm,
+                &ca,
+                &address,
+                &key,
+                365,
+                "http://crl.example/ca.crl",
+            )
+            .expect("certificate");
+            SignerIdentity {
+                key_id: key.id,
+                key_algorithm: algorithm,
+                scheme: ca::default_scheme(algorithm),
+                certificate: cert,
+                chain: vec![ca_cert.clone()],
+            }
+        })
+        .collect();
+    Fixture {
+        dir,
+        ca_path: ca_path.display().to_string(),
+        signers,
+    }
+}
+
+/// `openssl cms -verify` on a signed message; returns the signed content it extracted.
+fn openssl_verify(fx: &Fixture, signed: &[u8]) -> Result<Vec<u8>, String> {
+    let path = fx.dir.path().join("signed.eml");
+    std::fs::write(&path, signed).expect("write");
+    let out = std::process::Command::new("openssl")
+        .args([
+            "cms",
+            "-verify",
+            "-purpose",
+            "smimesign",
+            "-CAfile",
+            &fx.ca_path,
+            "-in",
+        ])
+        .arg(&path)
+        .output()
+        .expect("openssl");
+    if out.status.success() {
+        Ok(out.stdout)
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+const PLAIN: &str = "From: sender@corp.example\r\nTo: bob@partner.example\r\nSubject: plain\r\n\
+                     Message-ID: <1@corp.example>\r\n\r\nHello Bob,\r\nall 7-bit.\r\n";
+
+#[test]
+fn signed_messages_verify_with_openssl_for_rsa_and_ecdsa() {
+    let fx = fixture();
+    for signer in &fx.signers {
+        let signed = sign_detached(&token().hsm, signer, PLAIN.as_bytes(), &Limits::default())
+            .expect("sign");
+        let text = String::from_utf8(signed.clone()).expect("ascii output");
+        assert!(text.starts_with("From: sender@corp.example\r\n"), "{text}");
+        assert!(text.contains("micalg=sha-256"), "{text}");
+        assert!(
+            text.contains("protocol=\"application/pkcs7-signature\""),
+            "{text}"
+        );
+        assert!(text.contains("filename=\"smime.p7s\""), "{text}");
+        let content = openssl_verify(&fx, &signed)
+            .unwrap_or_else(|e| panic!("{:?}: {e}", signer.key_algorithm));
+        assert!(
+            String::from_utf8_lossy(&content).contains("Hello Bob,"),
+            "{}",
+            String::from_utf8_lossy(&content)
+        );
+    }
+}
+
+#[test]
+fn eight_bit_bodies_are_reencoded_before_signing_and_survive_relays() {
+    let fx = fixture();
+    let message = "From: a@corp.example\nTo: b@partner.example\nSubject: Umlaute\n\
+                   Content-Type: multipart/mixed; boundary=\"b1\"\n\n--b1\n\
+                   Content-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: 8bit\n\n\
+                   Grüße aus Köln — ça va?\n--b1\nContent-Type: application/octet-stream\n\
+                   Content-Transfer-Encoding: binary\n\n\u{00ff}\u{00fe}\u{0001}data\n--b1--\n";
+    let signed = sign_detached(
+        &token().hsm,
+        &fx.signers[0],
+        message.as_bytes(),
+        &Limits::default(),
+    )
+    .expect("sign");
+    assert!(signed.is_ascii(), "the signed message must be 7-bit");
+    let text = String::from_utf8(signed.clone()).expect("ascii");
+    assert!(
+        text.contains("Content-Transfer-Encoding: quoted-printable\r\n"),
+        "{text}"
+    );
+    assert!(text.contains("Gr=C3=BC=C3=9Fe aus K=C3=B6ln"), "{text}");
+    assert!(
+        text.contains("Content-Transfer-Encoding: base64\r\n"),
+        "{text}"
+    );
+    openssl_verify(&fx, &signed).expect("verifies as emitted");
+
+    // A relay that stores mail with LF line endings (mbox, maildir tools) does not
+    // break it: the signed part is canonicalised again by the verifier.
+    let lf: Vec<u8> = text.replace("\r\n", "\n").into_bytes();
+    openssl_verify(&fx, &lf).expect("verifies after CRLF -> LF");
+}
+
+#[test]
+fn tampering_breaks_the_signature() {
+    let fx = fixture();
+    let signed = sign_detached(
+        &token().hsm,
+        &fx.signers[1],
+        PLAIN.as_bytes(),
+        &Limits::default(),
+    )
+    .expect("sign");
+    let text = String::from_utf8(signed).expect("ascii");
+    let tampered = text.replace("all 7-bit.", "all 7-bit!");
+    assert_ne!(tampered, text);
+    assert!(openssl_verify(&fx, tampered.as_bytes()).is_err());
+    // Outer headers are not signed (RFC 8551): changing them does not matter.
+    let subject = text.replace("Subject: plain", "Subject: changed");
+    openssl_verify(&fx, subject.as_bytes()).expect("outer headers are outside the signature");
+}
+
+#[test]
+fn hostile_structure_gets_a_typed_error() {
+    let fx = fixture();
+    let mut deep = String::from("From: a@corp.example\r\n");
+    for i in 0..1000 {
+        deep.push_str(&format!(
+            "Content-Type: multipart/mixed; boundary=b{i}\r\n\r\n--b{i}\r\n"
+        ));
+    }
+    deep.push_str("Content-Type: text/plain\r\n\r\n\u{00e9}\r\n");
+    let err = match sign_detached(
+        &token().hsm,
+        &fx.signers[0],
+        deep.as_bytes(),
+        &Limits::default(),
+    ) {
+        Ok(_) => panic!("1000-level nesting was signed"),
+        Err(e) => e,
+    };
+    assert!(err.to_string().contains("nesting deeper"), "{err}");
+
+    let limits = Limits {
+        max_size: 1024,
+        ..Limits::default()
+    };
+    let big = format!("{PLAIN}{}", "x".repeat(2048));
+    let err = match sign_detached(&token().hsm, &fx.signers[0], big.as_bytes(), &limits) {
+        Ok(_) => panic!("oversized message was signed"),
+        Err(e) => e,
+    };
+    assert!(err.to_string().contains("exceeds the limit"), "{err}");
+}
