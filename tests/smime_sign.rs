@@ -208,3 +208,109 @@ fn hostile_structure_gets_a_typed_error() {
     };
     assert!(err.to_string().contains("exceeds the limit"), "{err}");
 }
+
+/// Splits our multipart/signed into (signed entity bytes, DER signature).
+fn detached_parts(signed: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    use base64::Engine;
+    let text = String::from_utf8(signed.to_vec()).expect("ascii");
+    let start = text.find("boundary=\"").expect("boundary") + "boundary=\"".len();
+    let boundary = &text[start..start + text[start..].find('"').expect("quote")];
+    let delimiter = format!("\r\n--{boundary}");
+    let first = text.find(&format!("--{boundary}\r\n")).expect("first part") + boundary.len() + 4;
+    let end = first + text[first..].find(&delimiter).expect("second delimiter");
+    let entity = text[first..end].as_bytes().to_vec();
+    let sig_part = &text[end + delimiter.len()..];
+    let body = &sig_part[sig_part.find("\r\n\r\n").expect("sig headers") + 4..];
+    let b64: String = body
+        .lines()
+        .take_while(|l| !l.starts_with("--"))
+        .collect::<Vec<_>>()
+        .concat();
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .expect("base64");
+    (entity, der)
+}
+
+/// gpgsm, with its own home and a trust list holding only our test CA.
+fn gpgsm_verify(fx: &Fixture, signed: &[u8]) -> Result<String, String> {
+    let home = tempfile::tempdir().expect("GNUPGHOME");
+    std::fs::write(
+        home.path().join("gpgsm.conf"),
+        "disable-crl-checks\ndisable-dirmngr\n",
+    )
+    .expect("conf");
+    let gpgsm = |args: &[&str]| {
+        std::process::Command::new("gpgsm")
+            .env("GNUPGHOME", home.path())
+            .arg("--batch")
+            .args(args)
+            .output()
+            .expect("gpgsm")
+    };
+    let import = gpgsm(&["--import", &fx.ca_path]);
+    assert!(
+        import.status.success(),
+        "{}",
+        String::from_utf8_lossy(&import.stderr)
+    );
+    let listing =
+        String::from_utf8_lossy(&gpgsm(&["--with-colons", "--list-keys"]).stdout).into_owned();
+    let fingerprint = listing
+        .lines()
+        .find(|l| l.starts_with("fpr:"))
+        .and_then(|l| l.split(':').nth(9))
+        .expect("CA fingerprint")
+        .to_string();
+    std::fs::write(
+        home.path().join("trustlist.txt"),
+        format!("{fingerprint} S relax\n"),
+    )
+    .expect("trustlist");
+    let (entity, der) = detached_parts(signed);
+    let content = home.path().join("content");
+    let signature = home.path().join("smime.p7s");
+    std::fs::write(&content, entity).expect("write");
+    std::fs::write(&signature, der).expect("write");
+    let out = gpgsm(&[
+        "--verify",
+        &signature.display().to_string(),
+        &content.display().to_string(),
+    ]);
+    let _ = std::process::Command::new("gpgconf")
+        .args([
+            "--homedir",
+            &home.path().display().to_string(),
+            "--kill",
+            "all",
+        ])
+        .output();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    if out.status.success() && stderr.contains("Good signature") {
+        Ok(stderr)
+    } else {
+        Err(stderr)
+    }
+}
+
+#[test]
+fn signed_messages_verify_with_gpgsm() {
+    let fx = fixture();
+    let message =
+        "From: a@corp.example\nSubject: gpgsm\nContent-Type: text/plain; charset=utf-8\n\nGrüße\n";
+    for signer in &fx.signers {
+        let signed = sign_detached(&token().hsm, signer, message.as_bytes(), &Limits::default())
+            .expect("sign");
+        let report = gpgsm_verify(&fx, &signed)
+            .unwrap_or_else(|e| panic!("{:?}: {e}", signer.key_algorithm));
+        assert!(
+            report.contains(&format!("{}@corp.example", signer.key_algorithm)),
+            "{report}"
+        );
+        // gpgsm is not vacuous either: a changed entity fails.
+        let tampered = String::from_utf8(signed)
+            .expect("ascii")
+            .replace("Gr=C3=BC", "Gr=C3=BD");
+        assert!(gpgsm_verify(&fx, tampered.as_bytes()).is_err());
+    }
+}
