@@ -8,7 +8,7 @@ use secrecy::SecretString;
 use x509_cert::certificate::Certificate;
 
 use crate::config::Settings;
-use crate::hsm::{Hsm, HsmConfig, HsmError, KeyAlgorithm, KeyRole};
+use crate::hsm::{Hsm, HsmConfig, HsmError, KeyAlgorithm, KeyId, KeyRole};
 use crate::pki::address::Address;
 use crate::pki::ca::{self, CaIdentity, IssueError};
 use crate::store::{
@@ -289,6 +289,55 @@ impl App {
             certificate,
             chain: vec![ca.certificate],
         })
+    }
+}
+
+impl App {
+    /// For each recipient a message names, the key in the token that it means, if we
+    /// hold one: by issuer and serial through the certificates we know (any key,
+    /// retired ones included), or by subject key identifier (= CKA_ID) directly.
+    pub async fn held_keys(
+        &self,
+        recipients: &[crate::smime::decrypt::RecipientId],
+    ) -> Result<Vec<(crate::smime::decrypt::RecipientId, KeyId)>, AppError> {
+        use crate::smime::decrypt::RecipientId;
+        let mut held = Vec::new();
+        for rid in recipients {
+            let key = match rid {
+                RecipientId::SubjectKeyId(ski) => Some(KeyId::new(ski.clone())),
+                RecipientId::IssuerSerial { issuer, serial } => {
+                    let Ok(name) = x509_cert::name::Name::from_der(issuer) else {
+                        continue;
+                    };
+                    let cert = self
+                        .store
+                        .certificates()
+                        .by_issuer_serial(&name.to_string(), &hex::encode(serial))
+                        .await?;
+                    match cert.and_then(|c| c.key_id) {
+                        Some(row) => self
+                            .store
+                            .keys()
+                            .get(row)
+                            .await?
+                            .map(|k| k.key_id())
+                            .transpose()?,
+                        None => None,
+                    }
+                }
+            };
+            let Some(key) = key else { continue };
+            let probe = key.clone();
+            if self
+                .hsm
+                .call("find key", move |h| h.find_key(&probe))
+                .await?
+                .is_some()
+            {
+                held.push((rid.clone(), key));
+            }
+        }
+        Ok(held)
     }
 }
 

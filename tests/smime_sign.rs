@@ -218,7 +218,7 @@ fn detached_parts(signed: &[u8]) -> (Vec<u8>, Vec<u8>) {
     let delimiter = format!("\r\n--{boundary}");
     let first = text.find(&format!("--{boundary}\r\n")).expect("first part") + boundary.len() + 4;
     let end = first + text[first..].find(&delimiter).expect("second delimiter");
-    let entity = text[first..end].as_bytes().to_vec();
+    let entity = text.as_bytes()[first..end].to_vec();
     let sig_part = &text[end + delimiter.len()..];
     let body = &sig_part[sig_part.find("\r\n\r\n").expect("sig headers") + 4..];
     let b64: String = body

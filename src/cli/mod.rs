@@ -69,6 +69,12 @@ pub enum SmimeCommand {
         /// The message; stdin when absent.
         file: Option<PathBuf>,
     },
+    /// Decrypt an application/pkcs7-mime message with any key the token holds;
+    /// prints the message with the decrypted entity in place of the encrypted one.
+    Decrypt {
+        /// The message; stdin when absent.
+        file: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -330,6 +336,39 @@ async fn smime(cmd: SmimeCommand, settings: Settings) -> Result<()> {
             use std::io::Write;
             std::io::stdout().write_all(&signed)?;
             eprintln!("signed by {address} (certificate serial {serial})");
+            Ok(())
+        }
+        SmimeCommand::Decrypt { file } => {
+            use crate::smime::decrypt;
+            let message = read_input(file.as_deref())?;
+            let limits = crate::mime::Limits::default();
+            let der = decrypt::cms_from_message(&message, &limits)?;
+            let recipients = decrypt::recipients(&der)?;
+            let app = App::open(settings).await?;
+            let held = app.held_keys(&recipients).await?;
+            let done = app
+                .hsm
+                .call("decrypt message", move |hsm| {
+                    Ok(decrypt::decrypt(hsm, &der, &held))
+                })
+                .await??;
+            // Outer headers stay; the entity's own Content-* headers replace ours.
+            let outer = crate::mime::split_raw(&message)?;
+            let mut out = Vec::new();
+            for h in outer.headers.iter().filter(|h| !h.is_content_header()) {
+                out.extend_from_slice(&h.raw);
+            }
+            out.extend_from_slice(b"MIME-Version: 1.0\r\n");
+            out.extend_from_slice(&done.entity);
+            use std::io::Write;
+            std::io::stdout().write_all(&out)?;
+            eprintln!(
+                "decrypted: {} with {}, key {}{}",
+                done.content_algorithm,
+                done.key_transport,
+                done.key,
+                if done.weak { " (weak cipher)" } else { "" }
+            );
             Ok(())
         }
     }

@@ -70,6 +70,36 @@ pub fn split_message(canonical: &[u8]) -> Result<Message, MimeError> {
     })
 }
 
+/// Splits raw bytes whose body must stay untouched (binary CMS): only the header
+/// block is made canonical; the body starts after the first empty line, whether the
+/// lines end in CRLF or LF.
+pub fn split_raw(raw: &[u8]) -> Result<Message, MimeError> {
+    let mut i = 0;
+    let mut line_start = 0;
+    let body_start = loop {
+        if i >= raw.len() {
+            break raw.len();
+        }
+        if raw[i] == b'\n' {
+            let line = &raw[line_start..i];
+            if line.is_empty() || line == b"\r" {
+                break i + 1;
+            }
+            line_start = i + 1;
+        }
+        i += 1;
+    };
+    let header_end = if body_start == raw.len() && !raw.ends_with(b"\n") {
+        raw.len()
+    } else {
+        line_start
+    };
+    Ok(Message {
+        headers: parse_header_block(&to_crlf(&raw[..header_end]))?,
+        body: raw[body_start..].to_vec(),
+    })
+}
+
 fn parse_header_block(block: &[u8]) -> Result<Vec<Header>, MimeError> {
     let mut headers: Vec<Header> = Vec::new();
     let mut start = 0;
@@ -361,6 +391,16 @@ mod tests {
         text.push_str("Content-Type: text/plain\r\n\r\n\u{00e9}\r\n");
         let err = make_seven_bit_safe(entity(&text), &Limits::default()).unwrap_err();
         assert_eq!(err, MimeError::TooDeep { limit: 32 });
+    }
+
+    #[test]
+    fn raw_split_keeps_binary_bodies() {
+        let m = split_raw(b"Content-Type: a/b\nX: y\n\n\x00\r\x01\n").expect("split");
+        assert_eq!(m.headers.len(), 2);
+        assert_eq!(m.headers[1].raw, b"X: y\r\n");
+        assert_eq!(m.body, b"\x00\r\x01\n");
+        let m = split_raw(b"A: b\r\n\r\nbody").expect("split");
+        assert_eq!(m.body, b"body");
     }
 
     #[test]

@@ -8,7 +8,7 @@ mod entity;
 mod header;
 
 pub use encode::{base64_lines, quoted_printable};
-pub use entity::{Message, make_seven_bit_safe, split_message, to_crlf};
+pub use entity::{Message, make_seven_bit_safe, split_message, split_raw, to_crlf};
 pub use header::{ContentType, Header};
 
 /// Bounds on what the MIME code will walk.

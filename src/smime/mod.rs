@@ -3,6 +3,8 @@
 //! blocks while the token signs, so async callers use `Hsm::call`.
 
 mod attributes;
+pub mod ber;
+pub mod decrypt;
 mod sign;
 
 pub use sign::{DigestAlgorithm, SignerIdentity, SmimeError, sign_detached};

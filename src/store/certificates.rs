@@ -165,6 +165,23 @@ impl Certificates<'_> {
         row.as_ref().map(row_to_certificate).transpose()
     }
 
+    /// The certificate with this issuer (RFC 4514 text) and serial (hex).
+    pub async fn by_issuer_serial(
+        &self,
+        issuer: &str,
+        serial_hex: &str,
+    ) -> Result<Option<StoredCertificate>> {
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM certificates WHERE issuer = $1 AND serial = $2"
+        )))
+        .bind(issuer)
+        .bind(serial_hex)
+        .fetch_optional(self.pool)
+        .await
+        .map_err(db("reading certificate"))?;
+        row.as_ref().map(row_to_certificate).transpose()
+    }
+
     /// Every certificate naming `address` as owner, newest first.
     pub async fn for_owner(&self, address: &str) -> Result<Vec<StoredCertificate>> {
         let rows = sqlx::query(AssertSqlSafe(format!(

@@ -1,0 +1,239 @@
+//! Decryption of what openssl encrypts to a mailbox certificate whose key is in the
+//! token: every content cipher and key transport openssl offers, S/MIME and binary
+//! DER, streamed BER, AuthEnvelopedData; and every way it must fail.
+
+mod common;
+
+use der::EncodePem;
+use smimegate::hsm::{KeyAlgorithm, KeyId, KeyRole};
+use smimegate::mime::Limits;
+use smimegate::pki::address::Address;
+use smimegate::pki::ca::{self, CaIdentity};
+use smimegate::smime::decrypt::{self, DecryptError, RecipientId};
+
+use common::{run_ok, token};
+
+const ENTITY: &[u8] =
+    b"Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n\
+Vertraulich: Gr\xc3\xbc\xc3\x9fe an die Buchhaltung.\r\n";
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    cert_path: String,
+    other_cert_path: String,
+    held: Vec<(RecipientId, KeyId)>,
+}
+
+fn fixture() -> Fixture {
+    let hsm = &token().hsm;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ca_key = hsm
+        .generate_key_pair(
+            KeyAlgorithm::P256,
+            KeyRole::CertificateAuthority,
+            "decrypt CA",
+        )
+        .expect("CA key");
+    let ca_cert = ca::create_ca_certificate(hsm, &ca_key, "CN=Decrypt Test CA", 30).expect("CA");
+    let ca = CaIdentity {
+        key_id: ca_key.id,
+        algorithm: ca_key.algorithm,
+        certificate: ca_cert,
+    };
+    let mut paths = Vec::new();
+    let mut held = Vec::new();
+    for (i, name) in ["recipient", "stranger"].into_iter().enumerate() {
+        let key = hsm
+            .generate_key_pair(KeyAlgorithm::Rsa2048, KeyRole::Mailbox, name)
+            .expect("key");
+        let address = Address::parse(&format!("{name}@corp.example")).expect("address");
+        let cert = ca::issue_mailbox_certificate(
+            hsm,
+            &ca,
+            &address,
+            &key,
+            365,
+            "http://crl.example/ca.crl",
+        )
+        .expect("certificate");
+        let path = dir.path().join(format!("{name}.pem"));
+        std::fs::write(&path, cert.to_pem(der::pem::LineEnding::LF).expect("pem")).expect("write");
+        paths.push(path.display().to_string());
+        if i == 0 {
+            held = RecipientId::for_certificate(&cert)
+                .into_iter()
+                .map(|id| (id, key.id.clone()))
+                .collect();
+        }
+    }
+    std::fs::write(dir.path().join("entity"), ENTITY).expect("write");
+    Fixture {
+        cert_path: paths[0].clone(),
+        other_cert_path: paths[1].clone(),
+        dir,
+        held,
+    }
+}
+
+impl Fixture {
+    /// `openssl cms -encrypt` of the entity with extra options; returns its output.
+    fn encrypt(&self, options: &[&str], recipient: &str) -> Vec<u8> {
+        let out = self.dir.path().join("out");
+        let entity = self.dir.path().join("entity").display().to_string();
+        let out_s = out.display().to_string();
+        let mut args = vec![
+            "cms",
+            "-encrypt",
+            "-binary",
+            "-in",
+            entity.as_str(),
+            "-out",
+            out_s.as_str(),
+        ];
+        // -keyopt applies to the -recip before it.
+        args.extend(["-recip", recipient]);
+        args.extend_from_slice(options);
+        run_ok("openssl", &args);
+        std::fs::read(&out).expect("read")
+    }
+
+    fn decrypt_message(&self, message: &[u8]) -> Result<decrypt::Decrypted, DecryptError> {
+        let der = decrypt::cms_from_message(message, &Limits::default())?;
+        decrypt::decrypt(&token().hsm, &der, &self.held)
+    }
+}
+
+/// Wraps DER as a binary application/x-pkcs7-mime message, as some clients send it.
+fn binary_message(der: &[u8]) -> Vec<u8> {
+    let mut m = b"From: bob@partner.example\r\nContent-Type: application/x-pkcs7-mime; smime-type=enveloped-data; \
+name=smime.p7m\r\nContent-Transfer-Encoding: binary\r\n\r\n"
+        .to_vec();
+    m.extend_from_slice(der);
+    m
+}
+
+#[test]
+fn every_cbc_cipher_and_key_transport_openssl_offers_is_decrypted() {
+    let fx = fixture();
+    for cipher in ["-aes128", "-aes192", "-aes256", "-des3"] {
+        for padding in [None, Some("rsa_padding_mode:oaep")] {
+            let mut options = vec![cipher];
+            if let Some(p) = padding {
+                options.extend(["-keyopt", p]);
+            }
+            let smime = fx.encrypt(&options, &fx.cert_path);
+            assert!(
+                smime.starts_with(b"MIME-Version")
+                    || smime.windows(20).any(|w| w == b"application/pkcs7-mi")
+            );
+            let done = fx
+                .decrypt_message(&smime)
+                .unwrap_or_else(|e| panic!("{cipher} {padding:?}: {e}"));
+            assert_eq!(done.entity, ENTITY, "{cipher} {padding:?}");
+            assert_eq!(done.weak, cipher == "-des3", "{cipher}");
+            assert_eq!(
+                done.key_transport,
+                if padding.is_some() {
+                    "rsaes-oaep-sha1"
+                } else {
+                    "rsa-pkcs1v15"
+                }
+            );
+        }
+    }
+}
+
+#[test]
+fn binary_der_streamed_ber_and_subject_key_identifiers_are_accepted() {
+    let fx = fixture();
+    let der = fx.encrypt(&["-aes256", "-outform", "DER"], &fx.cert_path);
+    assert_eq!(
+        fx.decrypt_message(&binary_message(&der))
+            .expect("DER")
+            .entity,
+        ENTITY
+    );
+
+    // -stream writes indefinite lengths and a segmented OCTET STRING, like Thunderbird.
+    let ber = fx.encrypt(&["-aes128", "-outform", "DER", "-stream"], &fx.cert_path);
+    assert!(
+        ber.windows(2).any(|w| w == [0x30, 0x80]),
+        "expected indefinite-length BER"
+    );
+    assert_eq!(
+        fx.decrypt_message(&binary_message(&ber))
+            .expect("BER")
+            .entity,
+        ENTITY
+    );
+
+    let by_ski = fx.encrypt(&["-aes256", "-keyid"], &fx.cert_path);
+    let der = decrypt::cms_from_message(&by_ski, &Limits::default()).expect("cms");
+    assert!(matches!(
+        decrypt::recipients(&der).expect("recipients")[..],
+        [RecipientId::SubjectKeyId(_)]
+    ));
+    assert_eq!(fx.decrypt_message(&by_ski).expect("SKI").entity, ENTITY);
+}
+
+#[test]
+fn aes_gcm_auth_enveloped_data_is_decrypted_and_its_tag_checked() {
+    let fx = fixture();
+    for cipher in ["-aes-128-gcm", "-aes-256-gcm"] {
+        let der = fx.encrypt(&[cipher, "-outform", "DER"], &fx.cert_path);
+        let done = fx.decrypt_message(&binary_message(&der)).expect("GCM");
+        assert_eq!(done.entity, ENTITY, "{cipher}");
+        assert!(done.content_algorithm.ends_with("gcm"));
+
+        // Flip one bit of the ciphertext (it sits just before the 16-byte tag's
+        // OCTET STRING at the end): the tag no longer matches.
+        let mut tampered = der.clone();
+        let at = tampered.len() - 16 - 2 - 5;
+        tampered[at] ^= 0x01;
+        let err = fx.decrypt_message(&binary_message(&tampered)).unwrap_err();
+        assert!(matches!(err, DecryptError::Integrity(_)), "{cipher}: {err}");
+    }
+}
+
+#[test]
+fn corrupted_and_foreign_messages_get_their_specific_errors() {
+    let fx = fixture();
+    // Bad CBC padding: corrupt the last ciphertext block.
+    let mut der = fx.encrypt(&["-aes256", "-outform", "DER"], &fx.cert_path);
+    let n = der.len();
+    der[n - 1] ^= 0xff;
+    let err = fx.decrypt_message(&binary_message(&der)).unwrap_err();
+    assert!(matches!(err, DecryptError::Integrity(_)), "{err}");
+
+    // Encrypted only to a key we do not hold.
+    let foreign = fx.encrypt(&["-aes256"], &fx.other_cert_path);
+    let err = fx.decrypt_message(&foreign).unwrap_err();
+    assert!(
+        matches!(err, DecryptError::NoKey { recipients: 1 }),
+        "{err}"
+    );
+
+    // Garbled base64.
+    let smime = String::from_utf8(fx.encrypt(&["-aes256"], &fx.cert_path)).expect("ascii");
+    let garbled = smime.replacen("MII", "M*!", 1);
+    let err = fx.decrypt_message(garbled.as_bytes()).unwrap_err();
+    assert!(matches!(err, DecryptError::Malformed(_)), "{err}");
+
+    // Truncated DER.
+    let der = fx.encrypt(&["-aes256", "-outform", "DER"], &fx.cert_path);
+    let err = fx
+        .decrypt_message(&binary_message(&der[..der.len() / 2]))
+        .unwrap_err();
+    assert!(matches!(err, DecryptError::Malformed(_)), "{err}");
+
+    // A DER length of 2^32.
+    let huge = [0x30, 0x84, 0xff, 0xff, 0xff, 0xff, 0x06, 0x09];
+    let err = fx.decrypt_message(&binary_message(&huge)).unwrap_err();
+    assert!(matches!(err, DecryptError::Malformed(_)), "{err}");
+
+    // Not encrypted at all.
+    let err = fx
+        .decrypt_message(b"From: a@b.example\r\nContent-Type: text/plain\r\n\r\nhello\r\n")
+        .unwrap_err();
+    assert!(matches!(err, DecryptError::NotEncrypted(_)), "{err}");
+}
