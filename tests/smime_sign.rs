@@ -314,3 +314,32 @@ fn signed_messages_verify_with_gpgsm() {
         assert!(gpgsm_verify(&fx, tampered.as_bytes()).is_err());
     }
 }
+
+#[test]
+fn our_own_signatures_pass_our_verifier_with_the_right_verdicts() {
+    use smimegate::smime::verify::{Verdict, verify};
+    let fx = fixture();
+    let anchors = fx.signers[0].chain.clone();
+    for signer in &fx.signers {
+        let signed = sign_detached(&token().hsm, signer, PLAIN.as_bytes(), &Limits::default())
+            .expect("sign");
+        let from = format!("{}@corp.example", signer.key_algorithm);
+        let v = verify(
+            &signed,
+            Some(&from),
+            &anchors,
+            std::time::SystemTime::now(),
+            &Limits::default(),
+        );
+        assert_eq!(v.verdict, Verdict::Valid, "{}", v.detail);
+        assert!(v.capabilities.is_some());
+        let v = verify(
+            &signed,
+            Some("sender@corp.example"),
+            &anchors,
+            std::time::SystemTime::now(),
+            &Limits::default(),
+        );
+        assert_eq!(v.verdict, Verdict::AddressMismatch, "{}", v.detail);
+    }
+}

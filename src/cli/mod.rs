@@ -53,10 +53,21 @@ pub enum Command {
     Cert(CertCommand),
     /// Run the gateway (at this stage: the HTTP health endpoint).
     Serve(ServeArgs),
+    /// Trust anchors for verifying partners' signatures.
+    #[command(subcommand)]
+    Trust(TrustCommand),
     /// Use the S/MIME engine without SMTP: a message on stdin or in a file, the result
     /// on stdout, one verdict line on stderr.
     #[command(subcommand)]
     Smime(SmimeCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TrustCommand {
+    /// Add every certificate of a PEM file as a trust anchor.
+    Add { file: PathBuf },
+    /// List the trust anchors.
+    List,
 }
 
 #[derive(Subcommand, Debug)]
@@ -66,6 +77,19 @@ pub enum SmimeCommand {
         /// The signing mailbox (must be active).
         #[arg(long)]
         from: String,
+        /// The message; stdin when absent.
+        file: Option<PathBuf>,
+    },
+    /// Verify a signed message (detached or opaque) against the built-in CA and the
+    /// trust anchors; the signed content on stdout, the verdict on stderr; exit 1
+    /// unless the verdict is "valid".
+    Verify {
+        /// Check the signer certificate against this address (default: the From header).
+        #[arg(long)]
+        from: Option<String>,
+        /// The verdict as JSON on stderr.
+        #[arg(long)]
+        json: bool,
         /// The message; stdin when absent.
         file: Option<PathBuf>,
     },
@@ -182,6 +206,7 @@ pub async fn run(
         }
         Command::Serve(args) => serve(settings, args).await,
         Command::Smime(cmd) => smime(cmd, settings).await,
+        Command::Trust(cmd) => trust(cmd, &settings).await,
     }
 }
 
@@ -307,6 +332,53 @@ async fn mailbox(cmd: MailboxCommand, settings: Settings) -> Result<()> {
     Ok(())
 }
 
+async fn trust(cmd: TrustCommand, settings: &Settings) -> Result<()> {
+    use crate::store::CertificateSource;
+    let store = app::open_store(settings).await?;
+    match cmd {
+        TrustCommand::Add { file } => {
+            let pem =
+                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let certs = x509_cert::Certificate::load_pem_chain(&pem)
+                .with_context(|| format!("{} holds no PEM certificate", file.display()))?;
+            let actor = Actor::cli();
+            for cert in &certs {
+                let stored = store
+                    .certificates()
+                    .insert(cert, CertificateSource::TrustAnchor, None, None)
+                    .await?;
+                audit(
+                    &store,
+                    &actor,
+                    "trust.add",
+                    &stored.record.subject,
+                    &stored.record.fingerprint_sha256,
+                )
+                .await?;
+                println!(
+                    "trusted {} (sha-256 {})",
+                    stored.record.subject, stored.record.fingerprint_sha256
+                );
+            }
+        }
+        TrustCommand::List => {
+            for c in store
+                .certificates()
+                .by_source(CertificateSource::TrustAnchor)
+                .await?
+            {
+                println!(
+                    "{}  {}  until {}",
+                    c.record.fingerprint_sha256,
+                    c.record.subject,
+                    certs::format_time(c.record.not_after)
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 async fn smime(cmd: SmimeCommand, settings: Settings) -> Result<()> {
     match cmd {
         SmimeCommand::Sign { from, file } => {
@@ -336,6 +408,45 @@ async fn smime(cmd: SmimeCommand, settings: Settings) -> Result<()> {
             use std::io::Write;
             std::io::stdout().write_all(&signed)?;
             eprintln!("signed by {address} (certificate serial {serial})");
+            Ok(())
+        }
+        SmimeCommand::Verify { from, json, file } => {
+            use crate::smime::verify::{Verdict, verify};
+            let message = read_input(file.as_deref())?;
+            let store = app::open_store(&settings).await?;
+            let anchors = trust_anchors(&store).await?;
+            let from = match from {
+                Some(f) => Some(f),
+                None => from_header(&message),
+            };
+            let limits = crate::mime::Limits::default();
+            let result = verify(
+                &message,
+                from.as_deref(),
+                &anchors,
+                std::time::SystemTime::now(),
+                &limits,
+            );
+            if let Some(content) = &result.content {
+                use std::io::Write;
+                std::io::stdout().write_all(content)?;
+            }
+            let signer = result
+                .signer
+                .as_ref()
+                .map(|c| c.tbs_certificate().subject().to_string())
+                .unwrap_or_default();
+            if json {
+                eprintln!(
+                    "{}",
+                    serde_json::json!({"verdict": result.verdict, "detail": result.detail, "signer": signer})
+                );
+            } else {
+                eprintln!("signature={}; {}", result.verdict.as_str(), result.detail);
+            }
+            if result.verdict != Verdict::Valid {
+                anyhow::bail!("signature is {}", result.verdict.as_str());
+            }
             Ok(())
         }
         SmimeCommand::Decrypt { file } => {
@@ -372,6 +483,34 @@ async fn smime(cmd: SmimeCommand, settings: Settings) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// The built-in CA and every stored trust anchor.
+async fn trust_anchors(store: &Store) -> Result<Vec<x509_cert::Certificate>> {
+    use der::Decode;
+    let mut anchors = Vec::new();
+    if let Some(ca) = app::load_ca(store).await? {
+        anchors.push(ca.certificate);
+    }
+    for stored in store
+        .certificates()
+        .by_source(crate::store::CertificateSource::TrustAnchor)
+        .await?
+    {
+        anchors.push(x509_cert::Certificate::from_der(&stored.record.der)?);
+    }
+    Ok(anchors)
+}
+
+/// The address in the From header, if there is exactly one.
+fn from_header(message: &[u8]) -> Option<String> {
+    let parsed = crate::mime::split_raw(message).ok()?;
+    let value = parsed.headers.iter().find(|h| h.is("from"))?.value();
+    let address = match (value.rfind('<'), value.rfind('>')) {
+        (Some(open), Some(close)) if open < close => value[open + 1..close].to_string(),
+        _ => value.trim().to_string(),
+    };
+    Address::parse(&address).ok().map(|a| a.to_string())
 }
 
 /// A message from a file, or from stdin.

@@ -6,5 +6,6 @@ mod attributes;
 pub mod ber;
 pub mod decrypt;
 mod sign;
+pub mod verify;
 
 pub use sign::{DigestAlgorithm, SignerIdentity, SmimeError, sign_detached};

@@ -182,6 +182,18 @@ impl Certificates<'_> {
         row.as_ref().map(row_to_certificate).transpose()
     }
 
+    /// Every certificate from `source`, newest first.
+    pub async fn by_source(&self, source: CertificateSource) -> Result<Vec<StoredCertificate>> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM certificates WHERE source = $1 ORDER BY id DESC"
+        )))
+        .bind(source.as_str())
+        .fetch_all(self.pool)
+        .await
+        .map_err(db("listing certificates"))?;
+        rows.iter().map(row_to_certificate).collect()
+    }
+
     /// Every certificate naming `address` as owner, newest first.
     pub async fn for_owner(&self, address: &str) -> Result<Vec<StoredCertificate>> {
         let rows = sqlx::query(AssertSqlSafe(format!(
