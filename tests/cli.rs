@@ -321,3 +321,119 @@ fn serve_reports_health_over_http() {
     assert!(response.contains("\"logged_in\":true"), "{response}");
     assert!(response.contains("\"backend\":\"sqlite\""), "{response}");
 }
+
+#[test]
+fn the_smime_cli_round_trips_a_message_with_a_fresh_mailbox_key() {
+    let dir = initialised_dir();
+    let data = dir.path().join("var");
+    smimegate_ok(
+        &data,
+        &[
+            "domain",
+            "add",
+            "corp.example",
+            "--next-hop",
+            "127.0.0.1:2525",
+        ],
+    );
+    smimegate_ok(&data, &["mailbox", "add", "dana@corp.example"]);
+    smimegate_ok(&data, &["mailbox", "activate", "dana@corp.example"]);
+    let pem = smimegate_ok(&data, &["cert", "show", "dana@corp.example", "--pem"]);
+    let own = dir.path().join("dana.pem");
+    std::fs::write(&own, pem).expect("write");
+    // A partner with a software key, to show openssl can read what we send.
+    let (pk, pc) = (dir.path().join("p.key"), dir.path().join("p.pem"));
+    run_ok(
+        "openssl",
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &pk.display().to_string(),
+            "-out",
+            &pc.display().to_string(),
+            "-days",
+            "5",
+            "-subj",
+            "/CN=partner",
+        ],
+    );
+    let message = dir.path().join("m.eml");
+    std::fs::write(
+        &message,
+        "From: dana@corp.example\nTo: partner@partner.example\nSubject: hi\nContent-Type: text/plain; charset=utf-8\n\nGrüße!\n",
+    )
+    .expect("write");
+    let sent = smimegate_ok(
+        &data,
+        &[
+            "smime",
+            "sign-encrypt",
+            "--from",
+            "dana@corp.example",
+            "--to",
+            &pc.display().to_string(),
+            "--cipher",
+            "aes256-gcm",
+            &message.display().to_string(),
+        ],
+    );
+    let sent_path = dir.path().join("sent.eml");
+    std::fs::write(&sent_path, &sent).expect("write");
+
+    // The partner (openssl) decrypts and verifies against our CA.
+    let inner = run_ok(
+        "openssl",
+        &[
+            "cms",
+            "-decrypt",
+            "-recip",
+            &pc.display().to_string(),
+            "-inkey",
+            &pk.display().to_string(),
+            "-in",
+            &sent_path.display().to_string(),
+        ],
+    );
+    let inner_path = dir.path().join("inner.eml");
+    std::fs::write(&inner_path, inner).expect("write");
+    let ca_only: String = std::fs::read_to_string(&own)
+        .expect("read")
+        .split_inclusive("-----END CERTIFICATE-----\n")
+        .nth(1)
+        .expect("CA")
+        .to_string();
+    let ca_path = dir.path().join("ca.pem");
+    std::fs::write(&ca_path, ca_only).expect("write");
+    run_ok(
+        "openssl",
+        &[
+            "cms",
+            "-verify",
+            "-purpose",
+            "smimesign",
+            "-CAfile",
+            &ca_path.display().to_string(),
+            "-in",
+            &inner_path.display().to_string(),
+            "-out",
+            "/dev/null",
+        ],
+    );
+
+    // The sender's own copy: decrypted with the token key, verified by the gateway.
+    let decrypted = smimegate_ok(
+        &data,
+        &["smime", "decrypt", &sent_path.display().to_string()],
+    );
+    let decrypted_path = dir.path().join("decrypted.eml");
+    std::fs::write(&decrypted_path, decrypted).expect("write");
+    let content = smimegate_ok(
+        &data,
+        &["smime", "verify", &decrypted_path.display().to_string()],
+    );
+    assert!(content.contains("Gr=C3=BC=C3=9Fe!"), "{content}");
+}

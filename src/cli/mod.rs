@@ -62,6 +62,26 @@ pub enum Command {
     Smime(SmimeCommand),
 }
 
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum CipherArg {
+    Aes128Cbc,
+    Aes256Cbc,
+    Aes128Gcm,
+    Aes256Gcm,
+}
+
+impl From<CipherArg> for crate::smime::encrypt::ContentCipher {
+    fn from(c: CipherArg) -> Self {
+        use crate::smime::encrypt::ContentCipher as C;
+        match c {
+            CipherArg::Aes128Cbc => C::Aes128Cbc,
+            CipherArg::Aes256Cbc => C::Aes256Cbc,
+            CipherArg::Aes128Gcm => C::Aes128Gcm,
+            CipherArg::Aes256Gcm => C::Aes256Gcm,
+        }
+    }
+}
+
 #[derive(Subcommand, Debug)]
 pub enum TrustCommand {
     /// Add every certificate of a PEM file as a trust anchor.
@@ -78,6 +98,32 @@ pub enum SmimeCommand {
         #[arg(long)]
         from: String,
         /// The message; stdin when absent.
+        file: Option<PathBuf>,
+    },
+    /// Encrypt to recipient certificates (RSA): AES-256-CBC unless --cipher says otherwise.
+    Encrypt {
+        /// Recipient certificate(s), PEM.
+        #[arg(long = "to", required = true)]
+        to: Vec<PathBuf>,
+        #[arg(long, value_enum, default_value = "aes256-cbc")]
+        cipher: CipherArg,
+        /// RSA-OAEP instead of PKCS#1 v1.5 key transport.
+        #[arg(long)]
+        oaep: bool,
+        /// The message; stdin when absent.
+        file: Option<PathBuf>,
+    },
+    /// Sign with the mailbox's token key, then encrypt to the recipients (and to the
+    /// sender's own certificate, so the sent copy stays readable).
+    SignEncrypt {
+        #[arg(long)]
+        from: String,
+        #[arg(long = "to", required = true)]
+        to: Vec<PathBuf>,
+        #[arg(long, value_enum, default_value = "aes256-cbc")]
+        cipher: CipherArg,
+        #[arg(long)]
+        oaep: bool,
         file: Option<PathBuf>,
     },
     /// Verify a signed message (detached or opaque) against the built-in CA and the
@@ -410,6 +456,61 @@ async fn smime(cmd: SmimeCommand, settings: Settings) -> Result<()> {
             eprintln!("signed by {address} (certificate serial {serial})");
             Ok(())
         }
+        SmimeCommand::Encrypt {
+            to,
+            cipher,
+            oaep,
+            file,
+        } => {
+            use crate::smime::encrypt::encrypt_message;
+            let message = read_input(file.as_deref())?;
+            let recipients = load_recipients(&to, oaep, &[])?;
+            let out = encrypt_message(
+                &message,
+                &recipients,
+                cipher.into(),
+                &crate::mime::Limits::default(),
+            )?;
+            use std::io::Write;
+            std::io::stdout().write_all(&out)?;
+            eprintln!("encrypted to {} recipient(s)", recipients.len());
+            Ok(())
+        }
+        SmimeCommand::SignEncrypt {
+            from,
+            to,
+            cipher,
+            oaep,
+            file,
+        } => {
+            use crate::smime::encrypt::encrypt_message;
+            let address = Address::parse(&from)?;
+            let message = read_input(file.as_deref())?;
+            let app = App::open(settings).await?;
+            let signer = app.signer_for(&address).await?;
+            let own = signer.certificate.clone();
+            let limits = crate::mime::Limits::default();
+            let signed = app
+                .hsm
+                .call("sign message", move |hsm| {
+                    crate::smime::sign_detached(hsm, &signer, &message, &limits).map_err(
+                        |e| match e {
+                            crate::smime::SmimeError::Token(t) => t,
+                            other => crate::hsm::HsmError::Encoding(other.to_string()),
+                        },
+                    )
+                })
+                .await?;
+            let recipients = load_recipients(&to, oaep, &[own])?;
+            let out = encrypt_message(&signed, &recipients, cipher.into(), &limits)?;
+            use std::io::Write;
+            std::io::stdout().write_all(&out)?;
+            eprintln!(
+                "signed by {address}, encrypted to {} recipient(s)",
+                recipients.len()
+            );
+            Ok(())
+        }
         SmimeCommand::Verify { from, json, file } => {
             use crate::smime::verify::{Verdict, verify};
             let message = read_input(file.as_deref())?;
@@ -483,6 +584,34 @@ async fn smime(cmd: SmimeCommand, settings: Settings) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// Recipient certificates from PEM files, plus `extra` ones.
+fn load_recipients(
+    files: &[PathBuf],
+    oaep: bool,
+    extra: &[x509_cert::Certificate],
+) -> Result<Vec<crate::smime::encrypt::Recipient>> {
+    use crate::smime::encrypt::{KeyTransportChoice, Recipient};
+    let transport = if oaep {
+        KeyTransportChoice::RsaOaep
+    } else {
+        KeyTransportChoice::RsaPkcs1v15
+    };
+    let mut certs = extra.to_vec();
+    for file in files {
+        let pem = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+        let chain = x509_cert::Certificate::load_pem_chain(&pem)
+            .with_context(|| format!("{} holds no PEM certificate", file.display()))?;
+        certs.extend(chain.into_iter().take(1));
+    }
+    Ok(certs
+        .into_iter()
+        .map(|certificate| Recipient {
+            certificate,
+            transport,
+        })
+        .collect())
 }
 
 /// The built-in CA and every stored trust anchor.

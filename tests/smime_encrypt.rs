@@ -1,0 +1,220 @@
+//! Encryption: what the engine emits is decrypted by openssl (each recipient with its
+//! own key) and by the engine itself with a key held in the token.
+
+mod common;
+
+use der::DecodePem;
+use smimegate::hsm::{KeyAlgorithm, KeyRole};
+use smimegate::mime::Limits;
+use smimegate::pki::address::Address;
+use smimegate::pki::ca::{self, CaIdentity};
+use smimegate::smime::decrypt::{self, RecipientId};
+use smimegate::smime::encrypt::{
+    ContentCipher, EncryptError, KeyTransportChoice, Recipient, encrypt_message,
+};
+use x509_cert::Certificate;
+
+use common::{run_ok, token};
+
+const MESSAGE: &str = "From: alice@corp.example\r\nTo: bob@partner.example, carol@partner.example\r\n\
+Subject: Q3 figures\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n\
+Umsatz \u{00fc}ber Plan.\r\n";
+const ENTITY: &str = "Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n\
+Umsatz \u{00fc}ber Plan.\r\n";
+
+struct Partner {
+    key: String,
+    cert_path: String,
+    cert: Certificate,
+}
+
+fn partners(dir: &std::path::Path, names: &[&str]) -> Vec<Partner> {
+    names
+        .iter()
+        .map(|name| {
+            let key = dir.join(format!("{name}.key")).display().to_string();
+            let cert_path = dir.join(format!("{name}.pem")).display().to_string();
+            run_ok(
+                "openssl",
+                &[
+                    "req",
+                    "-x509",
+                    "-newkey",
+                    "rsa:2048",
+                    "-nodes",
+                    "-keyout",
+                    &key,
+                    "-out",
+                    &cert_path,
+                    "-days",
+                    "5",
+                    "-subj",
+                    &format!("/CN={name}"),
+                    "-addext",
+                    &format!("subjectAltName=email:{name}@partner.example"),
+                ],
+            );
+            let cert = Certificate::from_pem(std::fs::read(&cert_path).expect("read"))
+                .expect("certificate");
+            Partner {
+                key,
+                cert_path,
+                cert,
+            }
+        })
+        .collect()
+}
+
+fn openssl_decrypt(dir: &std::path::Path, message: &[u8], partner: &Partner) -> Vec<u8> {
+    let path = dir.join("encrypted.eml");
+    std::fs::write(&path, message).expect("write");
+    let out = std::process::Command::new("openssl")
+        .args([
+            "cms",
+            "-decrypt",
+            "-binary",
+            "-recip",
+            &partner.cert_path,
+            "-inkey",
+            &partner.key,
+            "-in",
+        ])
+        .arg(&path)
+        .output()
+        .expect("openssl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+#[test]
+fn every_cipher_and_key_transport_is_decrypted_by_openssl_for_every_recipient() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let people = partners(dir.path(), &["bob", "carol"]);
+    for cipher in [
+        ContentCipher::Aes128Cbc,
+        ContentCipher::Aes256Cbc,
+        ContentCipher::Aes128Gcm,
+        ContentCipher::Aes256Gcm,
+    ] {
+        for transport in [KeyTransportChoice::RsaPkcs1v15, KeyTransportChoice::RsaOaep] {
+            let recipients: Vec<Recipient> = people
+                .iter()
+                .map(|p| Recipient {
+                    certificate: p.cert.clone(),
+                    transport,
+                })
+                .collect();
+            let encrypted =
+                encrypt_message(MESSAGE.as_bytes(), &recipients, cipher, &Limits::default())
+                    .expect("encrypt");
+            let text = String::from_utf8(encrypted.clone()).expect("7-bit output");
+            assert!(text.starts_with("From: alice@corp.example\r\n"), "{text}");
+            assert!(!text.contains("Umsatz"), "plaintext leaked");
+            assert!(
+                text.contains(&format!("smime-type={}", cipher.smime_type())),
+                "{text}"
+            );
+            for person in &people {
+                let plain = openssl_decrypt(dir.path(), &encrypted, person);
+                assert_eq!(
+                    String::from_utf8_lossy(&plain),
+                    ENTITY,
+                    "{cipher:?} {transport:?}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn messages_encrypted_to_a_mailbox_decrypt_with_its_token_key() {
+    let hsm = &token().hsm;
+    let ca_key = hsm
+        .generate_key_pair(KeyAlgorithm::P256, KeyRole::CertificateAuthority, "enc CA")
+        .expect("CA key");
+    let ca_cert = ca::create_ca_certificate(hsm, &ca_key, "CN=Enc Test CA", 30).expect("CA");
+    let ca = CaIdentity {
+        key_id: ca_key.id,
+        algorithm: ca_key.algorithm,
+        certificate: ca_cert,
+    };
+    let key = hsm
+        .generate_key_pair(KeyAlgorithm::Rsa2048, KeyRole::Mailbox, "enc mailbox")
+        .expect("key");
+    let address = Address::parse("enc@corp.example").expect("address");
+    let cert =
+        ca::issue_mailbox_certificate(hsm, &ca, &address, &key, 365, "http://crl.example/ca.crl")
+            .expect("cert");
+    let held: Vec<(RecipientId, _)> = RecipientId::for_certificate(&cert)
+        .into_iter()
+        .map(|id| (id, key.id.clone()))
+        .collect();
+    for cipher in [ContentCipher::Aes256Cbc, ContentCipher::Aes256Gcm] {
+        for transport in [KeyTransportChoice::RsaPkcs1v15, KeyTransportChoice::RsaOaep] {
+            let recipient = Recipient {
+                certificate: cert.clone(),
+                transport,
+            };
+            let encrypted =
+                encrypt_message(MESSAGE.as_bytes(), &[recipient], cipher, &Limits::default())
+                    .expect("encrypt");
+            let der = decrypt::cms_from_message(&encrypted, &Limits::default()).expect("cms");
+            let done = decrypt::decrypt(hsm, &der, &held).expect("decrypt in token");
+            assert_eq!(done.entity, ENTITY.as_bytes(), "{cipher:?} {transport:?}");
+        }
+    }
+}
+
+#[test]
+fn refusals_are_typed() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let err = encrypt_message(
+        MESSAGE.as_bytes(),
+        &[],
+        ContentCipher::Aes256Cbc,
+        &Limits::default(),
+    )
+    .unwrap_err();
+    assert!(matches!(err, EncryptError::NoRecipients));
+    let params = dir.path().join("p.param").display().to_string();
+    let key = dir.path().join("ec.key").display().to_string();
+    let cert = dir.path().join("ec.pem").display().to_string();
+    run_ok(
+        "openssl",
+        &["ecparam", "-name", "prime256v1", "-out", &params],
+    );
+    run_ok(
+        "openssl",
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            &format!("ec:{params}"),
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &cert,
+            "-days",
+            "5",
+            "-subj",
+            "/CN=ec",
+        ],
+    );
+    let ec = Recipient {
+        certificate: Certificate::from_pem(std::fs::read(&cert).expect("read")).expect("cert"),
+        transport: KeyTransportChoice::RsaPkcs1v15,
+    };
+    let err = encrypt_message(
+        MESSAGE.as_bytes(),
+        &[ec],
+        ContentCipher::Aes256Cbc,
+        &Limits::default(),
+    )
+    .unwrap_err();
+    assert!(matches!(err, EncryptError::Recipient { .. }), "{err}");
+}
