@@ -22,6 +22,7 @@ struct Fixture {
     cert_path: String,
     other_cert_path: String,
     held: Vec<(RecipientId, KeyId)>,
+    ec_cert_path: String,
 }
 
 fn fixture() -> Fixture {
@@ -66,8 +67,34 @@ fn fixture() -> Fixture {
                 .collect();
         }
     }
+    // An EC mailbox: openssl reaches it by ECDH key agreement.
+    let ec_key = hsm
+        .generate_key_pair(KeyAlgorithm::P256, KeyRole::Mailbox, "ec recipient")
+        .expect("EC key");
+    let ec_address = Address::parse("ec-recipient@corp.example").expect("address");
+    let ec_cert = ca::issue_mailbox_certificate(
+        hsm,
+        &ca,
+        &ec_address,
+        &ec_key,
+        365,
+        "http://crl.example/ca.crl",
+    )
+    .expect("certificate");
+    let ec_cert_path = dir.path().join("ec.pem");
+    std::fs::write(
+        &ec_cert_path,
+        ec_cert.to_pem(der::pem::LineEnding::LF).expect("pem"),
+    )
+    .expect("write");
+    held.extend(
+        RecipientId::for_certificate(&ec_cert)
+            .into_iter()
+            .map(|id| (id, ec_key.id.clone())),
+    );
     std::fs::write(dir.path().join("entity"), ENTITY).expect("write");
     Fixture {
+        ec_cert_path: ec_cert_path.display().to_string(),
         cert_path: paths[0].clone(),
         other_cert_path: paths[1].clone(),
         dir,
@@ -236,4 +263,17 @@ fn corrupted_and_foreign_messages_get_their_specific_errors() {
         .decrypt_message(b"From: a@b.example\r\nContent-Type: text/plain\r\n\r\nhello\r\n")
         .unwrap_err();
     assert!(matches!(err, DecryptError::NotEncrypted(_)), "{err}");
+}
+
+#[test]
+fn ecdh_to_an_ec_mailbox_is_decrypted_in_the_token() {
+    let fx = fixture();
+    for cipher in ["-aes128", "-aes256", "-aes-256-gcm"] {
+        let der = fx.encrypt(&[cipher, "-outform", "DER"], &fx.ec_cert_path);
+        let done = fx
+            .decrypt_message(&binary_message(&der))
+            .unwrap_or_else(|e| panic!("{cipher}: {e}"));
+        assert_eq!(done.entity, ENTITY, "{cipher}");
+        assert_eq!(done.key_transport, "ecdh-p256");
+    }
 }

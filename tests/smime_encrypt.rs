@@ -180,13 +180,39 @@ fn refusals_are_typed() {
     )
     .unwrap_err();
     assert!(matches!(err, EncryptError::NoRecipients));
+    let key = dir.path().join("ed.key").display().to_string();
+    let cert = dir.path().join("ed.pem").display().to_string();
+    run_ok(
+        "openssl",
+        &[
+            "req", "-x509", "-newkey", "ed25519", "-nodes", "-keyout", &key, "-out", &cert,
+            "-days", "5", "-subj", "/CN=ed",
+        ],
+    );
+    let ed = Recipient {
+        certificate: Certificate::from_pem(std::fs::read(&cert).expect("read")).expect("cert"),
+        transport: KeyTransportChoice::RsaPkcs1v15,
+    };
+    let err = encrypt_message(
+        MESSAGE.as_bytes(),
+        &[ed],
+        ContentCipher::Aes256Cbc,
+        &Limits::default(),
+    )
+    .unwrap_err();
+    assert!(matches!(err, EncryptError::Recipient { .. }), "{err}");
+}
+
+#[test]
+fn ec_recipients_get_ecdh_key_agreement_that_openssl_and_the_token_undo() {
+    let dir = tempfile::tempdir().expect("temp dir");
     let params = dir.path().join("p.param").display().to_string();
-    let key = dir.path().join("ec.key").display().to_string();
-    let cert = dir.path().join("ec.pem").display().to_string();
     run_ok(
         "openssl",
         &["ecparam", "-name", "prime256v1", "-out", &params],
     );
+    let key = dir.path().join("ec.key").display().to_string();
+    let cert_path = dir.path().join("ec.pem").display().to_string();
     run_ok(
         "openssl",
         &[
@@ -198,23 +224,85 @@ fn refusals_are_typed() {
             "-keyout",
             &key,
             "-out",
-            &cert,
+            &cert_path,
             "-days",
             "5",
             "-subj",
             "/CN=ec",
         ],
     );
-    let ec = Recipient {
-        certificate: Certificate::from_pem(std::fs::read(&cert).expect("read")).expect("cert"),
-        transport: KeyTransportChoice::RsaPkcs1v15,
+    let partner = Partner {
+        key,
+        cert_path: cert_path.clone(),
+        cert: Certificate::from_pem(std::fs::read(&cert_path).expect("read")).expect("cert"),
     };
-    let err = encrypt_message(
+    let rsa = partners(dir.path(), &["bob"]).remove(0);
+    for cipher in [ContentCipher::Aes256Cbc, ContentCipher::Aes128Gcm] {
+        let recipients = [
+            Recipient {
+                certificate: partner.cert.clone(),
+                transport: KeyTransportChoice::RsaPkcs1v15,
+            },
+            Recipient {
+                certificate: rsa.cert.clone(),
+                transport: KeyTransportChoice::RsaOaep,
+            },
+        ];
+        let encrypted =
+            encrypt_message(MESSAGE.as_bytes(), &recipients, cipher, &Limits::default())
+                .expect("encrypt");
+        assert_eq!(
+            String::from_utf8_lossy(&openssl_decrypt(dir.path(), &encrypted, &partner)),
+            ENTITY,
+            "{cipher:?}"
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&openssl_decrypt(dir.path(), &encrypted, &rsa)),
+            ENTITY,
+            "{cipher:?}"
+        );
+    }
+
+    // And to an EC mailbox whose key is in the token.
+    let hsm = &token().hsm;
+    let ca_key = hsm
+        .generate_key_pair(KeyAlgorithm::P256, KeyRole::CertificateAuthority, "ec CA")
+        .expect("CA key");
+    let ca_cert = ca::create_ca_certificate(hsm, &ca_key, "CN=EC Test CA", 30).expect("CA");
+    let ca = CaIdentity {
+        key_id: ca_key.id,
+        algorithm: ca_key.algorithm,
+        certificate: ca_cert,
+    };
+    let mailbox_key = hsm
+        .generate_key_pair(KeyAlgorithm::P256, KeyRole::Mailbox, "ec mailbox")
+        .expect("key");
+    let address = Address::parse("ec-mailbox@corp.example").expect("address");
+    let cert = ca::issue_mailbox_certificate(
+        hsm,
+        &ca,
+        &address,
+        &mailbox_key,
+        365,
+        "http://crl.example/ca.crl",
+    )
+    .expect("cert");
+    let held: Vec<(RecipientId, _)> = RecipientId::for_certificate(&cert)
+        .into_iter()
+        .map(|id| (id, mailbox_key.id.clone()))
+        .collect();
+    let encrypted = encrypt_message(
         MESSAGE.as_bytes(),
-        &[ec],
-        ContentCipher::Aes256Cbc,
+        &[Recipient {
+            certificate: cert,
+            transport: KeyTransportChoice::RsaPkcs1v15,
+        }],
+        ContentCipher::Aes256Gcm,
         &Limits::default(),
     )
-    .unwrap_err();
-    assert!(matches!(err, EncryptError::Recipient { .. }), "{err}");
+    .expect("encrypt");
+    let der = decrypt::cms_from_message(&encrypted, &Limits::default()).expect("cms");
+    let done = decrypt::decrypt(hsm, &der, &held).expect("ECDH in the token");
+    assert_eq!(done.entity, ENTITY.as_bytes());
+    assert_eq!(done.key_transport, "ecdh-p256");
 }

@@ -7,7 +7,8 @@ use aes_gcm::aead::{Aead, KeyInit, Payload};
 use cbc::cipher::{BlockModeDecrypt, KeyIvInit};
 use cms::content_info::ContentInfo;
 use cms::enveloped_data::{
-    EncryptedContentInfo, RecipientIdentifier, RecipientInfo, RecipientInfos,
+    EncryptedContentInfo, KeyAgreeRecipientIdentifier, OriginatorIdentifierOrKey,
+    RecipientIdentifier, RecipientInfo, RecipientInfos,
 };
 use const_oid::ObjectIdentifier;
 use der::asn1::OctetString;
@@ -15,7 +16,7 @@ use der::{Decode, Encode};
 use x509_cert::certificate::Certificate;
 use zeroize::Zeroizing;
 
-use super::ber;
+use super::{ber, ecdh};
 use crate::hsm::{Hsm, HsmError, KeyId, KeyTransport};
 use crate::mime::{self, Limits, MimeError};
 
@@ -173,9 +174,14 @@ pub fn recipients(cms_der: &[u8]) -> Result<Vec<RecipientId>, DecryptError> {
         .recipient_infos
         .0
         .iter()
-        .filter_map(|ri| match ri {
-            RecipientInfo::Ktri(k) => recipient_id(&k.rid),
-            _ => None,
+        .flat_map(|ri| match ri {
+            RecipientInfo::Ktri(k) => recipient_id(&k.rid).into_iter().collect::<Vec<_>>(),
+            RecipientInfo::Kari(k) => k
+                .recipient_enc_keys
+                .iter()
+                .filter_map(|rek| kari_recipient_id(&rek.rid))
+                .collect(),
+            _ => Vec::new(),
         })
         .collect())
 }
@@ -189,6 +195,20 @@ fn recipient_id(rid: &RecipientIdentifier) -> Option<RecipientId> {
         RecipientIdentifier::SubjectKeyIdentifier(ski) => {
             Some(RecipientId::SubjectKeyId(ski.0.as_bytes().to_vec()))
         }
+    }
+}
+
+fn kari_recipient_id(rid: &KeyAgreeRecipientIdentifier) -> Option<RecipientId> {
+    match rid {
+        KeyAgreeRecipientIdentifier::IssuerAndSerialNumber(ias) => {
+            Some(RecipientId::IssuerSerial {
+                issuer: ias.issuer.to_der().ok()?,
+                serial: ias.serial_number.as_bytes().to_vec(),
+            })
+        }
+        KeyAgreeRecipientIdentifier::RKeyId(r) => Some(RecipientId::SubjectKeyId(
+            r.subject_key_identifier.0.as_bytes().to_vec(),
+        )),
     }
 }
 
@@ -237,39 +257,22 @@ pub fn decrypt(
 ) -> Result<Decrypted, DecryptError> {
     let parsed = parse(cms_der)?;
     let total = parsed.recipient_infos.0.len();
+    let cek_len = content_key_len(&parsed.content.content_enc_alg.oid)?;
     let mut last_token_error = None;
     for ri in parsed.recipient_infos.0.iter() {
-        let RecipientInfo::Ktri(ktri) = ri else {
-            continue;
+        let recovered = match ri {
+            RecipientInfo::Ktri(ktri) => recover_transported(hsm, ktri, held, cek_len),
+            RecipientInfo::Kari(kari) => recover_agreed(hsm, kari, held),
+            _ => Ok(None),
         };
-        let Some(rid) = recipient_id(&ktri.rid) else {
-            continue;
-        };
-        let Some((_, key)) = held.iter().find(|(id, _)| *id == rid) else {
-            continue;
-        };
-        let (transport, transport_name) = key_transport(&ktri.key_enc_alg)?;
-        let cek_len = content_key_len(&parsed.content.content_enc_alg.oid)?;
-        let cek = match hsm.decrypt_key_transport(key, transport, ktri.enc_key.as_bytes()) {
-            Ok(cek) => cek,
-            // RFC 3218 §2.3: on a PKCS#1 v1.5 failure continue with a random key, so a
-            // padding oracle learns nothing; the content decryption then fails.
-            Err(HsmError::Token { rv, .. })
-                if transport == KeyTransport::RsaPkcs1v15
-                    && matches!(
-                        rv,
-                        cryptoki::error::RvError::EncryptedDataInvalid
-                            | cryptoki::error::RvError::EncryptedDataLenRange
-                            | cryptoki::error::RvError::DataInvalid
-                    ) =>
-            {
-                random_key(cek_len)?
-            }
-            Err(e) if e.is_transient() => return Err(e.into()),
-            Err(e) => {
+        let (cek, key, key_transport) = match recovered {
+            Ok(Some(found)) => found,
+            Ok(None) => continue,
+            Err(DecryptError::Token(e)) if !e.is_transient() => {
                 last_token_error = Some(e);
                 continue;
             }
+            Err(e) => return Err(e),
         };
         if cek.len() != cek_len {
             return Err(DecryptError::Integrity(
@@ -280,23 +283,86 @@ pub fn decrypt(
         return Ok(Decrypted {
             entity,
             content_algorithm,
-            key_transport: transport_name,
-            key: key.clone(),
+            key_transport,
+            key,
             weak,
         });
     }
-    let key_agreement = parsed
-        .recipient_infos
-        .0
-        .iter()
-        .any(|ri| matches!(ri, RecipientInfo::Kari(_)));
     match last_token_error {
         Some(e) => Err(e.into()),
-        None if key_agreement => Err(DecryptError::Unsupported(
-            "ECDH key agreement recipients (KeyAgreeRecipientInfo) are not decrypted yet".into(),
-        )),
         None => Err(DecryptError::NoKey { recipients: total }),
     }
+}
+
+type Recovered = Option<(Zeroizing<Vec<u8>>, KeyId, &'static str)>;
+
+/// Key transport: the token decrypts the content key with the recipient's RSA key.
+fn recover_transported(
+    hsm: &Hsm,
+    ktri: &cms::enveloped_data::KeyTransRecipientInfo,
+    held: &[(RecipientId, KeyId)],
+    cek_len: usize,
+) -> Result<Recovered, DecryptError> {
+    let Some(rid) = recipient_id(&ktri.rid) else {
+        return Ok(None);
+    };
+    let Some((_, key)) = held.iter().find(|(id, _)| *id == rid) else {
+        return Ok(None);
+    };
+    let (transport, name) = key_transport(&ktri.key_enc_alg)?;
+    let cek = match hsm.decrypt_key_transport(key, transport, ktri.enc_key.as_bytes()) {
+        Ok(cek) => cek,
+        // RFC 3218 §2.3: on a PKCS#1 v1.5 failure continue with a random key, so a
+        // padding oracle learns nothing; the content decryption then fails.
+        Err(HsmError::Token { rv, .. })
+            if transport == KeyTransport::RsaPkcs1v15
+                && matches!(
+                    rv,
+                    cryptoki::error::RvError::EncryptedDataInvalid
+                        | cryptoki::error::RvError::EncryptedDataLenRange
+                        | cryptoki::error::RvError::DataInvalid
+                ) =>
+        {
+            random_key(cek_len)?
+        }
+        Err(e) => return Err(e.into()),
+    };
+    Ok(Some((cek, key.clone(), name)))
+}
+
+/// Key agreement (RFC 5753): the token computes ECDH with the sender's ephemeral key;
+/// the host derives the key-encryption key and unwraps the content key.
+fn recover_agreed(
+    hsm: &Hsm,
+    kari: &cms::enveloped_data::KeyAgreeRecipientInfo,
+    held: &[(RecipientId, KeyId)],
+) -> Result<Recovered, DecryptError> {
+    let Some((rek, key)) = kari.recipient_enc_keys.iter().find_map(|rek| {
+        let rid = kari_recipient_id(&rek.rid)?;
+        held.iter()
+            .find(|(id, _)| *id == rid)
+            .map(|(_, key)| (rek, key))
+    }) else {
+        return Ok(None);
+    };
+    let OriginatorIdentifierOrKey::OriginatorKey(originator) = &kari.originator else {
+        return Err(DecryptError::Unsupported(
+            "static-static ECDH (originator named by certificate)".into(),
+        ));
+    };
+    let scheme =
+        ecdh::Scheme::from_algorithm(&kari.key_enc_alg).map_err(DecryptError::Unsupported)?;
+    let point = originator
+        .public_key
+        .as_bytes()
+        .ok_or_else(|| DecryptError::Malformed("originator key is not whole bytes".into()))?;
+    let z = hsm.ecdh_shared_secret(key, point)?;
+    let kek = ecdh::kek(&scheme, &z, kari.ukm.as_ref().map(|u| u.as_bytes()))
+        .map_err(DecryptError::Malformed)?;
+    let cek = ecdh::unwrap(&scheme, &kek, rek.enc_key.as_bytes()).map_err(|_| {
+        DecryptError::Integrity("AES key unwrap failed (wrong key or corrupted message)")
+    })?;
+    Ok(Some((cek, key.clone(), "ecdh-p256")))
 }
 
 fn key_transport(

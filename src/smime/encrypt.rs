@@ -18,6 +18,7 @@ use spki::AlgorithmIdentifierOwned;
 use x509_cert::certificate::Certificate;
 use zeroize::Zeroizing;
 
+use super::ecdh;
 use crate::mime::{self, Header, Limits, MimeError};
 
 const ID_DATA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.7.1");
@@ -112,8 +113,14 @@ pub fn encrypt_entity(
     let cek = random(cipher.key_len())?;
     let infos: Vec<RecipientInfo> = recipients
         .iter()
-        .map(|r| key_trans_info(r, &cek))
+        .map(|r| recipient_info(r, &cek))
         .collect::<Result<_, _>>()?;
+    // RFC 5652 §6.1: version 2 as soon as a RecipientInfo is not version 0.
+    let enveloped_version = if infos.iter().all(|ri| matches!(ri, RecipientInfo::Ktri(_))) {
+        CmsVersion::V0
+    } else {
+        CmsVersion::V2
+    };
     let recip_infos = RecipientInfos(SetOfVec::try_from(infos).map_err(crypto)?);
     let (content_type, content) = if cipher.is_gcm() {
         let nonce = random(12)?;
@@ -178,7 +185,7 @@ pub fn encrypt_entity(
             AES256_CBC
         };
         let env = EnvelopedData {
-            version: CmsVersion::V0,
+            version: enveloped_version,
             originator_info: None,
             recip_infos,
             encrypted_content: EncryptedContentInfo {
@@ -204,7 +211,7 @@ pub fn encrypt_entity(
     .map_err(crypto)
 }
 
-fn key_trans_info(recipient: &Recipient, cek: &[u8]) -> Result<RecipientInfo, EncryptError> {
+fn recipient_info(recipient: &Recipient, cek: &[u8]) -> Result<RecipientInfo, EncryptError> {
     use rsa::pkcs8::DecodePublicKey;
     let tbs = recipient.certificate.tbs_certificate();
     let fail = |reason: String| EncryptError::Recipient {
@@ -212,11 +219,14 @@ fn key_trans_info(recipient: &Recipient, cek: &[u8]) -> Result<RecipientInfo, En
         reason,
     };
     let spki = tbs.subject_public_key_info();
+    if spki.algorithm.oid == ecdh::EC_PUBLIC_KEY {
+        return key_agree_info(recipient, cek).map_err(fail);
+    }
     if spki.algorithm.oid != RSA_ENCRYPTION {
-        return Err(fail(
-            "only RSA recipients can be encrypted to yet (EC key agreement is not implemented)"
-                .into(),
-        ));
+        return Err(fail(format!(
+            "unsupported public key algorithm {}",
+            spki.algorithm.oid
+        )));
     }
     let key = rsa::PublicKey::from_public_key_der(&spki.to_der().map_err(|e| fail(e.to_string()))?)
         .map_err(|e| fail(format!("public key: {e}")))?;
@@ -249,6 +259,48 @@ fn key_trans_info(recipient: &Recipient, cek: &[u8]) -> Result<RecipientInfo, En
         }),
         key_enc_alg,
         enc_key: OctetString::new(encrypted).map_err(|e| fail(e.to_string()))?,
+    }))
+}
+
+/// ECDH ephemeral-static to a P-256 recipient (RFC 5753): X9.63 KDF with SHA-256,
+/// AES-256 key wrap.
+fn key_agree_info(recipient: &Recipient, cek: &[u8]) -> Result<RecipientInfo, String> {
+    use cms::enveloped_data::{
+        KeyAgreeRecipientIdentifier, KeyAgreeRecipientInfo, OriginatorIdentifierOrKey,
+        OriginatorPublicKey, RecipientEncryptedKey,
+    };
+    use p256::elliptic_curve::Generate;
+    let tbs = recipient.certificate.tbs_certificate();
+    let point = tbs.subject_public_key_info().subject_public_key.raw_bytes();
+    let their_key = p256::PublicKey::from_sec1_bytes(point)
+        .map_err(|_| "not a P-256 public key".to_string())?;
+    let ephemeral = p256::ecdh::EphemeralSecret::generate();
+    let shared = ephemeral.diffie_hellman(&their_key);
+    let scheme = ecdh::Scheme {
+        kdf: ecdh::STD_DH_SHA256KDF,
+        wrap: ecdh::AES256_WRAP,
+    };
+    let kek = ecdh::kek(&scheme, shared.raw_secret_bytes().as_slice(), None)?;
+    let wrapped = ecdh::wrap(&scheme, &kek, cek)?;
+    let ours = ephemeral.public_key().to_sec1_bytes();
+    Ok(RecipientInfo::Kari(KeyAgreeRecipientInfo {
+        version: CmsVersion::V3,
+        originator: OriginatorIdentifierOrKey::OriginatorKey(OriginatorPublicKey {
+            algorithm: AlgorithmIdentifierOwned {
+                oid: ecdh::EC_PUBLIC_KEY,
+                parameters: None,
+            },
+            public_key: der::asn1::BitString::from_bytes(&ours).map_err(|e| e.to_string())?,
+        }),
+        ukm: None,
+        key_enc_alg: scheme.algorithm().map_err(|e| e.to_string())?,
+        recipient_enc_keys: vec![RecipientEncryptedKey {
+            rid: KeyAgreeRecipientIdentifier::IssuerAndSerialNumber(IssuerAndSerialNumber {
+                issuer: tbs.issuer().clone(),
+                serial_number: tbs.serial_number().clone(),
+            }),
+            enc_key: OctetString::new(wrapped).map_err(|e| e.to_string())?,
+        }],
     }))
 }
 

@@ -5,6 +5,7 @@
 mod attributes;
 pub mod ber;
 pub mod decrypt;
+mod ecdh;
 pub mod encrypt;
 mod sign;
 pub mod verify;
