@@ -132,7 +132,7 @@ fn x963<D: Digest>(z: &[u8], counter: u32, info: &[u8]) -> Zeroizing<Vec<u8>> {
 /// RFC 3394 unwrap of the content-encryption key.
 pub fn unwrap(scheme: &Scheme, kek: &[u8], wrapped: &[u8]) -> Result<Zeroizing<Vec<u8>>, String> {
     use aes_kw::KeyInit;
-    if wrapped.len() < 24 || wrapped.len() % 8 != 0 {
+    if wrapped.len() < 24 || !wrapped.len().is_multiple_of(8) {
         return Err("wrapped key of an impossible length".into());
     }
     let mut buf = Zeroizing::new(vec![0u8; wrapped.len() - 8]);
