@@ -8,7 +8,7 @@ use secrecy::SecretString;
 use x509_cert::certificate::Certificate;
 
 use crate::config::Settings;
-use crate::hsm::{Hsm, HsmConfig, HsmError, KeyAlgorithm, KeyId, KeyRole};
+use crate::hsm::{Hsm, HsmConfig, HsmError, KeyAlgorithm, KeyRole};
 use crate::pki::address::Address;
 use crate::pki::ca::{self, CaIdentity, IssueError};
 use crate::store::{
@@ -293,51 +293,27 @@ impl App {
 }
 
 impl App {
-    /// For each recipient a message names, the key in the token that it means, if we
-    /// hold one: by issuer and serial through the certificates we know (any key,
-    /// retired ones included), or by subject key identifier (= CKA_ID) directly.
-    pub async fn held_keys(
-        &self,
-        recipients: &[crate::smime::decrypt::RecipientId],
-    ) -> Result<Vec<(crate::smime::decrypt::RecipientId, KeyId)>, AppError> {
-        use crate::smime::decrypt::RecipientId;
-        let mut held = Vec::new();
-        for rid in recipients {
-            let key = match rid {
-                RecipientId::SubjectKeyId(ski) => Some(KeyId::new(ski.clone())),
-                RecipientId::IssuerSerial { issuer, serial } => {
-                    let Ok(name) = x509_cert::name::Name::from_der(issuer) else {
-                        continue;
-                    };
-                    let cert = self
-                        .store
-                        .certificates()
-                        .by_issuer_serial(&name.to_string(), &hex::encode(serial))
-                        .await?;
-                    match cert.and_then(|c| c.key_id) {
-                        Some(row) => self
-                            .store
-                            .keys()
-                            .get(row)
-                            .await?
-                            .map(|k| k.key_id())
-                            .transpose()?,
-                        None => None,
-                    }
-                }
+    /// Every key the token holds for mail, by the ways a sender may name it: built from
+    /// the certificates we issued or imported (retired keys included, so old mail stays
+    /// readable).
+    pub async fn key_directory(&self) -> Result<crate::smime::layers::KeyDirectory, AppError> {
+        let mut directory = crate::smime::layers::KeyDirectory::default();
+        let keys = self.store.keys().list().await?;
+        for stored in self.store.certificates().with_keys().await? {
+            let Some(key) = stored
+                .key_id
+                .and_then(|id| keys.iter().find(|k| k.id == id))
+            else {
+                continue;
             };
-            let Some(key) = key else { continue };
-            let probe = key.clone();
-            if self
-                .hsm
-                .call("find key", move |h| h.find_key(&probe))
-                .await?
-                .is_some()
-            {
-                held.push((rid.clone(), key));
+            if key.purpose == KeyPurpose::Ca {
+                continue;
             }
+            let cert = Certificate::from_der(&stored.record.der)
+                .map_err(|e| StoreError::Corrupt(format!("certificate {}: {e}", stored.id)))?;
+            directory.add(&cert, key.key_id()?);
         }
-        Ok(held)
+        Ok(directory)
     }
 }
 

@@ -557,7 +557,7 @@ async fn smime(cmd: SmimeCommand, settings: Settings) -> Result<()> {
             let der = decrypt::cms_from_message(&message, &limits)?;
             let recipients = decrypt::recipients(&der)?;
             let app = App::open(settings).await?;
-            let held = app.held_keys(&recipients).await?;
+            let held = app.key_directory().await?.resolve(&recipients);
             let done = app
                 .hsm
                 .call("decrypt message", move |hsm| {

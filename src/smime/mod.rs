@@ -7,6 +7,7 @@ pub mod ber;
 pub mod decrypt;
 mod ecdh;
 pub mod encrypt;
+pub mod layers;
 mod sign;
 pub mod verify;
 

@@ -182,6 +182,17 @@ impl Certificates<'_> {
         row.as_ref().map(row_to_certificate).transpose()
     }
 
+    /// Every certificate that names a key in the token (issued, uploaded, the CA's).
+    pub async fn with_keys(&self) -> Result<Vec<StoredCertificate>> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM certificates WHERE key_id IS NOT NULL ORDER BY id"
+        )))
+        .fetch_all(self.pool)
+        .await
+        .map_err(db("listing certificates"))?;
+        rows.iter().map(row_to_certificate).collect()
+    }
+
     /// Every certificate from `source`, newest first.
     pub async fn by_source(&self, source: CertificateSource) -> Result<Vec<StoredCertificate>> {
         let rows = sqlx::query(AssertSqlSafe(format!(

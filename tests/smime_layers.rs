@@ -1,0 +1,187 @@
+//! Nested layers: triple wrap (signed, encrypted, signed) made by the engine, and
+//! signed-then-encrypted made by openssl, opened layer by layer.
+
+mod common;
+
+use std::time::SystemTime;
+
+use der::EncodePem;
+use smimegate::hsm::{KeyAlgorithm, KeyRole};
+use smimegate::mime::Limits;
+use smimegate::pki::address::Address;
+use smimegate::pki::ca::{self, CaIdentity};
+use smimegate::smime::encrypt::{ContentCipher, KeyTransportChoice, Recipient, encrypt_message};
+use smimegate::smime::layers::{KeyDirectory, Layer, OpenError, Opener};
+use smimegate::smime::verify::Verdict;
+use smimegate::smime::{SignerIdentity, sign_detached};
+
+use common::{run_ok, token};
+
+const MESSAGE: &str = "From: alice@corp.example\r\nTo: bob@corp.example\r\nSubject: layers\r\n\
+Content-Type: text/plain\r\n\r\nThe innermost text.\r\n";
+
+#[test]
+fn triple_wrapped_and_openssl_nested_messages_open_layer_by_layer() {
+    let hsm = &token().hsm;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ca_key = hsm
+        .generate_key_pair(
+            KeyAlgorithm::P256,
+            KeyRole::CertificateAuthority,
+            "layers CA",
+        )
+        .expect("CA key");
+    let ca_cert = ca::create_ca_certificate(hsm, &ca_key, "CN=Layers CA", 30).expect("CA");
+    let ca = CaIdentity {
+        key_id: ca_key.id,
+        algorithm: ca_key.algorithm,
+        certificate: ca_cert.clone(),
+    };
+    let mailbox = |name: &str, algorithm| {
+        let key = hsm
+            .generate_key_pair(algorithm, KeyRole::Mailbox, name)
+            .expect("key");
+        let address = Address::parse(&format!("{name}@corp.example")).expect("address");
+        let cert = ca::issue_mailbox_certificate(
+            hsm,
+            &ca,
+            &address,
+            &key,
+            365,
+            "http://crl.example/ca.crl",
+        )
+        .expect("cert");
+        (key, cert)
+    };
+    let (alice_key, alice_cert) = mailbox("alice", KeyAlgorithm::Rsa2048);
+    let (bob_key, bob_cert) = mailbox("bob", KeyAlgorithm::P256);
+    let alice = SignerIdentity {
+        key_id: alice_key.id.clone(),
+        key_algorithm: KeyAlgorithm::Rsa2048,
+        scheme: ca::default_scheme(KeyAlgorithm::Rsa2048),
+        certificate: alice_cert.clone(),
+        chain: vec![ca_cert.clone()],
+    };
+    let mut keys = KeyDirectory::default();
+    keys.add(&bob_cert, bob_key.id.clone());
+    let limits = Limits::default();
+    let anchors = [ca_cert.clone()];
+    let opener = Opener {
+        hsm,
+        keys: &keys,
+        anchors: &anchors,
+        now: SystemTime::now(),
+        limits: &limits,
+        max_layers: 8,
+    };
+
+    // Triple wrap: sign, encrypt to bob, sign again.
+    let inner = sign_detached(hsm, &alice, MESSAGE.as_bytes(), &limits).expect("sign");
+    let to_bob = [Recipient {
+        certificate: bob_cert.clone(),
+        transport: KeyTransportChoice::RsaPkcs1v15,
+    }];
+    let encrypted =
+        encrypt_message(&inner, &to_bob, ContentCipher::Aes256Gcm, &limits).expect("encrypt");
+    let outer = sign_detached(hsm, &alice, &encrypted, &limits).expect("sign again");
+    let opened = opener
+        .open(&outer, Some("alice@corp.example"))
+        .expect("open");
+    assert_eq!(opened.layers.len(), 3, "{:?}", opened.layers);
+    assert!(matches!(&opened.layers[0], Layer::Signed(v) if v.verdict == Verdict::Valid));
+    assert!(matches!(
+        &opened.layers[1],
+        Layer::Decrypted {
+            key_transport: "ecdh-p256",
+            ..
+        }
+    ));
+    assert!(matches!(&opened.layers[2], Layer::Signed(v) if v.verdict == Verdict::Valid));
+    assert_eq!(
+        opened.entity,
+        b"Content-Type: text/plain\r\n\r\nThe innermost text.\r\n"
+    );
+
+    // openssl: signed by a partner, then encrypted to bob.
+    let p = |n: &str| dir.path().join(n).display().to_string();
+    run_ok(
+        "openssl",
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &p("partner.key"),
+            "-out",
+            &p("partner.pem"),
+            "-days",
+            "5",
+            "-subj",
+            "/CN=partner",
+            "-addext",
+            "subjectAltName=email:partner@partner.example",
+        ],
+    );
+    std::fs::write(
+        p("bob.pem"),
+        bob_cert.to_pem(der::pem::LineEnding::LF).expect("pem"),
+    )
+    .expect("write");
+    std::fs::write(
+        p("msg"),
+        "Content-Type: text/plain\r\n\r\nFrom the partner.\r\n",
+    )
+    .expect("write");
+    run_ok(
+        "openssl",
+        &[
+            "cms",
+            "-sign",
+            "-in",
+            &p("msg"),
+            "-signer",
+            &p("partner.pem"),
+            "-inkey",
+            &p("partner.key"),
+            "-out",
+            &p("signed"),
+        ],
+    );
+    run_ok(
+        "openssl",
+        &[
+            "cms",
+            "-encrypt",
+            "-in",
+            &p("signed"),
+            "-out",
+            &p("sealed"),
+            "-aes256",
+            &p("bob.pem"),
+        ],
+    );
+    let opened = opener
+        .open(
+            &std::fs::read(p("sealed")).expect("read"),
+            Some("partner@partner.example"),
+        )
+        .expect("open");
+    assert_eq!(opened.layers.len(), 2);
+    assert!(matches!(&opened.layers[0], Layer::Decrypted { .. }));
+    // The partner's self-signed certificate is not trusted here: the verdict says so,
+    // and the content is still there for the policy to decide.
+    assert!(matches!(&opened.layers[1], Layer::Signed(v) if v.verdict == Verdict::Untrusted));
+    assert!(String::from_utf8_lossy(&opened.entity).contains("From the partner."));
+
+    // The nesting limit holds.
+    let shallow = Opener {
+        max_layers: 2,
+        ..opener
+    };
+    assert!(matches!(
+        shallow.open(&outer, None),
+        Err(OpenError::TooDeep(2))
+    ));
+}
