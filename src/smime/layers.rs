@@ -62,7 +62,7 @@ pub enum Layer {
         key_transport: &'static str,
         weak: bool,
     },
-    Signed(Verification),
+    Signed(Box<Verification>),
 }
 
 /// The innermost entity and the layers removed on the way, outermost first.
@@ -133,7 +133,7 @@ impl Opener<'_> {
                 let verification =
                     verify::verify(&current, from, self.anchors, self.now, self.limits);
                 let content = verification.content.clone();
-                layers.push(Layer::Signed(verification));
+                layers.push(Layer::Signed(Box::new(verification)));
                 match content {
                     Some(content) => current = content,
                     None => {
