@@ -426,6 +426,7 @@ async fn trust(cmd: TrustCommand, settings: &Settings) -> Result<()> {
 }
 
 async fn smime(cmd: SmimeCommand, settings: Settings) -> Result<()> {
+    let limits = settings.config.limits.mime();
     match cmd {
         SmimeCommand::Sign { from, file } => {
             let address = Address::parse(&from)?;
@@ -439,7 +440,6 @@ async fn smime(cmd: SmimeCommand, settings: Settings) -> Result<()> {
                     .serial_number()
                     .as_bytes(),
             );
-            let limits = crate::mime::Limits::default();
             let signed = app
                 .hsm
                 .call("sign message", move |hsm| {
@@ -489,7 +489,6 @@ async fn smime(cmd: SmimeCommand, settings: Settings) -> Result<()> {
             let app = App::open(settings).await?;
             let signer = app.signer_for(&address).await?;
             let own = signer.certificate.clone();
-            let limits = crate::mime::Limits::default();
             let signed = app
                 .hsm
                 .call("sign message", move |hsm| {
@@ -520,7 +519,6 @@ async fn smime(cmd: SmimeCommand, settings: Settings) -> Result<()> {
                 Some(f) => Some(f),
                 None => from_header(&message),
             };
-            let limits = crate::mime::Limits::default();
             let result = verify(
                 &message,
                 from.as_deref(),
@@ -553,7 +551,6 @@ async fn smime(cmd: SmimeCommand, settings: Settings) -> Result<()> {
         SmimeCommand::Decrypt { file } => {
             use crate::smime::decrypt;
             let message = read_input(file.as_deref())?;
-            let limits = crate::mime::Limits::default();
             let der = decrypt::cms_from_message(&message, &limits)?;
             let recipients = decrypt::recipients(&der)?;
             let app = App::open(settings).await?;

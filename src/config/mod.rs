@@ -39,7 +39,36 @@ pub struct Config {
     pub hsm: HsmSection,
     pub ca: CaConfig,
     pub http: HttpConfig,
+    pub limits: LimitsConfig,
     pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    pub max_message_bytes: usize,
+    pub max_mime_depth: usize,
+    pub max_smime_layers: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        let mime = crate::mime::Limits::default();
+        Self {
+            max_message_bytes: mime.max_size,
+            max_mime_depth: mime.max_depth,
+            max_smime_layers: 8,
+        }
+    }
+}
+
+impl LimitsConfig {
+    pub fn mime(&self) -> crate::mime::Limits {
+        crate::mime::Limits {
+            max_depth: self.max_mime_depth,
+            max_size: self.max_message_bytes,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -210,6 +239,15 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "ca.crl_url",
                 message: "must be an http:// or https:// URL".into(),
+            });
+        }
+        if self.limits.max_message_bytes == 0
+            || self.limits.max_mime_depth == 0
+            || self.limits.max_smime_layers == 0
+        {
+            return Err(ConfigError::Invalid {
+                key: "limits.*",
+                message: "must be at least 1".into(),
             });
         }
         if self.database.max_connections == 0 {
