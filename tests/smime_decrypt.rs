@@ -36,6 +36,11 @@ fn fixture() -> Fixture {
         )
         .expect("CA key");
     let ca_cert = ca::create_ca_certificate(hsm, &ca_key, "CN=Decrypt Test CA", 30).expect("CA");
+    std::fs::write(
+        dir.path().join("ca.pem"),
+        ca_cert.to_pem(der::pem::LineEnding::LF).expect("pem"),
+    )
+    .expect("write CA");
     let ca = CaIdentity {
         key_id: ca_key.id,
         algorithm: ca_key.algorithm,
@@ -276,4 +281,64 @@ fn ecdh_to_an_ec_mailbox_is_decrypted_in_the_token() {
         assert_eq!(done.entity, ENTITY, "{cipher}");
         assert_eq!(done.key_transport, "ecdh-p256");
     }
+}
+
+#[test]
+fn messages_gpgsm_encrypts_to_a_mailbox_are_decrypted_in_the_token() {
+    let fx = fixture();
+    let home = tempfile::tempdir().expect("GNUPGHOME");
+    std::fs::write(
+        home.path().join("gpgsm.conf"),
+        "disable-crl-checks\ndisable-dirmngr\n",
+    )
+    .expect("conf");
+    let gpgsm = |args: &[&str]| {
+        let out = std::process::Command::new("gpgsm")
+            .env("GNUPGHOME", home.path())
+            .arg("--batch")
+            .args(args)
+            .output()
+            .expect("gpgsm");
+        assert!(
+            out.status.success(),
+            "gpgsm {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    };
+    let ca_path = fx.dir.path().join("ca.pem").display().to_string();
+    gpgsm(&["--import", &ca_path]);
+    gpgsm(&["--import", &fx.cert_path]);
+    let listing =
+        String::from_utf8_lossy(&gpgsm(&["--with-colons", "--list-keys"]).stdout).into_owned();
+    let trust: String = listing
+        .lines()
+        .filter(|l| l.starts_with("fpr:"))
+        .filter_map(|l| l.split(':').nth(9))
+        .map(|f| format!("{f} S relax\n"))
+        .collect();
+    std::fs::write(home.path().join("trustlist.txt"), trust).expect("trustlist");
+    let entity = fx.dir.path().join("entity").display().to_string();
+    let out = fx.dir.path().join("gpgsm.p7m").display().to_string();
+    gpgsm(&[
+        "-r",
+        "recipient@corp.example",
+        "-o",
+        &out,
+        "--encrypt",
+        &entity,
+    ]);
+    let _ = std::process::Command::new("gpgconf")
+        .args([
+            "--homedir",
+            &home.path().display().to_string(),
+            "--kill",
+            "all",
+        ])
+        .output();
+    let der = std::fs::read(&out).expect("read");
+    let done = fx
+        .decrypt_message(&binary_message(&der))
+        .expect("decrypt gpgsm's message");
+    assert_eq!(done.entity, ENTITY);
 }
