@@ -2,6 +2,7 @@
 
 mod bench;
 mod certs;
+mod smime_bench;
 mod token;
 
 use std::path::PathBuf;
@@ -139,6 +140,8 @@ pub enum SmimeCommand {
         /// The message; stdin when absent.
         file: Option<PathBuf>,
     },
+    /// Measure the engine on a throwaway key (used by scripts/bench-smime).
+    Bench(smime_bench::SmimeBenchArgs),
     /// Decrypt an application/pkcs7-mime message with any key the token holds;
     /// prints the message with the decrypted entity in place of the encrypted one.
     Decrypt {
@@ -456,6 +459,7 @@ async fn smime(cmd: SmimeCommand, settings: Settings) -> Result<()> {
             eprintln!("signed by {address} (certificate serial {serial})");
             Ok(())
         }
+        SmimeCommand::Bench(args) => smime_bench::run(App::open(settings).await?, args).await,
         SmimeCommand::Encrypt {
             to,
             cipher,
