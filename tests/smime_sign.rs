@@ -343,3 +343,29 @@ fn our_own_signatures_pass_our_verifier_with_the_right_verdicts() {
         assert_eq!(v.verdict, Verdict::AddressMismatch, "{}", v.detail);
     }
 }
+
+#[test]
+fn opaque_signatures_verify_with_openssl_and_with_us() {
+    use smimegate::smime::sign_opaque;
+    use smimegate::smime::verify::{Verdict, verify};
+    let fx = fixture();
+    for signer in &fx.signers {
+        let signed =
+            sign_opaque(&token().hsm, signer, PLAIN.as_bytes(), &Limits::default()).expect("sign");
+        let text = String::from_utf8(signed.clone()).expect("ascii");
+        assert!(text.contains("smime-type=signed-data"), "{text}");
+        assert!(!text.contains("Hello Bob"), "the content is inside the CMS");
+        let content = openssl_verify(&fx, &signed)
+            .unwrap_or_else(|e| panic!("{:?}: {e}", signer.key_algorithm));
+        assert!(String::from_utf8_lossy(&content).contains("Hello Bob,"));
+        let from = format!("{}@corp.example", signer.key_algorithm);
+        let v = verify(
+            &signed,
+            Some(&from),
+            &signer.chain,
+            std::time::SystemTime::now(),
+            &Limits::default(),
+        );
+        assert_eq!(v.verdict, Verdict::Valid, "{}", v.detail);
+    }
+}

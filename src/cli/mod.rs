@@ -98,6 +98,9 @@ pub enum SmimeCommand {
         /// The signing mailbox (must be active).
         #[arg(long)]
         from: String,
+        /// application/pkcs7-mime signed-data instead of multipart/signed.
+        #[arg(long)]
+        opaque: bool,
         /// The message; stdin when absent.
         file: Option<PathBuf>,
     },
@@ -431,7 +434,7 @@ async fn trust(cmd: TrustCommand, settings: &Settings) -> Result<()> {
 async fn smime(cmd: SmimeCommand, settings: Settings) -> Result<()> {
     let limits = settings.config.limits.mime();
     match cmd {
-        SmimeCommand::Sign { from, file } => {
+        SmimeCommand::Sign { from, opaque, file } => {
             let address = Address::parse(&from)?;
             let message = read_input(file.as_deref())?;
             let app = App::open(settings).await?;
@@ -446,12 +449,15 @@ async fn smime(cmd: SmimeCommand, settings: Settings) -> Result<()> {
             let signed = app
                 .hsm
                 .call("sign message", move |hsm| {
-                    crate::smime::sign_detached(hsm, &signer, &message, &limits).map_err(
-                        |e| match e {
-                            crate::smime::SmimeError::Token(t) => t,
-                            other => crate::hsm::HsmError::Encoding(other.to_string()),
-                        },
-                    )
+                    (if opaque {
+                        crate::smime::sign_opaque
+                    } else {
+                        crate::smime::sign_detached
+                    })(hsm, &signer, &message, &limits)
+                    .map_err(|e| match e {
+                        crate::smime::SmimeError::Token(t) => t,
+                        other => crate::hsm::HsmError::Encoding(other.to_string()),
+                    })
                 })
                 .await?;
             use std::io::Write;

@@ -11,4 +11,4 @@ pub mod layers;
 mod sign;
 pub mod verify;
 
-pub use sign::{DigestAlgorithm, SignerIdentity, SmimeError, sign_detached};
+pub use sign::{DigestAlgorithm, SignerIdentity, SmimeError, sign_detached, sign_opaque};

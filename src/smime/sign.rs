@@ -93,6 +93,47 @@ pub fn sign_detached(
     message: &[u8],
     limits: &Limits,
 ) -> Result<Vec<u8>, SmimeError> {
+    let (outer, signed_bytes) = prepare(signer, message, limits)?;
+    let digest = DigestAlgorithm::of(signer.scheme);
+    let signature = cms_signature(
+        hsm,
+        signer,
+        digest,
+        Signed::Detached(&digest.digest(&signed_bytes)),
+    )?;
+    Ok(assemble(&outer, &signed_bytes, &signature, digest))
+}
+
+/// Signs `message` as `application/pkcs7-mime; smime-type=signed-data` (the entity
+/// inside the CMS): for recipients whose path mangles multipart/signed. Clients without
+/// S/MIME cannot show it, which is why detached is the default.
+pub fn sign_opaque(
+    hsm: &Hsm,
+    signer: &SignerIdentity,
+    message: &[u8],
+    limits: &Limits,
+) -> Result<Vec<u8>, SmimeError> {
+    let (outer, signed_bytes) = prepare(signer, message, limits)?;
+    let digest = DigestAlgorithm::of(signer.scheme);
+    let der = cms_signature(hsm, signer, digest, Signed::Encapsulated(&signed_bytes))?;
+    let mut out = Vec::with_capacity(der.len() * 4 / 3 + 1024);
+    for h in &outer {
+        out.extend_from_slice(&h.raw);
+    }
+    out.extend_from_slice(
+        b"MIME-Version: 1.0\r\nContent-Type: application/pkcs7-mime; smime-type=signed-data; name=\"smime.p7m\"\r\n\
+          Content-Transfer-Encoding: base64\r\nContent-Disposition: attachment; filename=\"smime.p7m\"\r\n\r\n",
+    );
+    out.extend_from_slice(&mime::base64_lines(&der));
+    Ok(out)
+}
+
+/// Outer header fields, and the canonical 7-bit entity to sign.
+fn prepare(
+    signer: &SignerIdentity,
+    message: &[u8],
+    limits: &Limits,
+) -> Result<(Vec<Header>, Vec<u8>), SmimeError> {
     if message.len() > limits.max_size {
         return Err(MimeError::TooLarge {
             size: message.len(),
@@ -122,22 +163,33 @@ pub fn sign_detached(
         },
         limits,
     )?;
-    let signed_bytes = entity.to_bytes();
-    let digest = DigestAlgorithm::of(signer.scheme);
-    let signature = cms_signature(hsm, signer, digest, &digest.digest(&signed_bytes))?;
-    Ok(assemble(&outer, &signed_bytes, &signature, digest))
+    Ok((outer, entity.to_bytes()))
+}
+
+/// What the SignerInfo covers: external content by its digest, or content carried
+/// inside the SignedData.
+enum Signed<'a> {
+    Detached(&'a [u8]),
+    Encapsulated(&'a [u8]),
 }
 
 fn cms_signature(
     hsm: &Hsm,
     signer: &SignerIdentity,
     digest: DigestAlgorithm,
-    message_digest: &[u8],
+    what: Signed<'_>,
 ) -> Result<Vec<u8>, SmimeError> {
     let enc = |e: &dyn std::fmt::Display| SmimeError::Encoding(e.to_string());
+    let (econtent, message_digest) = match what {
+        Signed::Detached(md) => (None, Some(md)),
+        Signed::Encapsulated(content) => (
+            Some(der::Any::new(der::Tag::OctetString, content.to_vec()).map_err(|e| enc(&e))?),
+            None,
+        ),
+    };
     let eci = EncapsulatedContentInfo {
         econtent_type: const_oid::db::rfc5911::ID_DATA,
-        econtent: None,
+        econtent,
     };
     let digest_algorithm = AlgorithmIdentifierOwned {
         oid: digest.oid(),
@@ -148,9 +200,8 @@ fn cms_signature(
         issuer: tbs.issuer().clone(),
         serial_number: tbs.serial_number().clone(),
     });
-    let mut info =
-        SignerInfoBuilder::new(sid, digest_algorithm.clone(), &eci, Some(message_digest))
-            .map_err(|e| enc(&e))?;
+    let mut info = SignerInfoBuilder::new(sid, digest_algorithm.clone(), &eci, message_digest)
+        .map_err(|e| enc(&e))?;
     info.add_signed_attribute(create_signing_time_attribute().map_err(|e| enc(&e))?)
         .map_err(|e| enc(&e))?;
     info.add_signed_attribute(
