@@ -15,6 +15,7 @@ use common::token;
 struct Fixture {
     dir: tempfile::TempDir,
     ca_path: String,
+    ca: CaIdentity,
     signers: Vec<SignerIdentity>,
 }
 
@@ -68,6 +69,7 @@ fn fixture() -> Fixture {
     Fixture {
         dir,
         ca_path: ca_path.display().to_string(),
+        ca,
         signers,
     }
 }
@@ -368,4 +370,91 @@ fn opaque_signatures_verify_with_openssl_and_with_us() {
         );
         assert_eq!(v.verdict, Verdict::Valid, "{}", v.detail);
     }
+}
+
+#[test]
+fn a_signer_listed_on_our_crl_is_revoked_for_us_and_for_openssl() {
+    use smimegate::pki::crl::{Revocation, build_crl};
+    use smimegate::smime::verify::{Verdict, verify_with_crls};
+    use std::time::{Duration, SystemTime};
+    let fx = fixture();
+    let signer = &fx.signers[0];
+    let signed =
+        sign_detached(&token().hsm, signer, PLAIN.as_bytes(), &Limits::default()).expect("sign");
+    let from = format!("{}@corp.example", signer.key_algorithm);
+    let week = Duration::from_secs(7 * 86_400);
+    let revoked = build_crl(
+        &token().hsm,
+        &fx.ca,
+        1,
+        &[Revocation {
+            serial: signer
+                .certificate
+                .tbs_certificate()
+                .serial_number()
+                .as_bytes()
+                .to_vec(),
+            revoked_at: SystemTime::now() - Duration::from_secs(60),
+        }],
+        week,
+    )
+    .expect("CRL");
+    let clean = build_crl(&token().hsm, &fx.ca, 2, &[], week).expect("CRL");
+    let check = |crl: &[u8]| {
+        verify_with_crls(
+            &signed,
+            Some(&from),
+            &signer.chain,
+            &[crl.to_vec()],
+            SystemTime::now(),
+            &Limits::default(),
+        )
+    };
+    assert_eq!(check(&revoked).verdict, Verdict::Revoked);
+    assert_eq!(check(&clean).verdict, Verdict::Valid);
+
+    // openssl reads our CRL the same way (CRLs go into the -CAfile bundle).
+    let crl_der = fx.dir.path().join("crl.der");
+    std::fs::write(&crl_der, &revoked).expect("write");
+    let crl_pem = common::run_ok(
+        "openssl",
+        &[
+            "crl",
+            "-inform",
+            "DER",
+            "-in",
+            &crl_der.display().to_string(),
+        ],
+    );
+    let bundle = fx.dir.path().join("bundle.pem");
+    std::fs::write(
+        &bundle,
+        format!(
+            "{}{crl_pem}",
+            std::fs::read_to_string(&fx.ca_path).expect("ca")
+        ),
+    )
+    .expect("write");
+    let path = fx.dir.path().join("signed.eml");
+    std::fs::write(&path, &signed).expect("write");
+    let out = std::process::Command::new("openssl")
+        .args([
+            "cms",
+            "-verify",
+            "-crl_check",
+            "-purpose",
+            "smimesign",
+            "-CAfile",
+        ])
+        .arg(&bundle)
+        .arg("-in")
+        .arg(&path)
+        .output()
+        .expect("openssl");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("revoked"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

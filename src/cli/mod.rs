@@ -140,6 +140,9 @@ pub enum SmimeCommand {
         /// The verdict as JSON on stderr.
         #[arg(long)]
         json: bool,
+        /// CRL(s) to check the signer against, DER or PEM (verdict "revoked").
+        #[arg(long = "crl")]
+        crls: Vec<PathBuf>,
         /// The message; stdin when absent.
         file: Option<PathBuf>,
     },
@@ -520,8 +523,13 @@ async fn smime(cmd: SmimeCommand, settings: Settings) -> Result<()> {
             );
             Ok(())
         }
-        SmimeCommand::Verify { from, json, file } => {
-            use crate::smime::verify::{Verdict, verify};
+        SmimeCommand::Verify {
+            from,
+            json,
+            crls,
+            file,
+        } => {
+            use crate::smime::verify::Verdict;
             let message = read_input(file.as_deref())?;
             let store = app::open_store(&settings).await?;
             let anchors = trust_anchors(&store).await?;
@@ -529,10 +537,26 @@ async fn smime(cmd: SmimeCommand, settings: Settings) -> Result<()> {
                 Some(f) => Some(f),
                 None => from_header(&message),
             };
-            let result = verify(
+            let crls = crls
+                .iter()
+                .map(|path| {
+                    let bytes = std::fs::read(path)
+                        .with_context(|| format!("cannot read {}", path.display()))?;
+                    if bytes.starts_with(b"-----BEGIN") {
+                        let (_, der) = der::pem::decode_vec(&bytes).map_err(|e| {
+                            anyhow::anyhow!("{}: not a PEM CRL ({e})", path.display())
+                        })?;
+                        Ok(der)
+                    } else {
+                        Ok(bytes)
+                    }
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let result = crate::smime::verify::verify_with_crls(
                 &message,
                 from.as_deref(),
                 &anchors,
+                &crls,
                 std::time::SystemTime::now(),
                 &limits,
             );

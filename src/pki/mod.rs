@@ -1,3 +1,4 @@
 pub mod address;
 pub mod ca;
+pub mod crl;
 pub mod profile;

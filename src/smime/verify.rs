@@ -103,6 +103,19 @@ pub fn verify(
     now: SystemTime,
     limits: &Limits,
 ) -> Verification {
+    verify_with_crls(message, from, anchors, &[], now, limits)
+}
+
+/// [`verify`], also checking the signer's certificate against `crls` (DER): a listed
+/// certificate gives [`Verdict::Revoked`]; a certificate no CRL covers is accepted.
+pub fn verify_with_crls(
+    message: &[u8],
+    from: Option<&str>,
+    anchors: &[Certificate],
+    crls: &[Vec<u8>],
+    now: SystemTime,
+    limits: &Limits,
+) -> Verification {
     if message.len() > limits.max_size {
         return Verification::fail(
             Verdict::Malformed,
@@ -113,7 +126,7 @@ pub fn verify(
         Ok(parts) => parts,
         Err(detail) => return Verification::fail(Verdict::Malformed, detail),
     };
-    let mut result = check(signed_content, &cms_der, from, anchors, now);
+    let mut result = check(signed_content, &cms_der, from, anchors, crls, now);
     if result.verdict == Verdict::Malformed && result.detail.is_empty() {
         result.detail = "unreadable signature".into();
     }
@@ -210,6 +223,7 @@ fn check(
     cms_der: &[u8],
     from: Option<&str>,
     anchors: &[Certificate],
+    crls: &[Vec<u8>],
     now: SystemTime,
 ) -> Verification {
     let signed_data = match ContentInfo::from_der(cms_der)
@@ -277,7 +291,9 @@ fn check(
         result.detail = detail;
         return result;
     }
-    if let Err((verdict, detail)) = check_certificate(&signer, &certificates, anchors, from, now) {
+    if let Err((verdict, detail)) =
+        check_certificate(&signer, &certificates, anchors, crls, from, now)
+    {
         result.verdict = verdict;
         result.detail = detail;
         return result;
@@ -474,9 +490,30 @@ fn check_certificate(
     signer: &Certificate,
     carried: &[Certificate],
     anchors: &[Certificate],
+    crls: &[Vec<u8>],
     from: Option<&str>,
     now: SystemTime,
 ) -> Result<(), Failure> {
+    let parsed_crls: Vec<webpki::CertRevocationList<'static>> = crls
+        .iter()
+        .filter_map(|der| {
+            webpki::OwnedCertRevocationList::from_der(der)
+                .ok()
+                .map(webpki::CertRevocationList::Owned)
+        })
+        .collect();
+    if parsed_crls.len() != crls.len() {
+        return Err((Verdict::Malformed, "a configured CRL cannot be read".into()));
+    }
+    let crl_refs: Vec<&webpki::CertRevocationList<'_>> = parsed_crls.iter().collect();
+    let revocation = webpki::RevocationOptionsBuilder::new(&crl_refs)
+        .ok()
+        .map(|b| {
+            b.with_depth(webpki::RevocationCheckDepth::Chain)
+                .with_status_policy(webpki::UnknownStatusPolicy::Allow)
+                .with_expiration_policy(webpki::ExpirationPolicy::Ignore)
+                .build()
+        });
     let encode = |c: &Certificate| c.to_der().map(CertificateDer::from).ok();
     let signer_der = encode(signer).ok_or((
         Verdict::Malformed,
@@ -504,10 +541,14 @@ fn check_certificate(
         &intermediates,
         time,
         webpki::KeyUsage::required_if_present(EMAIL_PROTECTION),
-        None,
+        revocation,
         None,
     )
     .map_err(|e| match e {
+        webpki::Error::CertRevoked => (
+            Verdict::Revoked,
+            "the signer's certificate is revoked".to_string(),
+        ),
         webpki::Error::CertExpired { .. } => (
             Verdict::Expired,
             "the signer's certificate has expired".to_string(),
