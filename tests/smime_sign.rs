@@ -458,3 +458,43 @@ fn a_signer_listed_on_our_crl_is_revoked_for_us_and_for_openssl() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn every_signature_scheme_the_engine_emits_verifies_with_openssl() {
+    use smimegate::hsm::SignatureScheme;
+    let fx = fixture();
+    let rsa = &fx.signers[0];
+    let ec = &fx.signers[1];
+    for (base, scheme, micalg) in [
+        (rsa, SignatureScheme::RsaPkcs1Sha256, "sha-256"),
+        (rsa, SignatureScheme::RsaPkcs1Sha384, "sha-384"),
+        (rsa, SignatureScheme::RsaPkcs1Sha512, "sha-512"),
+        (rsa, SignatureScheme::RsaPssSha256, "sha-256"),
+        (rsa, SignatureScheme::RsaPssSha512, "sha-512"),
+        (ec, SignatureScheme::EcdsaSha256, "sha-256"),
+        (ec, SignatureScheme::EcdsaSha384, "sha-384"),
+    ] {
+        let signer = SignerIdentity {
+            scheme,
+            ..base.clone()
+        };
+        let signed = sign_detached(&token().hsm, &signer, PLAIN.as_bytes(), &Limits::default())
+            .expect("sign");
+        let text = String::from_utf8(signed.clone()).expect("ascii");
+        assert!(text.contains(&format!("micalg={micalg}")), "{scheme:?}");
+        openssl_verify(&fx, &signed).unwrap_or_else(|e| panic!("{scheme:?}: {e}"));
+        let v = smimegate::smime::verify::verify(
+            &signed,
+            Some(&format!("{}@corp.example", signer.key_algorithm)),
+            &signer.chain,
+            std::time::SystemTime::now(),
+            &Limits::default(),
+        );
+        assert_eq!(
+            v.verdict,
+            smimegate::smime::verify::Verdict::Valid,
+            "{scheme:?}: {}",
+            v.detail
+        );
+    }
+}
