@@ -306,3 +306,46 @@ fn ec_recipients_get_ecdh_key_agreement_that_openssl_and_the_token_undo() {
     assert_eq!(done.entity, ENTITY.as_bytes());
     assert_eq!(done.key_transport, "ecdh-p256");
 }
+
+#[test]
+fn recipient_counts_are_bounded_both_ways() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let people = partners(dir.path(), &["r1", "r2"]);
+    let recipients: Vec<Recipient> = people
+        .iter()
+        .map(|p| Recipient {
+            certificate: p.cert.clone(),
+            transport: KeyTransportChoice::RsaPkcs1v15,
+        })
+        .collect();
+    let one = Limits {
+        max_recipients: 1,
+        ..Limits::default()
+    };
+    let err = encrypt_message(
+        MESSAGE.as_bytes(),
+        &recipients,
+        ContentCipher::Aes256Cbc,
+        &one,
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("more than the limit of 1"),
+        "{err}"
+    );
+    let two = encrypt_message(
+        MESSAGE.as_bytes(),
+        &recipients,
+        ContentCipher::Aes256Cbc,
+        &Limits::default(),
+    )
+    .expect("encrypt");
+    let der = decrypt::cms_from_message(&two, &Limits::default()).expect("cms");
+    let err = decrypt::decrypt_within(&token().hsm, &der, &[], &one).unwrap_err();
+    assert!(matches!(err, decrypt::DecryptError::Malformed(_)), "{err}");
+    let err = decrypt::decrypt_within(&token().hsm, &der, &[], &Limits::default()).unwrap_err();
+    assert!(
+        matches!(err, decrypt::DecryptError::NoKey { recipients: 2 }),
+        "{err}"
+    );
+}

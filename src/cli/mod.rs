@@ -592,7 +592,7 @@ async fn smime(cmd: SmimeCommand, settings: Settings) -> Result<()> {
             let done = app
                 .hsm
                 .call("decrypt message", move |hsm| {
-                    Ok(decrypt::decrypt(hsm, &der, &held))
+                    Ok(decrypt::decrypt_within(hsm, &der, &held, &limits))
                 })
                 .await??;
             // Outer headers stay; the entity's own Content-* headers replace ours.

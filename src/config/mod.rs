@@ -49,6 +49,7 @@ pub struct LimitsConfig {
     pub max_message_bytes: usize,
     pub max_mime_depth: usize,
     pub max_smime_layers: usize,
+    pub max_recipients: usize,
 }
 
 impl Default for LimitsConfig {
@@ -58,6 +59,7 @@ impl Default for LimitsConfig {
             max_message_bytes: mime.max_size,
             max_mime_depth: mime.max_depth,
             max_smime_layers: 8,
+            max_recipients: mime.max_recipients,
         }
     }
 }
@@ -67,6 +69,7 @@ impl LimitsConfig {
         crate::mime::Limits {
             max_depth: self.max_mime_depth,
             max_size: self.max_message_bytes,
+            max_recipients: self.max_recipients,
         }
     }
 }
@@ -244,6 +247,7 @@ impl Config {
         if self.limits.max_message_bytes == 0
             || self.limits.max_mime_depth == 0
             || self.limits.max_smime_layers == 0
+            || self.limits.max_recipients == 0
         {
             return Err(ConfigError::Invalid {
                 key: "limits.*",

@@ -18,6 +18,9 @@ pub struct Limits {
     pub max_depth: usize,
     /// Largest message, in bytes.
     pub max_size: usize,
+    /// Most recipients (RecipientInfos) one encrypted message may name, and one
+    /// encryption may address.
+    pub max_recipients: usize,
 }
 
 impl Default for Limits {
@@ -25,6 +28,7 @@ impl Default for Limits {
         Limits {
             max_depth: 32,
             max_size: 50 * 1024 * 1024,
+            max_recipients: 1000,
         }
     }
 }

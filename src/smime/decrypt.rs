@@ -255,8 +255,24 @@ pub fn decrypt(
     cms_der: &[u8],
     held: &[(RecipientId, KeyId)],
 ) -> Result<Decrypted, DecryptError> {
+    decrypt_within(hsm, cms_der, held, &Limits::default())
+}
+
+/// [`decrypt`] with explicit limits (recipient count).
+pub fn decrypt_within(
+    hsm: &Hsm,
+    cms_der: &[u8],
+    held: &[(RecipientId, KeyId)],
+    limits: &Limits,
+) -> Result<Decrypted, DecryptError> {
     let parsed = parse(cms_der)?;
     let total = parsed.recipient_infos.0.len();
+    if total > limits.max_recipients {
+        return Err(DecryptError::Malformed(format!(
+            "{total} recipients, more than the limit of {}",
+            limits.max_recipients
+        )));
+    }
     let cek_len = content_key_len(&parsed.content.content_enc_alg.oid)?;
     let mut last_token_error = None;
     for ri in parsed.recipient_infos.0.iter() {

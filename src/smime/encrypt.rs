@@ -332,6 +332,12 @@ pub fn encrypt_message(
         body: parsed.body,
     }
     .to_bytes();
+    if recipients.len() > limits.max_recipients {
+        return Err(EncryptError::Recipient {
+            subject: format!("{} recipients", recipients.len()),
+            reason: format!("more than the limit of {}", limits.max_recipients),
+        });
+    }
     let der = encrypt_entity(&entity, recipients, cipher)?;
     let mut out = Vec::with_capacity(der.len() * 4 / 3 + 1024);
     for h in &outer {

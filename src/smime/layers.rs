@@ -122,7 +122,7 @@ impl Opener<'_> {
             if is_encrypted {
                 let der = decrypt::cms_from_message(&current, self.limits)?;
                 let held = self.keys.resolve(&decrypt::recipients(&der)?);
-                let done = decrypt::decrypt(self.hsm, &der, &held)?;
+                let done = decrypt::decrypt_within(self.hsm, &der, &held, self.limits)?;
                 layers.push(Layer::Decrypted {
                     content_algorithm: done.content_algorithm,
                     key_transport: done.key_transport,
