@@ -4,13 +4,25 @@ use base64::Engine;
 
 /// Base64 with CRLF line breaks every 76 characters, final CRLF included.
 pub fn base64_lines(data: &[u8]) -> Vec<u8> {
-    let encoded = base64::engine::general_purpose::STANDARD.encode(data);
-    let mut out = Vec::with_capacity(encoded.len() + encoded.len() / 76 * 2 + 2);
-    for chunk in encoded.as_bytes().chunks(76) {
-        out.extend_from_slice(chunk);
+    let mut out = Vec::with_capacity(data.len() / 57 * 78 + 80);
+    base64_lines_into(data, &mut out);
+    out
+}
+
+/// [`base64_lines`] appended to `out`, 57 input bytes (one 76-character line) at a
+/// time, with no intermediate copy of the whole encoding.
+pub fn base64_lines_into(data: &[u8], out: &mut Vec<u8>) {
+    let engine = &base64::engine::general_purpose::STANDARD;
+    out.reserve(data.len() / 57 * 78 + 80);
+    let mut line = [0u8; 76];
+    for chunk in data.chunks(57) {
+        // 57 bytes encode to exactly 76 characters; a shorter last chunk to fewer.
+        match engine.encode_slice(chunk, &mut line) {
+            Ok(n) => out.extend_from_slice(&line[..n]),
+            Err(_) => out.extend_from_slice(engine.encode(chunk).as_bytes()),
+        }
         out.extend_from_slice(b"\r\n");
     }
-    out
 }
 
 /// Quoted-printable (RFC 2045 §6.7) of canonical CRLF text: line breaks stay hard
@@ -87,6 +99,23 @@ mod tests {
         let long = vec![b'a'; 300];
         let qp = quoted_printable(&long);
         assert!(qp.split(|&b| b == b'\n').all(|l| l.len() <= 77));
+    }
+
+    #[test]
+    fn base64_lines_decode_back_for_every_length() {
+        for len in 0..300usize {
+            let data: Vec<u8> = (0..len).map(|i| (i * 7 % 256) as u8).collect();
+            let text = base64_lines(&data);
+            let compact: Vec<u8> = text
+                .iter()
+                .copied()
+                .filter(|b| !b.is_ascii_whitespace())
+                .collect();
+            let back = base64::engine::general_purpose::STANDARD
+                .decode(compact)
+                .expect("decodes");
+            assert_eq!(back, data, "length {len}");
+        }
     }
 
     #[test]

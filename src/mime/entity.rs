@@ -7,8 +7,21 @@ use super::{Limits, MimeError};
 /// RFC 5322 line limit, CRLF excluded.
 const MAX_LINE: usize = 998;
 
-/// Line endings made canonical: bare LF and bare CR become CRLF.
-pub fn to_crlf(input: &[u8]) -> Vec<u8> {
+/// Line endings made canonical: bare LF and bare CR become CRLF. Borrows the input
+/// when it is canonical already (large messages are not copied for nothing).
+pub fn to_crlf(input: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    let canonical = input.iter().enumerate().all(|(i, &b)| match b {
+        b'\r' => input.get(i + 1) == Some(&b'\n'),
+        b'\n' => i > 0 && input[i - 1] == b'\r',
+        _ => true,
+    });
+    if canonical {
+        return std::borrow::Cow::Borrowed(input);
+    }
+    std::borrow::Cow::Owned(to_crlf_owned(input))
+}
+
+fn to_crlf_owned(input: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(input.len() + input.len() / 32);
     let mut i = 0;
     while i < input.len() {
@@ -338,7 +351,13 @@ mod tests {
 
     #[test]
     fn line_endings_become_crlf() {
-        assert_eq!(to_crlf(b"a\nb\r\nc\rd"), b"a\r\nb\r\nc\r\nd");
+        assert_eq!(&*to_crlf(b"a\nb\r\nc\rd"), b"a\r\nb\r\nc\r\nd");
+        assert!(matches!(
+            to_crlf(b"a\r\nb\r\n"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        assert_eq!(&*to_crlf(b"\n"), b"\r\n");
+        assert_eq!(&*to_crlf(b"\r"), b"\r\n");
     }
 
     #[test]

@@ -7,7 +7,7 @@ mod encode;
 mod entity;
 mod header;
 
-pub use encode::{base64_lines, quoted_printable};
+pub use encode::{base64_lines, base64_lines_into, quoted_printable};
 pub use entity::{Message, make_seven_bit_safe, split_message, split_raw, to_crlf};
 pub use header::{ContentType, Header};
 

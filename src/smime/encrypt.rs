@@ -6,7 +6,7 @@
 use aes_gcm::aead::{Aead, KeyInit};
 use cbc::cipher::{BlockModeEncrypt, KeyIvInit};
 use cms::cert::IssuerAndSerialNumber;
-use cms::content_info::{CmsVersion, ContentInfo};
+use cms::content_info::CmsVersion;
 use cms::enveloped_data::{
     EncryptedContentInfo, EnvelopedData, KeyTransRecipientInfo, RecipientIdentifier, RecipientInfo,
     RecipientInfos,
@@ -139,7 +139,8 @@ pub fn encrypt_entity(
                 ),
         }
         .map_err(|_| EncryptError::Crypto("AES-GCM failed".into()))?;
-        let (ciphertext, tag) = sealed.split_at(sealed.len() - 16);
+        let mut ciphertext = sealed;
+        let tag = ciphertext.split_off(ciphertext.len() - 16);
         let params = GcmParameters {
             nonce: OctetString::new(nonce.to_vec()).map_err(crypto)?,
             icv_len: 16,
@@ -159,16 +160,13 @@ pub fn encrypt_entity(
                     oid,
                     parameters: Some(Any::encode_from(&params).map_err(crypto)?),
                 },
-                encrypted_content: Some(OctetString::new(ciphertext.to_vec()).map_err(crypto)?),
+                encrypted_content: Some(OctetString::new(ciphertext).map_err(crypto)?),
             },
             auth_attrs: None,
-            mac: OctetString::new(tag.to_vec()).map_err(crypto)?,
+            mac: OctetString::new(tag).map_err(crypto)?,
             unauth_attrs: None,
         };
-        (
-            ID_AUTH_ENVELOPED_DATA,
-            Any::encode_from(&env).map_err(crypto)?,
-        )
+        (ID_AUTH_ENVELOPED_DATA, env.to_der().map_err(crypto)?)
     } else {
         let iv = random(16)?;
         let ciphertext = match cipher {
@@ -201,14 +199,37 @@ pub fn encrypt_entity(
             },
             unprotected_attrs: None,
         };
-        (ID_ENVELOPED_DATA, Any::encode_from(&env).map_err(crypto)?)
+        (ID_ENVELOPED_DATA, env.to_der().map_err(crypto)?)
     };
-    ContentInfo {
-        content_type,
-        content,
+    content_info(content_type, content).map_err(crypto)
+}
+
+/// `ContentInfo ::= SEQUENCE { contentType, [0] EXPLICIT content }` around already
+/// encoded content, written once (a large message is not copied through `Any`).
+fn content_info(content_type: ObjectIdentifier, content: Vec<u8>) -> der::Result<Vec<u8>> {
+    let oid = content_type.to_der()?;
+    let explicit = der_header(0xa0, content.len());
+    let inner = oid.len() + explicit.len() + content.len();
+    let outer = der_header(0x30, inner);
+    let mut out = Vec::with_capacity(outer.len() + inner);
+    out.extend_from_slice(&outer);
+    out.extend_from_slice(&oid);
+    out.extend_from_slice(&explicit);
+    out.extend_from_slice(&content);
+    Ok(out)
+}
+
+fn der_header(tag: u8, len: usize) -> Vec<u8> {
+    let mut header = vec![tag];
+    if len < 0x80 {
+        header.push(len as u8);
+    } else {
+        let bytes = len.to_be_bytes();
+        let skip = bytes.iter().take_while(|&&b| b == 0).count();
+        header.push(0x80 | (bytes.len() - skip) as u8);
+        header.extend_from_slice(&bytes[skip..]);
     }
-    .to_der()
-    .map_err(crypto)
+    header
 }
 
 fn recipient_info(recipient: &Recipient, cek: &[u8]) -> Result<RecipientInfo, EncryptError> {
@@ -351,7 +372,7 @@ pub fn encrypt_message(
         )
         .as_bytes(),
     );
-    out.extend_from_slice(&mime::base64_lines(&der));
+    mime::base64_lines_into(&der, &mut out);
     Ok(out)
 }
 
@@ -359,4 +380,28 @@ pub fn encrypt_message(
 struct GcmParameters {
     nonce: OctetString,
     icv_len: u8,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use der::Decode;
+
+    #[test]
+    fn hand_written_content_info_matches_the_der_encoder() {
+        for len in [0usize, 5, 127, 128, 255, 256, 70_000] {
+            let inner = OctetString::new(vec![0x42; len])
+                .expect("octets")
+                .to_der()
+                .expect("der");
+            let ours = content_info(ID_DATA, inner.clone()).expect("ours");
+            let theirs = cms::content_info::ContentInfo {
+                content_type: ID_DATA,
+                content: der::Any::from_der(&inner).expect("any"),
+            }
+            .to_der()
+            .expect("theirs");
+            assert_eq!(ours, theirs, "length {len}");
+        }
+    }
 }

@@ -124,7 +124,7 @@ pub fn sign_opaque(
         b"MIME-Version: 1.0\r\nContent-Type: application/pkcs7-mime; smime-type=signed-data; name=\"smime.p7m\"\r\n\
           Content-Transfer-Encoding: base64\r\nContent-Disposition: attachment; filename=\"smime.p7m\"\r\n\r\n",
     );
-    out.extend_from_slice(&mime::base64_lines(&der));
+    mime::base64_lines_into(&der, &mut out);
     Ok(out)
 }
 
