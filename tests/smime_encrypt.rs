@@ -4,11 +4,9 @@
 mod common;
 
 use der::DecodePem;
-use smimegate::hsm::{KeyAlgorithm, KeyRole};
+use smimegate::hsm::KeyAlgorithm;
 use smimegate::mime::Limits;
-use smimegate::pki::address::Address;
-use smimegate::pki::ca::{self, CaIdentity};
-use smimegate::smime::decrypt::{self, RecipientId};
+use smimegate::smime::decrypt;
 use smimegate::smime::encrypt::{
     ContentCipher, EncryptError, KeyTransportChoice, Recipient, encrypt_message,
 };
@@ -133,26 +131,9 @@ fn every_cipher_and_key_transport_is_decrypted_by_openssl_for_every_recipient() 
 #[test]
 fn messages_encrypted_to_a_mailbox_decrypt_with_its_token_key() {
     let hsm = &token().hsm;
-    let ca_key = hsm
-        .generate_key_pair(KeyAlgorithm::P256, KeyRole::CertificateAuthority, "enc CA")
-        .expect("CA key");
-    let ca_cert = ca::create_ca_certificate(hsm, &ca_key, "CN=Enc Test CA", 30).expect("CA");
-    let ca = CaIdentity {
-        key_id: ca_key.id,
-        algorithm: ca_key.algorithm,
-        certificate: ca_cert,
-    };
-    let key = hsm
-        .generate_key_pair(KeyAlgorithm::Rsa2048, KeyRole::Mailbox, "enc mailbox")
-        .expect("key");
-    let address = Address::parse("enc@corp.example").expect("address");
-    let cert =
-        ca::issue_mailbox_certificate(hsm, &ca, &address, &key, 365, "http://crl.example/ca.crl")
-            .expect("cert");
-    let held: Vec<(RecipientId, _)> = RecipientId::for_certificate(&cert)
-        .into_iter()
-        .map(|id| (id, key.id.clone()))
-        .collect();
+    let ca = common::token_ca("CN=Enc Test CA");
+    let (key, cert) = common::token_mailbox(&ca, "enc", KeyAlgorithm::Rsa2048);
+    let held = common::held_for(&cert, &key.id);
     for cipher in [ContentCipher::Aes256Cbc, ContentCipher::Aes256Gcm] {
         for transport in [KeyTransportChoice::RsaPkcs1v15, KeyTransportChoice::RsaOaep] {
             let recipient = Recipient {
@@ -265,32 +246,9 @@ fn ec_recipients_get_ecdh_key_agreement_that_openssl_and_the_token_undo() {
 
     // And to an EC mailbox whose key is in the token.
     let hsm = &token().hsm;
-    let ca_key = hsm
-        .generate_key_pair(KeyAlgorithm::P256, KeyRole::CertificateAuthority, "ec CA")
-        .expect("CA key");
-    let ca_cert = ca::create_ca_certificate(hsm, &ca_key, "CN=EC Test CA", 30).expect("CA");
-    let ca = CaIdentity {
-        key_id: ca_key.id,
-        algorithm: ca_key.algorithm,
-        certificate: ca_cert,
-    };
-    let mailbox_key = hsm
-        .generate_key_pair(KeyAlgorithm::P256, KeyRole::Mailbox, "ec mailbox")
-        .expect("key");
-    let address = Address::parse("ec-mailbox@corp.example").expect("address");
-    let cert = ca::issue_mailbox_certificate(
-        hsm,
-        &ca,
-        &address,
-        &mailbox_key,
-        365,
-        "http://crl.example/ca.crl",
-    )
-    .expect("cert");
-    let held: Vec<(RecipientId, _)> = RecipientId::for_certificate(&cert)
-        .into_iter()
-        .map(|id| (id, mailbox_key.id.clone()))
-        .collect();
+    let ca = common::token_ca("CN=EC Test CA");
+    let (mailbox_key, cert) = common::token_mailbox(&ca, "ec-mailbox", KeyAlgorithm::P256);
+    let held = common::held_for(&cert, &mailbox_key.id);
     let encrypted = encrypt_message(
         MESSAGE.as_bytes(),
         &[Recipient {

@@ -6,10 +6,9 @@ mod common;
 use std::time::SystemTime;
 
 use der::EncodePem;
-use smimegate::hsm::{KeyAlgorithm, KeyRole};
+use smimegate::hsm::KeyAlgorithm;
 use smimegate::mime::Limits;
-use smimegate::pki::address::Address;
-use smimegate::pki::ca::{self, CaIdentity};
+use smimegate::pki::ca;
 use smimegate::smime::encrypt::{ContentCipher, KeyTransportChoice, Recipient, encrypt_message};
 use smimegate::smime::layers::{KeyDirectory, Layer, OpenError, Opener};
 use smimegate::smime::verify::Verdict;
@@ -24,37 +23,10 @@ Content-Type: text/plain\r\n\r\nThe innermost text.\r\n";
 fn triple_wrapped_and_openssl_nested_messages_open_layer_by_layer() {
     let hsm = &token().hsm;
     let dir = tempfile::tempdir().expect("temp dir");
-    let ca_key = hsm
-        .generate_key_pair(
-            KeyAlgorithm::P256,
-            KeyRole::CertificateAuthority,
-            "layers CA",
-        )
-        .expect("CA key");
-    let ca_cert = ca::create_ca_certificate(hsm, &ca_key, "CN=Layers CA", 30).expect("CA");
-    let ca = CaIdentity {
-        key_id: ca_key.id,
-        algorithm: ca_key.algorithm,
-        certificate: ca_cert.clone(),
-    };
-    let mailbox = |name: &str, algorithm| {
-        let key = hsm
-            .generate_key_pair(algorithm, KeyRole::Mailbox, name)
-            .expect("key");
-        let address = Address::parse(&format!("{name}@corp.example")).expect("address");
-        let cert = ca::issue_mailbox_certificate(
-            hsm,
-            &ca,
-            &address,
-            &key,
-            365,
-            "http://crl.example/ca.crl",
-        )
-        .expect("cert");
-        (key, cert)
-    };
-    let (alice_key, alice_cert) = mailbox("alice", KeyAlgorithm::Rsa2048);
-    let (bob_key, bob_cert) = mailbox("bob", KeyAlgorithm::P256);
+    let ca = common::token_ca("CN=Layers CA");
+    let ca_cert = ca.certificate.clone();
+    let (alice_key, alice_cert) = common::token_mailbox(&ca, "alice", KeyAlgorithm::Rsa2048);
+    let (bob_key, bob_cert) = common::token_mailbox(&ca, "bob", KeyAlgorithm::P256);
     let alice = SignerIdentity {
         key_id: alice_key.id.clone(),
         key_algorithm: KeyAlgorithm::Rsa2048,
@@ -162,6 +134,11 @@ fn triple_wrapped_and_openssl_nested_messages_open_layer_by_layer() {
             &p("bob.pem"),
         ],
     );
+    // The partner's certificate was made just now: judge at a time after it.
+    let opener = Opener {
+        now: SystemTime::now(),
+        ..opener
+    };
     let opened = opener
         .open(
             &std::fs::read(p("sealed")).expect("read"),
@@ -172,7 +149,11 @@ fn triple_wrapped_and_openssl_nested_messages_open_layer_by_layer() {
     assert!(matches!(&opened.layers[0], Layer::Decrypted { .. }));
     // The partner's self-signed certificate is not trusted here: the verdict says so,
     // and the content is still there for the policy to decide.
-    assert!(matches!(&opened.layers[1], Layer::Signed(v) if v.verdict == Verdict::Untrusted));
+    assert!(
+        matches!(&opened.layers[1], Layer::Signed(v) if v.verdict == Verdict::Untrusted),
+        "{:?}",
+        opened.layers[1]
+    );
     assert!(String::from_utf8_lossy(&opened.entity).contains("From the partner."));
 
     // The nesting limit holds.

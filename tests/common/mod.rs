@@ -206,3 +206,57 @@ pub fn run_ok(program: &str, args: &[&str]) -> String {
     assert!(ok, "{program} {args:?} failed: {stderr}{stdout}");
     stdout
 }
+
+/// A CA whose P-256 key is in this process's token.
+pub fn token_ca(subject: &str) -> smimegate::pki::ca::CaIdentity {
+    use smimegate::hsm::{KeyAlgorithm, KeyRole};
+    let hsm = &token().hsm;
+    let key = hsm
+        .generate_key_pair(KeyAlgorithm::P256, KeyRole::CertificateAuthority, subject)
+        .expect("CA key");
+    let certificate =
+        smimegate::pki::ca::create_ca_certificate(hsm, &key, subject, 30).expect("CA certificate");
+    smimegate::pki::ca::CaIdentity {
+        key_id: key.id,
+        algorithm: key.algorithm,
+        certificate,
+    }
+}
+
+/// A mailbox `local@corp.example` whose key is in the token, certified by `ca`.
+pub fn token_mailbox(
+    ca: &smimegate::pki::ca::CaIdentity,
+    local: &str,
+    algorithm: smimegate::hsm::KeyAlgorithm,
+) -> (smimegate::hsm::GeneratedKey, x509_cert::Certificate) {
+    let hsm = &token().hsm;
+    let key = hsm
+        .generate_key_pair(algorithm, smimegate::hsm::KeyRole::Mailbox, local)
+        .expect("mailbox key");
+    let address =
+        smimegate::pki::address::Address::parse(&format!("{local}@corp.example")).expect("address");
+    let cert = smimegate::pki::ca::issue_mailbox_certificate(
+        hsm,
+        ca,
+        &address,
+        &key,
+        365,
+        "http://crl.example/ca.crl",
+    )
+    .expect("mailbox certificate");
+    (key, cert)
+}
+
+/// Every recipient id naming `cert`, mapped to `key`.
+pub fn held_for(
+    cert: &x509_cert::Certificate,
+    key: &smimegate::hsm::KeyId,
+) -> Vec<(
+    smimegate::smime::decrypt::RecipientId,
+    smimegate::hsm::KeyId,
+)> {
+    smimegate::smime::decrypt::RecipientId::for_certificate(cert)
+        .into_iter()
+        .map(|id| (id, key.clone()))
+        .collect()
+}
