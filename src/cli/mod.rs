@@ -496,7 +496,7 @@ async fn smime(cmd: SmimeCommand, settings: Settings) -> Result<()> {
             oaep,
             file,
         } => {
-            use crate::smime::encrypt::encrypt_message;
+            use crate::smime::encrypt::encrypt_message_owned;
             let address = Address::parse(&from)?;
             let message = read_input(file.as_deref())?;
             let app = App::open(settings).await?;
@@ -514,7 +514,7 @@ async fn smime(cmd: SmimeCommand, settings: Settings) -> Result<()> {
                 })
                 .await?;
             let recipients = load_recipients(&to, oaep, &[own])?;
-            let out = encrypt_message(&signed, &recipients, cipher.into(), &limits)?;
+            let out = encrypt_message_owned(signed, &recipients, cipher.into(), &limits)?;
             use std::io::Write;
             std::io::stdout().write_all(&out)?;
             eprintln!(
@@ -681,7 +681,12 @@ fn read_input(file: Option<&std::path::Path>) -> Result<Vec<u8>> {
             std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
         }
         None => {
-            let mut buf = Vec::new();
+            // A file redirected to stdin says its size: read it without regrowing.
+            let size_hint = std::fs::metadata("/dev/stdin")
+                .ok()
+                .filter(|m| m.is_file())
+                .map_or(0, |m| m.len() as usize);
+            let mut buf = Vec::with_capacity(size_hint.saturating_add(1));
             std::io::stdin()
                 .read_to_end(&mut buf)
                 .context("cannot read stdin")?;

@@ -1,7 +1,7 @@
 //! `smimegate smime bench`: the engine in-process on a throwaway mailbox key — sign,
 //! sign+encrypt, decrypt, verify of one message size — beside the raw token sign and
-//! unwrap rates measured in the same run. `scripts/bench-smime` runs one process per
-//! size so that the peak RSS it reports belongs to that size.
+//! unwrap rates measured in the same run. Peak memory is measured by `scripts/bench-smime`
+//! on the `smime` commands themselves, one process per operation.
 
 use std::time::{Duration, Instant, SystemTime};
 
@@ -12,7 +12,9 @@ use crate::app::App;
 use crate::hsm::{KeyAlgorithm, KeyRole, KeyTransport};
 use crate::pki::address::Address;
 use crate::pki::ca;
-use crate::smime::encrypt::{ContentCipher, KeyTransportChoice, Recipient, encrypt_message};
+use crate::smime::encrypt::{
+    ContentCipher, KeyTransportChoice, Recipient, encrypt_message, encrypt_message_owned,
+};
 use crate::smime::{SignerIdentity, decrypt, sign_detached, verify};
 
 #[derive(Args, Debug)]
@@ -124,7 +126,7 @@ fn measure(
     report("sign", n, t, message.len());
     let (n, t) = time(&mut || {
         let signed = sign_detached(hsm, &signer, &message, &limits)?;
-        encrypt_message(&signed, &recipients, ContentCipher::Aes256Cbc, &limits)?;
+        encrypt_message_owned(signed, &recipients, ContentCipher::Aes256Cbc, &limits)?;
         Ok(())
     })?;
     report("sign+encrypt", n, t, message.len());
@@ -147,10 +149,6 @@ fn measure(
         Ok(())
     })?;
     report("verify", n, t, message.len());
-    lines.push(
-        serde_json::json!({"size": args.size, "op": "peak-rss", "bytes": peak_rss_bytes()})
-            .to_string(),
-    );
     Ok(lines)
 }
 
@@ -164,18 +162,4 @@ Content-Type: text/plain; charset=us-ascii\r\n\r\n"
         m.extend_from_slice(line);
     }
     m
-}
-
-/// VmHWM of this process (Linux), in bytes.
-fn peak_rss_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<u64>().ok())
-        })
-        .map(|kb| kb * 1024)
-        .unwrap_or(0)
 }

@@ -25,6 +25,47 @@ pub fn base64_lines_into(data: &[u8], out: &mut Vec<u8>) {
     }
 }
 
+/// [`base64_lines_into`] of the concatenation of `parts`, without joining them first
+/// (a large encrypted message is encoded from its DER header and its ciphertext).
+pub fn base64_lines_of_parts(parts: &[&[u8]], out: &mut Vec<u8>) {
+    let engine = &base64::engine::general_purpose::STANDARD;
+    let total: usize = parts.iter().map(|p| p.len()).sum();
+    out.reserve(total / 57 * 78 + 80);
+    let mut line = [0u8; 76];
+    let mut carry = [0u8; 57];
+    let mut carried = 0usize;
+    let mut emit = |chunk: &[u8], out: &mut Vec<u8>| {
+        match engine.encode_slice(chunk, &mut line) {
+            Ok(n) => out.extend_from_slice(&line[..n]),
+            Err(_) => out.extend_from_slice(engine.encode(chunk).as_bytes()),
+        }
+        out.extend_from_slice(b"\r\n");
+    };
+    for part in parts {
+        let mut rest: &[u8] = part;
+        if carried > 0 {
+            let take = (57 - carried).min(rest.len());
+            carry[carried..carried + take].copy_from_slice(&rest[..take]);
+            carried += take;
+            rest = &rest[take..];
+            if carried < 57 {
+                continue;
+            }
+            emit(&carry, out);
+        }
+        let whole = rest.len() / 57 * 57;
+        for chunk in rest[..whole].chunks(57) {
+            emit(chunk, out);
+        }
+        let tail = &rest[whole..];
+        carry[..tail.len()].copy_from_slice(tail);
+        carried = tail.len();
+    }
+    if carried > 0 {
+        emit(&carry[..carried], out);
+    }
+}
+
 /// Quoted-printable (RFC 2045 §6.7) of canonical CRLF text: line breaks stay hard
 /// breaks, every other CR, LF and 8-bit byte is escaped, trailing white space is
 /// escaped, soft breaks keep lines within 76 characters. "From " at a line start is
@@ -115,6 +156,17 @@ mod tests {
                 .decode(compact)
                 .expect("decodes");
             assert_eq!(back, data, "length {len}");
+        }
+    }
+
+    #[test]
+    fn base64_of_parts_equals_base64_of_the_joined_parts() {
+        let data: Vec<u8> = (0..700usize).map(|i| (i * 13 % 256) as u8).collect();
+        for cuts in [[0, 0], [1, 2], [56, 57], [57, 114], [3, 600], [100, 699], [700, 700]] {
+            let parts = [&data[..cuts[0]], &data[cuts[0]..cuts[1]], &data[cuts[1]..]];
+            let mut ours = Vec::new();
+            base64_lines_of_parts(&parts, &mut ours);
+            assert_eq!(ours, base64_lines(&data), "cuts {cuts:?}");
         }
     }
 

@@ -69,18 +69,25 @@ fn join(headers: &[Header], body: &[u8]) -> Vec<u8> {
 
 /// Splits canonical (CRLF) bytes into header fields and body.
 pub fn split_message(canonical: &[u8]) -> Result<Message, MimeError> {
-    let (block, body) = if canonical.starts_with(b"\r\n") {
-        (&canonical[..0], &canonical[2..])
+    let (headers, body_start) = split_headers(canonical)?;
+    Ok(Message {
+        headers,
+        body: canonical[body_start..].to_vec(),
+    })
+}
+
+/// The header fields of canonical (CRLF) bytes and the offset where the body starts,
+/// without copying the body.
+pub fn split_headers(canonical: &[u8]) -> Result<(Vec<Header>, usize), MimeError> {
+    let (block, body_start) = if canonical.starts_with(b"\r\n") {
+        (&canonical[..0], 2)
     } else {
         match find(canonical, b"\r\n\r\n", 0) {
-            Some(i) => (&canonical[..i + 2], &canonical[i + 4..]),
-            None => (canonical, &canonical[canonical.len()..]),
+            Some(i) => (&canonical[..i + 2], i + 4),
+            None => (canonical, canonical.len()),
         }
     };
-    Ok(Message {
-        headers: parse_header_block(block)?,
-        body: body.to_vec(),
-    })
+    Ok((parse_header_block(block)?, body_start))
 }
 
 /// Splits raw bytes whose body must stay untouched (binary CMS): only the header
@@ -192,6 +199,34 @@ pub fn make_seven_bit_safe(entity: Message, limits: &Limits) -> Result<Message, 
         });
     }
     walk(entity, limits, 0)
+}
+
+/// [`make_seven_bit_safe`] for an entity whose body is borrowed: a single part that is
+/// 7-bit clean already is returned as it is, without copying its body (the common
+/// case for large messages); anything else is walked.
+pub fn seven_bit_entity<'a>(
+    headers: Vec<Header>,
+    body: &'a [u8],
+    limits: &Limits,
+) -> Result<(Vec<Header>, std::borrow::Cow<'a, [u8]>), MimeError> {
+    let ct = content_type(&headers);
+    if !ct.is_multipart() && !ct.is_message() && !needs_encoding(body) {
+        if body.len() > limits.max_size {
+            return Err(MimeError::TooLarge {
+                size: body.len(),
+                limit: limits.max_size,
+            });
+        }
+        return Ok((headers, std::borrow::Cow::Borrowed(body)));
+    }
+    let walked = make_seven_bit_safe(
+        Message {
+            headers,
+            body: body.to_vec(),
+        },
+        limits,
+    )?;
+    Ok((walked.headers, std::borrow::Cow::Owned(walked.body)))
 }
 
 fn walk(entity: Message, limits: &Limits, depth: usize) -> Result<Message, MimeError> {

@@ -3,13 +3,12 @@
 //! per-message content key is made and used on the host and wrapped to each recipient.
 //! Never 3DES, RC2 or DES.
 
-use aes_gcm::aead::{Aead, KeyInit};
+use aes_gcm::aead::KeyInit;
 use cbc::cipher::{BlockModeEncrypt, KeyIvInit};
 use cms::cert::IssuerAndSerialNumber;
 use cms::content_info::CmsVersion;
 use cms::enveloped_data::{
-    EncryptedContentInfo, EnvelopedData, KeyTransRecipientInfo, RecipientIdentifier, RecipientInfo,
-    RecipientInfos,
+    KeyTransRecipientInfo, RecipientIdentifier, RecipientInfo, RecipientInfos,
 };
 use const_oid::ObjectIdentifier;
 use der::asn1::{OctetString, SetOfVec};
@@ -107,6 +106,26 @@ pub fn encrypt_entity(
     recipients: &[Recipient],
     cipher: ContentCipher,
 ) -> Result<Vec<u8>, EncryptError> {
+    let sealed = seal(entity.to_vec(), recipients, cipher)?;
+    Ok([&sealed.prefix[..], &sealed.ciphertext, &sealed.suffix].concat())
+}
+
+/// A DER ContentInfo in three pieces, so that the (large) ciphertext is encrypted in
+/// place and never copied into an encoder: `prefix ‖ ciphertext ‖ suffix`.
+struct Sealed {
+    prefix: Vec<u8>,
+    ciphertext: Vec<u8>,
+    suffix: Vec<u8>,
+}
+
+/// Encrypts the entity in its own buffer and encodes the envelope around it.
+fn seal(
+    mut entity: Vec<u8>,
+    recipients: &[Recipient],
+    cipher: ContentCipher,
+) -> Result<Sealed, EncryptError> {
+    use aes_gcm::aead::AeadInOut;
+    use cbc::cipher::block_padding::Pkcs7;
     if recipients.is_empty() {
         return Err(EncryptError::NoRecipients);
     }
@@ -115,32 +134,26 @@ pub fn encrypt_entity(
         .iter()
         .map(|r| recipient_info(r, &cek))
         .collect::<Result<_, _>>()?;
-    // RFC 5652 §6.1: version 2 as soon as a RecipientInfo is not version 0.
-    let enveloped_version = if infos.iter().all(|ri| matches!(ri, RecipientInfo::Ktri(_))) {
-        CmsVersion::V0
-    } else {
-        CmsVersion::V2
-    };
-    let recip_infos = RecipientInfos(SetOfVec::try_from(infos).map_err(crypto)?);
-    let (content_type, content) = if cipher.is_gcm() {
+    let all_ktri = infos.iter().all(|ri| matches!(ri, RecipientInfo::Ktri(_)));
+    let recip_infos = RecipientInfos(SetOfVec::try_from(infos).map_err(crypto)?)
+        .to_der()
+        .map_err(crypto)?;
+    let (content_type, version, algorithm, suffix) = if cipher.is_gcm() {
         let nonce = random(12)?;
-        let sealed = match cipher {
+        let nonce_array = aes_gcm::Nonce::try_from(&nonce[..]).map_err(crypto)?;
+        let gcm_failed = |_| EncryptError::Crypto("AES-GCM failed".into());
+        let tag = match cipher {
             ContentCipher::Aes128Gcm => aes_gcm::Aes128Gcm::new_from_slice(&cek)
                 .map_err(crypto)?
-                .encrypt(
-                    &aes_gcm::Nonce::try_from(&nonce[..]).map_err(crypto)?,
-                    entity,
-                ),
+                .encrypt_inout_detached(&nonce_array, b"", entity.as_mut_slice().into())
+                .map_err(gcm_failed)?
+                .to_vec(),
             _ => aes_gcm::Aes256Gcm::new_from_slice(&cek)
                 .map_err(crypto)?
-                .encrypt(
-                    &aes_gcm::Nonce::try_from(&nonce[..]).map_err(crypto)?,
-                    entity,
-                ),
-        }
-        .map_err(|_| EncryptError::Crypto("AES-GCM failed".into()))?;
-        let mut ciphertext = sealed;
-        let tag = ciphertext.split_off(ciphertext.len() - 16);
+                .encrypt_inout_detached(&nonce_array, b"", entity.as_mut_slice().into())
+                .map_err(gcm_failed)?
+                .to_vec(),
+        };
         let params = GcmParameters {
             nonce: OctetString::new(nonce.to_vec()).map_err(crypto)?,
             icv_len: 16,
@@ -150,73 +163,87 @@ pub fn encrypt_entity(
         } else {
             AES256_GCM
         };
-        let env = cms::authenveloped_data::AuthEnvelopedData {
-            version: CmsVersion::V0,
-            originator_info: None,
-            recip_infos,
-            auth_encrypted_content_info: EncryptedContentInfo {
-                content_type: ID_DATA,
-                content_enc_alg: AlgorithmIdentifierOwned {
-                    oid,
-                    parameters: Some(Any::encode_from(&params).map_err(crypto)?),
-                },
-                encrypted_content: Some(OctetString::new(ciphertext).map_err(crypto)?),
-            },
-            auth_attrs: None,
-            mac: OctetString::new(tag).map_err(crypto)?,
-            unauth_attrs: None,
+        let algorithm = AlgorithmIdentifierOwned {
+            oid,
+            parameters: Some(Any::encode_from(&params).map_err(crypto)?),
         };
-        (ID_AUTH_ENVELOPED_DATA, env.to_der().map_err(crypto)?)
+        // AuthEnvelopedData (RFC 5083): no authAttrs; the MAC follows the content.
+        let mac = OctetString::new(tag).map_err(crypto)?.to_der().map_err(crypto)?;
+        (ID_AUTH_ENVELOPED_DATA, CmsVersion::V0, algorithm, mac)
     } else {
         let iv = random(16)?;
-        let ciphertext = match cipher {
+        let len = entity.len();
+        // PKCS#7 padding adds 1 to 16 bytes.
+        entity.resize(len + 16, 0);
+        let padded = match cipher {
             ContentCipher::Aes128Cbc => cbc::Encryptor::<aes::Aes128>::new_from_slices(&cek, &iv)
                 .map_err(crypto)?
-                .encrypt_padded_vec::<cbc::cipher::block_padding::Pkcs7>(entity),
+                .encrypt_padded::<Pkcs7>(&mut entity, len)
+                .map_err(crypto)?
+                .len(),
             _ => cbc::Encryptor::<aes::Aes256>::new_from_slices(&cek, &iv)
                 .map_err(crypto)?
-                .encrypt_padded_vec::<cbc::cipher::block_padding::Pkcs7>(entity),
+                .encrypt_padded::<Pkcs7>(&mut entity, len)
+                .map_err(crypto)?
+                .len(),
         };
+        entity.truncate(padded);
         let oid = if cipher == ContentCipher::Aes128Cbc {
             AES128_CBC
         } else {
             AES256_CBC
         };
-        let env = EnvelopedData {
-            version: enveloped_version,
-            originator_info: None,
-            recip_infos,
-            encrypted_content: EncryptedContentInfo {
-                content_type: ID_DATA,
-                content_enc_alg: AlgorithmIdentifierOwned {
-                    oid,
-                    parameters: Some(
-                        Any::encode_from(&OctetString::new(iv.to_vec()).map_err(crypto)?)
-                            .map_err(crypto)?,
-                    ),
-                },
-                encrypted_content: Some(OctetString::new(ciphertext).map_err(crypto)?),
-            },
-            unprotected_attrs: None,
+        let algorithm = AlgorithmIdentifierOwned {
+            oid,
+            parameters: Some(
+                Any::encode_from(&OctetString::new(iv.to_vec()).map_err(crypto)?)
+                    .map_err(crypto)?,
+            ),
         };
-        (ID_ENVELOPED_DATA, env.to_der().map_err(crypto)?)
+        // RFC 5652 §6.1: version 2 as soon as a RecipientInfo is not version 0.
+        let version = if all_ktri {
+            CmsVersion::V0
+        } else {
+            CmsVersion::V2
+        };
+        (ID_ENVELOPED_DATA, version, algorithm, Vec::new())
     };
-    content_info(content_type, content).map_err(crypto)
-}
-
-/// `ContentInfo ::= SEQUENCE { contentType, [0] EXPLICIT content }` around already
-/// encoded content, written once (a large message is not copied through `Any`).
-fn content_info(content_type: ObjectIdentifier, content: Vec<u8>) -> der::Result<Vec<u8>> {
-    let oid = content_type.to_der()?;
-    let explicit = der_header(0xa0, content.len());
-    let inner = oid.len() + explicit.len() + content.len();
-    let outer = der_header(0x30, inner);
-    let mut out = Vec::with_capacity(outer.len() + inner);
-    out.extend_from_slice(&outer);
-    out.extend_from_slice(&oid);
-    out.extend_from_slice(&explicit);
-    out.extend_from_slice(&content);
-    Ok(out)
+    let ciphertext = entity;
+    // EncryptedContentInfo ::= SEQUENCE { contentType, contentEncryptionAlgorithm,
+    //   encryptedContent [0] IMPLICIT OCTET STRING }
+    let data_oid = ID_DATA.to_der().map_err(crypto)?;
+    let algorithm = algorithm.to_der().map_err(crypto)?;
+    let content_header = der_header(0x80, ciphertext.len());
+    let eci_len = data_oid.len() + algorithm.len() + content_header.len() + ciphertext.len();
+    let eci_header = der_header(0x30, eci_len);
+    // (Auth)EnvelopedData ::= SEQUENCE { version, recipientInfos,
+    //   (auth)encryptedContentInfo [, mac] }: no originatorInfo, no attributes.
+    let version = version.to_der().map_err(crypto)?;
+    let envelope_len =
+        version.len() + recip_infos.len() + eci_header.len() + eci_len + suffix.len();
+    let envelope_header = der_header(0x30, envelope_len);
+    // ContentInfo ::= SEQUENCE { contentType, [0] EXPLICIT content }
+    let type_oid = content_type.to_der().map_err(crypto)?;
+    let explicit = der_header(0xa0, envelope_header.len() + envelope_len);
+    let info_len = type_oid.len() + explicit.len() + envelope_header.len() + envelope_len;
+    let prefix = [
+        &der_header(0x30, info_len)[..],
+        &type_oid,
+        &explicit,
+        &envelope_header,
+        &version,
+        &recip_infos,
+        &eci_header,
+        &data_oid,
+        &algorithm,
+        &content_header,
+    ]
+    .concat();
+    Ok(Sealed {
+        prefix,
+        ciphertext,
+        suffix,
+    })
 }
 
 fn der_header(tag: u8, len: usize) -> Vec<u8> {
@@ -333,6 +360,40 @@ pub fn encrypt_message(
     cipher: ContentCipher,
     limits: &Limits,
 ) -> Result<Vec<u8>, EncryptError> {
+    check(message, recipients, limits)?;
+    let canonical = mime::to_crlf(message);
+    let (headers, body_start) = mime::split_headers(&canonical)?;
+    let (entity_head, outer) = partition(headers);
+    let body = &canonical[body_start..];
+    // Room for the CBC padding, so that the entity is encrypted where it lies.
+    let mut entity = Vec::with_capacity(entity_head.len() + body.len() + 16);
+    entity.extend_from_slice(&entity_head);
+    entity.extend_from_slice(body);
+    finish(&outer, entity, recipients, cipher)
+}
+
+/// [`encrypt_message`] for a message the caller gives away (a message just signed):
+/// its buffer becomes the entity and then the ciphertext, so a large message is not
+/// held twice.
+pub fn encrypt_message_owned(
+    mut message: Vec<u8>,
+    recipients: &[Recipient],
+    cipher: ContentCipher,
+    limits: &Limits,
+) -> Result<Vec<u8>, EncryptError> {
+    check(&message, recipients, limits)?;
+    if let std::borrow::Cow::Owned(canonical) = mime::to_crlf(&message) {
+        message = canonical;
+    }
+    let (headers, body_start) = mime::split_headers(&message)?;
+    let (entity_head, outer) = partition(headers);
+    // The entity is the content header fields and the body: it replaces the header
+    // block in place.
+    message.splice(0..body_start, entity_head);
+    finish(&outer, message, recipients, cipher)
+}
+
+fn check(message: &[u8], recipients: &[Recipient], limits: &Limits) -> Result<(), EncryptError> {
     if message.len() > limits.max_size {
         return Err(MimeError::TooLarge {
             size: message.len(),
@@ -340,28 +401,38 @@ pub fn encrypt_message(
         }
         .into());
     }
-    let parsed = mime::split_message(&mime::to_crlf(message))?;
-    let (content, outer): (Vec<Header>, Vec<Header>) = parsed
-        .headers
-        .into_iter()
-        .partition(|h| h.is_content_header());
-    let entity = mime::Message {
-        headers: content
-            .into_iter()
-            .filter(|h| !h.is("mime-version"))
-            .collect(),
-        body: parsed.body,
-    }
-    .to_bytes();
     if recipients.len() > limits.max_recipients {
         return Err(EncryptError::Recipient {
             subject: format!("{} recipients", recipients.len()),
             reason: format!("more than the limit of {}", limits.max_recipients),
         });
     }
-    let der = encrypt_entity(&entity, recipients, cipher)?;
-    let mut out = Vec::with_capacity(der.len() * 4 / 3 + 1024);
-    for h in &outer {
+    Ok(())
+}
+
+/// The entity's header block (Content-* fields but MIME-Version, then the empty line)
+/// and the header fields that stay outside.
+fn partition(headers: Vec<Header>) -> (Vec<u8>, Vec<Header>) {
+    let (content, outer): (Vec<Header>, Vec<Header>) =
+        headers.into_iter().partition(|h| h.is_content_header());
+    let mut head = Vec::new();
+    for h in content.iter().filter(|h| !h.is("mime-version")) {
+        head.extend_from_slice(&h.raw);
+    }
+    head.extend_from_slice(b"\r\n");
+    (head, outer)
+}
+
+fn finish(
+    outer: &[Header],
+    entity: Vec<u8>,
+    recipients: &[Recipient],
+    cipher: ContentCipher,
+) -> Result<Vec<u8>, EncryptError> {
+    let sealed = seal(entity, recipients, cipher)?;
+    let der_len = sealed.prefix.len() + sealed.ciphertext.len() + sealed.suffix.len();
+    let mut out = Vec::with_capacity(der_len / 57 * 78 + 2048);
+    for h in outer {
         out.extend_from_slice(&h.raw);
     }
     out.extend_from_slice(
@@ -372,7 +443,10 @@ pub fn encrypt_message(
         )
         .as_bytes(),
     );
-    mime::base64_lines_into(&der, &mut out);
+    mime::base64_lines_of_parts(
+        &[&sealed.prefix, &sealed.ciphertext, &sealed.suffix],
+        &mut out,
+    );
     Ok(out)
 }
 
@@ -387,21 +461,44 @@ mod tests {
     use super::*;
     use der::Decode;
 
+    /// A throwaway RSA certificate made by openssl (only its public key is used).
+    fn recipient() -> Recipient {
+        let out = std::process::Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "/dev/null"])
+            .args(["-subj", "/CN=test", "-days", "1", "-outform", "DER"])
+            .output()
+            .expect("openssl runs");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        Recipient {
+            certificate: Certificate::from_der(&out.stdout).expect("certificate"),
+            transport: KeyTransportChoice::RsaPkcs1v15,
+        }
+    }
+
+    /// The envelope written around the in-place ciphertext is exactly what the DER
+    /// encoder writes for the same structure, for short and long (multi-byte length)
+    /// contents, CBC and GCM.
     #[test]
-    fn hand_written_content_info_matches_the_der_encoder() {
-        for len in [0usize, 5, 127, 128, 255, 256, 70_000] {
-            let inner = OctetString::new(vec![0x42; len])
-                .expect("octets")
-                .to_der()
-                .expect("der");
-            let ours = content_info(ID_DATA, inner.clone()).expect("ours");
-            let theirs = cms::content_info::ContentInfo {
-                content_type: ID_DATA,
-                content: der::Any::from_der(&inner).expect("any"),
+    fn hand_written_envelope_matches_the_der_encoder() {
+        let to = [recipient()];
+        for cipher in [ContentCipher::Aes128Cbc, ContentCipher::Aes256Gcm] {
+            for len in [0usize, 5, 100, 200, 70_000] {
+                let ours = encrypt_entity(&vec![0x42; len], &to, cipher).expect("encrypt");
+                let parsed = cms::content_info::ContentInfo::from_der(&ours).expect("parses");
+                assert_eq!(parsed.to_der().expect("re-encodes"), ours, "{cipher:?} {len}");
+                let inner = parsed.content.to_der().expect("inner");
+                if cipher.is_gcm() {
+                    let env = cms::authenveloped_data::AuthEnvelopedData::from_der(&inner)
+                        .expect("AuthEnvelopedData");
+                    assert_eq!(env.mac.as_bytes().len(), 16);
+                    let content = env.auth_encrypted_content_info.encrypted_content;
+                    assert_eq!(content.expect("content").as_bytes().len(), len);
+                } else {
+                    let env = cms::enveloped_data::EnvelopedData::from_der(&inner).expect("EnvelopedData");
+                    let content = env.encrypted_content.encrypted_content;
+                    assert_eq!(content.expect("content").as_bytes().len(), len / 16 * 16 + 16);
+                }
             }
-            .to_der()
-            .expect("theirs");
-            assert_eq!(ours, theirs, "length {len}");
         }
     }
 }

@@ -13,7 +13,7 @@ use super::attributes;
 use crate::hsm::{
     Hsm, HsmError, KeyAlgorithm, KeyId, SignatureScheme, TokenSignature, TokenSigner,
 };
-use crate::mime::{self, Header, Limits, Message, MimeError};
+use crate::mime::{self, Header, Limits, MimeError};
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -56,11 +56,19 @@ impl DigestAlgorithm {
         }
     }
 
-    fn digest(self, data: &[u8]) -> Vec<u8> {
+    /// The digest of the concatenation of `parts`.
+    fn digest_parts(self, parts: &[&[u8]]) -> Vec<u8> {
+        fn run<D: Digest>(parts: &[&[u8]]) -> Vec<u8> {
+            let mut hasher = D::new();
+            for part in parts {
+                hasher.update(part);
+            }
+            hasher.finalize().to_vec()
+        }
         match self {
-            DigestAlgorithm::Sha256 => sha2::Sha256::digest(data).to_vec(),
-            DigestAlgorithm::Sha384 => sha2::Sha384::digest(data).to_vec(),
-            DigestAlgorithm::Sha512 => sha2::Sha512::digest(data).to_vec(),
+            DigestAlgorithm::Sha256 => run::<sha2::Sha256>(parts),
+            DigestAlgorithm::Sha384 => run::<sha2::Sha384>(parts),
+            DigestAlgorithm::Sha512 => run::<sha2::Sha512>(parts),
         }
     }
 
@@ -93,15 +101,17 @@ pub fn sign_detached(
     message: &[u8],
     limits: &Limits,
 ) -> Result<Vec<u8>, SmimeError> {
-    let (outer, signed_bytes) = prepare(signer, message, limits)?;
+    check(signer, message, limits)?;
+    let canonical = mime::to_crlf(message);
+    let entity = prepare(&canonical, limits)?;
     let digest = DigestAlgorithm::of(signer.scheme);
     let signature = cms_signature(
         hsm,
         signer,
         digest,
-        Signed::Detached(&digest.digest(&signed_bytes)),
+        Signed::Detached(&digest.digest_parts(&entity.parts())),
     )?;
-    Ok(assemble(&outer, &signed_bytes, &signature, digest))
+    Ok(assemble(&entity, &signature, digest))
 }
 
 /// Signs `message` as `application/pkcs7-mime; smime-type=signed-data` (the entity
@@ -113,11 +123,13 @@ pub fn sign_opaque(
     message: &[u8],
     limits: &Limits,
 ) -> Result<Vec<u8>, SmimeError> {
-    let (outer, signed_bytes) = prepare(signer, message, limits)?;
+    check(signer, message, limits)?;
+    let canonical = mime::to_crlf(message);
+    let entity = prepare(&canonical, limits)?;
     let digest = DigestAlgorithm::of(signer.scheme);
-    let der = cms_signature(hsm, signer, digest, Signed::Encapsulated(&signed_bytes))?;
+    let der = cms_signature(hsm, signer, digest, Signed::Encapsulated(&entity.parts().concat()))?;
     let mut out = Vec::with_capacity(der.len() * 4 / 3 + 1024);
-    for h in &outer {
+    for h in &entity.outer {
         out.extend_from_slice(&h.raw);
     }
     out.extend_from_slice(
@@ -128,12 +140,7 @@ pub fn sign_opaque(
     Ok(out)
 }
 
-/// Outer header fields, and the canonical 7-bit entity to sign.
-fn prepare(
-    signer: &SignerIdentity,
-    message: &[u8],
-    limits: &Limits,
-) -> Result<(Vec<Header>, Vec<u8>), SmimeError> {
+fn check(signer: &SignerIdentity, message: &[u8], limits: &Limits) -> Result<(), SmimeError> {
     if message.len() > limits.max_size {
         return Err(MimeError::TooLarge {
             size: message.len(),
@@ -147,23 +154,43 @@ fn prepare(
             key: signer.key_algorithm,
         });
     }
-    let parsed = mime::split_message(&mime::to_crlf(message))?;
-    let (content, outer): (Vec<Header>, Vec<Header>) = parsed
-        .headers
-        .into_iter()
-        .partition(|h| h.is_content_header());
+    Ok(())
+}
+
+/// A message split for signing: the header fields that stay outside, and the
+/// canonical 7-bit entity that is signed (its body borrowed from the message when it
+/// needed no re-encoding).
+struct Prepared<'a> {
+    outer: Vec<Header>,
+    entity_headers: Vec<Header>,
+    body: std::borrow::Cow<'a, [u8]>,
+}
+
+impl Prepared<'_> {
+    /// The signed entity as consecutive pieces: header fields, the empty line, body.
+    fn parts(&self) -> Vec<&[u8]> {
+        let mut parts: Vec<&[u8]> = self.entity_headers.iter().map(|h| &h.raw[..]).collect();
+        parts.push(b"\r\n");
+        parts.push(&self.body);
+        parts
+    }
+}
+
+fn prepare<'a>(canonical: &'a [u8], limits: &Limits) -> Result<Prepared<'a>, SmimeError> {
+    let (headers, body_start) = mime::split_headers(canonical)?;
+    let (content, outer): (Vec<Header>, Vec<Header>) =
+        headers.into_iter().partition(|h| h.is_content_header());
     let entity_headers: Vec<Header> = content
         .into_iter()
         .filter(|h| !h.is("mime-version"))
         .collect();
-    let entity = mime::make_seven_bit_safe(
-        Message {
-            headers: entity_headers,
-            body: parsed.body,
-        },
-        limits,
-    )?;
-    Ok((outer, entity.to_bytes()))
+    let (entity_headers, body) =
+        mime::seven_bit_entity(entity_headers, &canonical[body_start..], limits)?;
+    Ok(Prepared {
+        outer,
+        entity_headers,
+        body,
+    })
 }
 
 /// What the SignerInfo covers: external content by its digest, or content carried
@@ -235,10 +262,14 @@ fn cms_signature(
     content_info.to_der().map_err(|e| enc(&e))
 }
 
-fn assemble(outer: &[Header], signed: &[u8], signature: &[u8], digest: DigestAlgorithm) -> Vec<u8> {
-    let boundary = boundary_for(signed);
-    let mut out = Vec::with_capacity(signed.len() + signature.len() * 2 + 1024);
-    for h in outer {
+fn assemble(entity: &Prepared<'_>, signature: &[u8], digest: DigestAlgorithm) -> Vec<u8> {
+    let parts = entity.parts();
+    let boundary = boundary_for(&parts);
+    let signed_len: usize = parts.iter().map(|p| p.len()).sum();
+    // Room for the signature part, and for the padding block should the result be
+    // encrypted in place (encrypt_message_owned).
+    let mut out = Vec::with_capacity(signed_len + signature.len() * 2 + 1024);
+    for h in &entity.outer {
         out.extend_from_slice(&h.raw);
     }
     out.extend_from_slice(
@@ -250,7 +281,9 @@ fn assemble(outer: &[Header], signed: &[u8], signature: &[u8], digest: DigestAlg
         )
         .as_bytes(),
     );
-    out.extend_from_slice(signed);
+    for part in &parts {
+        out.extend_from_slice(part);
+    }
     out.extend_from_slice(
         format!(
             "\r\n--{boundary}\r\nContent-Type: application/pkcs7-signature; name=\"smime.p7s\"\r\n\
@@ -260,28 +293,31 @@ fn assemble(outer: &[Header], signed: &[u8], signature: &[u8], digest: DigestAlg
         )
         .as_bytes(),
     );
-    out.extend_from_slice(&mime::base64_lines(signature));
+    mime::base64_lines_into(signature, &mut out);
     out.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
     out
 }
 
-/// A random boundary that does not occur in the signed entity.
-fn boundary_for(signed: &[u8]) -> String {
+/// A random boundary that occurs in none of the signed entity's pieces (it holds no
+/// CR or LF, so it cannot straddle two of them).
+fn boundary_for(parts: &[&[u8]]) -> String {
     let mut attempt: u64 = 0;
     loop {
         let mut random = [0u8; 12];
         if getrandom::fill(&mut random).is_err() {
             // No OS randomness: derive one from the content and the attempt number.
             let mut hasher = sha2::Sha256::new();
-            hasher.update(signed);
+            for part in parts {
+                hasher.update(part);
+            }
             hasher.update(attempt.to_be_bytes());
             random.copy_from_slice(&hasher.finalize()[..12]);
         }
         let boundary = format!("----=_smimegate_{}", hex::encode(random));
-        if !signed
-            .windows(boundary.len())
-            .any(|w| w == boundary.as_bytes())
-        {
+        if !parts.iter().any(|part| {
+            part.windows(boundary.len())
+                .any(|w| w == boundary.as_bytes())
+        }) {
             return boundary;
         }
         attempt += 1;
