@@ -586,6 +586,8 @@ async fn smime(cmd: SmimeCommand, settings: Settings) -> Result<()> {
             use crate::smime::decrypt;
             let message = read_input(file.as_deref())?;
             let der = decrypt::cms_from_message(&message, &limits)?;
+            let (outer_headers, _) = crate::mime::split_raw_headers(&message)?;
+            drop(message);
             let recipients = decrypt::recipients(&der)?;
             let app = App::open(settings).await?;
             let held = app.key_directory().await?.resolve(&recipients);
@@ -596,15 +598,16 @@ async fn smime(cmd: SmimeCommand, settings: Settings) -> Result<()> {
                 })
                 .await??;
             // Outer headers stay; the entity's own Content-* headers replace ours.
-            let outer = crate::mime::split_raw(&message)?;
             let mut out = Vec::new();
-            for h in outer.headers.iter().filter(|h| !h.is_content_header()) {
+            for h in outer_headers.iter().filter(|h| !h.is_content_header()) {
                 out.extend_from_slice(&h.raw);
             }
             out.extend_from_slice(b"MIME-Version: 1.0\r\n");
-            out.extend_from_slice(&done.entity);
             use std::io::Write;
-            std::io::stdout().write_all(&out)?;
+            let mut stdout = std::io::stdout().lock();
+            stdout.write_all(&out)?;
+            stdout.write_all(&done.entity)?;
+            stdout.flush()?;
             eprintln!(
                 "decrypted: {} with {}, key {}{}",
                 done.content_algorithm,

@@ -66,6 +66,31 @@ pub fn base64_lines_of_parts(parts: &[&[u8]], out: &mut Vec<u8>) {
     }
 }
 
+/// Decodes base64 text broken into lines (any white space is skipped) without first
+/// copying it into one compact string.
+pub fn base64_decode_lines(text: &[u8]) -> Result<Vec<u8>, base64::DecodeError> {
+    let engine = &base64::engine::general_purpose::STANDARD;
+    let mut out = Vec::with_capacity(text.len() / 4 * 3 + 3);
+    // A multiple of four characters, so that chunks decode as the whole would.
+    let mut chunk = [0u8; 4096];
+    let mut filled = 0;
+    for &b in text {
+        if b.is_ascii_whitespace() {
+            continue;
+        }
+        chunk[filled] = b;
+        filled += 1;
+        if filled == chunk.len() {
+            engine.decode_vec(&chunk[..], &mut out)?;
+            filled = 0;
+        }
+    }
+    if filled > 0 {
+        engine.decode_vec(&chunk[..filled], &mut out)?;
+    }
+    Ok(out)
+}
+
 /// Quoted-printable (RFC 2045 §6.7) of canonical CRLF text: line breaks stay hard
 /// breaks, every other CR, LF and 8-bit byte is escaped, trailing white space is
 /// escaped, soft breaks keep lines within 76 characters. "From " at a line start is
@@ -162,12 +187,31 @@ mod tests {
     #[test]
     fn base64_of_parts_equals_base64_of_the_joined_parts() {
         let data: Vec<u8> = (0..700usize).map(|i| (i * 13 % 256) as u8).collect();
-        for cuts in [[0, 0], [1, 2], [56, 57], [57, 114], [3, 600], [100, 699], [700, 700]] {
+        for cuts in [
+            [0, 0],
+            [1, 2],
+            [56, 57],
+            [57, 114],
+            [3, 600],
+            [100, 699],
+            [700, 700],
+        ] {
             let parts = [&data[..cuts[0]], &data[cuts[0]..cuts[1]], &data[cuts[1]..]];
             let mut ours = Vec::new();
             base64_lines_of_parts(&parts, &mut ours);
             assert_eq!(ours, base64_lines(&data), "cuts {cuts:?}");
         }
+    }
+
+    #[test]
+    fn base64_decode_lines_reverses_base64_lines() {
+        for len in [0usize, 1, 2, 3, 56, 57, 3071, 3072, 3073, 10_000] {
+            let data: Vec<u8> = (0..len).map(|i| (i * 31 % 256) as u8).collect();
+            let text = base64_lines(&data);
+            assert_eq!(base64_decode_lines(&text).expect("decodes"), data, "{len}");
+        }
+        assert!(base64_decode_lines(b"QUJD\r\nR!==\r\n").is_err());
+        assert!(base64_decode_lines(b"QUJDRA").is_err());
     }
 
     #[test]

@@ -51,6 +51,11 @@ impl Message {
         content_type(&self.headers)
     }
 
+    /// The Content-Type of these header fields (text/plain when absent).
+    pub fn content_type_of(headers: &[Header]) -> ContentType {
+        content_type(headers)
+    }
+
     /// Header block, empty line, body.
     pub fn to_bytes(&self) -> Vec<u8> {
         join(&self.headers, &self.body)
@@ -94,6 +99,15 @@ pub fn split_headers(canonical: &[u8]) -> Result<(Vec<Header>, usize), MimeError
 /// block is made canonical; the body starts after the first empty line, whether the
 /// lines end in CRLF or LF.
 pub fn split_raw(raw: &[u8]) -> Result<Message, MimeError> {
+    let (headers, body_start) = split_raw_headers(raw)?;
+    Ok(Message {
+        headers,
+        body: raw[body_start..].to_vec(),
+    })
+}
+
+/// [`split_raw`] without copying the body: the header fields and where the body starts.
+pub fn split_raw_headers(raw: &[u8]) -> Result<(Vec<Header>, usize), MimeError> {
     let mut i = 0;
     let mut line_start = 0;
     let body_start = loop {
@@ -114,10 +128,10 @@ pub fn split_raw(raw: &[u8]) -> Result<Message, MimeError> {
     } else {
         line_start
     };
-    Ok(Message {
-        headers: parse_header_block(&to_crlf(&raw[..header_end]))?,
-        body: raw[body_start..].to_vec(),
-    })
+    Ok((
+        parse_header_block(&to_crlf(&raw[..header_end]))?,
+        body_start,
+    ))
 }
 
 fn parse_header_block(block: &[u8]) -> Result<Vec<Header>, MimeError> {

@@ -7,10 +7,12 @@ mod encode;
 mod entity;
 mod header;
 
-pub use encode::{base64_lines, base64_lines_into, base64_lines_of_parts, quoted_printable};
+pub use encode::{
+    base64_decode_lines, base64_lines, base64_lines_into, base64_lines_of_parts, quoted_printable,
+};
 pub use entity::{
     Message, make_seven_bit_safe, seven_bit_entity, split_headers, split_message, split_raw,
-    to_crlf,
+    split_raw_headers, to_crlf,
 };
 pub use header::{ContentType, Header};
 

@@ -1,7 +1,11 @@
 //! BER to DER, for the CMS that real clients send: Thunderbird and Outlook write
 //! indefinite lengths and segmented (constructed) OCTET STRINGs, which a DER parser
 //! refuses. Bounded: nesting depth and lengths are checked, nothing is read past the
-//! input, and the output is never larger than the input.
+//! input, and the output is never larger than the input. Input that is DER already is
+//! returned as it is (borrowed), and converted input is written once: a large message
+//! is not copied level by level.
+
+use std::borrow::Cow;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BerError {
@@ -20,31 +24,42 @@ const SEQUENCE: u8 = 0x30;
 const CONTEXT_0_CONSTRUCTED: u8 = 0xa0;
 const CONTEXT_0_PRIMITIVE: u8 = 0x80;
 
-/// One parsed element.
-struct Element {
-    tag: Vec<u8>,
+/// One parsed element; primitive contents borrow the input.
+struct Element<'a> {
+    tag: &'a [u8],
     constructed: bool,
     /// Primitive content, or the converted children of a constructed element.
-    content: Content,
+    content: Content<'a>,
 }
 
-enum Content {
-    Primitive(Vec<u8>),
-    Children(Vec<Element>),
+enum Content<'a> {
+    Primitive(Cow<'a, [u8]>),
+    Children(Vec<Element<'a>>),
 }
 
-/// Converts BER to DER. `max_depth` bounds nesting.
-pub fn to_der(input: &[u8], max_depth: usize) -> Result<Vec<u8>, BerError> {
-    let (element, used) = parse(input, 0, max_depth)?;
+/// Converts BER to DER. `max_depth` bounds nesting. Borrows the input (without any
+/// trailing zero padding) when it is DER already.
+pub fn to_der(input: &[u8], max_depth: usize) -> Result<Cow<'_, [u8]>, BerError> {
+    let mut changed = false;
+    let (element, used) = parse(input, 0, max_depth, &mut changed)?;
     if used != input.len() && input[used..].iter().any(|&b| b != 0) {
         return Err(BerError::Invalid("trailing data after the outer element"));
     }
-    let mut out = Vec::with_capacity(input.len());
-    encode(&normalise(element), &mut out);
-    Ok(out)
+    let element = normalise(element, &mut changed);
+    if !changed {
+        return Ok(Cow::Borrowed(&input[..used]));
+    }
+    let mut out = Vec::with_capacity(encoded_len(&element));
+    encode(&element, &mut out);
+    Ok(Cow::Owned(out))
 }
 
-fn parse(input: &[u8], depth: usize, max_depth: usize) -> Result<(Element, usize), BerError> {
+fn parse<'a>(
+    input: &'a [u8],
+    depth: usize,
+    max_depth: usize,
+    changed: &mut bool,
+) -> Result<(Element<'a>, usize), BerError> {
     if depth > max_depth {
         return Err(BerError::TooDeep(max_depth));
     }
@@ -62,7 +77,7 @@ fn parse(input: &[u8], depth: usize, max_depth: usize) -> Result<(Element, usize
             }
         }
     }
-    let tag = input[..pos].to_vec();
+    let tag = &input[..pos];
     let constructed = first & 0x20 != 0;
     let len_byte = *input.get(pos).ok_or(BerError::Truncated)?;
     pos += 1;
@@ -72,6 +87,7 @@ fn parse(input: &[u8], depth: usize, max_depth: usize) -> Result<(Element, usize
                 "indefinite length on a primitive element",
             ));
         }
+        *changed = true;
         let mut children = Vec::new();
         loop {
             let rest = &input[pos..];
@@ -82,7 +98,7 @@ fn parse(input: &[u8], depth: usize, max_depth: usize) -> Result<(Element, usize
                 pos += 2;
                 break;
             }
-            let (child, used) = parse(rest, depth + 1, max_depth)?;
+            let (child, used) = parse(rest, depth + 1, max_depth, changed)?;
             children.push(child);
             pos += used;
         }
@@ -104,9 +120,14 @@ fn parse(input: &[u8], depth: usize, max_depth: usize) -> Result<(Element, usize
         }
         let bytes = input.get(pos..pos + n).ok_or(BerError::Truncated)?;
         pos += n;
-        bytes
+        let len = bytes
             .iter()
-            .fold(0usize, |acc, &b| (acc << 8) | usize::from(b))
+            .fold(0usize, |acc, &b| (acc << 8) | usize::from(b));
+        // DER wants the shortest length form.
+        if bytes[0] == 0 || len < 0x80 {
+            *changed = true;
+        }
+        len
     };
     let end = pos.checked_add(len).ok_or(BerError::Truncated)?;
     let body = input.get(pos..end).ok_or(BerError::Truncated)?;
@@ -114,13 +135,13 @@ fn parse(input: &[u8], depth: usize, max_depth: usize) -> Result<(Element, usize
         let mut children = Vec::new();
         let mut at = 0;
         while at < body.len() {
-            let (child, used) = parse(&body[at..], depth + 1, max_depth)?;
+            let (child, used) = parse(&body[at..], depth + 1, max_depth, changed)?;
             children.push(child);
             at += used;
         }
         Content::Children(children)
     } else {
-        Content::Primitive(body.to_vec())
+        Content::Primitive(Cow::Borrowed(body))
     };
     Ok((
         Element {
@@ -134,11 +155,14 @@ fn parse(input: &[u8], depth: usize, max_depth: usize) -> Result<(Element, usize
 
 /// Joins segmented OCTET STRINGs, including the `[0] IMPLICIT OCTET STRING` of a CMS
 /// EncryptedContentInfo (a SEQUENCE of OID, AlgorithmIdentifier, [0]).
-fn normalise(element: Element) -> Element {
+fn normalise<'a>(element: Element<'a>, changed: &mut bool) -> Element<'a> {
     let Content::Children(children) = element.content else {
         return element;
     };
-    let mut children: Vec<Element> = children.into_iter().map(normalise).collect();
+    let mut children: Vec<Element> = children
+        .into_iter()
+        .map(|c| normalise(c, changed))
+        .collect();
     let encrypted_content_info = element.tag == [SEQUENCE]
         && children.len() == 3
         && children[0].tag == [OID]
@@ -148,10 +172,11 @@ fn normalise(element: Element) -> Element {
         .then(|| join_segments(&children[2]))
         .flatten()
     {
+        *changed = true;
         children[2] = Element {
-            tag: vec![CONTEXT_0_PRIMITIVE],
+            tag: &[CONTEXT_0_PRIMITIVE],
             constructed: false,
-            content: Content::Primitive(joined),
+            content: Content::Primitive(Cow::Owned(joined)),
         };
     }
     if element.tag == [OCTET_STRING_CONSTRUCTED] {
@@ -161,10 +186,11 @@ fn normalise(element: Element) -> Element {
             content: Content::Children(children),
         };
         if let Some(joined) = join_segments(&parent) {
+            *changed = true;
             return Element {
-                tag: vec![OCTET_STRING],
+                tag: &[OCTET_STRING],
                 constructed: false,
-                content: Content::Primitive(joined),
+                content: Content::Primitive(Cow::Owned(joined)),
             };
         }
         return parent;
@@ -183,7 +209,7 @@ fn join_segments(element: &Element) -> Option<Vec<u8>> {
     };
     let mut joined = Vec::new();
     for child in children {
-        match (&child.tag[..], &child.content) {
+        match (child.tag, &child.content) {
             ([OCTET_STRING], Content::Primitive(bytes)) => joined.extend_from_slice(bytes),
             _ => return None,
         }
@@ -191,28 +217,40 @@ fn join_segments(element: &Element) -> Option<Vec<u8>> {
     Some(joined)
 }
 
-fn encode(element: &Element, out: &mut Vec<u8>) {
-    out.extend_from_slice(&element.tag);
-    let body = match &element.content {
-        Content::Primitive(bytes) => bytes.clone(),
-        Content::Children(children) => {
-            let mut body = Vec::new();
-            for child in children {
-                encode(child, &mut body);
-            }
-            body
-        }
-    };
-    let len = body.len();
-    if len < 0x80 {
-        out.push(len as u8);
-    } else {
-        let bytes = len.to_be_bytes();
-        let skip = bytes.iter().take_while(|&&b| b == 0).count();
-        out.push(0x80 | (bytes.len() - skip) as u8);
-        out.extend_from_slice(&bytes[skip..]);
+fn content_len(element: &Element) -> usize {
+    match &element.content {
+        Content::Primitive(bytes) => bytes.len(),
+        Content::Children(children) => children.iter().map(encoded_len).sum(),
     }
-    out.extend_from_slice(&body);
+}
+
+fn encoded_len(element: &Element) -> usize {
+    let len = content_len(element);
+    element.tag.len() + length_header(len).len() + len
+}
+
+fn length_header(len: usize) -> Vec<u8> {
+    if len < 0x80 {
+        return vec![len as u8];
+    }
+    let bytes = len.to_be_bytes();
+    let skip = bytes.iter().take_while(|&&b| b == 0).count();
+    let mut header = vec![0x80 | (bytes.len() - skip) as u8];
+    header.extend_from_slice(&bytes[skip..]);
+    header
+}
+
+fn encode(element: &Element, out: &mut Vec<u8>) {
+    out.extend_from_slice(element.tag);
+    out.extend_from_slice(&length_header(content_len(element)));
+    match &element.content {
+        Content::Primitive(bytes) => out.extend_from_slice(bytes),
+        Content::Children(children) => {
+            for child in children {
+                encode(child, out);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -227,14 +265,22 @@ mod tests {
         ];
         assert_eq!(
             to_der(&ber, 8).expect("converts"),
-            [0x30, 0x05, 0x04, 0x03, b'a', b'b', b'c']
+            &[0x30, 0x05, 0x04, 0x03, b'a', b'b', b'c'][..]
         );
     }
 
     #[test]
     fn der_passes_through_unchanged() {
         let der = [0x30, 0x06, 0x02, 0x01, 0x05, 0x04, 0x01, 0xff];
-        assert_eq!(to_der(&der, 8).expect("ok"), der);
+        let converted = to_der(&der, 8).expect("ok");
+        assert!(
+            matches!(converted, Cow::Borrowed(_)),
+            "no copy of DER input"
+        );
+        assert_eq!(converted, &der[..]);
+        // A non-minimal length is not DER: rewritten.
+        let long_form = [0x04, 0x81, 0x01, 0xff];
+        assert_eq!(to_der(&long_form, 8).expect("ok"), &[0x04, 0x01, 0xff][..]);
     }
 
     #[test]

@@ -3,9 +3,8 @@
 //! in the token by whichever held key a RecipientInfo names; the content is decrypted
 //! on the host with that per-message key.
 
-use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::aead::KeyInit;
 use cbc::cipher::{BlockModeDecrypt, KeyIvInit};
-use cms::content_info::ContentInfo;
 use cms::enveloped_data::{
     EncryptedContentInfo, KeyAgreeRecipientIdentifier, OriginatorIdentifierOrKey,
     RecipientIdentifier, RecipientInfo, RecipientInfos,
@@ -129,8 +128,8 @@ pub fn cms_from_message(message: &[u8], limits: &Limits) -> Result<Vec<u8>, Decr
         }
         .into());
     }
-    let parsed = mime::split_raw(message)?;
-    let ct = parsed.content_type();
+    let (headers, body_start) = mime::split_raw_headers(message)?;
+    let ct = mime::Message::content_type_of(&headers);
     if ct.kind != "application" || !(ct.subtype == "pkcs7-mime" || ct.subtype == "x-pkcs7-mime") {
         return Err(DecryptError::NotEncrypted(
             "Content-Type is not application/pkcs7-mime",
@@ -144,27 +143,25 @@ pub fn cms_from_message(message: &[u8], limits: &Limits) -> Result<Vec<u8>, Decr
             ));
         }
     }
-    let cte = parsed
-        .headers
+    let cte = headers
         .iter()
         .find(|h| h.is("content-transfer-encoding"))
         .map(|h| h.value().to_ascii_lowercase())
         .unwrap_or_else(|| "7bit".into());
-    let raw = if cte == "base64" {
-        use base64::Engine;
-        let compact: Vec<u8> = parsed
-            .body
-            .iter()
-            .copied()
-            .filter(|b| !b.is_ascii_whitespace())
-            .collect();
-        base64::engine::general_purpose::STANDARD
-            .decode(compact)
+    let body = &message[body_start..];
+    let mut raw = if cte == "base64" {
+        mime::base64_decode_lines(body)
             .map_err(|_| DecryptError::Malformed("body is not valid base64".into()))?
     } else {
-        parsed.body
+        body.to_vec()
     };
-    ber::to_der(&raw, 64).map_err(|e| DecryptError::Malformed(e.to_string()))
+    // DER already (what we and openssl write without -stream): kept as it is.
+    let der_len = match ber::to_der(&raw, 64).map_err(|e| DecryptError::Malformed(e.to_string()))? {
+        std::borrow::Cow::Owned(converted) => return Ok(converted),
+        std::borrow::Cow::Borrowed(der) => der.len(),
+    };
+    raw.truncate(der_len);
+    Ok(raw)
 }
 
 /// The recipients named in a CMS (auth)enveloped-data, in order.
@@ -219,9 +216,18 @@ struct Parsed {
     auth: Option<(Vec<u8>, Vec<u8>)>,
 }
 
+/// `ContentInfo` with its content borrowed (a large envelope is not copied to be
+/// looked at).
+#[derive(der::Sequence)]
+struct ContentInfoRef<'a> {
+    content_type: ObjectIdentifier,
+    #[asn1(context_specific = "0", tag_mode = "EXPLICIT")]
+    content: der::asn1::AnyRef<'a>,
+}
+
 fn parse(cms_der: &[u8]) -> Result<Parsed, DecryptError> {
     let malformed = |e: der::Error| DecryptError::Malformed(e.to_string());
-    let ci = ContentInfo::from_der(cms_der).map_err(malformed)?;
+    let ci = ContentInfoRef::from_der(cms_der).map_err(malformed)?;
     if ci.content_type == ID_ENVELOPED_DATA {
         let env: cms::enveloped_data::EnvelopedData = ci.content.decode_as().map_err(malformed)?;
         Ok(Parsed {
@@ -275,6 +281,7 @@ pub fn decrypt_within(
     }
     let cek_len = content_key_len(&parsed.content.content_enc_alg.oid)?;
     let mut last_token_error = None;
+    let mut found = None;
     for ri in parsed.recipient_infos.0.iter() {
         let recovered = match ri {
             RecipientInfo::Ktri(ktri) => recover_transported(hsm, ktri, held, cek_len),
@@ -295,19 +302,23 @@ pub fn decrypt_within(
                 "content-encryption key of the wrong length",
             ));
         }
-        let (entity, content_algorithm, weak) = decrypt_content(&parsed, &cek)?;
-        return Ok(Decrypted {
-            entity,
-            content_algorithm,
-            key_transport,
-            key,
-            weak,
-        });
+        found = Some((cek, key, key_transport));
+        break;
     }
-    match last_token_error {
-        Some(e) => Err(e.into()),
-        None => Err(DecryptError::NoKey { recipients: total }),
-    }
+    let Some((cek, key, key_transport)) = found else {
+        return match last_token_error {
+            Some(e) => Err(e.into()),
+            None => Err(DecryptError::NoKey { recipients: total }),
+        };
+    };
+    let (entity, content_algorithm, weak) = decrypt_content(parsed, &cek)?;
+    Ok(Decrypted {
+        entity,
+        content_algorithm,
+        key_transport,
+        key,
+        weak,
+    })
 }
 
 type Recovered = Option<(Zeroizing<Vec<u8>>, KeyId, &'static str)>;
@@ -433,19 +444,22 @@ fn random_key(len: usize) -> Result<Zeroizing<Vec<u8>>, DecryptError> {
     Ok(key)
 }
 
+/// Decrypts the content where it lies: the parsed ciphertext becomes the plaintext.
 fn decrypt_content(
-    parsed: &Parsed,
+    parsed: Parsed,
     cek: &[u8],
 ) -> Result<(Vec<u8>, &'static str, bool), DecryptError> {
-    let alg = &parsed.content.content_enc_alg;
-    let ciphertext = parsed
+    use aes_gcm::aead::AeadInOut;
+    use cbc::cipher::block_padding::Pkcs7;
+    let alg = parsed.content.content_enc_alg;
+    let mut buffer = parsed
         .content
         .encrypted_content
-        .as_ref()
         .ok_or(DecryptError::Malformed(
             "no encrypted content (detached content is not supported)".into(),
         ))?
-        .as_bytes();
+        .into_bytes()
+        .into_vec();
     let params = alg
         .parameters
         .as_ref()
@@ -459,31 +473,37 @@ fn decrypt_content(
                 "AES-GCM with a nonce other than 12 or a tag other than 16 bytes".into(),
             ));
         }
-        let mut sealed = ciphertext.to_vec();
-        sealed.extend_from_slice(tag);
-        let payload = Payload { msg: &sealed, aad };
         let nonce = aes_gcm::Nonce::try_from(gcm.nonce.as_bytes())
             .map_err(|_| DecryptError::Malformed("GCM nonce of the wrong length".into()))?;
-        let plain = match alg.oid {
+        let tag = aes_gcm::Tag::try_from(&tag[..])
+            .map_err(|_| DecryptError::Malformed("GCM tag of the wrong length".into()))?;
+        let bad_key = |_| DecryptError::Integrity("bad key length");
+        let opened = match alg.oid {
             AES128_GCM => aes_gcm::Aes128Gcm::new_from_slice(cek)
-                .map_err(|_| DecryptError::Integrity("bad key length"))?
-                .decrypt(&nonce, payload),
+                .map_err(bad_key)?
+                .decrypt_inout_detached(&nonce, aad, buffer.as_mut_slice().into(), &tag),
             AES256_GCM => aes_gcm::Aes256Gcm::new_from_slice(cek)
-                .map_err(|_| DecryptError::Integrity("bad key length"))?
-                .decrypt(&nonce, payload),
+                .map_err(bad_key)?
+                .decrypt_inout_detached(&nonce, aad, buffer.as_mut_slice().into(), &tag),
             other => {
                 return Err(DecryptError::Unsupported(format!(
                     "authenticated encryption {other}"
                 )));
             }
+        };
+        if opened.is_err() {
+            // Unauthenticated plaintext is never returned, nor left lying about.
+            zeroize::Zeroize::zeroize(&mut buffer);
+            return Err(DecryptError::Integrity(
+                "AES-GCM authentication tag mismatch",
+            ));
         }
-        .map_err(|_| DecryptError::Integrity("AES-GCM authentication tag mismatch"))?;
         let name = if alg.oid == AES128_GCM {
             "aes128-gcm"
         } else {
             "aes256-gcm"
         };
-        return Ok((plain, name, false));
+        return Ok((buffer, name, false));
     }
     let iv: OctetString = params
         .decode_as()
@@ -491,36 +511,40 @@ fn decrypt_content(
     let iv = iv.as_bytes();
     let padding = |_| DecryptError::Integrity("bad CBC padding (wrong key or corrupted content)");
     let bad_iv = |_| DecryptError::Malformed("CBC IV of the wrong length".into());
-    let (plain, name, weak) = match alg.oid {
+    let (plain_len, name, weak) = match alg.oid {
         AES128_CBC => (
             cbc::Decryptor::<aes::Aes128>::new_from_slices(cek, iv)
                 .map_err(bad_iv)?
-                .decrypt_padded_vec::<cbc::cipher::block_padding::Pkcs7>(ciphertext)
-                .map_err(padding)?,
+                .decrypt_padded::<Pkcs7>(&mut buffer)
+                .map_err(padding)?
+                .len(),
             "aes128-cbc",
             false,
         ),
         AES192_CBC => (
             cbc::Decryptor::<aes::Aes192>::new_from_slices(cek, iv)
                 .map_err(bad_iv)?
-                .decrypt_padded_vec::<cbc::cipher::block_padding::Pkcs7>(ciphertext)
-                .map_err(padding)?,
+                .decrypt_padded::<Pkcs7>(&mut buffer)
+                .map_err(padding)?
+                .len(),
             "aes192-cbc",
             false,
         ),
         AES256_CBC => (
             cbc::Decryptor::<aes::Aes256>::new_from_slices(cek, iv)
                 .map_err(bad_iv)?
-                .decrypt_padded_vec::<cbc::cipher::block_padding::Pkcs7>(ciphertext)
-                .map_err(padding)?,
+                .decrypt_padded::<Pkcs7>(&mut buffer)
+                .map_err(padding)?
+                .len(),
             "aes256-cbc",
             false,
         ),
         DES_EDE3_CBC => (
             cbc::Decryptor::<des::TdesEde3>::new_from_slices(cek, iv)
                 .map_err(bad_iv)?
-                .decrypt_padded_vec::<cbc::cipher::block_padding::Pkcs7>(ciphertext)
-                .map_err(padding)?,
+                .decrypt_padded::<Pkcs7>(&mut buffer)
+                .map_err(padding)?
+                .len(),
             "des-ede3-cbc",
             true,
         ),
@@ -530,7 +554,8 @@ fn decrypt_content(
             )));
         }
     };
-    Ok((plain, name, weak))
+    buffer.truncate(plain_len);
+    Ok((buffer, name, weak))
 }
 
 /// GCMParameters (RFC 5084): nonce and ICV length (default 12).

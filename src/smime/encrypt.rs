@@ -168,7 +168,10 @@ fn seal(
             parameters: Some(Any::encode_from(&params).map_err(crypto)?),
         };
         // AuthEnvelopedData (RFC 5083): no authAttrs; the MAC follows the content.
-        let mac = OctetString::new(tag).map_err(crypto)?.to_der().map_err(crypto)?;
+        let mac = OctetString::new(tag)
+            .map_err(crypto)?
+            .to_der()
+            .map_err(crypto)?;
         (ID_AUTH_ENVELOPED_DATA, CmsVersion::V0, algorithm, mac)
     } else {
         let iv = random(16)?;
@@ -464,11 +467,23 @@ mod tests {
     /// A throwaway RSA certificate made by openssl (only its public key is used).
     fn recipient() -> Recipient {
         let out = std::process::Command::new("openssl")
-            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "/dev/null"])
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                "/dev/null",
+            ])
             .args(["-subj", "/CN=test", "-days", "1", "-outform", "DER"])
             .output()
             .expect("openssl runs");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         Recipient {
             certificate: Certificate::from_der(&out.stdout).expect("certificate"),
             transport: KeyTransportChoice::RsaPkcs1v15,
@@ -485,7 +500,11 @@ mod tests {
             for len in [0usize, 5, 100, 200, 70_000] {
                 let ours = encrypt_entity(&vec![0x42; len], &to, cipher).expect("encrypt");
                 let parsed = cms::content_info::ContentInfo::from_der(&ours).expect("parses");
-                assert_eq!(parsed.to_der().expect("re-encodes"), ours, "{cipher:?} {len}");
+                assert_eq!(
+                    parsed.to_der().expect("re-encodes"),
+                    ours,
+                    "{cipher:?} {len}"
+                );
                 let inner = parsed.content.to_der().expect("inner");
                 if cipher.is_gcm() {
                     let env = cms::authenveloped_data::AuthEnvelopedData::from_der(&inner)
@@ -494,9 +513,13 @@ mod tests {
                     let content = env.auth_encrypted_content_info.encrypted_content;
                     assert_eq!(content.expect("content").as_bytes().len(), len);
                 } else {
-                    let env = cms::enveloped_data::EnvelopedData::from_der(&inner).expect("EnvelopedData");
+                    let env = cms::enveloped_data::EnvelopedData::from_der(&inner)
+                        .expect("EnvelopedData");
                     let content = env.encrypted_content.encrypted_content;
-                    assert_eq!(content.expect("content").as_bytes().len(), len / 16 * 16 + 16);
+                    assert_eq!(
+                        content.expect("content").as_bytes().len(),
+                        len / 16 * 16 + 16
+                    );
                 }
             }
         }

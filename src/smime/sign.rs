@@ -127,7 +127,12 @@ pub fn sign_opaque(
     let canonical = mime::to_crlf(message);
     let entity = prepare(&canonical, limits)?;
     let digest = DigestAlgorithm::of(signer.scheme);
-    let der = cms_signature(hsm, signer, digest, Signed::Encapsulated(&entity.parts().concat()))?;
+    let der = cms_signature(
+        hsm,
+        signer,
+        digest,
+        Signed::Encapsulated(&entity.parts().concat()),
+    )?;
     let mut out = Vec::with_capacity(der.len() * 4 / 3 + 1024);
     for h in &entity.outer {
         out.extend_from_slice(&h.raw);

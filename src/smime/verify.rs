@@ -144,20 +144,17 @@ fn extract(message: &[u8], limits: &Limits) -> Result<(Option<Vec<u8>>, Vec<u8>)
             .find(|h| h.is("content-transfer-encoding"))
             .map(|h| h.value().to_ascii_lowercase())
             .unwrap_or_default();
+        let decoded;
         let raw = if cte == "base64" {
-            use base64::Engine;
-            let compact: Vec<u8> = body
-                .iter()
-                .copied()
-                .filter(|b| !b.is_ascii_whitespace())
-                .collect();
-            base64::engine::general_purpose::STANDARD
-                .decode(compact)
-                .map_err(|_| "signature is not valid base64".to_string())?
+            decoded = mime::base64_decode_lines(body)
+                .map_err(|_| "signature is not valid base64".to_string())?;
+            &decoded[..]
         } else {
-            body.to_vec()
+            body
         };
-        ber::to_der(&raw, limits.max_depth * 4).map_err(|e| e.to_string())
+        ber::to_der(raw, limits.max_depth * 4)
+            .map(std::borrow::Cow::into_owned)
+            .map_err(|e| e.to_string())
     };
     if ct.kind == "multipart" && ct.subtype == "signed" {
         let boundary = ct
