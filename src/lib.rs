@@ -9,6 +9,7 @@ pub mod config;
 pub mod hsm;
 pub mod mime;
 pub mod pki;
+pub mod policy;
 pub mod setup;
 pub mod smime;
 pub mod store;

@@ -256,6 +256,165 @@ async fn suite(store: &Store) {
         .await;
     assert!(bad.is_err(), "state CHECK constraint missing");
     store.ping().await.expect("ping");
+    relay_suite(store).await;
+}
+
+/// Rules keep dense priorities (a new rule at 1), the message log filters, the relay
+/// settings round-trip.
+async fn relay_suite(store: &Store) {
+    use smimegate::policy::{Action, Direction, Matcher};
+    use smimegate::store::{LogEntry, LogFilter, LogStatus, NewRule};
+    let new = |action: Action, to: &str| NewRule {
+        direction: action.direction().unwrap_or(Direction::Outbound),
+        sender: Matcher::Anyone,
+        recipient: Matcher::parse(to).expect("matcher"),
+        action,
+        comment: format!("{action} to {to}"),
+    };
+    let rules = store.rules();
+    let a = rules.add(&new(Action::Sign, "anyone")).await.expect("a");
+    let b = rules
+        .add(&new(Action::EncryptEnforced, "domain:partner.example"))
+        .await
+        .expect("b");
+    let c = rules
+        .add(&new(Action::DecryptEnforced, "managed"))
+        .await
+        .expect("c");
+    let order = |list: Vec<smimegate::policy::Rule>| {
+        list.iter().map(|r| (r.id, r.priority)).collect::<Vec<_>>()
+    };
+    assert_eq!(
+        order(rules.list().await.expect("list")),
+        [(c.id, 1), (b.id, 2), (a.id, 3)]
+    );
+    rules.move_to(c.id, 3).await.expect("move down");
+    assert_eq!(
+        order(rules.list().await.expect("list")),
+        [(b.id, 1), (a.id, 2), (c.id, 3)]
+    );
+    rules
+        .move_to(c.id, -5)
+        .await
+        .expect("move to the top (clamped)");
+    assert_eq!(
+        order(rules.list().await.expect("list")),
+        [(c.id, 1), (b.id, 2), (a.id, 3)]
+    );
+    rules.remove(b.id).await.expect("remove");
+    assert_eq!(
+        order(rules.list().await.expect("list")),
+        [(c.id, 1), (a.id, 2)]
+    );
+    let off = rules.set_enabled(a.id, false).await.expect("disable");
+    assert!(!off.enabled);
+    assert_eq!(off.recipient, Matcher::Anyone);
+    assert_eq!(off.comment, "sign to anyone");
+    let wrong = NewRule {
+        direction: Direction::Inbound,
+        ..new(Action::Sign, "anyone")
+    };
+    assert!(
+        rules.add(&wrong).await.is_err(),
+        "an outbound action on an inbound rule"
+    );
+    assert!(matches!(
+        rules.remove(9999).await,
+        Err(StoreError::NotFound(_))
+    ));
+
+    let log = store.message_log();
+    let entry = |from: &str, to: &[&str], status, at| LogEntry {
+        id: 0,
+        received_at: at,
+        node: "test".into(),
+        direction: Direction::Outbound,
+        mail_from: from.into(),
+        rcpt_to: to.iter().map(|s| s.to_string()).collect(),
+        message_id: Some("<1@corp.example>".into()),
+        subject: Some("Grüße".into()),
+        size_bytes: 1234,
+        status,
+        actions: vec!["signed".into()],
+        smtp_code: Some(250),
+        smtp_reply: Some("250 2.0.0 ok".into()),
+        rule_id: Some(a.id),
+        duration_ms: 12,
+    };
+    log.record(&entry(
+        "alice@corp.example",
+        &["bob@partner.example"],
+        LogStatus::Relayed,
+        100,
+    ))
+    .await
+    .expect("record");
+    log.record(&entry(
+        "carol@corp.example",
+        &["dave_x@partner.example"],
+        LogStatus::Rejected,
+        200,
+    ))
+    .await
+    .expect("record");
+    let all = log.list(&LogFilter::default()).await.expect("all");
+    assert_eq!(all.len(), 2);
+    assert_eq!(all[0].mail_from, "carol@corp.example", "newest first");
+    assert_eq!(all[1].subject.as_deref(), Some("Grüße"));
+    let log = &log;
+    let only = |f: LogFilter| async move {
+        log.list(&f)
+            .await
+            .expect("filter")
+            .iter()
+            .map(|e| e.mail_from.clone())
+            .collect::<Vec<_>>()
+    };
+    let by_status = LogFilter {
+        status: Some(LogStatus::Rejected),
+        ..Default::default()
+    };
+    assert_eq!(only(by_status).await, ["carol@corp.example"]);
+    let by_recipient = LogFilter {
+        address: Some("bob@partner.example".into()),
+        ..Default::default()
+    };
+    assert_eq!(only(by_recipient).await, ["alice@corp.example"]);
+    // '_' in an address is not a wildcard.
+    let underscore = LogFilter {
+        address: Some("daveax@partner.example".into()),
+        ..Default::default()
+    };
+    assert!(only(underscore).await.is_empty());
+    let since = LogFilter {
+        since: Some(150),
+        direction: Some(Direction::Outbound),
+        ..Default::default()
+    };
+    assert_eq!(only(since).await, ["carol@corp.example"]);
+
+    let settings = store.relay_settings();
+    assert_eq!(settings.smarthost().await.expect("unset"), None);
+    settings.set_smarthost("mx.example:25").await.expect("set");
+    settings
+        .set_smarthost("relay.example:587")
+        .await
+        .expect("replace");
+    assert_eq!(
+        settings.smarthost().await.expect("get").as_deref(),
+        Some("relay.example:587")
+    );
+    settings
+        .allow_network("10.0.0.0/8", "office")
+        .await
+        .expect("allow");
+    assert!(matches!(
+        settings.allow_network("10.0.0.0/8", "").await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(settings.networks().await.expect("networks").len(), 1);
+    settings.remove_network("10.0.0.0/8").await.expect("remove");
+    assert!(settings.remove_network("10.0.0.0/8").await.is_err());
 }
 
 #[tokio::test]

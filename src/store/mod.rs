@@ -7,6 +7,9 @@ mod certificates;
 mod domains;
 mod keys;
 mod mailboxes;
+mod message_log;
+mod relay_settings;
+mod rules;
 
 use std::time::Duration;
 
@@ -18,6 +21,9 @@ pub use certificates::{CertificateRecord, CertificateSource, Certificates, Store
 pub use domains::{DomainRow, Domains};
 pub use keys::{KeyPurpose, KeyRow, Keys};
 pub use mailboxes::{MailboxRow, MailboxState, Mailboxes};
+pub use message_log::{LogEntry, LogFilter, LogStatus, MessageLog};
+pub use relay_settings::{NetworkRow, RelaySettings};
+pub use rules::{NewRule, Rules};
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
@@ -178,6 +184,18 @@ impl Store {
 
     pub fn certificates(&self) -> Certificates<'_> {
         Certificates { pool: &self.pool }
+    }
+
+    pub fn rules(&self) -> Rules<'_> {
+        Rules { pool: &self.pool }
+    }
+
+    pub fn message_log(&self) -> MessageLog<'_> {
+        MessageLog { pool: &self.pool }
+    }
+
+    pub fn relay_settings(&self) -> RelaySettings<'_> {
+        RelaySettings { pool: &self.pool }
     }
 
     pub fn audit(&self) -> AuditLog<'_> {
