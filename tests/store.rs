@@ -415,6 +415,30 @@ async fn relay_suite(store: &Store) {
     assert_eq!(settings.networks().await.expect("networks").len(), 1);
     settings.remove_network("10.0.0.0/8").await.expect("remove");
     assert!(settings.remove_network("10.0.0.0/8").await.is_err());
+
+    // Harvesting: new once, then only the capabilities are refreshed.
+    let certs = store.certificates();
+    let partner = sample_certificate("partner");
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    assert!(certs.harvest(&partner, "p@partner.example", None).await.expect("harvest"));
+    assert!(
+        !certs
+            .harvest(&partner, "p@partner.example", Some(&[0x30, 0x00]))
+            .await
+            .expect("again")
+    );
+    let known = certs.for_partner("p@partner.example", now).await.expect("known");
+    assert_eq!(known.len(), 1);
+    assert_eq!(known[0].1.as_deref(), Some(&[0x30, 0x00][..]));
+    assert!(
+        certs
+            .for_partner("p@partner.example", now + 365 * 86400)
+            .await
+            .expect("later")
+            .is_empty(),
+        "expired certificates are not offered"
+    );
+    assert!(certs.for_partner("other@partner.example", now).await.expect("none").is_empty());
 }
 
 #[tokio::test]

@@ -237,4 +237,71 @@ impl Certificates<'_> {
         .map_err(db("reading certificate"))?;
         row.as_ref().map(row_to_certificate).transpose()
     }
+
+    /// Partner certificates for `address` (harvested or uploaded) that are unrevoked and
+    /// valid at `at`, newest first (by notBefore), each with its SMIMECapabilities DER.
+    pub async fn for_partner(
+        &self,
+        address: &str,
+        at: i64,
+    ) -> Result<Vec<(StoredCertificate, Option<Vec<u8>>)>> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {COLUMNS}, smime_capabilities FROM certificates WHERE owner_address = $1 \
+             AND source IN ('harvested', 'uploaded') AND revoked_at IS NULL \
+             AND not_before <= $2 AND not_after > $2 ORDER BY not_before DESC, id DESC"
+        )))
+        .bind(address)
+        .bind(at)
+        .fetch_all(self.pool)
+        .await
+        .map_err(db("reading partner certificates"))?;
+        rows.iter()
+            .map(|row| {
+                let caps: Option<Vec<u8>> = row
+                    .try_get("smime_capabilities")
+                    .map_err(db("reading partner certificates"))?;
+                Ok((row_to_certificate(row)?, caps))
+            })
+            .collect()
+    }
+
+    /// Stores a partner's certificate learnt from a validly signed message, or, when
+    /// it is known already, refreshes the SMIMECapabilities it last advertised.
+    /// Returns true when the certificate is new.
+    pub async fn harvest(
+        &self,
+        cert: &Certificate,
+        owner_address: &str,
+        capabilities: Option<&[u8]>,
+    ) -> Result<bool> {
+        let record = CertificateRecord::from_certificate(cert)?;
+        let updated = sqlx::query(
+            "UPDATE certificates SET smime_capabilities = COALESCE($1, smime_capabilities) \
+             WHERE fingerprint_sha256 = $2",
+        )
+        .bind(capabilities.map(<[u8]>::to_vec))
+        .bind(&record.fingerprint_sha256)
+        .execute(self.pool)
+        .await
+        .map_err(db("refreshing a harvested certificate"))?;
+        if updated.rows_affected() > 0 {
+            return Ok(false);
+        }
+        let stored = match self
+            .insert(cert, CertificateSource::Harvested, Some(owner_address), None)
+            .await
+        {
+            Ok(stored) => stored,
+            // Another session harvested it a moment ago.
+            Err(StoreError::Conflict(_)) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        sqlx::query("UPDATE certificates SET smime_capabilities = $1 WHERE id = $2")
+            .bind(capabilities.map(<[u8]>::to_vec))
+            .bind(stored.id)
+            .execute(self.pool)
+            .await
+            .map_err(db("storing capabilities"))?;
+        Ok(true)
+    }
 }
