@@ -3,6 +3,7 @@
 //! blocks while the token signs, so async callers use `Hsm::call`.
 
 mod attributes;
+pub mod capabilities;
 pub mod ber;
 pub mod decrypt;
 mod ecdh;
