@@ -10,6 +10,7 @@ pub mod hsm;
 pub mod mime;
 pub mod pki;
 pub mod policy;
+pub mod relay;
 pub mod setup;
 pub mod smime;
 pub mod store;

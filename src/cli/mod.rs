@@ -2,6 +2,8 @@
 
 mod bench;
 mod certs;
+mod relay;
+mod rules;
 mod smime_bench;
 mod token;
 
@@ -61,6 +63,17 @@ pub enum Command {
     /// on stdout, one verdict line on stderr.
     #[command(subcommand)]
     Smime(SmimeCommand),
+    /// Policy rules: what is signed, encrypted, decrypted; `rule explain` says why.
+    #[command(subcommand)]
+    Rule(rules::RuleCommand),
+    /// The message log: one line per SMTP transaction.
+    Log(relay::LogArgs),
+    /// Where outbound mail goes.
+    #[command(subcommand)]
+    Smarthost(relay::SmarthostCommand),
+    /// Networks allowed to relay outbound mail through the gateway.
+    #[command(subcommand)]
+    Network(relay::NetworkCommand),
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -262,6 +275,10 @@ pub async fn run(
         Command::Serve(args) => serve(settings, args).await,
         Command::Smime(cmd) => smime(cmd, settings).await,
         Command::Trust(cmd) => trust(cmd, &settings).await,
+        Command::Rule(cmd) => rules::run(cmd, &settings).await,
+        Command::Log(args) => relay::log(args, &settings).await,
+        Command::Smarthost(cmd) => relay::smarthost(cmd, &settings).await,
+        Command::Network(cmd) => relay::network(cmd, &settings).await,
     }
 }
 

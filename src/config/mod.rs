@@ -39,8 +39,76 @@ pub struct Config {
     pub hsm: HsmSection,
     pub ca: CaConfig,
     pub http: HttpConfig,
+    pub smtp: SmtpConfig,
+    pub relay: RelayConfig,
     pub limits: LimitsConfig,
     pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SmtpConfig {
+    pub inbound_listen: String,
+    pub submission_listen: String,
+    pub max_connections: usize,
+    pub command_timeout_secs: u64,
+    pub session_deadline_secs: u64,
+    pub max_line_bytes: usize,
+    pub max_header_bytes: usize,
+    pub max_recipients: usize,
+    pub tls_certificate: PathBuf,
+    pub tls_key: PathBuf,
+}
+
+impl Default for SmtpConfig {
+    fn default() -> Self {
+        Self {
+            inbound_listen: "127.0.0.1:2525".into(),
+            submission_listen: "127.0.0.1:2587".into(),
+            max_connections: 256,
+            command_timeout_secs: 300,
+            session_deadline_secs: 1800,
+            max_line_bytes: 4096,
+            max_header_bytes: 1024 * 1024,
+            max_recipients: 100,
+            tls_certificate: PathBuf::new(),
+            tls_key: PathBuf::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RelayConfig {
+    pub smarthost: String,
+    pub internal_networks: Vec<String>,
+    pub connect_timeout_secs: u64,
+    pub reply_timeout_secs: u64,
+    pub next_hop_tls: NextHopTls,
+}
+
+/// STARTTLS towards a next hop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NextHopTls {
+    /// Never.
+    Off,
+    /// When offered; a failed handshake is a temporary failure.
+    Opportunistic,
+    /// Always; a next hop without it is a temporary failure.
+    Required,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            smarthost: String::new(),
+            internal_networks: vec!["127.0.0.0/8".into(), "::1/128".into()],
+            connect_timeout_secs: 30,
+            reply_timeout_secs: 300,
+            next_hop_tls: NextHopTls::Opportunistic,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]

@@ -94,6 +94,11 @@ pub(crate) fn db(operation: &'static str) -> impl Fn(sqlx::Error) -> StoreError 
     move |source| StoreError::Query { operation, source }
 }
 
+/// Unix seconds now, as the store writes them.
+pub fn unix_now() -> i64 {
+    now()
+}
+
 pub(crate) fn now() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
 }
