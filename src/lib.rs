@@ -13,4 +13,5 @@ pub mod policy;
 pub mod relay;
 pub mod setup;
 pub mod smime;
+pub mod smtp;
 pub mod store;
