@@ -317,6 +317,26 @@ impl App {
     }
 }
 
+/// The certificates signatures are verified against: the built-in CA and every
+/// configured trust anchor (`smimegate trust add`).
+pub async fn trust_anchors(store: &Store) -> Result<Vec<Certificate>, AppError> {
+    let mut anchors = Vec::new();
+    if let Some(ca) = load_ca(store).await? {
+        anchors.push(ca.certificate);
+    }
+    for stored in store
+        .certificates()
+        .by_source(CertificateSource::TrustAnchor)
+        .await?
+    {
+        anchors.push(
+            Certificate::from_der(&stored.record.der)
+                .map_err(|e| StoreError::Corrupt(format!("trust anchor {}: {e}", stored.id)))?,
+        );
+    }
+    Ok(anchors)
+}
+
 /// The CA as recorded in the database, if `init` has created it.
 pub async fn load_ca(store: &Store) -> Result<Option<CaIdentity>, AppError> {
     let Some(key) = store.keys().current_ca().await? else {

@@ -13,6 +13,14 @@ fn main() -> ExitCode {
     let args = Cli::parse();
     let loaded = match &args.command {
         Command::Init => setup::prepare_data_dir(&args.data_dir).map_err(anyhow::Error::from),
+        // The sink needs no data directory.
+        Command::Sink(_) => Ok((
+            Settings {
+                data_dir: args.data_dir.clone(),
+                config: smimegate::config::Config::default(),
+            },
+            Vec::new(),
+        )),
         _ => Settings::load(&args.data_dir)
             .map(|s| (s, Vec::new()))
             .map_err(anyhow::Error::from),
@@ -21,7 +29,10 @@ fn main() -> ExitCode {
         Ok(loaded) => loaded,
         Err(e) => return fail(&e),
     };
-    init_tracing(&settings, matches!(args.command, Command::Serve(_)));
+    init_tracing(
+        &settings,
+        matches!(args.command, Command::Serve(_) | Command::Sink(_)),
+    );
     if let Some(conf) = settings.softhsm2_conf() {
         #[allow(unsafe_code)]
         // SAFETY: no other thread exists yet; the runtime is built below.

@@ -4,11 +4,11 @@ mod bench;
 mod certs;
 mod relay;
 mod rules;
+mod serve;
 mod smime_bench;
 mod token;
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -54,8 +54,11 @@ pub enum Command {
     /// Public certificates (never private keys).
     #[command(subcommand)]
     Cert(CertCommand),
-    /// Run the gateway (at this stage: the HTTP health endpoint).
+    /// Run the gateway: the SMTP listeners (inbound, submission) and the HTTP endpoint.
     Serve(ServeArgs),
+    /// A small SMTP sink that writes what it receives to a Maildir (a next hop for
+    /// trying the gateway out).
+    Sink(SinkArgs),
     /// Trust anchors for verifying partners' signatures.
     #[command(subcommand)]
     Trust(TrustCommand),
@@ -241,6 +244,22 @@ pub struct ServeArgs {
     /// Override [http].listen.
     #[arg(long, value_name = "ADDR:PORT")]
     pub http: Option<String>,
+    /// Override [smtp].inbound_listen (mail from the internet).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub inbound: Option<String>,
+    /// Override [smtp].submission_listen (mail from the internal servers).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub submission: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct SinkArgs {
+    /// Where to listen.
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:2526")]
+    pub listen: String,
+    /// Maildir to write messages to (created if missing).
+    #[arg(long)]
+    pub maildir: PathBuf,
 }
 
 /// Runs a command whose settings are already loaded (and whose SoftHSM2 configuration,
@@ -272,7 +291,8 @@ pub async fn run(
             let store = app::open_store(&settings).await?;
             certs::show(&store, &Address::parse(&address)?, pem).await
         }
-        Command::Serve(args) => serve(settings, args).await,
+        Command::Serve(args) => serve::serve(settings, args).await,
+        Command::Sink(args) => serve::sink(args).await,
         Command::Smime(cmd) => smime(cmd, settings).await,
         Command::Trust(cmd) => trust(cmd, &settings).await,
         Command::Rule(cmd) => rules::run(cmd, &settings).await,
@@ -549,7 +569,7 @@ async fn smime(cmd: SmimeCommand, settings: Settings) -> Result<()> {
             use crate::smime::verify::Verdict;
             let message = read_input(file.as_deref())?;
             let store = app::open_store(&settings).await?;
-            let anchors = trust_anchors(&store).await?;
+            let anchors = app::trust_anchors(&store).await?;
             let from = match from {
                 Some(f) => Some(f),
                 None => from_header(&message),
@@ -666,21 +686,6 @@ fn load_recipients(
 }
 
 /// The built-in CA and every stored trust anchor.
-async fn trust_anchors(store: &Store) -> Result<Vec<x509_cert::Certificate>> {
-    use der::Decode;
-    let mut anchors = Vec::new();
-    if let Some(ca) = app::load_ca(store).await? {
-        anchors.push(ca.certificate);
-    }
-    for stored in store
-        .certificates()
-        .by_source(crate::store::CertificateSource::TrustAnchor)
-        .await?
-    {
-        anchors.push(x509_cert::Certificate::from_der(&stored.record.der)?);
-    }
-    Ok(anchors)
-}
 
 /// The address in the From header, if there is exactly one.
 fn from_header(message: &[u8]) -> Option<String> {
@@ -715,29 +720,7 @@ fn read_input(file: Option<&std::path::Path>) -> Result<Vec<u8>> {
     }
 }
 
-async fn serve(settings: Settings, args: ServeArgs) -> Result<()> {
-    let listen = args
-        .http
-        .unwrap_or_else(|| settings.config.http.listen.clone());
-    let app = Arc::new(App::open(settings).await?);
-    if app.ca().await.is_err() {
-        tracing::warn!("the built-in CA is missing: run `smimegate init`");
-    }
-    let listener = tokio::net::TcpListener::bind(&listen)
-        .await
-        .with_context(|| format!("cannot listen on {listen}"))?;
-    tracing::info!(address = %listen, "HTTP endpoint listening (GET /health)");
-    println!("smimegate serving: http://{listen}/health");
-    axum::serve(listener, crate::admin::router(app.clone()))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("HTTP server failed")?;
-    app.store.close().await;
-    tracing::info!("stopped");
-    Ok(())
-}
-
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = async {
         if let Err(e) = tokio::signal::ctrl_c().await {
             tracing::error!(error = %e, "cannot wait for Ctrl-C");

@@ -49,6 +49,31 @@ impl Address {
         )))
     }
 
+    /// An envelope address as the relay matches it: [`Address::parse`] for ASCII; a
+    /// UTF-8 address (SMTPUTF8, RFC 6531) is kept lower-cased after basic checks. Such
+    /// an address can be routed and matched but never certified.
+    pub fn from_envelope(input: &str) -> Result<Self, AddressError> {
+        let trimmed = input.trim();
+        if trimmed.is_ascii() {
+            return Self::parse(trimmed);
+        }
+        let err = |reason| AddressError {
+            input: input.chars().take(80).collect(),
+            reason,
+        };
+        let (local, domain) = trimmed.rsplit_once('@').ok_or_else(|| err("no '@'"))?;
+        if local.is_empty() || local.len() > 64 || domain.is_empty() || domain.len() > 255 {
+            return Err(err("local part or domain of the wrong length"));
+        }
+        if trimmed
+            .chars()
+            .any(|c| c.is_control() || c.is_whitespace() || "<>()[]\\,;\"".contains(c))
+        {
+            return Err(err("character not allowed in an address"));
+        }
+        Ok(Address(trimmed.to_lowercase()))
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }

@@ -7,3 +7,5 @@ pub mod reply;
 pub mod server;
 
 pub use reply::Reply;
+pub mod sink;
+pub mod tls;

@@ -1,0 +1,141 @@
+//! `smimegate serve` (the gateway: SMTP listeners and the HTTP endpoint) and
+//! `smimegate sink` (a Maildir next hop for trying it out).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use super::{ServeArgs, SinkArgs, shutdown_signal};
+use crate::app::App;
+use crate::config::Settings;
+use crate::relay::Relay;
+use crate::relay::network::Network;
+use crate::smtp::client::ClientConfig;
+use crate::smtp::server::{self, Listener, ServerConfig};
+
+fn server_config(settings: &Settings, listener: Listener) -> Result<ServerConfig> {
+    let smtp = &settings.config.smtp;
+    let tls = if smtp.tls_certificate.as_os_str().is_empty() || smtp.tls_key.as_os_str().is_empty()
+    {
+        None
+    } else {
+        Some(crate::smtp::tls::server_config(
+            &settings.path(&smtp.tls_certificate),
+            &settings.path(&smtp.tls_key),
+        )?)
+    };
+    Ok(ServerConfig {
+        hostname: settings.config.gateway.hostname.clone(),
+        listener,
+        max_connections: smtp.max_connections,
+        max_line_bytes: smtp.max_line_bytes,
+        max_header_bytes: smtp.max_header_bytes,
+        max_message_bytes: settings.config.limits.max_message_bytes,
+        max_recipients: smtp.max_recipients,
+        command_timeout: Duration::from_secs(smtp.command_timeout_secs),
+        session_deadline: Duration::from_secs(smtp.session_deadline_secs),
+        tls,
+    })
+}
+
+async fn bind(address: &str, what: &str) -> Result<TcpListener> {
+    TcpListener::bind(address)
+        .await
+        .with_context(|| format!("cannot listen on {address} ({what})"))
+}
+
+pub async fn serve(settings: Settings, args: ServeArgs) -> Result<()> {
+    let http_listen = args
+        .http
+        .clone()
+        .unwrap_or_else(|| settings.config.http.listen.clone());
+    let inbound_listen = args
+        .inbound
+        .clone()
+        .unwrap_or_else(|| settings.config.smtp.inbound_listen.clone());
+    let submission_listen = args
+        .submission
+        .clone()
+        .unwrap_or_else(|| settings.config.smtp.submission_listen.clone());
+    let inbound_config = server_config(&settings, Listener::Inbound)?;
+    let submission_config = server_config(&settings, Listener::Submission)?;
+    let relay_config = settings.config.relay.clone();
+    let config_networks = relay_config
+        .internal_networks
+        .iter()
+        .map(|n| Network::parse(n))
+        .collect::<Result<Vec<_>, _>>()
+        .context("[relay].internal_networks")?;
+    let client = ClientConfig::new(
+        settings.config.gateway.hostname.clone(),
+        Duration::from_secs(relay_config.connect_timeout_secs),
+        Duration::from_secs(relay_config.reply_timeout_secs),
+        relay_config.next_hop_tls,
+    )?;
+    let node = settings.config.gateway.node_name.clone();
+    let limits = settings.config.limits.mime();
+    let app = Arc::new(App::open(settings).await?);
+    if app.ca().await.is_err() {
+        tracing::warn!("the built-in CA is missing: run `smimegate init`");
+    }
+    let relay = Arc::new(Relay {
+        app: app.clone(),
+        client,
+        node,
+        limits,
+        config_networks,
+        config_smarthost: (!relay_config.smarthost.is_empty()).then(|| relay_config.smarthost.clone()),
+    });
+    let inbound = bind(&inbound_listen, "SMTP inbound").await?;
+    let submission = bind(&submission_listen, "SMTP submission").await?;
+    let http = bind(&http_listen, "HTTP").await?;
+    let (stop, stopped) = watch::channel(false);
+    let inbound_task = tokio::spawn(server::serve(inbound, inbound_config, relay.clone(), stopped.clone()));
+    let submission_task = tokio::spawn(server::serve(submission, submission_config, relay.clone(), stopped.clone()));
+    tracing::info!(inbound = %inbound_listen, submission = %submission_listen, http = %http_listen, "listening");
+    println!(
+        "smimegate serving: SMTP inbound {inbound_listen}, SMTP submission {submission_listen}, http://{http_listen}/health"
+    );
+    axum::serve(http, crate::admin::router(app.clone()))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("HTTP server failed")?;
+    let _ = stop.send(true);
+    let _ = inbound_task.await;
+    let _ = submission_task.await;
+    app.store.close().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+pub async fn sink(args: SinkArgs) -> Result<()> {
+    let maildir = crate::smtp::sink::Maildir::create(args.maildir.clone())
+        .with_context(|| format!("cannot create Maildir {}", args.maildir.display()))?;
+    let listener = bind(&args.listen, "sink").await?;
+    let config = ServerConfig {
+        hostname: "smimegate-sink".into(),
+        listener: Listener::Inbound,
+        max_connections: 256,
+        max_line_bytes: 4096,
+        max_header_bytes: 1024 * 1024,
+        max_message_bytes: 100 * 1024 * 1024,
+        max_recipients: 1000,
+        command_timeout: Duration::from_secs(300),
+        session_deadline: Duration::from_secs(3600),
+        tls: None,
+    };
+    println!(
+        "smimegate sink: SMTP on {}, writing to {}",
+        args.listen,
+        args.maildir.join("new").display()
+    );
+    let (stop, stopped) = watch::channel(false);
+    let task = tokio::spawn(server::serve(listener, config, Arc::new(maildir), stopped));
+    shutdown_signal().await;
+    let _ = stop.send(true);
+    let _ = task.await;
+    Ok(())
+}

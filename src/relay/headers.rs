@@ -1,0 +1,182 @@
+//! The header fields the relay reads and writes on a raw message (CRLF lines): the
+//! result stamp it adds and strips, From/To/Cc for the policy and Bcc detection,
+//! Message-ID and Subject for the log. The body is never touched here.
+
+/// The stamp header: added to inbound mail, stripped from anything arriving.
+pub const STAMP: &str = "X-Smimegate";
+
+/// Offset of the empty line that ends the header section (or the message length).
+fn header_end(message: &[u8]) -> usize {
+    if message.starts_with(b"\r\n") {
+        return 0;
+    }
+    message
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(message.len(), |i| i + 2)
+}
+
+/// The header fields: (name, raw field including continuation lines and CRLF).
+fn fields(message: &[u8]) -> Vec<(&[u8], std::ops::Range<usize>)> {
+    let end = header_end(message);
+    let mut out: Vec<(&[u8], std::ops::Range<usize>)> = Vec::new();
+    let mut at = 0;
+    while at < end {
+        let line_end = message[at..end]
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .map_or(end, |i| at + i + 2);
+        let line = &message[at..line_end];
+        if matches!(line.first(), Some(b' ' | b'\t')) {
+            if let Some(last) = out.last_mut() {
+                last.1.end = line_end;
+            }
+        } else {
+            let name = line
+                .iter()
+                .position(|&b| b == b':')
+                .map_or(&line[..0], |c| &line[..c]);
+            out.push((name, at..line_end));
+        }
+        at = line_end;
+    }
+    out
+}
+
+/// Unfolded values of every field called `name`.
+pub fn values(message: &[u8], name: &str) -> Vec<String> {
+    fields(message)
+        .into_iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+        .map(|(n, range)| {
+            let raw = &message[range.start + n.len() + 1..range.end];
+            String::from_utf8_lossy(raw)
+                .replace("\r\n", "")
+                .trim()
+                .to_string()
+        })
+        .collect()
+}
+
+/// The first value of `name`.
+pub fn value(message: &[u8], name: &str) -> Option<String> {
+    values(message, name).into_iter().next()
+}
+
+/// Removes every field called `name` (with its continuation lines).
+pub fn strip(message: Vec<u8>, name: &str) -> Vec<u8> {
+    let ranges: Vec<std::ops::Range<usize>> = fields(&message)
+        .into_iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+        .map(|(_, r)| r)
+        .collect();
+    if ranges.is_empty() {
+        return message;
+    }
+    let mut out = Vec::with_capacity(message.len());
+    let mut at = 0;
+    for r in ranges {
+        out.extend_from_slice(&message[at..r.start]);
+        at = r.end;
+    }
+    out.extend_from_slice(&message[at..]);
+    out
+}
+
+/// Puts a field at the top of the header section. The value is cleaned of CR/LF.
+pub fn prepend(message: &[u8], name: &str, value: &str) -> Vec<u8> {
+    let clean: String = value
+        .chars()
+        .map(|c| if c == '\r' || c == '\n' { ' ' } else { c })
+        .collect();
+    let mut out = Vec::with_capacity(message.len() + clean.len() + name.len() + 4);
+    out.extend_from_slice(format!("{name}: {clean}\r\n").as_bytes());
+    out.extend_from_slice(message);
+    out
+}
+
+/// The addr-specs of an address-list header value (`Name <a@b>, c@d, group: e@f;`).
+pub fn addresses(value: &str) -> Vec<String> {
+    let mut items = Vec::new();
+    let mut current = String::new();
+    let (mut quoted, mut angle, mut comment) = (false, false, 0usize);
+    let mut chars = value.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' if quoted => {
+                if let Some(next) = chars.next() {
+                    current.push(next);
+                }
+                continue;
+            }
+            '"' if comment == 0 => quoted = !quoted,
+            '(' if !quoted => comment += 1,
+            ')' if !quoted && comment > 0 => comment -= 1,
+            '<' if !quoted && comment == 0 => {
+                angle = true;
+                current.clear();
+                continue;
+            }
+            '>' if angle => {
+                angle = false;
+                items.push(std::mem::take(&mut current));
+                // Skip to the next separator.
+                for c in chars.by_ref() {
+                    if c == ',' || c == ';' {
+                        break;
+                    }
+                }
+                continue;
+            }
+            ',' | ';' if !quoted && !angle && comment == 0 => {
+                items.push(std::mem::take(&mut current));
+                continue;
+            }
+            ':' if !quoted && !angle && comment == 0 => {
+                // A group name ends here.
+                current.clear();
+                continue;
+            }
+            _ => {}
+        }
+        if comment == 0 && !(c == '"' || c == ')') {
+            current.push(c);
+        }
+    }
+    items.push(current);
+    items
+        .into_iter()
+        .map(|s| s.trim().to_string())
+        .filter(|s| s.contains('@') && !s.contains(' '))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MESSAGE: &[u8] = b"X-Smimegate: forged\r\nFrom: Bob <bob@partner.example>\r\nTo: \"Doe, Jane\" <jane@corp.example>,\r\n carl@corp.example\r\nx-smimegate: forged too\r\n folded\r\nSubject: hi\r\n\r\nX-Smimegate: in the body stays\r\n";
+
+    #[test]
+    fn stamp_fields_are_stripped_only_from_the_header() {
+        let out = strip(MESSAGE.to_vec(), STAMP);
+        let text = String::from_utf8(out).expect("utf8");
+        assert!(!text.contains("forged"), "{text}");
+        assert!(text.contains("X-Smimegate: in the body stays"));
+        assert!(text.starts_with("From: Bob"));
+        let stamped = prepend(text.as_bytes(), STAMP, "decrypted\r\nBcc: evil@x");
+        assert!(stamped.starts_with(b"X-Smimegate: decrypted  Bcc: evil@x\r\nFrom:"));
+    }
+
+    #[test]
+    fn address_lists_are_read_like_a_mail_client_reads_them() {
+        let to = value(MESSAGE, "to").expect("to");
+        assert_eq!(addresses(&to), ["jane@corp.example", "carl@corp.example"]);
+        assert_eq!(
+            addresses("team: a@x.example, B <b@x.example>; (c@comment) d@x.example"),
+            ["a@x.example", "b@x.example", "d@x.example"]
+        );
+        assert_eq!(value(MESSAGE, "Subject").as_deref(), Some("hi"));
+        assert_eq!(value(MESSAGE, "Cc"), None);
+    }
+}

@@ -1,0 +1,84 @@
+//! Outbound: sign and/or encrypt a message for one group of recipients. Private
+//! operations run in the token; a failure is a temporary error and the message is not
+//! sent, never sent in plaintext instead.
+
+use crate::app::App;
+use crate::pki::address::Address;
+use crate::policy::Transform;
+use crate::smime::capabilities::{choose_cipher, choose_transport};
+use crate::smime::encrypt::{Recipient, encrypt_message, encrypt_message_owned};
+use crate::smtp::Reply;
+
+use super::directory::PartnerCertificate;
+
+/// Why the message could not be transformed: said to the sender as a 4xx.
+fn failed(what: &str, detail: impl std::fmt::Display) -> Reply {
+    tracing::error!(error = %detail, "{what} failed; message not sent");
+    Reply::new(
+        451,
+        "4.3.0",
+        format!("{what} failed on the gateway; the message was not sent, try again later"),
+    )
+}
+
+/// Signs (if the transform says so) and then encrypts once per group of recipients.
+/// Returns one message per group, in order.
+pub async fn transform(
+    app: &App,
+    limits: &crate::mime::Limits,
+    from: &Address,
+    transform: Transform,
+    groups: &[Vec<PartnerCertificate>],
+    message: Vec<u8>,
+) -> Result<Vec<Vec<u8>>, Reply> {
+    let body = if transform.signs() {
+        let signer = app
+            .signer_for(from)
+            .await
+            .map_err(|e| failed("signing", e))?;
+        let limits = *limits;
+        app.hsm
+            .call("sign message", move |hsm| {
+                crate::smime::sign_detached(hsm, &signer, &message, &limits).map_err(|e| match e {
+                    crate::smime::SmimeError::Token(t) => t,
+                    other => crate::hsm::HsmError::Encoding(other.to_string()),
+                })
+            })
+            .await
+            .map_err(|e| failed("signing", e))?
+    } else {
+        message
+    };
+    if !transform.encrypts() {
+        return Ok(vec![body]);
+    }
+    let prepare = |group: &[PartnerCertificate]| {
+        let caps: Vec<_> = group.iter().map(|p| p.capabilities).collect();
+        let recipients: Vec<Recipient> = group
+            .iter()
+            .map(|p| Recipient {
+                certificate: p.certificate.clone(),
+                transport: choose_transport(p.capabilities.as_ref()),
+            })
+            .collect();
+        (recipients, choose_cipher(&caps))
+    };
+    let Some((last, others)) = groups.split_last() else {
+        return Err(failed("encryption", "no recipient certificates"));
+    };
+    let mut out = Vec::with_capacity(groups.len());
+    for group in others {
+        let (recipients, cipher) = prepare(group);
+        out.push(
+            encrypt_message(&body, &recipients, cipher, limits)
+                .map_err(|e| failed("encryption", e))?,
+        );
+    }
+    // The last group takes the buffer: it is encrypted where it lies.
+    let (recipients, cipher) = prepare(last);
+    out.push(
+        encrypt_message_owned(body, &recipients, cipher, limits)
+            .map_err(|e| failed("encryption", e))?,
+    );
+    Ok(out)
+}
