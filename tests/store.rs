@@ -420,14 +420,22 @@ async fn relay_suite(store: &Store) {
     let certs = store.certificates();
     let partner = sample_certificate("partner");
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    assert!(certs.harvest(&partner, "p@partner.example", None).await.expect("harvest"));
+    assert!(
+        certs
+            .harvest(&partner, "p@partner.example", None)
+            .await
+            .expect("harvest")
+    );
     assert!(
         !certs
             .harvest(&partner, "p@partner.example", Some(&[0x30, 0x00]))
             .await
             .expect("again")
     );
-    let known = certs.for_partner("p@partner.example", now).await.expect("known");
+    let known = certs
+        .for_partner("p@partner.example", now)
+        .await
+        .expect("known");
     assert_eq!(known.len(), 1);
     assert_eq!(known[0].1.as_deref(), Some(&[0x30, 0x00][..]));
     assert!(
@@ -438,7 +446,13 @@ async fn relay_suite(store: &Store) {
             .is_empty(),
         "expired certificates are not offered"
     );
-    assert!(certs.for_partner("other@partner.example", now).await.expect("none").is_empty());
+    assert!(
+        certs
+            .for_partner("other@partner.example", now)
+            .await
+            .expect("none")
+            .is_empty()
+    );
 }
 
 #[tokio::test]

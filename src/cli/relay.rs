@@ -62,7 +62,11 @@ pub async fn log(args: LogArgs, settings: &Settings) -> Result<()> {
             })?),
             None => None,
         },
-        direction: args.direction.as_deref().map(Direction::parse).transpose()?,
+        direction: args
+            .direction
+            .as_deref()
+            .map(Direction::parse)
+            .transpose()?,
         address: args.address.clone(),
         since: args.since.as_deref().map(parse_since).transpose()?,
         limit: Some(args.limit),
@@ -103,8 +107,7 @@ pub async fn log(args: LogArgs, settings: &Settings) -> Result<()> {
 /// Unix seconds from RFC 3339, plain seconds, or an age (30m, 2h, 7d).
 fn parse_since(text: &str) -> Result<i64> {
     let text = text.trim();
-    if let Ok(t) =
-        time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+    if let Ok(t) = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
     {
         return Ok(t.unix_timestamp());
     }
@@ -112,9 +115,9 @@ fn parse_since(text: &str) -> Result<i64> {
         return Ok(seconds);
     }
     let (number, unit) = text.split_at(text.len().saturating_sub(1));
-    let n: i64 = number
-        .parse()
-        .map_err(|_| anyhow::anyhow!("--since '{text}': use RFC 3339, unix seconds, or 30m/2h/7d"))?;
+    let n: i64 = number.parse().map_err(|_| {
+        anyhow::anyhow!("--since '{text}': use RFC 3339, unix seconds, or 30m/2h/7d")
+    })?;
     let unit_seconds = match unit {
         "s" => 1,
         "m" => 60,

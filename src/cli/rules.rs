@@ -83,7 +83,11 @@ pub async fn run(cmd: RuleCommand, settings: &Settings) -> Result<()> {
                 &describe(&added),
             )
             .await?;
-            println!("added rule {} at priority 1: {}", added.id, describe(&added));
+            println!(
+                "added rule {} at priority 1: {}",
+                added.id,
+                describe(&added)
+            );
         }
         RuleCommand::List { json } => {
             let rules = store.rules().list().await?;
@@ -136,12 +140,13 @@ pub async fn run(cmd: RuleCommand, settings: &Settings) -> Result<()> {
         RuleCommand::Enable { id } | RuleCommand::Disable { id } => {
             let enable = matches!(cmd, RuleCommand::Enable { .. });
             store.rules().set_enabled(id, enable).await?;
-            let what = if enable { "rule.enable" } else { "rule.disable" };
+            let what = if enable {
+                "rule.enable"
+            } else {
+                "rule.disable"
+            };
             audit(&store, &actor, what, &id.to_string(), "").await?;
-            println!(
-                "rule {id} {}",
-                if enable { "enabled" } else { "disabled" }
-            );
+            println!("rule {id} {}", if enable { "enabled" } else { "disabled" });
         }
         RuleCommand::Explain { from, to, json } => {
             let sender = Address::parse(&from)?;
@@ -237,11 +242,11 @@ async fn matcher(store: &Store, text: &str) -> Result<Matcher> {
     }
     let matcher = Matcher::parse(text)?;
     if let Matcher::Mailbox(address) = &matcher {
-        store
-            .mailboxes()
-            .get(address)
-            .await?
-            .with_context(|| format!("{address} is not a managed mailbox; use address:{address} for an external address"))?;
+        store.mailboxes().get(address).await?.with_context(|| {
+            format!(
+                "{address} is not a managed mailbox; use address:{address} for an external address"
+            )
+        })?;
     }
     Ok(matcher)
 }

@@ -87,14 +87,25 @@ pub async fn serve(settings: Settings, args: ServeArgs) -> Result<()> {
         node,
         limits,
         config_networks,
-        config_smarthost: (!relay_config.smarthost.is_empty()).then(|| relay_config.smarthost.clone()),
+        config_smarthost: (!relay_config.smarthost.is_empty())
+            .then(|| relay_config.smarthost.clone()),
     });
     let inbound = bind(&inbound_listen, "SMTP inbound").await?;
     let submission = bind(&submission_listen, "SMTP submission").await?;
     let http = bind(&http_listen, "HTTP").await?;
     let (stop, stopped) = watch::channel(false);
-    let inbound_task = tokio::spawn(server::serve(inbound, inbound_config, relay.clone(), stopped.clone()));
-    let submission_task = tokio::spawn(server::serve(submission, submission_config, relay.clone(), stopped.clone()));
+    let inbound_task = tokio::spawn(server::serve(
+        inbound,
+        inbound_config,
+        relay.clone(),
+        stopped.clone(),
+    ));
+    let submission_task = tokio::spawn(server::serve(
+        submission,
+        submission_config,
+        relay.clone(),
+        stopped.clone(),
+    ));
     tracing::info!(inbound = %inbound_listen, submission = %submission_listen, http = %http_listen, "listening");
     println!(
         "smimegate serving: SMTP inbound {inbound_listen}, SMTP submission {submission_listen}, http://{http_listen}/health"

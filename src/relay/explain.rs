@@ -86,8 +86,14 @@ pub async fn explain(
             }
             for (content, label) in [
                 (InboundContent::Unencrypted, "unencrypted mail"),
-                (InboundContent::Decryptable, "encrypted mail we hold a key for"),
-                (InboundContent::Undecryptable, "encrypted mail we hold no key for"),
+                (
+                    InboundContent::Decryptable,
+                    "encrypted mail we hold a key for",
+                ),
+                (
+                    InboundContent::Undecryptable,
+                    "encrypted mail we hold no key for",
+                ),
             ] {
                 let outcome = match policy::decide_inbound(&explanation.selection, content) {
                     InboundOutcome::Deliver => "delivered as it is".to_string(),

@@ -17,10 +17,10 @@ use std::time::Instant;
 use crate::app::App;
 use crate::pki::address::Address;
 use crate::policy::{self, Action, Direction, Selection, Transform};
+use crate::smtp::Reply;
 use crate::smtp::client::{ClientConfig, Connection};
 use crate::smtp::command::{MailParams, RcptParams};
 use crate::smtp::server::{Handler, SessionInfo};
-use crate::smtp::Reply;
 use crate::store::{LogEntry, LogStatus, StoreError};
 
 use directory::{Directory, PartnerCertificate, Route, party};
@@ -70,7 +70,11 @@ pub struct Transaction {
 
 fn database_trouble(e: StoreError) -> Reply {
     tracing::error!(error = %e, "database error");
-    Reply::new(451, "4.3.0", "Temporary database problem on the gateway; try again later")
+    Reply::new(
+        451,
+        "4.3.0",
+        "Temporary database problem on the gateway; try again later",
+    )
 }
 
 impl Relay {
@@ -112,7 +116,13 @@ impl Relay {
     ) -> Result<(Class, Option<PartnerCertificate>, Option<Selection>), Reply> {
         let directory = Directory::new(&self.app.store);
         let route = directory.route(recipient).await.map_err(database_trouble)?;
-        let rules = self.app.store.rules().list().await.map_err(database_trouble)?;
+        let rules = self
+            .app
+            .store
+            .rules()
+            .list()
+            .await
+            .map_err(database_trouble)?;
         let sender = tx.from_address.clone();
         match route {
             Route::Inbound {
@@ -161,7 +171,10 @@ impl Relay {
                     return Err(Reply::new(
                         554,
                         "5.7.1",
-                        format!("<{recipient}>: relaying denied: {} is not an internal network", session.peer.ip()),
+                        format!(
+                            "<{recipient}>: relaying denied: {} is not an internal network",
+                            session.peer.ip()
+                        ),
                     ));
                 }
                 let Some(hop) = self.smarthost().await? else {
@@ -194,12 +207,23 @@ impl Relay {
                 } else {
                     None
                 };
-                Ok((Class::Outbound { hop, transform }, partner, Some(decision.selection)))
+                Ok((
+                    Class::Outbound { hop, transform },
+                    partner,
+                    Some(decision.selection),
+                ))
             }
         }
     }
 
-    async fn log(&self, tx: &Transaction, status: LogStatus, reply: &Reply, actions: Vec<String>, message: Option<&[u8]>) {
+    async fn log(
+        &self,
+        tx: &Transaction,
+        status: LogStatus,
+        reply: &Reply,
+        actions: Vec<String>,
+        message: Option<&[u8]>,
+    ) {
         let direction = match &tx.class {
             Some(Class::Inbound { .. }) => Direction::Inbound,
             Some(Class::Outbound { .. }) => Direction::Outbound,
@@ -253,7 +277,11 @@ impl Handler for Relay {
             None
         } else {
             Some(Address::from_envelope(from).map_err(|e| {
-                Reply::new(553, "5.1.7", format!("Invalid sender address: {}", e.reason))
+                Reply::new(
+                    553,
+                    "5.1.7",
+                    format!("Invalid sender address: {}", e.reason),
+                )
             })?)
         };
         Ok(Transaction {
@@ -291,9 +319,13 @@ impl Handler for Relay {
         use tracing::Instrument;
         let span = tracing::info_span!("message", from = %tx.from, recipients = tx.recipients.len(), size = message.len());
         tx.size = message.len();
-        let (reply, actions, logged) = self.deliver(&mut tx, message).instrument(span.clone()).await;
+        let (reply, actions, logged) = self
+            .deliver(&mut tx, message)
+            .instrument(span.clone())
+            .await;
         tracing::info!(parent: &span, reply = %reply, actions = ?actions, "transaction done");
-        self.log(&tx, status_of(&reply), &reply, actions, logged.as_deref()).await;
+        self.log(&tx, status_of(&reply), &reply, actions, logged.as_deref())
+            .await;
         if let Some(mut conn) = tx.connection.take() {
             if !reply.is_positive() {
                 let _ = conn.rset().await;
@@ -308,11 +340,21 @@ impl Handler for Relay {
             conn.quit().await;
         }
         match reply {
-            Some(reply) => self.log(&tx, status_of(reply), reply, vec!["refused".into()], None).await,
+            Some(reply) => {
+                self.log(&tx, status_of(reply), reply, vec!["refused".into()], None)
+                    .await
+            }
             None if tx.recipients.is_empty() && !tx.refused.is_empty() => {
                 let (_, last) = &tx.refused[tx.refused.len() - 1];
                 let last = last.clone();
-                self.log(&tx, status_of(&last), &last, vec!["refused at RCPT".into()], None).await;
+                self.log(
+                    &tx,
+                    status_of(&last),
+                    &last,
+                    vec!["refused at RCPT".into()],
+                    None,
+                )
+                .await;
             }
             None => {}
         }
@@ -329,7 +371,13 @@ impl Relay {
     ) -> Reply {
         let address = match Address::from_envelope(to) {
             Ok(a) => a,
-            Err(e) => return Reply::new(553, "5.1.3", format!("Invalid recipient address: {}", e.reason)),
+            Err(e) => {
+                return Reply::new(
+                    553,
+                    "5.1.3",
+                    format!("Invalid recipient address: {}", e.reason),
+                );
+            }
         };
         let (class, partner, selection) = match self.classify(session, tx, &address).await {
             Ok(x) => x,
@@ -391,17 +439,29 @@ impl Relay {
 
     /// Transforms and hands over; returns the reply, the log actions and the message
     /// as logged (its headers give Message-ID and Subject).
-    async fn deliver(&self, tx: &mut Transaction, message: Vec<u8>) -> (Reply, Vec<String>, Option<Vec<u8>>) {
+    async fn deliver(
+        &self,
+        tx: &mut Transaction,
+        message: Vec<u8>,
+    ) -> (Reply, Vec<String>, Option<Vec<u8>>) {
         let message = headers::strip(message, headers::STAMP);
         let summary: Vec<u8> = summary_headers(&message);
         let Some(class) = tx.class.clone() else {
-            return (Reply::new(554, "5.5.1", "No valid recipients"), Vec::new(), Some(summary));
+            return (
+                Reply::new(554, "5.5.1", "No valid recipients"),
+                Vec::new(),
+                Some(summary),
+            );
         };
         let mut actions: Vec<String> = tx.notes.clone();
         match class {
             Class::Inbound { .. } => {
                 let Some(selection) = tx.selection.clone() else {
-                    return (Reply::new(451, "4.3.0", "internal error"), actions, Some(summary));
+                    return (
+                        Reply::new(451, "4.3.0", "internal error"),
+                        actions,
+                        Some(summary),
+                    );
                 };
                 match inbound::process(&self.app, &self.limits, &selection, message).await {
                     Ok(processed) => {
@@ -419,7 +479,11 @@ impl Relay {
                 let Some(from) = tx.from_address.clone() else {
                     if transform != Transform::Plain {
                         return (
-                            Reply::new(550, "5.7.1", "A message with a null sender cannot be signed or encrypted"),
+                            Reply::new(
+                                550,
+                                "5.7.1",
+                                "A message with a null sender cannot be signed or encrypted",
+                            ),
                             actions,
                             Some(summary),
                         );
@@ -449,16 +513,35 @@ impl Relay {
                 };
                 let certs: Vec<Vec<PartnerCertificate>> = groups
                     .iter()
-                    .map(|g| g.iter().filter_map(|&i| tx.recipients[i].partner.clone()).collect())
+                    .map(|g| {
+                        g.iter()
+                            .filter_map(|&i| tx.recipients[i].partner.clone())
+                            .collect()
+                    })
                     .collect();
-                if transform.encrypts() && certs.iter().zip(&groups).any(|(c, g)| c.len() != g.len()) {
+                if transform.encrypts()
+                    && certs.iter().zip(&groups).any(|(c, g)| c.len() != g.len())
+                {
                     return (
-                        Reply::new(451, "4.7.5", "A recipient certificate is no longer available; try again later"),
+                        Reply::new(
+                            451,
+                            "4.7.5",
+                            "A recipient certificate is no longer available; try again later",
+                        ),
                         actions,
                         Some(summary),
                     );
                 }
-                let outputs = match outbound::transform(&self.app, &self.limits, &from, transform, &certs, message).await {
+                let outputs = match outbound::transform(
+                    &self.app,
+                    &self.limits,
+                    &from,
+                    transform,
+                    &certs,
+                    message,
+                )
+                .await
+                {
                     Ok(o) => o,
                     Err(reply) => return (reply, actions, Some(summary)),
                 };
@@ -468,7 +551,11 @@ impl Relay {
                 if transform.encrypts() {
                     actions.push(format!(
                         "encrypted{}",
-                        if groups.len() > 1 { format!(" ({} copies for Bcc)", groups.len()) } else { String::new() }
+                        if groups.len() > 1 {
+                            format!(" ({} copies for Bcc)", groups.len())
+                        } else {
+                            String::new()
+                        }
                     ));
                 }
                 let reply = if groups.len() == 1 {
@@ -487,7 +574,11 @@ impl Relay {
     /// DATA on the connection opened at RCPT: the next hop's reply is ours.
     async fn send(&self, tx: &mut Transaction, message: &[u8]) -> Reply {
         let Some(conn) = tx.connection.as_mut() else {
-            return Reply::new(451, "4.4.1", "Connection to the next hop lost; try again later");
+            return Reply::new(
+                451,
+                "4.4.1",
+                "Connection to the next hop lost; try again later",
+            );
         };
         match conn.data(message).await {
             Ok(reply) => reply,
@@ -501,12 +592,25 @@ impl Relay {
     /// One transaction per group on the same connection (Bcc copies). The first
     /// failure is the answer; groups sent before it are delivered, so a retry may
     /// duplicate them (never lose them).
-    async fn send_groups(&self, tx: &mut Transaction, groups: &[Vec<usize>], outputs: &[Vec<u8>]) -> Reply {
+    async fn send_groups(
+        &self,
+        tx: &mut Transaction,
+        groups: &[Vec<usize>],
+        outputs: &[Vec<u8>],
+    ) -> Reply {
         let Some(mut conn) = tx.connection.take() else {
-            return Reply::new(451, "4.4.1", "Connection to the next hop lost; try again later");
+            return Reply::new(
+                451,
+                "4.4.1",
+                "Connection to the next hop lost; try again later",
+            );
         };
         if !conn.rset().await {
-            return Reply::new(451, "4.4.1", "Next hop refused to reset the transaction; try again later");
+            return Reply::new(
+                451,
+                "4.4.1",
+                "Next hop refused to reset the transaction; try again later",
+            );
         }
         let mut last = Reply::new(451, "4.3.0", "nothing sent");
         for (group, output) in groups.iter().zip(outputs) {

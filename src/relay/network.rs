@@ -90,7 +90,11 @@ mod tests {
         assert!(!one.contains("127.0.0.2".parse().expect("ip")));
         let v6 = Network::parse("2001:db8::/32").expect("v6");
         assert!(v6.contains("2001:db8:1::5".parse().expect("ip")));
-        assert!(Network::parse("0.0.0.0/0").expect("all").contains("8.8.8.8".parse().expect("ip")));
+        assert!(
+            Network::parse("0.0.0.0/0")
+                .expect("all")
+                .contains("8.8.8.8".parse().expect("ip"))
+        );
         for bad in ["10.0.0.0/33", "nonsense", "10.0.0/8", "::/129", ""] {
             assert!(Network::parse(bad).is_err(), "{bad}");
         }

@@ -21,6 +21,24 @@ fn failed(what: &str, detail: impl std::fmt::Display) -> Reply {
     )
 }
 
+/// The message is malformed beyond what can be signed or encrypted (too deep, 8-bit
+/// data in a base64 part, …): a permanent refusal naming the fault.
+fn unusable(e: &crate::mime::MimeError) -> Reply {
+    tracing::info!(error = %e, "message refused: cannot be transformed");
+    Reply::new(
+        554,
+        "5.6.0",
+        format!("The message cannot be signed or encrypted: {e}"),
+    )
+}
+
+fn encryption_failed(e: crate::smime::encrypt::EncryptError) -> Reply {
+    match e {
+        crate::smime::encrypt::EncryptError::Mime(m) => unusable(&m),
+        other => failed("encryption", other),
+    }
+}
+
 /// Signs (if the transform says so) and then encrypts once per group of recipients.
 /// Returns one message per group, in order.
 pub async fn transform(
@@ -37,21 +55,36 @@ pub async fn transform(
             .await
             .map_err(|e| failed("signing", e))?;
         let limits = *limits;
-        app.hsm
-            .call("sign message", move |hsm| {
-                crate::smime::sign_detached(hsm, &signer, &message, &limits).map_err(|e| match e {
-                    crate::smime::SmimeError::Token(t) => t,
-                    other => crate::hsm::HsmError::Encoding(other.to_string()),
-                })
-            })
-            .await
-            .map_err(|e| failed("signing", e))?
+        let hsm = app.hsm.clone();
+        tokio::task::spawn_blocking(move || {
+            crate::smime::sign_detached(&hsm, &signer, &message, &limits)
+        })
+        .await
+        .map_err(|e| failed("signing", e))?
+        .map_err(|e| match e {
+            // The message itself cannot be signed: retrying will not help.
+            crate::smime::SmimeError::Mime(m) => unusable(&m),
+            other => failed("signing", other),
+        })?
     } else {
         message
     };
     if !transform.encrypts() {
         return Ok(vec![body]);
     }
+    let groups = groups.to_vec();
+    let limits = *limits;
+    // Encryption is CPU work on the whole message: off the async threads.
+    tokio::task::spawn_blocking(move || encrypt_groups(body, &groups, &limits))
+        .await
+        .map_err(|e| failed("encryption", e))?
+}
+
+fn encrypt_groups(
+    body: Vec<u8>,
+    groups: &[Vec<PartnerCertificate>],
+    limits: &crate::mime::Limits,
+) -> Result<Vec<Vec<u8>>, Reply> {
     let prepare = |group: &[PartnerCertificate]| {
         let caps: Vec<_> = group.iter().map(|p| p.capabilities).collect();
         let recipients: Vec<Recipient> = group
@@ -69,16 +102,10 @@ pub async fn transform(
     let mut out = Vec::with_capacity(groups.len());
     for group in others {
         let (recipients, cipher) = prepare(group);
-        out.push(
-            encrypt_message(&body, &recipients, cipher, limits)
-                .map_err(|e| failed("encryption", e))?,
-        );
+        out.push(encrypt_message(&body, &recipients, cipher, limits).map_err(encryption_failed)?);
     }
     // The last group takes the buffer: it is encrypted where it lies.
     let (recipients, cipher) = prepare(last);
-    out.push(
-        encrypt_message_owned(body, &recipients, cipher, limits)
-            .map_err(|e| failed("encryption", e))?,
-    );
+    out.push(encrypt_message_owned(body, &recipients, cipher, limits).map_err(encryption_failed)?);
     Ok(out)
 }

@@ -12,11 +12,16 @@ use crate::hsm::KeyAlgorithm;
 const SMIME_CAPABILITIES: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.9.15");
 const ENCRYPTION_KEY_PREFERENCE: ObjectIdentifier =
     ObjectIdentifier::new_unwrap("1.2.840.113549.1.9.16.2.11");
-pub(crate) const AES256_GCM: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.1.46");
-pub(crate) const AES128_GCM: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.1.6");
-pub(crate) const AES256_CBC: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.1.42");
-pub(crate) const AES128_CBC: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.1.2");
-pub(crate) const RSAES_OAEP: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.7");
+pub(crate) const AES256_GCM: ObjectIdentifier =
+    ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.1.46");
+pub(crate) const AES128_GCM: ObjectIdentifier =
+    ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.1.6");
+pub(crate) const AES256_CBC: ObjectIdentifier =
+    ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.1.42");
+pub(crate) const AES128_CBC: ObjectIdentifier =
+    ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.1.2");
+pub(crate) const RSAES_OAEP: ObjectIdentifier =
+    ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.7");
 
 fn single(oid: ObjectIdentifier, value: Any) -> der::Result<Attribute> {
     let mut values = SetOfVec::new();

@@ -33,10 +33,7 @@ impl Capabilities {
                 AES128_CBC => caps.aes128_cbc = true,
                 RSAES_OAEP => {
                     // Absent or empty parameters mean the defaults.
-                    let defaults = cap
-                        .parameters
-                        .as_ref()
-                        .is_none_or(|p| p.value().is_empty());
+                    let defaults = cap.parameters.as_ref().is_none_or(|p| p.value().is_empty());
                     caps.rsa_oaep |= defaults;
                 }
                 _ => {}
@@ -85,7 +82,13 @@ mod tests {
 
     fn ours(key: KeyAlgorithm) -> Capabilities {
         let attr = crate::smime::attributes::smime_capabilities(key).expect("attribute");
-        let value = attr.values.iter().next().expect("one value").to_der().expect("der");
+        let value = attr
+            .values
+            .iter()
+            .next()
+            .expect("one value")
+            .to_der()
+            .expect("der");
         Capabilities::parse(&value).expect("parses")
     }
 
@@ -111,7 +114,10 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(choose_cipher(&[Some(gcm), None]), ContentCipher::Aes256Cbc);
-        assert_eq!(choose_cipher(&[Some(gcm), Some(cbc128)]), ContentCipher::Aes128Cbc);
+        assert_eq!(
+            choose_cipher(&[Some(gcm), Some(cbc128)]),
+            ContentCipher::Aes128Cbc
+        );
         assert_eq!(choose_cipher(&[]), ContentCipher::Aes256Cbc);
         assert_eq!(choose_transport(None), KeyTransportChoice::RsaPkcs1v15);
         assert_eq!(Capabilities::parse(b"garbage"), None);

@@ -3,8 +3,8 @@
 //! blocks while the token signs, so async callers use `Hsm::call`.
 
 mod attributes;
-pub mod capabilities;
 pub mod ber;
+pub mod capabilities;
 pub mod decrypt;
 mod ecdh;
 pub mod encrypt;

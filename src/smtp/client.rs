@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf};
+use tokio::io::{
+    AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf,
+};
 use tokio::net::TcpStream;
 
 use super::command::{MailParams, RcptParams};
@@ -189,7 +191,11 @@ pub struct Connection {
 /// A reply made up by us for a failure to talk to the next hop: always temporary, so
 /// the sender keeps the message and retries.
 fn hop_failure(hop: &str, what: &str) -> Reply {
-    Reply::new(451, "4.4.1", format!("Next hop {hop} {what}; try again later"))
+    Reply::new(
+        451,
+        "4.4.1",
+        format!("Next hop {hop} {what}; try again later"),
+    )
 }
 
 impl Connection {
@@ -217,7 +223,10 @@ impl Connection {
             NextHopTls::Opportunistic => conn.extensions.starttls,
             NextHopTls::Required => {
                 if !conn.extensions.starttls {
-                    return Err(hop_failure(hop, "does not offer STARTTLS, which is required"));
+                    return Err(hop_failure(
+                        hop,
+                        "does not offer STARTTLS, which is required",
+                    ));
                 }
                 true
             }
@@ -328,7 +337,10 @@ impl Connection {
             .and_then(|l| l.split_whitespace().next())
             .filter(|w| {
                 let parts: Vec<&str> = w.split('.').collect();
-                parts.len() == 3 && parts.iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+                parts.len() == 3
+                    && parts
+                        .iter()
+                        .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
             })
             .map(str::to_string)
             .unwrap_or_default();

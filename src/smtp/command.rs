@@ -6,8 +6,14 @@
 pub enum Command {
     Ehlo(String),
     Helo(String),
-    Mail { from: String, params: MailParams },
-    Rcpt { to: String, params: RcptParams },
+    Mail {
+        from: String,
+        params: MailParams,
+    },
+    Rcpt {
+        to: String,
+        params: RcptParams,
+    },
     Data,
     Rset,
     Noop,
@@ -65,7 +71,10 @@ pub fn parse(line: &str) -> Command {
 }
 
 /// Splits `<path> params…` after the `FROM:`/`TO:` keyword.
-fn path_and_params<'a>(rest: &'a str, keyword: &str) -> Result<(String, Vec<&'a str>), &'static str> {
+fn path_and_params<'a>(
+    rest: &'a str,
+    keyword: &str,
+) -> Result<(String, Vec<&'a str>), &'static str> {
     let head = rest.get(..keyword.len()).ok_or("syntax error")?;
     if !head.eq_ignore_ascii_case(keyword) {
         return Err("syntax error");
@@ -81,7 +90,10 @@ fn path_and_params<'a>(rest: &'a str, keyword: &str) -> Result<(String, Vec<&'a 
         Some(i) if inner.starts_with('@') => &inner[i + 1..],
         _ => inner,
     };
-    if inner.chars().any(|c| c.is_control() || c == ' ' || c == '<' || c == '>') {
+    if inner
+        .chars()
+        .any(|c| c.is_control() || c == ' ' || c == '<' || c == '>')
+    {
         return Err("invalid character in address");
     }
     if !inner.is_empty() {
@@ -110,12 +122,16 @@ fn parse_mail(rest: &str) -> Command {
                 Ok(n) => p.size = Some(n),
                 Err(_) => return Command::Invalid("SIZE must be a number"),
             },
-            ("BODY", Some(v)) if v.eq_ignore_ascii_case("7BIT") || v.eq_ignore_ascii_case("8BITMIME") => {
+            ("BODY", Some(v))
+                if v.eq_ignore_ascii_case("7BIT") || v.eq_ignore_ascii_case("8BITMIME") =>
+            {
                 p.body = Some(v.to_ascii_uppercase())
             }
             ("BODY", _) => return Command::Invalid("BODY must be 7BIT or 8BITMIME"),
             ("SMTPUTF8", None) => p.smtputf8 = true,
-            ("RET", Some(v)) if v.eq_ignore_ascii_case("FULL") || v.eq_ignore_ascii_case("HDRS") => {
+            ("RET", Some(v))
+                if v.eq_ignore_ascii_case("FULL") || v.eq_ignore_ascii_case("HDRS") =>
+            {
                 p.ret = Some(v.to_ascii_uppercase())
             }
             ("ENVID", Some(v)) if valid_xtext(v) && v.len() <= 100 => p.envid = Some(v.to_string()),
@@ -158,8 +174,7 @@ fn valid_notify(v: &str) -> bool {
         return true;
     }
     !v.is_empty()
-        && v
-            .split(',')
+        && v.split(',')
             .all(|w| matches!(w, "SUCCESS" | "FAILURE" | "DELAY"))
 }
 
@@ -176,7 +191,9 @@ mod tests {
     #[test]
     fn mail_and_rcpt_with_every_parameter() {
         assert_eq!(
-            parse("MAIL FROM:<a@b.example> SIZE=1000 BODY=8BITMIME SMTPUTF8 RET=HDRS ENVID=QQ314159\r\n"),
+            parse(
+                "MAIL FROM:<a@b.example> SIZE=1000 BODY=8BITMIME SMTPUTF8 RET=HDRS ENVID=QQ314159\r\n"
+            ),
             Command::Mail {
                 from: "a@b.example".into(),
                 params: MailParams {
@@ -196,7 +213,9 @@ mod tests {
             }
         );
         assert_eq!(
-            parse("RCPT TO:<@relay.example:bob@c.example> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;bob@c.example"),
+            parse(
+                "RCPT TO:<@relay.example:bob@c.example> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;bob@c.example"
+            ),
             Command::Rcpt {
                 to: "bob@c.example".into(),
                 params: RcptParams {
@@ -232,6 +251,9 @@ mod tests {
             assert!(matches!(parse(bad), Command::Invalid(_)), "{bad}");
         }
         assert_eq!(parse("XYZZY"), Command::Unknown);
-        assert_eq!(parse("ehlo client.example"), Command::Ehlo("client.example".into()));
+        assert_eq!(
+            parse("ehlo client.example"),
+            Command::Ehlo("client.example".into())
+        );
     }
 }

@@ -95,7 +95,11 @@ mod tests {
 
     #[test]
     fn replies_are_written_one_line_each_without_injection() {
-        let r = Reply::multiline(250, "", vec!["gw".into(), "PIPELINING".into(), "SIZE 10".into()]);
+        let r = Reply::multiline(
+            250,
+            "",
+            vec!["gw".into(), "PIPELINING".into(), "SIZE 10".into()],
+        );
         assert_eq!(r.to_wire(), b"250-gw\r\n250-PIPELINING\r\n250 SIZE 10\r\n");
         let r = Reply::new(550, "5.7.1", "bad\r\n250 ok");
         assert_eq!(r.to_wire(), b"550 5.7.1 bad  250 ok\r\n");

@@ -192,7 +192,8 @@ where
         Ended::StartTls(raw) => {
             let Some(tls) = &config.tls else { return };
             let acceptor = tokio_rustls::TlsAcceptor::from(tls.clone());
-            let handshake = tokio::time::timeout(config.command_timeout, acceptor.accept(raw)).await;
+            let handshake =
+                tokio::time::timeout(config.command_timeout, acceptor.accept(raw)).await;
             match handshake {
                 Ok(Ok(tls_stream)) => {
                     info.tls = true;
@@ -245,7 +246,11 @@ where
             }
             Ok(Line::Eof) => break,
             Err(ReadError::Timeout) => {
-                io.queue(&Reply::new(421, "4.4.2", format!("{} Timeout, closing", config.hostname)));
+                io.queue(&Reply::new(
+                    421,
+                    "4.4.2",
+                    format!("{} Timeout, closing", config.hostname),
+                ));
                 break;
             }
             Err(ReadError::Io(e)) => {
@@ -295,11 +300,17 @@ where
                     io.queue(&Reply::new(503, "5.5.1", "Nested MAIL command"))
                 }
                 State::Ready => {
-                    if params.size.is_some_and(|s| s > config.max_message_bytes as u64) {
+                    if params
+                        .size
+                        .is_some_and(|s| s > config.max_message_bytes as u64)
+                    {
                         io.queue(&Reply::new(
                             552,
                             "5.3.4",
-                            format!("Message size exceeds the limit of {} bytes", config.max_message_bytes),
+                            format!(
+                                "Message size exceeds the limit of {} bytes",
+                                config.max_message_bytes
+                            ),
                         ));
                     } else {
                         match handler.mail(info, &from, &params).await {
@@ -327,7 +338,8 @@ where
                 _ => io.queue(&Reply::new(503, "5.5.1", "Need MAIL before RCPT")),
             },
             Command::Data => {
-                let State::Transaction { tx, recipients } = std::mem::replace(&mut state, State::Ready)
+                let State::Transaction { tx, recipients } =
+                    std::mem::replace(&mut state, State::Ready)
                 else {
                     io.queue(&Reply::new(503, "5.5.1", "Need MAIL and RCPT before DATA"));
                     continue;
@@ -347,7 +359,10 @@ where
                         let reply = Reply::new(
                             552,
                             "5.3.4",
-                            format!("Message size exceeds the limit of {} bytes", config.max_message_bytes),
+                            format!(
+                                "Message size exceeds the limit of {} bytes",
+                                config.max_message_bytes
+                            ),
                         );
                         handler.abandon(info, tx, Some(&reply)).await;
                         io.queue(&reply);
@@ -356,7 +371,10 @@ where
                         let reply = Reply::new(
                             552,
                             "5.3.4",
-                            format!("Message header exceeds the limit of {} bytes", config.max_header_bytes),
+                            format!(
+                                "Message header exceeds the limit of {} bytes",
+                                config.max_header_bytes
+                            ),
                         );
                         handler.abandon(info, tx, Some(&reply)).await;
                         io.queue(&reply);
@@ -369,7 +387,11 @@ where
                     Err(ReadError::Timeout) => {
                         tracing::info!("timeout during DATA: nothing relayed");
                         handler.abandon(info, tx, None).await;
-                        io.queue(&Reply::new(421, "4.4.2", format!("{} Timeout, closing", config.hostname)));
+                        io.queue(&Reply::new(
+                            421,
+                            "4.4.2",
+                            format!("{} Timeout, closing", config.hostname),
+                        ));
                         break;
                     }
                 }
@@ -398,7 +420,11 @@ where
                 if let State::Transaction { tx, .. } = std::mem::replace(&mut state, State::Ready) {
                     handler.abandon(info, tx, None).await;
                 }
-                io.queue(&Reply::new(221, "2.0.0", format!("{} closing", config.hostname)));
+                io.queue(&Reply::new(
+                    221,
+                    "2.0.0",
+                    format!("{} closing", config.hostname),
+                ));
                 let _ = io.flush().await;
                 let _ = io.shutdown().await;
                 return Ended::Closed;
@@ -530,7 +556,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
 
     /// One line up to LF, at most `max` bytes kept; longer lines are consumed whole
     /// and reported as too long.
-    async fn read_line(&mut self, max: usize, line: &mut Vec<u8>) -> Result<Option<bool>, ReadError> {
+    async fn read_line(
+        &mut self,
+        max: usize,
+        line: &mut Vec<u8>,
+    ) -> Result<Option<bool>, ReadError> {
         line.clear();
         let mut too_long = false;
         loop {

@@ -68,7 +68,9 @@ impl Maildir {
             mail_params.push(format!("body={body}"));
         }
         if !mail_params.is_empty() {
-            content.extend_from_slice(format!("X-Envelope-Params: {}\r\n", mail_params.join("; ")).as_bytes());
+            content.extend_from_slice(
+                format!("X-Envelope-Params: {}\r\n", mail_params.join("; ")).as_bytes(),
+            );
         }
         content.extend_from_slice(message);
         let tmp = self.root.join("tmp").join(&name);
@@ -82,7 +84,12 @@ impl Maildir {
 impl Handler for Maildir {
     type Transaction = SinkTransaction;
 
-    async fn mail(&self, _s: &SessionInfo, from: &str, params: &MailParams) -> Result<SinkTransaction, Reply> {
+    async fn mail(
+        &self,
+        _s: &SessionInfo,
+        from: &str,
+        params: &MailParams,
+    ) -> Result<SinkTransaction, Reply> {
         Ok(SinkTransaction {
             from: from.to_string(),
             params: params.clone(),
@@ -90,7 +97,13 @@ impl Handler for Maildir {
         })
     }
 
-    async fn rcpt(&self, _s: &SessionInfo, tx: &mut SinkTransaction, to: &str, params: &RcptParams) -> Reply {
+    async fn rcpt(
+        &self,
+        _s: &SessionInfo,
+        tx: &mut SinkTransaction,
+        to: &str,
+        params: &RcptParams,
+    ) -> Reply {
         tx.recipients.push((to.to_string(), params.clone()));
         Reply::new(250, "2.1.5", "Recipient OK")
     }

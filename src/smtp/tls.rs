@@ -17,7 +17,10 @@ pub enum TlsError {
     Config(#[from] rustls::Error),
 }
 
-pub fn server_config(certificate: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+pub fn server_config(
+    certificate: &Path,
+    key: &Path,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(certificate)
         .and_then(|it| it.collect::<Result<_, _>>())
         .map_err(|e| TlsError::Certificate {

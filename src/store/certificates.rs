@@ -288,7 +288,12 @@ impl Certificates<'_> {
             return Ok(false);
         }
         let stored = match self
-            .insert(cert, CertificateSource::Harvested, Some(owner_address), None)
+            .insert(
+                cert,
+                CertificateSource::Harvested,
+                Some(owner_address),
+                None,
+            )
             .await
         {
             Ok(stored) => stored,
