@@ -685,8 +685,6 @@ fn load_recipients(
         .collect())
 }
 
-/// The built-in CA and every stored trust anchor.
-
 /// The address in the From header, if there is exactly one.
 fn from_header(message: &[u8]) -> Option<String> {
     let parsed = crate::mime::split_raw(message).ok()?;

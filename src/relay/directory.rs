@@ -52,8 +52,11 @@ impl<'a> Directory<'a> {
     }
 
     pub async fn route(&self, address: &Address) -> Result<Route, StoreError> {
-        let domain = Domain::parse(address.domain())
-            .map_err(|e| StoreError::Corrupt(format!("address {address}: {e}")))?;
+        // A domain that is not a DNS name in ASCII (an SMTPUTF8 domain) is never one
+        // of ours: managed domains are ASCII.
+        let Ok(domain) = Domain::parse(address.domain()) else {
+            return Ok(Route::Outbound);
+        };
         let Some(row) = self.store.domains().get(&domain).await? else {
             return Ok(Route::Outbound);
         };

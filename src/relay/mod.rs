@@ -66,6 +66,8 @@ pub struct Transaction {
     notes: Vec<String>,
     /// Size of the message as received (0 before DATA).
     size: usize,
+    /// The direction of the last recipient looked at (for logging refusals).
+    direction: Option<Direction>,
 }
 
 fn database_trouble(e: StoreError) -> Reply {
@@ -116,6 +118,7 @@ impl Relay {
     ) -> Result<(Class, Option<PartnerCertificate>, Option<Selection>), Reply> {
         let directory = Directory::new(&self.app.store);
         let route = directory.route(recipient).await.map_err(database_trouble)?;
+        tx.direction = Some(route.direction());
         let rules = self
             .app
             .store
@@ -224,10 +227,11 @@ impl Relay {
         actions: Vec<String>,
         message: Option<&[u8]>,
     ) {
-        let direction = match &tx.class {
-            Some(Class::Inbound { .. }) => Direction::Inbound,
-            Some(Class::Outbound { .. }) => Direction::Outbound,
-            None => return,
+        let direction = match (&tx.class, tx.direction) {
+            (Some(Class::Inbound { .. }), _) => Direction::Inbound,
+            (Some(Class::Outbound { .. }), _) => Direction::Outbound,
+            (None, Some(direction)) => direction,
+            (None, None) => return,
         };
         let mut rcpt_to: Vec<String> = tx.recipients.iter().map(|r| r.envelope.clone()).collect();
         rcpt_to.extend(tx.refused.iter().map(|(r, _)| r.clone()));
@@ -297,6 +301,7 @@ impl Handler for Relay {
             connection: None,
             notes: Vec::new(),
             size: 0,
+            direction: None,
         })
     }
 

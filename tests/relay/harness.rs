@@ -1,0 +1,526 @@
+//! A gateway under test: its own data directory and token (`smimegate init`), the
+//! real `smimegate serve` and `smimegate sink` processes on loopback ports, a plain
+//! SMTP client that records every reply, and partners whose keys and certificates
+//! openssl makes.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::common::{run_ok, smimegate_ok};
+
+pub const CORP: &str = "corp.example";
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+fn wait_for_port(port: u16, child: &mut Child, what: &str) {
+    let start = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("{what} exited early: {status}");
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{what} did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A running sink: `smimegate sink` writing to a Maildir.
+pub struct Sink {
+    pub port: u16,
+    pub maildir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Sink {
+    pub fn start(maildir: PathBuf, port: u16) -> Sink {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_smimegate"))
+            .args([
+                "sink",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--maildir",
+            ])
+            .arg(&maildir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start sink");
+        wait_for_port(port, &mut child, "sink");
+        Sink {
+            port,
+            maildir,
+            child: Some(child),
+        }
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Every message received so far, oldest first.
+    pub fn messages(&self) -> Vec<Delivered> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(self.maildir.join("new"))
+            .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default();
+        files.sort();
+        files.iter().map(|f| Delivered::read(f)).collect()
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A message as the next hop received it.
+#[derive(Debug, Clone)]
+pub struct Delivered {
+    pub envelope_to: Vec<String>,
+    pub envelope_params: String,
+    /// The message itself, without the sink's envelope fields.
+    pub message: Vec<u8>,
+}
+
+impl Delivered {
+    fn read(path: &Path) -> Delivered {
+        let raw = std::fs::read(path).expect("read delivered");
+        let mut rest = &raw[..];
+        let mut envelope_to = Vec::new();
+        let mut envelope_params = String::new();
+        loop {
+            let end = rest.windows(2).position(|w| w == b"\r\n").expect("line") + 2;
+            let line = String::from_utf8_lossy(&rest[..end]).trim_end().to_string();
+            if let Some(to) = line.strip_prefix("X-Envelope-To: ") {
+                envelope_to.push(to.to_string());
+            } else if let Some(p) = line.strip_prefix("X-Envelope-Params: ") {
+                envelope_params = p.to_string();
+            } else if !line.starts_with("Return-Path: ") {
+                break;
+            }
+            rest = &rest[end..];
+        }
+        Delivered {
+            envelope_to,
+            envelope_params,
+            message: rest.to_vec(),
+        }
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.message).into_owned()
+    }
+
+    /// Writes the message to a file (for openssl).
+    pub fn save(&self, path: &Path) -> String {
+        std::fs::write(path, &self.message).expect("save");
+        path.display().to_string()
+    }
+}
+
+/// The gateway under test.
+pub struct Gateway {
+    pub dir: tempfile::TempDir,
+    pub inbound: u16,
+    pub submission: u16,
+    pub sink: Sink,
+    child: Option<Child>,
+}
+
+impl Gateway {
+    /// Initialises a data directory with the managed domain corp.example (next hop:
+    /// the sink, also the smarthost), runs `prepare` on it, and starts serving.
+    pub fn start(prepare: impl FnOnce(&Path)) -> Gateway {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let data = dir.path();
+        smimegate_ok(data, &["init"]);
+        let sink = Sink::start(data.join("sink"), free_port());
+        let hop = format!("127.0.0.1:{}", sink.port);
+        smimegate_ok(data, &["domain", "add", CORP, "--next-hop", &hop]);
+        smimegate_ok(data, &["smarthost", "set", &hop]);
+        prepare(data);
+        let mut gateway = Gateway {
+            inbound: free_port(),
+            submission: free_port(),
+            sink,
+            child: None,
+            dir,
+        };
+        gateway.serve();
+        gateway
+    }
+
+    pub fn data(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn serve(&mut self) {
+        let log = std::fs::File::create(self.data().join("serve.log")).expect("log file");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_smimegate"))
+            .arg("--data-dir")
+            .arg(self.data())
+            .args(["serve", "--inbound", &format!("127.0.0.1:{}", self.inbound)])
+            .args(["--submission", &format!("127.0.0.1:{}", self.submission)])
+            .args(["--http", &format!("127.0.0.1:{}", free_port())])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start gateway");
+        wait_for_port(self.submission, &mut child, "gateway");
+        self.child = Some(child);
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn cli(&self, args: &[&str]) -> String {
+        smimegate_ok(self.data(), args)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data().join("serve.log")).unwrap_or_default()
+    }
+
+    /// The built-in CA certificate as a PEM file (for openssl -CAfile).
+    pub fn ca_pem(&self, mailbox: &str) -> String {
+        let pem = self.cli(&["cert", "show", mailbox, "--pem"]);
+        let start = pem[1..]
+            .find("-----BEGIN")
+            .map(|i| i + 1)
+            .expect("CA after the leaf");
+        let path = self.data().join("ca.pem");
+        std::fs::write(&path, &pem[start..]).expect("write CA");
+        path.display().to_string()
+    }
+
+    /// A mailbox's certificate (leaf only) as a PEM file.
+    pub fn mailbox_pem(&self, mailbox: &str) -> String {
+        let pem = self.cli(&["cert", "show", mailbox, "--pem"]);
+        let end = pem.find("-----END CERTIFICATE-----").expect("leaf") + 25;
+        let path = self.data().join(format!("{mailbox}.pem"));
+        std::fs::write(&path, &pem[..end]).expect("write leaf");
+        path.display().to_string()
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Adds and activates a managed mailbox.
+pub fn mailbox(data: &Path, address: &str) {
+    smimegate_ok(data, &["mailbox", "add", address]);
+    smimegate_ok(data, &["mailbox", "activate", address]);
+}
+
+/// A partner outside: its own CA (trusted by the gateway when `trust` says so) and
+/// an S/MIME certificate and key made by openssl.
+pub struct Partner {
+    pub address: String,
+    pub ca: String,
+    pub cert: String,
+    pub key: String,
+}
+
+impl Partner {
+    pub fn new(dir: &Path, address: &str) -> Partner {
+        let name = address.replace(['@', '.'], "_");
+        let p = |suffix: &str| dir.join(format!("{name}-{suffix}")).display().to_string();
+        let (ca, ca_key, cert, key, csr, ext) = (
+            p("ca.pem"),
+            p("ca.key"),
+            p("cert.pem"),
+            p("key.pem"),
+            p("req.csr"),
+            p("ext.cnf"),
+        );
+        run_ok(
+            "openssl",
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                &ca_key,
+                "-out",
+                &ca,
+                "-days",
+                "30",
+                "-subj",
+                &format!("/CN=CA of {address}"),
+                "-addext",
+                "basicConstraints=critical,CA:true",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+            ],
+        );
+        run_ok(
+            "openssl",
+            &[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                &key,
+                "-out",
+                &csr,
+                "-subj",
+                &format!("/CN={address}"),
+            ],
+        );
+        std::fs::write(
+            &ext,
+            format!(
+                "basicConstraints=CA:false\nkeyUsage=critical,digitalSignature,keyEncipherment\n\
+                 extendedKeyUsage=emailProtection\nsubjectAltName=email:{address}\n"
+            ),
+        )
+        .expect("ext");
+        run_ok(
+            "openssl",
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                &ca,
+                "-CAkey",
+                &ca_key,
+                "-CAcreateserial",
+                "-out",
+                &cert,
+                "-days",
+                "30",
+                "-extfile",
+                &ext,
+            ],
+        );
+        Partner {
+            address: address.to_string(),
+            ca,
+            cert,
+            key,
+        }
+    }
+
+    /// A message signed by the partner with openssl (detached, multipart/signed), the
+    /// way a mail client does it: From/To/Subject outside, the entity signed.
+    pub fn sign(&self, dir: &Path, message: &str) -> Vec<u8> {
+        let (head, body) = message.split_once("\r\n\r\n").expect("header and body");
+        let mut outer = String::new();
+        let mut entity = String::new();
+        for line in head.split("\r\n") {
+            if line.to_ascii_lowercase().starts_with("content-") {
+                entity.push_str(line);
+                entity.push_str("\r\n");
+            } else {
+                outer.push_str(line);
+                outer.push_str("\r\n");
+            }
+        }
+        entity.push_str("\r\n");
+        entity.push_str(body);
+        let input = dir.join("to-sign.eml");
+        let output = dir.join("signed.eml");
+        std::fs::write(&input, entity).expect("write");
+        run_ok(
+            "openssl",
+            &[
+                "cms",
+                "-sign",
+                "-in",
+                &input.display().to_string(),
+                "-signer",
+                &self.cert,
+                "-inkey",
+                &self.key,
+                "-out",
+                &output.display().to_string(),
+                "-crlfeol",
+            ],
+        );
+        let signed = std::fs::read(&output).expect("read signed");
+        [outer.into_bytes(), signed].concat()
+    }
+}
+
+/// Result of one SMTP transaction as the client saw it.
+#[derive(Debug)]
+pub struct Transcript {
+    pub mail: (u16, String),
+    pub rcpts: Vec<(u16, String)>,
+    pub data: Option<(u16, String)>,
+}
+
+/// A plain SMTP client over std::net that records replies.
+pub struct Client {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+    pub ehlo: String,
+}
+
+impl Client {
+    pub fn connect(port: u16) -> Client {
+        let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .expect("timeout");
+        let writer = stream.try_clone().expect("clone");
+        let mut client = Client {
+            reader: BufReader::new(stream),
+            writer,
+            ehlo: String::new(),
+        };
+        let (code, _) = client.reply();
+        assert_eq!(code, 220);
+        let (code, text) = client.command("EHLO client.test");
+        assert_eq!(code, 250);
+        client.ehlo = text;
+        client
+    }
+
+    /// Reads one reply: (code, all lines' text joined by newlines).
+    pub fn reply(&mut self) -> (u16, String) {
+        let mut text = Vec::new();
+        loop {
+            let mut line = String::new();
+            let n = self.reader.read_line(&mut line).expect("read reply");
+            assert!(n > 0, "connection closed while waiting for a reply");
+            let code: u16 = line[..3].parse().expect("reply code");
+            text.push(line[4..].trim_end().to_string());
+            if line.as_bytes()[3] == b' ' {
+                return (code, text.join("\n"));
+            }
+        }
+    }
+
+    /// The socket, for reading what is left after the protocol.
+    pub fn into_stream(self) -> TcpStream {
+        self.writer
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.writer.write_all(bytes).expect("write");
+    }
+
+    /// Writes, ignoring a peer that has gone away.
+    pub fn try_send_raw(&mut self, bytes: &[u8]) {
+        let _ = self.writer.write_all(bytes);
+    }
+
+    pub fn command(&mut self, line: &str) -> (u16, String) {
+        self.send_raw(format!("{line}\r\n").as_bytes());
+        self.reply()
+    }
+
+    /// One transaction; DATA only when a recipient was accepted.
+    pub fn send(&mut self, from: &str, rcpts: &[&str], message: &[u8]) -> Transcript {
+        self.send_with(
+            &format!("MAIL FROM:<{from}>"),
+            &rcpts
+                .iter()
+                .map(|r| format!("RCPT TO:<{r}>"))
+                .collect::<Vec<_>>(),
+            message,
+        )
+    }
+
+    pub fn send_with(&mut self, mail: &str, rcpts: &[String], message: &[u8]) -> Transcript {
+        let mail = self.command(mail);
+        let rcpts: Vec<(u16, String)> = rcpts.iter().map(|r| self.command(r)).collect();
+        let data = if rcpts.iter().any(|(c, _)| *c == 250) {
+            let (code, text) = self.command("DATA");
+            assert_eq!(code, 354, "{text}");
+            self.send_raw(&dot_stuff(message));
+            Some(self.reply())
+        } else {
+            let _ = self.command("RSET");
+            None
+        };
+        Transcript { mail, rcpts, data }
+    }
+}
+
+pub fn dot_stuff(message: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for line in message.split_inclusive(|&b| b == b'\n') {
+        if line.first() == Some(&b'.') {
+            out.push(b'.');
+        }
+        out.extend_from_slice(line);
+    }
+    if !out.ends_with(b"\r\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b".\r\n");
+    out
+}
+
+/// `openssl cms -verify` against `ca`; returns the signed content.
+pub fn openssl_verify(dir: &Path, message: &Delivered, ca: &str) -> Vec<u8> {
+    let input = message.save(&dir.join("verify-in.eml"));
+    let out = dir.join("verify-out.eml");
+    run_ok(
+        "openssl",
+        &[
+            "cms",
+            "-verify",
+            "-in",
+            &input,
+            "-CAfile",
+            ca,
+            "-purpose",
+            "smimesign",
+            "-out",
+            &out.display().to_string(),
+        ],
+    );
+    std::fs::read(&out).expect("verified content")
+}
+
+/// `openssl cms -decrypt` with a partner's key; returns the decrypted entity.
+pub fn openssl_decrypt(dir: &Path, message: &[u8], partner: &Partner) -> Vec<u8> {
+    let input = dir.join("decrypt-in.eml");
+    std::fs::write(&input, message).expect("write");
+    let out = dir.join("decrypt-out.eml");
+    run_ok(
+        "openssl",
+        &[
+            "cms",
+            "-decrypt",
+            "-in",
+            &input.display().to_string(),
+            "-recip",
+            &partner.cert,
+            "-inkey",
+            &partner.key,
+            "-out",
+            &out.display().to_string(),
+        ],
+    );
+    std::fs::read(&out).expect("decrypted")
+}
