@@ -77,9 +77,17 @@ pub async fn initialise(settings: &Settings, created: &mut Vec<String>) -> Resul
         init_softhsm_token(settings, created).await?;
     }
     let store = app::open_store(settings).await.map_err(AppError::from)?;
-    if app::load_ca(&store).await?.is_some() {
-        return Ok(());
+    if app::load_ca(&store).await?.is_none() {
+        create_ca(settings, &store, created).await?;
     }
+    ensure_smtp_tls(settings, &store, created).await
+}
+
+async fn create_ca(
+    settings: &Settings,
+    store: &crate::store::Store,
+    created: &mut Vec<String>,
+) -> Result<(), SetupError> {
     let hsm = app::open_hsm(settings).await?;
     let ca_config = settings.config.ca.clone();
     let label = format!("{} (CA)", settings.config.hsm.token_label);
@@ -129,6 +137,66 @@ pub async fn initialise(settings: &Settings, created: &mut Vec<String>) -> Resul
     created.push(format!(
         "CA '{}' ({algorithm}, key {} in the token)",
         stored.record.subject, key.id
+    ));
+    Ok(())
+}
+
+/// The SMTP listeners' TLS certificate, when the configuration asks for a token key
+/// and the certificate file does not exist yet: a P-256 key made in the token (sign
+/// only) and a certificate from the built-in CA for the gateway's host name.
+async fn ensure_smtp_tls(
+    settings: &Settings,
+    store: &crate::store::Store,
+    created: &mut Vec<String>,
+) -> Result<(), SetupError> {
+    let smtp = &settings.config.smtp;
+    if smtp.tls_certificate.as_os_str().is_empty() || smtp.tls_key != Path::new("token") {
+        return Ok(());
+    }
+    let path = settings.path(&smtp.tls_certificate);
+    if path.exists() {
+        return Ok(());
+    }
+    let Some(ca_identity) = app::load_ca(store).await? else {
+        return Ok(());
+    };
+    let hsm = app::open_hsm(settings).await.map_err(AppError::from)?;
+    let hostname = settings.config.gateway.hostname.clone();
+    let mut hostnames = vec![hostname.clone()];
+    if hostname != "localhost" {
+        hostnames.push("localhost".into());
+    }
+    let label = format!("{} (SMTP TLS {hostname})", settings.config.hsm.token_label);
+    let key = hsm
+        .call_keygen(move |hsm| {
+            hsm.generate_key_pair(
+                crate::hsm::KeyAlgorithm::P256,
+                crate::hsm::KeyRole::TlsServer,
+                &label,
+            )
+        })
+        .await?;
+    let cert = hsm
+        .call("issue TLS certificate", move |hsm| {
+            ca::issue_tls_certificate(hsm, &ca_identity, &hostnames, &key, 365).map_err(|e| match e
+            {
+                ca::IssueError::Token(h) => h,
+                other => HsmError::Encoding(other.to_string()),
+            })
+        })
+        .await?;
+    let ca_pem = app::load_ca(store)
+        .await?
+        .map(|ca| der::EncodePem::to_pem(&ca.certificate, der::pem::LineEnding::LF))
+        .transpose()
+        .map_err(|e| HsmError::Encoding(e.to_string()))?
+        .unwrap_or_default();
+    let leaf_pem = der::EncodePem::to_pem(&cert, der::pem::LineEnding::LF)
+        .map_err(|e| HsmError::Encoding(e.to_string()))?;
+    write_new(&path, format!("{leaf_pem}{ca_pem}").as_bytes(), 0o644)?;
+    created.push(format!(
+        "SMTP TLS certificate {} for {hostname} (key in the token)",
+        path.display()
     ));
     Ok(())
 }

@@ -116,8 +116,9 @@ fn activated_mailbox_certificate_is_accepted_for_smime_and_its_key_stays_in_the_
     // pkcs11-tool, an outside witness, sees every private key as protected.
     let listing = pkcs11_tool_private_keys(&data);
     let keys: Vec<&str> = listing.split("Private Key Object").skip(1).collect();
-    assert_eq!(keys.len(), 2, "CA and alice expected: {listing}");
+    assert_eq!(keys.len(), 3, "CA, SMTP TLS and alice expected: {listing}");
     assert!(listing.contains("alice@corp.example"), "{listing}");
+    assert!(listing.contains("SMTP TLS"), "{listing}");
     for key in keys {
         assert!(
             key.contains("Access:     sensitive, always sensitive, never extractable"),

@@ -260,6 +260,12 @@ pub struct SinkArgs {
     /// Maildir to write messages to (created if missing).
     #[arg(long)]
     pub maildir: PathBuf,
+    /// PEM certificate chain to offer STARTTLS with (needs --tls-key).
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for STARTTLS.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// Runs a command whose settings are already loaded (and whose SoftHSM2 configuration,

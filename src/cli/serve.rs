@@ -11,20 +11,27 @@ use tokio::sync::watch;
 use super::{ServeArgs, SinkArgs, shutdown_signal};
 use crate::app::App;
 use crate::config::Settings;
+use crate::hsm::Hsm;
 use crate::relay::Relay;
 use crate::relay::network::Network;
 use crate::smtp::client::ClientConfig;
 use crate::smtp::server::{self, Listener, ServerConfig};
+use crate::smtp::tls::{self, TlsKey};
 
-fn server_config(settings: &Settings, listener: Listener) -> Result<ServerConfig> {
+fn server_config(settings: &Settings, listener: Listener, hsm: &Hsm) -> Result<ServerConfig> {
     let smtp = &settings.config.smtp;
-    let tls = if smtp.tls_certificate.as_os_str().is_empty() || smtp.tls_key.as_os_str().is_empty()
-    {
+    let certificate = settings.path(&smtp.tls_certificate);
+    let tls = if smtp.tls_certificate.as_os_str().is_empty() {
         None
+    } else if !certificate.exists() {
+        tracing::warn!(file = %certificate.display(), "no TLS certificate: STARTTLS is not offered");
+        None
+    } else if smtp.tls_key == std::path::Path::new("token") {
+        Some(tls::server_config(&certificate, TlsKey::Token(hsm))?)
     } else {
-        Some(crate::smtp::tls::server_config(
-            &settings.path(&smtp.tls_certificate),
-            &settings.path(&smtp.tls_key),
+        Some(tls::server_config(
+            &certificate,
+            TlsKey::File(&settings.path(&smtp.tls_key)),
         )?)
     };
     Ok(ServerConfig {
@@ -60,8 +67,6 @@ pub async fn serve(settings: Settings, args: ServeArgs) -> Result<()> {
         .submission
         .clone()
         .unwrap_or_else(|| settings.config.smtp.submission_listen.clone());
-    let inbound_config = server_config(&settings, Listener::Inbound)?;
-    let submission_config = server_config(&settings, Listener::Submission)?;
     let relay_config = settings.config.relay.clone();
     let config_networks = relay_config
         .internal_networks
@@ -78,6 +83,8 @@ pub async fn serve(settings: Settings, args: ServeArgs) -> Result<()> {
     let node = settings.config.gateway.node_name.clone();
     let limits = settings.config.limits.mime();
     let app = Arc::new(App::open(settings).await?);
+    let inbound_config = server_config(&app.settings, Listener::Inbound, &app.hsm)?;
+    let submission_config = server_config(&app.settings, Listener::Submission, &app.hsm)?;
     if app.ca().await.is_err() {
         tracing::warn!("the built-in CA is missing: run `smimegate init`");
     }
@@ -136,7 +143,10 @@ pub async fn sink(args: SinkArgs) -> Result<()> {
         max_recipients: 1000,
         command_timeout: Duration::from_secs(300),
         session_deadline: Duration::from_secs(3600),
-        tls: None,
+        tls: match (&args.tls_cert, &args.tls_key) {
+            (Some(cert), Some(key)) => Some(tls::server_config(cert, TlsKey::File(key))?),
+            _ => None,
+        },
     };
     println!(
         "smimegate sink: SMTP on {}, writing to {}",

@@ -71,8 +71,8 @@ impl Default for SmtpConfig {
             max_line_bytes: 4096,
             max_header_bytes: 1024 * 1024,
             max_recipients: 100,
-            tls_certificate: PathBuf::new(),
-            tls_key: PathBuf::new(),
+            tls_certificate: PathBuf::from("smtp-tls.pem"),
+            tls_key: PathBuf::from("token"),
         }
     }
 }

@@ -68,6 +68,8 @@ pub enum KeyRole {
     CertificateAuthority,
     /// Signs mail, and recovers content keys (RSA: decrypt/unwrap; EC: derive).
     Mailbox,
+    /// Signs TLS handshakes of the SMTP listeners only.
+    TlsServer,
 }
 
 /// A key's `CKA_ID`: the subject key identifier of its public key.

@@ -124,6 +124,35 @@ pub fn issue_mailbox_certificate(
     build(builder, &signer)
 }
 
+/// Issues the SMTP listeners' TLS server certificate for `hostnames` to a key in the
+/// token (signed by the built-in CA in the token).
+pub fn issue_tls_certificate(
+    hsm: &Hsm,
+    ca: &CaIdentity,
+    hostnames: &[String],
+    subject_key: &GeneratedKey,
+    validity_days: u32,
+) -> Result<Certificate, IssueError> {
+    let profile = super::profile::TlsServerProfile {
+        issuer: ca.certificate.tbs_certificate().subject().clone(),
+        hostnames: hostnames.to_vec(),
+    };
+    let builder = CertificateBuilder::new(
+        profile,
+        random_serial()?,
+        validity(validity_days)?,
+        subject_key.public_key.clone(),
+    )
+    .map_err(|e| IssueError::Build(e.to_string()))?;
+    let signer = TokenSigner::new(
+        hsm.clone(),
+        ca.key_id.clone(),
+        default_scheme(ca.algorithm),
+        ca.public_key(),
+    );
+    build(builder, &signer)
+}
+
 fn build<P: x509_cert::builder::profile::BuilderProfile>(
     builder: CertificateBuilder<P>,
     signer: &TokenSigner,

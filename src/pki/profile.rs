@@ -158,6 +158,67 @@ impl BuilderProfile for MailboxProfile {
     }
 }
 
+/// The SMTP listeners' TLS server certificate: serverAuth, SAN dNSName = host names.
+pub struct TlsServerProfile {
+    pub issuer: Name,
+    pub hostnames: Vec<String>,
+}
+
+impl BuilderProfile for TlsServerProfile {
+    fn get_issuer(&self, _subject: &Name) -> Name {
+        self.issuer.clone()
+    }
+
+    fn get_subject(&self) -> Name {
+        let first = self
+            .hostnames
+            .first()
+            .map(String::as_str)
+            .unwrap_or("localhost");
+        format!("CN={first}").parse().unwrap_or_default()
+    }
+
+    #[allow(clippy::vec_init_then_push)]
+    fn build_extensions(
+        &self,
+        spk: SubjectPublicKeyInfoRef<'_>,
+        issuer_spk: SubjectPublicKeyInfoRef<'_>,
+        tbs: &TbsCertificate,
+    ) -> x509_cert::builder::Result<Vec<Extension>> {
+        let subject = tbs.subject();
+        let issuer_ski = SubjectKeyIdentifier::try_from(issuer_spk)?;
+        let mut extensions = Vec::new();
+        extensions.push(
+            BasicConstraints {
+                ca: false,
+                path_len_constraint: None,
+            }
+            .to_extension(subject, &extensions)?,
+        );
+        extensions
+            .push(KeyUsage(KeyUsages::DigitalSignature.into()).to_extension(subject, &extensions)?);
+        extensions.push(
+            ExtendedKeyUsage(vec![const_oid::db::rfc5280::ID_KP_SERVER_AUTH])
+                .to_extension(subject, &extensions)?,
+        );
+        let names = self
+            .hostnames
+            .iter()
+            .map(|h| Ok(GeneralName::DnsName(Ia5String::new(h)?)))
+            .collect::<der::Result<Vec<_>>>()?;
+        extensions.push(SubjectAltName(names).to_extension(subject, &extensions)?);
+        extensions.push(
+            AuthorityKeyIdentifier {
+                key_identifier: Some(issuer_ski.0),
+                ..Default::default()
+            }
+            .to_extension(subject, &extensions)?,
+        );
+        extensions.push(SubjectKeyIdentifier::try_from(spk)?.to_extension(subject, &extensions)?);
+        Ok(extensions)
+    }
+}
+
 /// Subject of a mailbox certificate: `CN=<address>, emailAddress=<address>`; the strict
 /// profile allows exactly these for a mailbox-validated certificate.
 pub fn mailbox_subject(address: &str) -> der::Result<Name> {

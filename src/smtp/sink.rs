@@ -31,7 +31,7 @@ impl Maildir {
         })
     }
 
-    fn store(&self, tx: &SinkTransaction, message: &[u8]) -> std::io::Result<PathBuf> {
+    fn store(&self, tx: &SinkTransaction, message: &[u8], tls: bool) -> std::io::Result<PathBuf> {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -72,6 +72,9 @@ impl Maildir {
                 format!("X-Envelope-Params: {}\r\n", mail_params.join("; ")).as_bytes(),
             );
         }
+        if tls {
+            content.extend_from_slice(b"X-Sink-TLS: yes\r\n");
+        }
         content.extend_from_slice(message);
         let tmp = self.root.join("tmp").join(&name);
         std::fs::write(&tmp, &content)?;
@@ -108,8 +111,8 @@ impl Handler for Maildir {
         Reply::new(250, "2.1.5", "Recipient OK")
     }
 
-    async fn data(&self, _s: &SessionInfo, tx: SinkTransaction, message: Vec<u8>) -> Reply {
-        match self.store(&tx, &message) {
+    async fn data(&self, session: &SessionInfo, tx: SinkTransaction, message: Vec<u8>) -> Reply {
+        match self.store(&tx, &message, session.tls) {
             Ok(path) => {
                 tracing::info!(file = %path.display(), "message stored");
                 Reply::new(250, "2.0.0", "Stored")

@@ -43,6 +43,37 @@ pub struct Sink {
 
 impl Sink {
     pub fn start(maildir: PathBuf, port: u16) -> Sink {
+        Sink::start_with(maildir, port, &[])
+    }
+
+    /// A sink offering STARTTLS with an openssl-made certificate.
+    pub fn start_tls(maildir: PathBuf, port: u16, dir: &Path) -> Sink {
+        let cert = dir.join("sink-cert.pem").display().to_string();
+        let key = dir.join("sink-key.pem").display().to_string();
+        run_ok(
+            "openssl",
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                &key,
+                "-out",
+                &cert,
+                "-days",
+                "2",
+                "-subj",
+                "/CN=127.0.0.1",
+            ],
+        );
+        Sink::start_with(maildir, port, &["--tls-cert", &cert, "--tls-key", &key])
+    }
+
+    fn start_with(maildir: PathBuf, port: u16, extra: &[&str]) -> Sink {
         let mut child = Command::new(env!("CARGO_BIN_EXE_smimegate"))
             .args([
                 "sink",
@@ -51,6 +82,7 @@ impl Sink {
                 "--maildir",
             ])
             .arg(&maildir)
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -89,6 +121,8 @@ impl Drop for Sink {
 /// A message as the next hop received it.
 #[derive(Debug, Clone)]
 pub struct Delivered {
+    /// The gateway delivered over TLS.
+    pub tls: bool,
     pub envelope_to: Vec<String>,
     pub envelope_params: String,
     /// The message itself, without the sink's envelope fields.
@@ -101,6 +135,7 @@ impl Delivered {
         let mut rest = &raw[..];
         let mut envelope_to = Vec::new();
         let mut envelope_params = String::new();
+        let mut tls = false;
         loop {
             let end = rest.windows(2).position(|w| w == b"\r\n").expect("line") + 2;
             let line = String::from_utf8_lossy(&rest[..end]).trim_end().to_string();
@@ -108,12 +143,15 @@ impl Delivered {
                 envelope_to.push(to.to_string());
             } else if let Some(p) = line.strip_prefix("X-Envelope-Params: ") {
                 envelope_params = p.to_string();
+            } else if line == "X-Sink-TLS: yes" {
+                tls = true;
             } else if !line.starts_with("Return-Path: ") {
                 break;
             }
             rest = &rest[end..];
         }
         Delivered {
+            tls,
             envelope_to,
             envelope_params,
             message: rest.to_vec(),

@@ -249,3 +249,61 @@ fn a_token_failure_defers_and_never_sends_plaintext() {
     assert_eq!(code, 451, "{text}");
     assert!(gw.sink.messages().is_empty(), "plaintext was relayed");
 }
+
+#[test]
+fn starttls_on_both_sides_with_the_token_held_tls_key() {
+    let mut gw = Gateway::start(|d| {
+        let config = d.join("smimegate.toml");
+        let text = std::fs::read_to_string(&config).expect("config");
+        std::fs::write(
+            &config,
+            text.replace(
+                "next_hop_tls = \"opportunistic\"",
+                "next_hop_tls = \"required\"",
+            ),
+        )
+        .expect("config");
+        mailbox(d, ALICE);
+    });
+    let port = gw.sink.port;
+    gw.sink.stop();
+    gw.sink = super::harness::Sink::start_tls(gw.sink.maildir.clone(), port, gw.data());
+    let client = Client::connect(gw.submission);
+    assert!(client.ehlo.contains("STARTTLS"), "{}", client.ehlo);
+    drop(client);
+    // A real client (Python's smtplib) checks our certificate against the built-in CA
+    // and the host name, then sends over TLS.
+    let ca = gw.ca_pem(ALICE);
+    let script = format!(
+        r#"
+import smtplib, ssl
+ctx = ssl.create_default_context(cafile="{ca}")
+s = smtplib.SMTP("localhost", {port})
+s.starttls(context=ctx)
+print(s.ehlo()[1].decode())
+s.sendmail("{ALICE}", ["bob@partner.example"], b"From: {ALICE}\r\nTo: bob@partner.example\r\nSubject: tls\r\n\r\nover TLS\r\n")
+s.quit()
+"#,
+        port = gw.submission
+    );
+    let out = super::common::run_ok("python3", &["-c", &script]);
+    assert!(
+        !out.contains("STARTTLS"),
+        "STARTTLS is not offered twice: {out}"
+    );
+    let delivered = gw.sink.messages();
+    assert_eq!(delivered.len(), 1, "{}", gw.log());
+    assert!(delivered[0].tls, "the gateway must use TLS to the next hop");
+    assert!(delivered[0].text().contains("multipart/signed"));
+    // Without TLS at the next hop, "required" defers.
+    gw.sink.stop();
+    gw.sink = super::harness::Sink::start(gw.sink.maildir.clone(), port);
+    let mut client = Client::connect(gw.submission);
+    let t = client.send(
+        ALICE,
+        &["bob@partner.example"],
+        &message(ALICE, "bob@partner.example", "no-tls", "x"),
+    );
+    assert_eq!(t.rcpts[0].0, 451, "{t:?}");
+    assert!(t.rcpts[0].1.contains("STARTTLS"), "{t:?}");
+}
