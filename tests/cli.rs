@@ -126,7 +126,7 @@ fn activated_mailbox_certificate_is_accepted_for_smime_and_its_key_stays_in_the_
         );
     }
     let custody = smimegate_ok(&data, &["token", "custody"]);
-    assert!(custody.contains("2 key(s) checked"), "{custody}");
+    assert!(custody.contains("3 key(s) checked"), "{custody}");
 
     // Activating twice is refused: one certificate per mailbox.
     let again = smimegate(&data, &["mailbox", "activate", "alice@corp.example"]);
