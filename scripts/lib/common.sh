@@ -16,6 +16,10 @@ ensure_packages() {
     if [ "$(id -u)" -ne 0 ]; then
         sudo="sudo"
     fi
+    # Postfix is installed for the end-to-end test only: no system instance is set up.
+    if printf '%s\n' "${missing[@]}" | grep -qx postfix; then
+        echo "postfix postfix/main_mailer_type select No configuration" | $sudo debconf-set-selections
+    fi
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
@@ -23,4 +27,4 @@ ensure_packages() {
 # Packages the gateway needs to build and run.
 RUNTIME_PACKAGES=(build-essential pkg-config libssl-dev softhsm2 opensc openssl ca-certificates)
 # Packages the test suite needs on top: interop peers and PostgreSQL.
-TEST_PACKAGES=(gpgsm postgresql postgresql-client)
+TEST_PACKAGES=(gpgsm postgresql postgresql-client postfix python3)

@@ -4,6 +4,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 mod harness;
+mod postfix;
 mod protocol;
 
 use harness::{Client, Gateway, Partner, mailbox, openssl_decrypt, openssl_verify};
