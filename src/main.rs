@@ -14,7 +14,7 @@ fn main() -> ExitCode {
     let loaded = match &args.command {
         Command::Init => setup::prepare_data_dir(&args.data_dir).map_err(anyhow::Error::from),
         // The sink needs no data directory.
-        Command::Sink(_) => Ok((
+        Command::Sink(_) | Command::SmtpLoad(_) => Ok((
             Settings {
                 data_dir: args.data_dir.clone(),
                 config: smimegate::config::Config::default(),

@@ -2,6 +2,7 @@
 
 mod bench;
 mod certs;
+mod load;
 mod relay;
 mod rules;
 mod serve;
@@ -59,6 +60,8 @@ pub enum Command {
     /// A small SMTP sink that writes what it receives to a Maildir (a next hop for
     /// trying the gateway out).
     Sink(SinkArgs),
+    /// SMTP load generator: concurrent sessions sending one message for a while.
+    SmtpLoad(load::LoadArgs),
     /// Trust anchors for verifying partners' signatures.
     #[command(subcommand)]
     Trust(TrustCommand),
@@ -260,6 +263,9 @@ pub struct SinkArgs {
     /// Maildir to write messages to (created if missing).
     #[arg(long)]
     pub maildir: PathBuf,
+    /// Accept and drop messages instead of writing them (for benchmarks).
+    #[arg(long)]
+    pub discard: bool,
     /// PEM certificate chain to offer STARTTLS with (needs --tls-key).
     #[arg(long, requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
@@ -299,6 +305,7 @@ pub async fn run(
         }
         Command::Serve(args) => serve::serve(settings, args).await,
         Command::Sink(args) => serve::sink(args).await,
+        Command::SmtpLoad(args) => load::run(args).await,
         Command::Smime(cmd) => smime(cmd, settings).await,
         Command::Trust(cmd) => trust(cmd, &settings).await,
         Command::Rule(cmd) => rules::run(cmd, &settings).await,

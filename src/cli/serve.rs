@@ -89,6 +89,8 @@ pub async fn serve(settings: Settings, args: ServeArgs) -> Result<()> {
         tracing::warn!("the built-in CA is missing: run `smimegate init`");
     }
     let relay = Arc::new(Relay {
+        hops: crate::relay::HopPool::default(),
+        snapshots: crate::relay::directory::SnapshotCache::new(app.store.clone()),
         app: app.clone(),
         client,
         node,
@@ -130,8 +132,9 @@ pub async fn serve(settings: Settings, args: ServeArgs) -> Result<()> {
 }
 
 pub async fn sink(args: SinkArgs) -> Result<()> {
-    let maildir = crate::smtp::sink::Maildir::create(args.maildir.clone())
+    let mut maildir = crate::smtp::sink::Maildir::create(args.maildir.clone())
         .with_context(|| format!("cannot create Maildir {}", args.maildir.display()))?;
+    maildir.discard = args.discard;
     let listener = bind(&args.listen, "sink").await?;
     let config = ServerConfig {
         hostname: "smimegate-sink".into(),

@@ -1,15 +1,24 @@
-//! What the relay needs to know about an address, from the database: is it in a
-//! managed domain (and where does its mail go), is it a managed mailbox, can it sign,
-//! which partner certificate encrypts to it. Read per transaction, so changes made
-//! in the console or the CLI count at once.
+//! What the relay needs to know about an address: is it in a managed domain (and where
+//! does its mail go), is it a managed mailbox, can it sign, which partner certificate
+//! encrypts to it; and the rules, networks and smarthost. All of it is held in memory
+//! as a [`Snapshot`] and reloaded the moment the database's configuration version
+//! changes (every write to those tables bumps it, by trigger, on every node), so a
+//! change made in the console or the CLI counts for the next transaction, and a
+//! transaction costs one query instead of ten.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use der::Decode;
 use x509_cert::certificate::Certificate;
 
 use crate::pki::address::{Address, Domain};
-use crate::policy::{Direction, OutboundFacts, Party};
+use crate::policy::{Direction, OutboundFacts, Party, Rule};
 use crate::smime::capabilities::Capabilities;
-use crate::store::{CertificateSource, MailboxState, Store, StoreError};
+use crate::store::{CertificateSource, DomainRow, MailboxRow, MailboxState, Store, StoreError};
+
+use super::network::Network;
 
 /// Where mail to an address goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,51 +51,192 @@ pub struct PartnerCertificate {
     pub capabilities: Option<Capabilities>,
 }
 
-pub struct Directory<'a> {
-    store: &'a Store,
+/// Facts that depend on the clock (certificate validity) are re-read at least this
+/// often even when nothing changed.
+const MAX_AGE: Duration = Duration::from_secs(60);
+
+/// The relay's view of the configuration at one version.
+pub struct Snapshot {
+    version: i64,
+    loaded: Instant,
+    pub rules: Vec<Rule>,
+    domains: HashMap<String, DomainRow>,
+    mailboxes: HashMap<String, MailboxRow>,
+    pub networks: Vec<Network>,
+    pub smarthost: Option<String>,
+    /// Filled on first use: whether a mailbox can sign.
+    signing: Mutex<HashMap<String, bool>>,
+    /// Filled on first use: a partner's newest valid certificate.
+    partners: Mutex<HashMap<String, Option<PartnerCertificate>>>,
+    /// Filled on first use: a mailbox's signing identity.
+    signers: Mutex<HashMap<String, crate::smime::SignerIdentity>>,
 }
 
-impl<'a> Directory<'a> {
-    pub fn new(store: &'a Store) -> Self {
-        Directory { store }
-    }
-
-    pub async fn route(&self, address: &Address) -> Result<Route, StoreError> {
-        // A domain that is not a DNS name in ASCII (an SMTPUTF8 domain) is never one
-        // of ours: managed domains are ASCII.
-        let Ok(domain) = Domain::parse(address.domain()) else {
-            return Ok(Route::Outbound);
-        };
-        let Some(row) = self.store.domains().get(&domain).await? else {
-            return Ok(Route::Outbound);
-        };
-        let known_mailbox = self.store.mailboxes().get(address).await?.is_some();
-        Ok(Route::Inbound {
-            next_hop: row.next_hop,
-            known_mailbox,
-            wildcard: row.wildcard,
+impl Snapshot {
+    async fn load(store: &Store, version: i64) -> Result<Snapshot, StoreError> {
+        let networks = store
+            .relay_settings()
+            .networks()
+            .await?
+            .into_iter()
+            .filter_map(|n| match Network::parse(&n.cidr) {
+                Ok(net) => Some(net),
+                Err(e) => {
+                    tracing::warn!(error = %e, "stored network ignored");
+                    None
+                }
+            })
+            .collect();
+        Ok(Snapshot {
+            version,
+            loaded: Instant::now(),
+            rules: store.rules().list().await?,
+            domains: store
+                .domains()
+                .list()
+                .await?
+                .into_iter()
+                .map(|d| (d.name.clone(), d))
+                .collect(),
+            mailboxes: store
+                .mailboxes()
+                .list()
+                .await?
+                .into_iter()
+                .map(|m| (m.address.clone(), m))
+                .collect(),
+            networks,
+            smarthost: store.relay_settings().smarthost().await?,
+            signing: Mutex::new(HashMap::new()),
+            partners: Mutex::new(HashMap::new()),
+            signers: Mutex::new(HashMap::new()),
         })
     }
 
+    /// The signing identity of `address`, read once per snapshot.
+    pub async fn signer(
+        &self,
+        app: &crate::app::App,
+        address: &Address,
+    ) -> Result<crate::smime::SignerIdentity, crate::app::AppError> {
+        if let Some(known) = self
+            .signers
+            .lock()
+            .ok()
+            .and_then(|m| m.get(address.as_str()).cloned())
+        {
+            return Ok(known);
+        }
+        let signer = app.signer_for(address).await?;
+        if let Ok(mut m) = self.signers.lock() {
+            m.insert(address.to_string(), signer.clone());
+        }
+        Ok(signer)
+    }
+}
+
+/// Keeps the current [`Snapshot`].
+pub struct SnapshotCache {
+    store: Store,
+    current: Mutex<Option<Arc<Snapshot>>>,
+}
+
+impl SnapshotCache {
+    pub fn new(store: Store) -> Self {
+        SnapshotCache {
+            store,
+            current: Mutex::new(None),
+        }
+    }
+
+    /// The snapshot for the database's current configuration version.
+    pub async fn get(&self) -> Result<Arc<Snapshot>, StoreError> {
+        let version = self.store.config_version().await?;
+        let cached = self
+            .current
+            .lock()
+            .ok()
+            .and_then(|c| c.clone())
+            .filter(|s| s.version == version && s.loaded.elapsed() < MAX_AGE);
+        if let Some(snapshot) = cached {
+            return Ok(snapshot);
+        }
+        let fresh = Arc::new(Snapshot::load(&self.store, version).await?);
+        if let Ok(mut current) = self.current.lock() {
+            *current = Some(fresh.clone());
+        }
+        Ok(fresh)
+    }
+}
+
+/// Lookups against one snapshot (and the database for what it fills lazily).
+pub struct Directory<'a> {
+    store: &'a Store,
+    pub snapshot: Arc<Snapshot>,
+}
+
+impl<'a> Directory<'a> {
+    pub fn new(store: &'a Store, snapshot: Arc<Snapshot>) -> Self {
+        Directory { store, snapshot }
+    }
+
+    /// A directory on a snapshot read now (for one-shot users such as `rule explain`).
+    pub async fn current(store: &'a Store) -> Result<Directory<'a>, StoreError> {
+        let version = store.config_version().await?;
+        Ok(Directory {
+            store,
+            snapshot: Arc::new(Snapshot::load(store, version).await?),
+        })
+    }
+
+    pub fn route(&self, address: &Address) -> Route {
+        // A domain that is not a DNS name in ASCII (an SMTPUTF8 domain) is never one
+        // of ours: managed domains are ASCII.
+        let Ok(domain) = Domain::parse(address.domain()) else {
+            return Route::Outbound;
+        };
+        match self.snapshot.domains.get(domain.as_str()) {
+            Some(row) => Route::Inbound {
+                next_hop: row.next_hop.clone(),
+                known_mailbox: self.is_managed(address),
+                wildcard: row.wildcard,
+            },
+            None => Route::Outbound,
+        }
+    }
+
     /// A known mailbox of a managed domain (what the rules call a managed mailbox).
-    pub async fn is_managed(&self, address: &Address) -> Result<bool, StoreError> {
-        Ok(self.store.mailboxes().get(address).await?.is_some())
+    pub fn is_managed(&self, address: &Address) -> bool {
+        self.snapshot.mailboxes.contains_key(address.as_str())
     }
 
     /// The mailbox is active and has a valid certificate of ours.
     pub async fn can_sign(&self, address: &Address) -> Result<bool, StoreError> {
-        let Some(mailbox) = self.store.mailboxes().get(address).await? else {
+        let Some(mailbox) = self.snapshot.mailboxes.get(address.as_str()) else {
             return Ok(false);
         };
         if mailbox.state != MailboxState::Active {
             return Ok(false);
         }
-        Ok(self
+        if let Some(known) = self
+            .snapshot
+            .signing
+            .lock()
+            .ok()
+            .and_then(|m| m.get(address.as_str()).copied())
+        {
+            return Ok(known);
+        }
+        let can = self
             .store
             .certificates()
             .current(address.as_str(), CertificateSource::Issued)
             .await?
-            .is_some())
+            .is_some();
+        if let Ok(mut m) = self.snapshot.signing.lock() {
+            m.insert(address.to_string(), can);
+        }
+        Ok(can)
     }
 
     /// The newest valid partner certificate for `address` (harvested or uploaded).
@@ -94,26 +244,40 @@ impl<'a> Directory<'a> {
         &self,
         address: &Address,
     ) -> Result<Option<PartnerCertificate>, StoreError> {
+        if let Some(known) = self
+            .snapshot
+            .partners
+            .lock()
+            .ok()
+            .and_then(|m| m.get(address.as_str()).cloned())
+        {
+            return Ok(known);
+        }
         let now = crate::store::unix_now();
-        let known = self
+        let mut found = None;
+        for (stored, capabilities) in self
             .store
             .certificates()
             .for_partner(address.as_str(), now)
-            .await?;
-        for (stored, capabilities) in known {
+            .await?
+        {
             match Certificate::from_der(&stored.record.der) {
                 Ok(certificate) => {
-                    return Ok(Some(PartnerCertificate {
+                    found = Some(PartnerCertificate {
                         certificate,
                         capabilities: capabilities.as_deref().and_then(Capabilities::parse),
-                    }));
+                    });
+                    break;
                 }
                 Err(e) => {
                     tracing::warn!(certificate = stored.id, error = %e, "stored partner certificate does not parse; skipped");
                 }
             }
         }
-        Ok(None)
+        if let Ok(mut m) = self.snapshot.partners.lock() {
+            m.insert(address.to_string(), found.clone());
+        }
+        Ok(found)
     }
 
     /// Sender and recipient as the policy sees them, with the outbound facts.
@@ -122,8 +286,8 @@ impl<'a> Directory<'a> {
         sender: &Address,
         recipient: &Address,
     ) -> Result<(bool, bool, OutboundFacts), StoreError> {
-        let sender_managed = self.is_managed(sender).await?;
-        let recipient_managed = self.is_managed(recipient).await?;
+        let sender_managed = self.is_managed(sender);
+        let recipient_managed = self.is_managed(recipient);
         let facts = OutboundFacts {
             sender_can_sign: sender_managed && self.can_sign(sender).await?,
             recipient_has_certificate: self.partner_certificate(recipient).await?.is_some(),

@@ -29,11 +29,11 @@ pub async fn explain(
     sender: &Address,
     recipient: &Address,
 ) -> Result<Explanation, StoreError> {
-    let directory = Directory::new(store);
-    let rules = store.rules().list().await?;
-    let route = directory.route(recipient).await?;
-    let sender_managed = directory.is_managed(sender).await?;
-    let recipient_managed = directory.is_managed(recipient).await?;
+    let directory = Directory::current(store).await?;
+    let rules = directory.snapshot.rules.clone();
+    let route = directory.route(recipient);
+    let sender_managed = directory.is_managed(sender);
+    let recipient_managed = directory.is_managed(recipient);
     let mut explanation = Explanation {
         direction: route.direction(),
         sender: sender.to_string(),

@@ -23,11 +23,15 @@ use crate::smtp::command::{MailParams, RcptParams};
 use crate::smtp::server::{Handler, SessionInfo};
 use crate::store::{LogEntry, LogStatus, StoreError};
 
-use directory::{Directory, PartnerCertificate, Route, party};
+use directory::{Directory, PartnerCertificate, Route, Snapshot, SnapshotCache, party};
 use network::Network;
 
 pub struct Relay {
     pub app: Arc<App>,
+    /// Idle connections to next hops, reused across transactions.
+    pub hops: HopPool,
+    /// The configuration the relay reads per transaction, in memory while unchanged.
+    pub snapshots: SnapshotCache,
     pub client: ClientConfig,
     pub node: String,
     pub limits: crate::mime::Limits,
@@ -80,33 +84,10 @@ fn database_trouble(e: StoreError) -> Reply {
 }
 
 impl Relay {
-    async fn relay_allowed(&self, session: &SessionInfo) -> Result<bool, Reply> {
+    fn relay_allowed(&self, session: &SessionInfo, snapshot: &Snapshot) -> bool {
         let ip = session.peer.ip();
-        if self.config_networks.iter().any(|n| n.contains(ip)) {
-            return Ok(true);
-        }
-        let stored = self
-            .app
-            .store
-            .relay_settings()
-            .networks()
-            .await
-            .map_err(database_trouble)?;
-        Ok(stored
-            .iter()
-            .filter_map(|n| Network::parse(&n.cidr).ok())
-            .any(|n| n.contains(ip)))
-    }
-
-    async fn smarthost(&self) -> Result<Option<String>, Reply> {
-        let stored = self
-            .app
-            .store
-            .relay_settings()
-            .smarthost()
-            .await
-            .map_err(database_trouble)?;
-        Ok(stored.or_else(|| self.config_smarthost.clone()))
+        self.config_networks.iter().any(|n| n.contains(ip))
+            || snapshot.networks.iter().any(|n| n.contains(ip))
     }
 
     /// The class of one recipient, or the reply refusing it.
@@ -116,16 +97,11 @@ impl Relay {
         tx: &mut Transaction,
         recipient: &Address,
     ) -> Result<(Class, Option<PartnerCertificate>, Option<Selection>), Reply> {
-        let directory = Directory::new(&self.app.store);
-        let route = directory.route(recipient).await.map_err(database_trouble)?;
+        let snapshot = self.snapshots.get().await.map_err(database_trouble)?;
+        let directory = Directory::new(&self.app.store, snapshot.clone());
+        let route = directory.route(recipient);
         tx.direction = Some(route.direction());
-        let rules = self
-            .app
-            .store
-            .rules()
-            .list()
-            .await
-            .map_err(database_trouble)?;
+        let rules = &snapshot.rules;
         let sender = tx.from_address.clone();
         match route {
             Route::Inbound {
@@ -147,15 +123,12 @@ impl Relay {
                         format!("<{recipient}>: no route to the internal server is configured"),
                     ));
                 };
-                let sender_managed = match &sender {
-                    Some(s) => directory.is_managed(s).await.map_err(database_trouble)?,
-                    None => false,
-                };
+                let sender_managed = sender.as_ref().is_some_and(|s| directory.is_managed(s));
                 let null_sender = Address::from_envelope("mailer-daemon@invalid")
                     .map_err(|_| Reply::new(451, "4.3.0", "internal error"))?;
                 let sender_ref = sender.as_ref().unwrap_or(&null_sender);
                 let selection = policy::select(
-                    &rules,
+                    rules,
                     Direction::Inbound,
                     party(sender_ref, sender_managed),
                     party(recipient, known_mailbox),
@@ -170,7 +143,7 @@ impl Relay {
                 ))
             }
             Route::Outbound => {
-                if !self.relay_allowed(session).await? {
+                if !self.relay_allowed(session, &snapshot) {
                     return Err(Reply::new(
                         554,
                         "5.7.1",
@@ -180,7 +153,11 @@ impl Relay {
                         ),
                     ));
                 }
-                let Some(hop) = self.smarthost().await? else {
+                let Some(hop) = snapshot
+                    .smarthost
+                    .clone()
+                    .or_else(|| self.config_smarthost.clone())
+                else {
                     return Err(Reply::new(
                         451,
                         "4.3.0",
@@ -195,7 +172,7 @@ impl Relay {
                     .await
                     .map_err(database_trouble)?;
                 let decision = policy::decide_outbound(
-                    &rules,
+                    rules,
                     party(sender_ref, sender_managed),
                     party(recipient, recipient_managed),
                     facts,
@@ -254,6 +231,48 @@ impl Relay {
         };
         if let Err(e) = self.app.store.message_log().record(&entry).await {
             tracing::error!(error = %e, "could not write the message log");
+        }
+    }
+}
+
+/// Idle next-hop connections, per hop, reused while younger than [`HopPool::MAX_IDLE`].
+#[derive(Default)]
+pub struct HopPool {
+    idle: std::sync::Mutex<std::collections::HashMap<String, Vec<(Connection, Instant)>>>,
+}
+
+impl HopPool {
+    const MAX_IDLE: std::time::Duration = std::time::Duration::from_secs(20);
+    const MAX_PER_HOP: usize = 64;
+
+    fn take(&self, hop: &str) -> Option<Connection> {
+        let mut idle = self.idle.lock().ok()?;
+        let list = idle.get_mut(hop)?;
+        while let Some((conn, since)) = list.pop() {
+            if since.elapsed() < Self::MAX_IDLE {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    /// Keeps a connection that is between transactions.
+    fn keep(&self, conn: Connection) {
+        if let Ok(mut idle) = self.idle.lock() {
+            let list = idle.entry(conn.hop.clone()).or_default();
+            list.retain(|(_, since)| since.elapsed() < Self::MAX_IDLE);
+            if list.len() < Self::MAX_PER_HOP {
+                list.push((conn, Instant::now()));
+            }
+        }
+    }
+
+    /// Ends the transaction on a connection (RSET) and keeps it if the hop agrees.
+    async fn put_back(&self, mut conn: Connection) {
+        if conn.rset().await {
+            self.keep(conn);
+        } else {
+            conn.quit().await;
         }
     }
 }
@@ -331,18 +350,21 @@ impl Handler for Relay {
         tracing::info!(parent: &span, reply = %reply, actions = ?actions, "transaction done");
         self.log(&tx, status_of(&reply), &reply, actions, logged.as_deref())
             .await;
-        if let Some(mut conn) = tx.connection.take() {
-            if !reply.is_positive() {
-                let _ = conn.rset().await;
+        if let Some(conn) = tx.connection.take() {
+            if reply.is_positive() {
+                // After a final reply to DATA the connection is ready for the next
+                // transaction.
+                self.hops.keep(conn);
+            } else {
+                self.hops.put_back(conn).await;
             }
-            conn.quit().await;
         }
         reply
     }
 
     async fn abandon(&self, _session: &SessionInfo, mut tx: Transaction, reply: Option<&Reply>) {
         if let Some(conn) = tx.connection.take() {
-            conn.quit().await;
+            self.hops.put_back(conn).await;
         }
         match reply {
             Some(reply) => {
@@ -403,19 +425,37 @@ impl Relay {
             Class::Inbound { hop, .. } | Class::Outbound { hop, .. } => hop.clone(),
         };
         if tx.connection.is_none() {
-            let mut conn = match Connection::open(&self.client, &hop).await {
-                Ok(c) => c,
-                Err(reply) => return reply,
-            };
             let size = tx.params.size.map(|s| match &class {
                 Class::Outbound { transform, .. } if transform.encrypts() => s * 14 / 10 + 65536,
                 _ => s + 65536,
             });
-            match conn.mail(&tx.from, &tx.params, size).await {
-                Ok(r) if r.is_positive() => {}
-                Ok(r) | Err(r) => return r,
+            // A pooled connection may have been closed by the hop meanwhile: then one
+            // fresh connection is tried.
+            let mut fresh_tried = false;
+            loop {
+                let (mut conn, reused) = match self.hops.take(&hop) {
+                    Some(conn) => (conn, true),
+                    None => match Connection::open(&self.client, &hop).await {
+                        Ok(c) => (c, false),
+                        Err(reply) => return reply,
+                    },
+                };
+                match conn.mail(&tx.from, &tx.params, size).await {
+                    Ok(r) if r.is_positive() => {
+                        tx.connection = Some(conn);
+                        break;
+                    }
+                    Ok(r) => {
+                        self.hops.put_back(conn).await;
+                        return r;
+                    }
+                    Err(_) if reused && !fresh_tried => {
+                        fresh_tried = true;
+                        continue;
+                    }
+                    Err(r) => return r,
+                }
             }
-            tx.connection = Some(conn);
         }
         let Some(conn) = tx.connection.as_mut() else {
             return Reply::new(451, "4.3.0", "internal error");
@@ -537,8 +577,13 @@ impl Relay {
                         Some(summary),
                     );
                 }
+                let snapshot = match self.snapshots.get().await {
+                    Ok(s) => s,
+                    Err(e) => return (database_trouble(e), actions, Some(summary)),
+                };
                 let outputs = match outbound::transform(
                     &self.app,
+                    &snapshot,
                     &self.limits,
                     &from,
                     transform,

@@ -43,6 +43,7 @@ fn encryption_failed(e: crate::smime::encrypt::EncryptError) -> Reply {
 /// Returns one message per group, in order.
 pub async fn transform(
     app: &App,
+    snapshot: &super::directory::Snapshot,
     limits: &crate::mime::Limits,
     from: &Address,
     transform: Transform,
@@ -50,8 +51,8 @@ pub async fn transform(
     message: Vec<u8>,
 ) -> Result<Vec<Vec<u8>>, Reply> {
     let body = if transform.signs() {
-        let signer = app
-            .signer_for(from)
+        let signer = snapshot
+            .signer(app, from)
             .await
             .map_err(|e| failed("signing", e))?;
         let limits = *limits;

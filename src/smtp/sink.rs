@@ -12,6 +12,8 @@ use super::server::{Handler, SessionInfo};
 pub struct Maildir {
     root: PathBuf,
     counter: AtomicU64,
+    /// Accept and drop (benchmarks).
+    pub discard: bool,
 }
 
 pub struct SinkTransaction {
@@ -28,6 +30,7 @@ impl Maildir {
         Ok(Maildir {
             root,
             counter: AtomicU64::new(0),
+            discard: false,
         })
     }
 
@@ -112,6 +115,9 @@ impl Handler for Maildir {
     }
 
     async fn data(&self, session: &SessionInfo, tx: SinkTransaction, message: Vec<u8>) -> Reply {
+        if self.discard {
+            return Reply::new(250, "2.0.0", "Discarded");
+        }
         match self.store(&tx, &message, session.tls) {
             Ok(path) => {
                 tracing::info!(file = %path.display(), "message stored");

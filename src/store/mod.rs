@@ -133,9 +133,28 @@ impl Store {
         } else {
             max_connections
         };
+        let sqlite = backend == Backend::Sqlite;
         let pool = AnyPoolOptions::new()
             .max_connections(max)
             .acquire_timeout(timeout)
+            .after_connect(move |conn, _meta| {
+                Box::pin(async move {
+                    if sqlite {
+                        // Write-ahead logging: readers do not wait for the writer, and a
+                        // commit is not an fsync each (the message log writes one row per
+                        // SMTP transaction). NORMAL stays consistent after a crash.
+                        for pragma in [
+                            "PRAGMA journal_mode = WAL",
+                            "PRAGMA synchronous = NORMAL",
+                            "PRAGMA busy_timeout = 5000",
+                            "PRAGMA foreign_keys = ON",
+                        ] {
+                            sqlx::query(pragma).execute(&mut *conn).await?;
+                        }
+                    }
+                    Ok(())
+                })
+            })
             .connect(&url_to_use)
             .await
             .map_err(|source| StoreError::Connect {
@@ -161,6 +180,19 @@ impl Store {
 
     pub fn pool(&self) -> &AnyPool {
         &self.pool
+    }
+
+    /// The counter every change to rules, domains, mailboxes, certificates, keys and
+    /// relay settings bumps (by triggers): a cached copy of them is current while this
+    /// is unchanged.
+    pub async fn config_version(&self) -> Result<i64> {
+        sqlx::query_scalar("SELECT version FROM config_version WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|source| StoreError::Query {
+                operation: "reading the configuration version",
+                source,
+            })
     }
 
     /// A cheap round trip, for health checks.

@@ -1,0 +1,143 @@
+//! `smimegate smtp-load`: an SMTP load generator for `scripts/bench-relay` (and for
+//! operators sizing a gateway): N concurrent sessions send one message over and over
+//! for a while, each on its own connection; prints one JSON line with messages/s and
+//! latency percentiles (MAIL to the reply to DATA).
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::Args;
+
+use crate::config::NextHopTls;
+use crate::smtp::client::{ClientConfig, Connection};
+use crate::smtp::command::{MailParams, RcptParams};
+
+#[derive(Args, Debug)]
+pub struct LoadArgs {
+    /// HOST:PORT to send to.
+    #[arg(long)]
+    pub target: String,
+    /// Concurrent sessions.
+    #[arg(long, default_value_t = 1)]
+    pub concurrency: usize,
+    /// Seconds to send for.
+    #[arg(long, default_value_t = 5)]
+    pub seconds: u64,
+    #[arg(long)]
+    pub from: String,
+    #[arg(long)]
+    pub to: String,
+    /// The message to send (a file); without it, a text message of --size bytes.
+    #[arg(long)]
+    pub message: Option<PathBuf>,
+    #[arg(long, default_value_t = 4096)]
+    pub size: usize,
+}
+
+fn text_message(from: &str, to: &str, size: usize) -> Vec<u8> {
+    let mut m =
+        format!("From: {from}\r\nTo: {to}\r\nSubject: load\r\nContent-Type: text/plain\r\n\r\n")
+            .into_bytes();
+    let line = b"The quick brown fox jumps over the lazy dog; 0123456789 abcdefghijklmnopqrst\r\n";
+    while m.len() < size {
+        m.extend_from_slice(line);
+    }
+    m
+}
+
+pub async fn run(args: LoadArgs) -> Result<()> {
+    let message = match &args.message {
+        Some(path) => {
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?
+        }
+        None => text_message(&args.from, &args.to, args.size),
+    };
+    let client = ClientConfig::new(
+        "load.invalid".into(),
+        Duration::from_secs(10),
+        Duration::from_secs(60),
+        NextHopTls::Off,
+    )?;
+    let deadline = Instant::now() + Duration::from_secs(args.seconds.max(1));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..args.concurrency.max(1) {
+        let (client, target, from, to, message) = (
+            client.clone(),
+            args.target.clone(),
+            args.from.clone(),
+            args.to.clone(),
+            message.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut errors = 0u64;
+            let mut conn: Option<Connection> = None;
+            while Instant::now() < deadline {
+                if conn.is_none() {
+                    match Connection::open(&client, &target).await {
+                        Ok(c) => conn = Some(c),
+                        Err(_) => {
+                            errors += 1;
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    }
+                }
+                let Some(c) = conn.as_mut() else { continue };
+                let t0 = Instant::now();
+                let ok = async {
+                    let r = c.mail(&from, &MailParams::default(), None).await.ok()?;
+                    r.is_positive().then_some(())?;
+                    let r = c.rcpt(&to, &RcptParams::default()).await.ok()?;
+                    r.is_positive().then_some(())?;
+                    let r = c.data(&message).await.ok()?;
+                    r.is_positive().then_some(())
+                }
+                .await;
+                match ok {
+                    Some(()) => latencies.push(t0.elapsed()),
+                    None => {
+                        errors += 1;
+                        if let Some(c) = conn.take() {
+                            c.quit().await;
+                        }
+                    }
+                }
+            }
+            if let Some(c) = conn {
+                c.quit().await;
+            }
+            (latencies, errors)
+        }));
+    }
+    let mut latencies = Vec::new();
+    let mut errors = 0;
+    for task in tasks {
+        let (l, e) = task.await?;
+        latencies.extend(l);
+        errors += e;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    latencies.sort();
+    let percentile = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+            .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+    };
+    println!(
+        "{}",
+        serde_json::json!({
+            "sent": latencies.len(),
+            "errors": errors,
+            "seconds": elapsed,
+            "per_sec": latencies.len() as f64 / elapsed,
+            "p50_ms": percentile(0.50),
+            "p99_ms": percentile(0.99),
+            "concurrency": args.concurrency,
+            "size": message.len(),
+        })
+    );
+    Ok(())
+}
