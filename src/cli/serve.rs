@@ -89,6 +89,7 @@ pub async fn serve(settings: Settings, args: ServeArgs) -> Result<()> {
         tracing::warn!("the built-in CA is missing: run `smimegate init`");
     }
     let relay = Arc::new(Relay {
+        log_writer: crate::relay::log_writer::LogWriter::start(app.store.clone()),
         hops: crate::relay::HopPool::default(),
         snapshots: crate::relay::directory::SnapshotCache::new(app.store.clone()),
         app: app.clone(),

@@ -8,6 +8,7 @@ pub mod directory;
 pub mod explain;
 pub mod headers;
 pub mod inbound;
+pub mod log_writer;
 pub mod network;
 pub mod outbound;
 
@@ -28,6 +29,8 @@ use network::Network;
 
 pub struct Relay {
     pub app: Arc<App>,
+    /// Message-log rows, written with group commit.
+    pub log_writer: log_writer::LogWriter,
     /// Idle connections to next hops, reused across transactions.
     pub hops: HopPool,
     /// The configuration the relay reads per transaction, in memory while unchanged.
@@ -229,9 +232,7 @@ impl Relay {
             rule_id: tx.selection.as_ref().and_then(|s| s.rule_id),
             duration_ms: tx.started.elapsed().as_millis() as i64,
         };
-        if let Err(e) = self.app.store.message_log().record(&entry).await {
-            tracing::error!(error = %e, "could not write the message log");
-        }
+        self.log_writer.record(entry).await;
     }
 }
 

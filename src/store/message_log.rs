@@ -74,6 +74,32 @@ pub struct LogFilter {
     pub limit: Option<i64>,
 }
 
+async fn insert(conn: &mut sqlx::AnyConnection, entry: &LogEntry) -> Result<i64> {
+    sqlx::query_scalar(
+        "INSERT INTO message_log (received_at, node, direction, mail_from, rcpt_to, \
+         message_id, subject, size_bytes, status, actions, smtp_code, smtp_reply, rule_id, \
+         duration_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
+         RETURNING id",
+    )
+    .bind(entry.received_at)
+    .bind(&entry.node)
+    .bind(entry.direction.as_str())
+    .bind(&entry.mail_from)
+    .bind(serde_json::Value::from(entry.rcpt_to.clone()).to_string())
+    .bind(entry.message_id.as_deref())
+    .bind(entry.subject.as_deref())
+    .bind(entry.size_bytes)
+    .bind(entry.status.as_str())
+    .bind(serde_json::Value::from(entry.actions.clone()).to_string())
+    .bind(entry.smtp_code)
+    .bind(entry.smtp_reply.as_deref())
+    .bind(entry.rule_id)
+    .bind(entry.duration_ms)
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(db("writing the message log"))
+}
+
 const COLUMNS: &str = "id, received_at, node, direction, mail_from, rcpt_to, message_id, \
     subject, size_bytes, status, actions, smtp_code, smtp_reply, rule_id, duration_ms";
 
@@ -103,30 +129,25 @@ fn row_to_entry(row: &sqlx::any::AnyRow) -> std::result::Result<LogEntry, sqlx::
 impl MessageLog<'_> {
     /// Records one transaction; `entry.id` is ignored.
     pub async fn record(&self, entry: &LogEntry) -> Result<i64> {
-        let id: i64 = sqlx::query_scalar(
-            "INSERT INTO message_log (received_at, node, direction, mail_from, rcpt_to, \
-             message_id, subject, size_bytes, status, actions, smtp_code, smtp_reply, rule_id, \
-             duration_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
-             RETURNING id",
-        )
-        .bind(entry.received_at)
-        .bind(&entry.node)
-        .bind(entry.direction.as_str())
-        .bind(&entry.mail_from)
-        .bind(serde_json::Value::from(entry.rcpt_to.clone()).to_string())
-        .bind(entry.message_id.as_deref())
-        .bind(entry.subject.as_deref())
-        .bind(entry.size_bytes)
-        .bind(entry.status.as_str())
-        .bind(serde_json::Value::from(entry.actions.clone()).to_string())
-        .bind(entry.smtp_code)
-        .bind(entry.smtp_reply.as_deref())
-        .bind(entry.rule_id)
-        .bind(entry.duration_ms)
-        .fetch_one(self.pool)
-        .await
-        .map_err(db("writing the message log"))?;
-        Ok(id)
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(db("writing the message log"))?;
+        insert(&mut conn, entry).await
+    }
+
+    /// Records several transactions in one database transaction (one commit).
+    pub async fn record_all(&self, entries: &[LogEntry]) -> Result<()> {
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(db("writing the message log"))?;
+        for entry in entries {
+            insert(&mut tx, entry).await?;
+        }
+        tx.commit().await.map_err(db("writing the message log"))
     }
 
     /// Rows matching `filter`, newest first.

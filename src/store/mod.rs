@@ -127,9 +127,14 @@ impl Store {
         } else {
             return Err(StoreError::UnsupportedUrl(redact(url)));
         };
-        // SQLite serialises writers; one connection avoids "database is locked" under load.
+        // SQLite in WAL mode: readers run beside the one writer, writers wait for each
+        // other (busy_timeout). An in-memory database exists per connection: one.
         let max = if backend == Backend::Sqlite {
-            1
+            if url.contains(":memory:") {
+                1
+            } else {
+                max_connections.clamp(1, 4)
+            }
         } else {
             max_connections
         };

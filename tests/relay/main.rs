@@ -63,6 +63,35 @@ fn a_sender_without_a_certificate_goes_out_unsigned_under_the_default() {
     assert!(!delivered[0].text().contains("multipart/signed"));
     let log = gw.cli(&["log"]);
     assert!(log.contains("no active certificate"), "{log}");
+    // Under encrypt-enforced the same sender cannot send at all.
+    gw.cli(&[
+        "rule",
+        "add",
+        "--direction",
+        "outbound",
+        "--from",
+        "anyone",
+        "--to",
+        "anyone",
+        "--action",
+        "encrypt-enforced",
+    ]);
+    let t = client.send(
+        "noca@corp.example",
+        &["bob@partner.example"],
+        &message(
+            "noca@corp.example",
+            "bob@partner.example",
+            "enforced",
+            "text",
+        ),
+    );
+    assert_eq!(t.rcpts[0].0, 550, "{t:?}");
+    assert!(
+        t.rcpts[0].1.contains("5.7.1") && t.rcpts[0].1.contains("has no active S/MIME certificate"),
+        "{t:?}"
+    );
+    assert_eq!(gw.sink.messages().len(), 1, "nothing more was relayed");
 }
 
 #[test]
