@@ -39,12 +39,11 @@ impl Maildir {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
+        // Unique, and in arrival order when sorted by name.
         let name = format!(
-            "{}.{}_{}.{}",
-            now.as_secs(),
-            std::process::id(),
-            n,
-            now.subsec_nanos()
+            "{:020}.{}_{n:08}.smimegate-sink",
+            now.as_nanos(),
+            std::process::id()
         );
         let mut content = format!("Return-Path: <{}>\r\n", tx.from).into_bytes();
         for (rcpt, params) in &tx.recipients {

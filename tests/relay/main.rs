@@ -6,6 +6,7 @@ mod common;
 mod harness;
 mod postfix;
 mod protocol;
+mod tables;
 
 use harness::{Client, Gateway, Partner, mailbox, openssl_decrypt, openssl_verify};
 
