@@ -330,3 +330,103 @@ fn a_tampered_signed_attribute_is_a_bad_signature() {
     let v = check(&pki, message.as_bytes(), "bob@partner.example");
     assert_eq!(v.verdict, Verdict::BadSignature, "{}", v.detail);
 }
+
+/// RFC 5652 §5.4: the signature covers the signed attributes as the signer encoded
+/// them. A signer that did not put the SET OF in DER order (some clients do not) must
+/// still verify, and reordering the attributes without signing again must not.
+#[test]
+fn signed_attributes_are_verified_in_the_order_the_signer_wrote_them() {
+    use base64::Engine;
+    use der::{Decode, Encode};
+    use sha2::Digest;
+    let pki = Pki::new();
+    let (key, cert) = pki.leaf("bob", "rsa:2048", SMIME_EXT);
+    let content = pki.path("content");
+    std::fs::write(&content, MESSAGE).expect("write");
+    let sig_path = pki.path("sig.der");
+    run_ok(
+        "openssl",
+        &[
+            "cms", "-sign", "-binary", "-in", &content, "-signer", &cert, "-inkey", &key,
+            "-outform", "DER", "-out", &sig_path,
+        ],
+    );
+    let original = std::fs::read(&sig_path).expect("signature");
+    let info = {
+        let ci = cms::content_info::ContentInfo::from_der(&original).expect("ContentInfo");
+        let sd: cms::signed_data::SignedData = ci.content.decode_as().expect("SignedData");
+        sd.signer_infos.0.iter().next().expect("signer").clone()
+    };
+    let attrs = info.signed_attrs.clone().expect("signed attributes");
+    let sorted = attrs.to_der().expect("attributes");
+    let elements: Vec<Vec<u8>> = attrs
+        .iter()
+        .map(|a| a.to_der().expect("attribute"))
+        .collect();
+    assert!(
+        elements.len() >= 3,
+        "openssl writes several signed attributes"
+    );
+    let reversed: Vec<u8> = elements.iter().rev().flatten().copied().collect();
+    let header = sorted.len() - reversed.len();
+    let mut implicit = sorted.clone();
+    implicit[0] = 0xa0;
+    let at = original
+        .windows(implicit.len())
+        .position(|w| w == implicit.as_slice())
+        .expect("the attributes in the DER");
+    let mut reordered = original.clone();
+    reordered[at + header..at + implicit.len()].copy_from_slice(&reversed);
+
+    let message = |cms: &[u8]| -> Vec<u8> {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(cms);
+        let lines: Vec<&str> = b64
+            .as_bytes()
+            .chunks(76)
+            .map(|c| std::str::from_utf8(c).expect("ascii"))
+            .collect();
+        format!(
+            "From: bob@partner.example\r\nMIME-Version: 1.0\r\nContent-Type: multipart/signed; \
+             protocol=\"application/pkcs7-signature\"; micalg=sha-256; boundary=\"b\"\r\n\r\n\
+             --b\r\n{MESSAGE}\r\n--b\r\nContent-Type: application/pkcs7-signature\r\n\
+             Content-Transfer-Encoding: base64\r\n\r\n{}\r\n--b--\r\n",
+            lines.join("\r\n")
+        )
+        .into_bytes()
+    };
+    // Reordered but not signed again: the signature no longer fits.
+    let v = check(&pki, &message(&reordered), "bob@partner.example");
+    assert_eq!(v.verdict, Verdict::BadSignature, "{}", v.detail);
+
+    // Signed again over the attributes in the new order (openssl pkeyutl, PKCS#1 v1.5).
+    let mut set = sorted[..header].to_vec();
+    set.extend_from_slice(&reversed);
+    let hash_path = pki.path("attrs.sha256");
+    std::fs::write(&hash_path, sha2::Sha256::digest(&set)).expect("hash");
+    let new_sig_path = pki.path("attrs.sig");
+    run_ok(
+        "openssl",
+        &[
+            "pkeyutl",
+            "-sign",
+            "-inkey",
+            &key,
+            "-pkeyopt",
+            "digest:sha256",
+            "-in",
+            &hash_path,
+            "-out",
+            &new_sig_path,
+        ],
+    );
+    let new_sig = std::fs::read(&new_sig_path).expect("signature");
+    let old_sig = info.signature.as_bytes();
+    assert_eq!(new_sig.len(), old_sig.len());
+    let at = reordered
+        .windows(old_sig.len())
+        .position(|w| w == old_sig)
+        .expect("the signature in the DER");
+    reordered[at..at + old_sig.len()].copy_from_slice(&new_sig);
+    let v = check(&pki, &message(&reordered), "bob@partner.example");
+    assert_eq!(v.verdict, Verdict::Valid, "{}", v.detail);
+}

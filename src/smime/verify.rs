@@ -283,7 +283,14 @@ fn check(
         return result;
     };
     result.signer = Some(signer.clone());
-    if let Err((verdict, detail)) = check_signature(signer_info, &signed_data, &content, &signer) {
+    let raw_attrs = raw_signed_attrs(cms_der, signer_info);
+    if let Err((verdict, detail)) = check_signature(
+        signer_info,
+        &signed_data,
+        &content,
+        &signer,
+        raw_attrs.as_deref(),
+    ) {
         result.verdict = verdict;
         result.detail = detail;
         return result;
@@ -298,6 +305,69 @@ fn check(
     result.verdict = Verdict::Valid;
     result.detail = format!("signed by {}", signer.tbs_certificate().subject());
     result
+}
+
+/// One DER element: (tag, content, whole element).
+type Element<'a> = (u8, &'a [u8], &'a [u8]);
+
+/// The DER element at the start of `bytes`. Definite lengths only (the input went
+/// through BER→DER already).
+fn tlv(bytes: &[u8]) -> Option<Element<'_>> {
+    let tag = *bytes.first()?;
+    if tag & 0x1f == 0x1f {
+        return None;
+    }
+    let first = usize::from(*bytes.get(1)?);
+    let (len, header) = if first < 0x80 {
+        (first, 2)
+    } else {
+        let n = first & 0x7f;
+        if n == 0 || n > 4 {
+            return None;
+        }
+        let mut len = 0usize;
+        for i in 0..n {
+            len = (len << 8) | usize::from(*bytes.get(2 + i)?);
+        }
+        (len, 2 + n)
+    };
+    let end = header.checked_add(len)?;
+    Some((tag, bytes.get(header..end)?, bytes.get(..end)?))
+}
+
+/// The elements inside a constructed element's content.
+fn elements(mut content: &[u8]) -> Option<Vec<Element<'_>>> {
+    let mut out = Vec::new();
+    while !content.is_empty() {
+        let element = tlv(content)?;
+        content = &content[element.2.len()..];
+        out.push(element);
+    }
+    Some(out)
+}
+
+/// The signed attributes of `info` exactly as they are in `cms_der`, re-tagged as the
+/// SET OF the signature covers (RFC 5652 §5.4). The parsed form cannot give them: the
+/// decoder sorts a SET OF, and a signer that did not is still to be verified.
+fn raw_signed_attrs(cms_der: &[u8], info: &SignerInfo) -> Option<Vec<u8>> {
+    let (_, content_info, _) = tlv(cms_der)?;
+    let explicit = elements(content_info)?.into_iter().find(|e| e.0 == 0xa0)?;
+    let (_, signed_data, _) = tlv(explicit.1)?;
+    // signerInfos is the last element of SignedData.
+    let (tag, signer_infos, _) = *elements(signed_data)?.last()?;
+    if tag != 0x31 {
+        return None;
+    }
+    for (_, fields, whole) in elements(signer_infos)? {
+        if SignerInfo::from_der(whole).ok().as_ref() != Some(info) {
+            continue;
+        }
+        let (_, _, attrs) = elements(fields)?.into_iter().find(|e| e.0 == 0xa0)?;
+        let mut set = attrs.to_vec();
+        set[0] = 0x31;
+        return Some(set);
+    }
+    None
 }
 
 fn names(sid: &SignerIdentifier, cert: &Certificate) -> bool {
@@ -327,6 +397,7 @@ fn check_signature(
     sd: &SignedData,
     content: &[u8],
     signer: &Certificate,
+    raw_attrs: Option<&[u8]>,
 ) -> Result<(), Failure> {
     let malformed = |d: &str| (Verdict::Malformed, d.to_string());
     let digest_oid = info.digest_alg.oid;
@@ -364,9 +435,14 @@ fn check_signature(
                     "message digest mismatch: the content was changed".into(),
                 ));
             }
-            attrs
-                .to_der()
-                .map_err(|_| malformed("signed attributes do not encode"))?
+            // The signature covers the attributes as the signer encoded them; a signer
+            // that did not sort the SET (DER asks it to) is still read correctly.
+            match raw_attrs {
+                Some(raw) => raw.to_vec(),
+                None => attrs
+                    .to_der()
+                    .map_err(|_| malformed("signed attributes do not encode"))?,
+            }
         }
         None => content.to_vec(),
     };
