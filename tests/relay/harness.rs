@@ -406,6 +406,26 @@ impl Partner {
     }
 }
 
+impl Gateway {
+    /// Makes `partner` known the way the product learns partners: its CA becomes a
+    /// trust anchor and it sends `to` a signed message, whose certificate is harvested.
+    pub fn introduce(&self, partner: &Partner, to: &str) {
+        self.cli(&["trust", "add", &partner.ca]);
+        let text = format!(
+            "From: {0}\r\nTo: {to}\r\nSubject: hello\r\nContent-Type: text/plain\r\n\r\nmy certificate\r\n",
+            partner.address
+        );
+        let signed = partner.sign(self.data(), &text);
+        let t = Client::connect(self.inbound).send(&partner.address, &[to], &signed);
+        assert_eq!(t.data.as_ref().map(|d| d.0), Some(250), "{t:?}");
+        let explained = self.cli(&["rule", "explain", to, &partner.address]);
+        assert!(
+            explained.contains("valid certificate known: yes"),
+            "not harvested: {explained}"
+        );
+    }
+}
+
 /// Result of one SMTP transaction as the client saw it.
 #[derive(Debug)]
 pub struct Transcript {

@@ -366,13 +366,7 @@ fn bcc_recipients_get_their_own_encrypted_copy() {
     let bob = Partner::new(gw.data(), "bob@partner.example");
     let carol = Partner::new(gw.data(), "carol@partner.example");
     for p in [&bob, &carol] {
-        gw.cli(&["trust", "add", &p.ca]);
-        let signed = p.sign(
-            gw.data(),
-            &String::from_utf8_lossy(&message(&p.address, ALICE, "hi", "my certificate")),
-        );
-        let t = Client::connect(gw.inbound).send(&p.address, &[ALICE], &signed);
-        assert_eq!(t.data.map(|d| d.0), Some(250));
+        gw.introduce(p, ALICE);
     }
     gw.cli(&[
         "rule",

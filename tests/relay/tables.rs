@@ -70,18 +70,7 @@ fn every_outbound_action_with_and_without_certificates() {
     let bob = Partner::new(gw.data(), "bob@partner.example");
     let carol = Partner::new(gw.data(), "carol@partner.example");
     for p in [&bob, &carol] {
-        gw.cli(&["trust", "add", &p.ca]);
-        let signed = p.sign(
-            gw.data(),
-            &String::from_utf8_lossy(&message(&p.address, ALICE, "cert", "my certificate")),
-        );
-        assert_eq!(
-            Client::connect(gw.inbound)
-                .send(&p.address, &[ALICE], &signed)
-                .data
-                .map(|d| d.0),
-            Some(250)
-        );
+        gw.introduce(p, ALICE);
     }
     let mut seen = gw.sink.messages().len();
     let mut client = Client::connect(gw.submission);
