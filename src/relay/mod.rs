@@ -75,6 +75,8 @@ pub struct Transaction {
     size: usize,
     /// The direction of the last recipient looked at (for logging refusals).
     direction: Option<Direction>,
+    /// The configuration this transaction is decided by (read at its first RCPT).
+    snapshot: Option<Arc<Snapshot>>,
 }
 
 fn database_trouble(e: StoreError) -> Reply {
@@ -100,7 +102,15 @@ impl Relay {
         tx: &mut Transaction,
         recipient: &Address,
     ) -> Result<(Class, Option<PartnerCertificate>, Option<Selection>), Reply> {
-        let snapshot = self.snapshots.get().await.map_err(database_trouble)?;
+        // One configuration per transaction: the first recipient fixes it.
+        let snapshot = match &tx.snapshot {
+            Some(s) => s.clone(),
+            None => {
+                let s = self.snapshots.get().await.map_err(database_trouble)?;
+                tx.snapshot = Some(s.clone());
+                s
+            }
+        };
         let directory = Directory::new(&self.app.store, snapshot.clone());
         let route = directory.route(recipient);
         tx.direction = Some(route.direction());
@@ -322,6 +332,7 @@ impl Handler for Relay {
             notes: Vec::new(),
             size: 0,
             direction: None,
+            snapshot: None,
         })
     }
 
@@ -425,7 +436,7 @@ impl Relay {
         let hop = match &class {
             Class::Inbound { hop, .. } | Class::Outbound { hop, .. } => hop.clone(),
         };
-        if tx.connection.is_none() {
+        let reply = if tx.connection.is_none() {
             let size = tx.params.size.map(|s| match &class {
                 Class::Outbound { transform, .. } if transform.encrypts() => s * 14 / 10 + 65536,
                 _ => s + 65536,
@@ -441,14 +452,17 @@ impl Relay {
                         Err(reply) => return reply,
                     },
                 };
-                match conn.mail(&tx.from, &tx.params, size).await {
-                    Ok(r) if r.is_positive() => {
+                match conn
+                    .mail_and_rcpt(&tx.from, &tx.params, size, to, params)
+                    .await
+                {
+                    Ok((mail, Some(rcpt))) if mail.is_positive() => {
                         tx.connection = Some(conn);
-                        break;
+                        break rcpt;
                     }
-                    Ok(r) => {
+                    Ok((mail, _)) => {
                         self.hops.put_back(conn).await;
-                        return r;
+                        return mail;
                     }
                     Err(_) if reused && !fresh_tried => {
                         fresh_tried = true;
@@ -457,15 +471,16 @@ impl Relay {
                     Err(r) => return r,
                 }
             }
-        }
-        let Some(conn) = tx.connection.as_mut() else {
-            return Reply::new(451, "4.3.0", "internal error");
-        };
-        let reply = match conn.rcpt(to, params).await {
-            Ok(r) => r,
-            Err(r) => {
-                tx.connection = None;
-                return r;
+        } else {
+            let Some(conn) = tx.connection.as_mut() else {
+                return Reply::new(451, "4.3.0", "internal error");
+            };
+            match conn.rcpt(to, params).await {
+                Ok(r) => r,
+                Err(r) => {
+                    tx.connection = None;
+                    return r;
+                }
             }
         };
         if reply.is_positive() {
@@ -578,9 +593,12 @@ impl Relay {
                         Some(summary),
                     );
                 }
-                let snapshot = match self.snapshots.get().await {
-                    Ok(s) => s,
-                    Err(e) => return (database_trouble(e), actions, Some(summary)),
+                let snapshot = match &tx.snapshot {
+                    Some(s) => s.clone(),
+                    None => match self.snapshots.get().await {
+                        Ok(s) => s,
+                        Err(e) => return (database_trouble(e), actions, Some(summary)),
+                    },
                 };
                 let outputs = match outbound::transform(
                     &self.app,

@@ -366,6 +366,48 @@ impl Connection {
         params: &MailParams,
         size: Option<u64>,
     ) -> Result<Reply, Reply> {
+        match self.mail_line(from, params, size) {
+            Ok(line) => self.command(&line).await,
+            Err(refusal) => Ok(refusal),
+        }
+    }
+
+    /// MAIL FROM and the first RCPT TO, in one write when the hop offers PIPELINING
+    /// (RFC 2920): one round trip instead of two. Both replies are returned.
+    pub async fn mail_and_rcpt(
+        &mut self,
+        from: &str,
+        params: &MailParams,
+        size: Option<u64>,
+        to: &str,
+        rcpt_params: &RcptParams,
+    ) -> Result<(Reply, Option<Reply>), Reply> {
+        let mail = match self.mail_line(from, params, size) {
+            Ok(line) => line,
+            Err(refusal) => return Ok((refusal, None)),
+        };
+        let rcpt = self.rcpt_line(to, rcpt_params);
+        if !self.extensions.pipelining {
+            let mail_reply = self.command(&mail).await?;
+            if !mail_reply.is_positive() {
+                return Ok((mail_reply, None));
+            }
+            let rcpt_reply = self.command(&rcpt).await?;
+            return Ok((mail_reply, Some(rcpt_reply)));
+        }
+        self.write(format!("{mail}\r\n{rcpt}\r\n").as_bytes())
+            .await?;
+        let mail_reply = self.read_reply().await?;
+        let rcpt_reply = self.read_reply().await?;
+        Ok((mail_reply, Some(rcpt_reply)))
+    }
+
+    fn mail_line(
+        &self,
+        from: &str,
+        params: &MailParams,
+        size: Option<u64>,
+    ) -> Result<String, Reply> {
         let mut line = format!("MAIL FROM:<{from}>");
         if let (Some(size), Some(_)) = (size, self.extensions.size) {
             line.push_str(&format!(" SIZE={size}"));
@@ -377,7 +419,7 @@ impl Connection {
         }
         if params.smtputf8 {
             if !self.extensions.smtputf8 {
-                return Ok(Reply::new(
+                return Err(Reply::new(
                     553,
                     "5.6.7",
                     format!(
@@ -396,10 +438,10 @@ impl Connection {
                 line.push_str(&format!(" ENVID={envid}"));
             }
         }
-        self.command(&line).await
+        Ok(line)
     }
 
-    pub async fn rcpt(&mut self, to: &str, params: &RcptParams) -> Result<Reply, Reply> {
+    fn rcpt_line(&self, to: &str, params: &RcptParams) -> String {
         let mut line = format!("RCPT TO:<{to}>");
         if self.extensions.dsn {
             if let Some(notify) = &params.notify {
@@ -409,6 +451,11 @@ impl Connection {
                 line.push_str(&format!(" ORCPT={orcpt}"));
             }
         }
+        line
+    }
+
+    pub async fn rcpt(&mut self, to: &str, params: &RcptParams) -> Result<Reply, Reply> {
+        let line = self.rcpt_line(to, params);
         self.command(&line).await
     }
 
