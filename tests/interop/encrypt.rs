@@ -1,7 +1,7 @@
 //! Encryption: what the engine emits is decrypted by openssl (each recipient with its
 //! own key) and by the engine itself with a key held in the token.
 
-mod common;
+use super::common;
 
 use der::DecodePem;
 use smimegate::hsm::KeyAlgorithm;

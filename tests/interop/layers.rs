@@ -1,7 +1,7 @@
 //! Nested layers: triple wrap (signed, encrypted, signed) made by the engine, and
 //! signed-then-encrypted made by openssl, opened layer by layer.
 
-mod common;
+use super::common;
 
 use std::time::SystemTime;
 

@@ -1,7 +1,7 @@
 //! Verification: signatures made by openssl (detached, opaque, PSS, ECDSA) and by our
 //! engine are checked, and each kind of bad signature or certificate gets its verdict.
 
-mod common;
+use super::common;
 
 use std::path::Path;
 use std::time::{Duration, SystemTime};

@@ -2,7 +2,7 @@
 //! what it signs. (Signatures we make are checked by gpgsm in smime_sign.rs; messages
 //! gpgsm encrypts to a token key in smime_decrypt.rs.)
 
-mod common;
+use super::common;
 
 use std::path::Path;
 use std::process::{Command, Output};

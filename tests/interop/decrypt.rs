@@ -2,7 +2,7 @@
 //! token: every content cipher and key transport openssl offers, S/MIME and binary
 //! DER, streamed BER, AuthEnvelopedData; and every way it must fail.
 
-mod common;
+use super::common;
 
 use der::EncodePem;
 use smimegate::hsm::{KeyAlgorithm, KeyId, KeyRole};

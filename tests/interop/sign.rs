@@ -1,7 +1,7 @@
 //! Signing: what the engine emits is verified by openssl (the peer decides, not our
 //! own parser), survives a relay that rewrites line endings, and fails when tampered.
 
-mod common;
+use super::common;
 
 use der::EncodePem;
 use smimegate::hsm::{KeyAlgorithm, KeyRole};
