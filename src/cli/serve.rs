@@ -103,6 +103,17 @@ pub async fn serve(settings: Settings, args: ServeArgs) -> Result<()> {
     let inbound = bind(&inbound_listen, "SMTP inbound").await?;
     let submission = bind(&submission_listen, "SMTP submission").await?;
     let http = bind(&http_listen, "HTTP").await?;
+    // The addresses as bound (a port 0 in the configuration becomes a real one).
+    let bound = |l: &TcpListener, configured: &str| {
+        l.local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|_| configured.to_string())
+    };
+    let (inbound_listen, submission_listen, http_listen) = (
+        bound(&inbound, &inbound_listen),
+        bound(&submission, &submission_listen),
+        bound(&http, &http_listen),
+    );
     let (stop, stopped) = watch::channel(false);
     let inbound_task = tokio::spawn(server::serve(
         inbound,
@@ -154,7 +165,10 @@ pub async fn sink(args: SinkArgs) -> Result<()> {
     };
     println!(
         "smimegate sink: SMTP on {}, writing to {}",
-        args.listen,
+        listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|_| args.listen.clone()),
         args.maildir.join("new").display()
     );
     let (stop, stopped) = watch::channel(false);

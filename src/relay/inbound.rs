@@ -40,7 +40,15 @@ pub async fn process(
 ) -> Result<Processed, Reply> {
     let mut actions = Vec::new();
     // Encrypted? A body that claims to be and does not parse counts as undecryptable.
-    let (content, decrypted) = match decrypt::cms_from_message(&message, limits) {
+    // (Decoding a large body is CPU work: off the async threads.)
+    let limits_for_decode = *limits;
+    let (message, cms) = tokio::task::spawn_blocking(move || {
+        let cms = decrypt::cms_from_message(&message, &limits_for_decode);
+        (message, cms)
+    })
+    .await
+    .map_err(|e| temporary("decoding the message", e))?;
+    let (content, decrypted) = match cms {
         Err(DecryptError::NotEncrypted(_)) => (InboundContent::Unencrypted, None),
         Err(e) => {
             actions.push(format!("undecryptable: {e}"));

@@ -39,9 +39,25 @@ pub struct Sink {
     pub port: u16,
     pub maildir: PathBuf,
     child: Option<Child>,
+    /// Kept open so the process can still write to its stdout.
+    _stdout: Option<BufReader<std::process::ChildStdout>>,
+}
+
+/// The first line a started process prints on stdout (its bound addresses).
+fn first_line(child: &mut Child, what: &str) -> (String, BufReader<std::process::ChildStdout>) {
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut reader = BufReader::new(stdout);
+    let mut line = String::new();
+    let n = reader.read_line(&mut line).expect("read stdout");
+    if n == 0 {
+        let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
+        panic!("{what} exited before it was listening: {status}");
+    }
+    (line.trim().to_string(), reader)
 }
 
 impl Sink {
+    /// A sink on `port` (0: any free port).
     pub fn start(maildir: PathBuf, port: u16) -> Sink {
         Sink::start_with(maildir, port, &[])
     }
@@ -73,6 +89,7 @@ impl Sink {
         Sink::start_with(maildir, port, &["--tls-cert", &cert, "--tls-key", &key])
     }
 
+    /// Starts the sink on `port` (0: any free port; the sink says which).
     fn start_with(maildir: PathBuf, port: u16, extra: &[&str]) -> Sink {
         let mut child = Command::new(env!("CARGO_BIN_EXE_smimegate"))
             .args([
@@ -83,15 +100,25 @@ impl Sink {
             ])
             .arg(&maildir)
             .args(extra)
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .expect("start sink");
+        // "smimegate sink: SMTP on 127.0.0.1:PORT, writing to …"
+        let (line, stdout) = first_line(&mut child, "sink");
+        let port = line
+            .split("SMTP on ")
+            .nth(1)
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|addr| addr.rsplit(':').next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("sink said: {line}"));
         wait_for_port(port, &mut child, "sink");
         Sink {
             port,
             maildir,
             child: Some(child),
+            _stdout: Some(stdout),
         }
     }
 
@@ -176,6 +203,7 @@ pub struct Gateway {
     pub submission: u16,
     pub sink: Sink,
     child: Option<Child>,
+    _stdout: Option<BufReader<std::process::ChildStdout>>,
 }
 
 impl Gateway {
@@ -185,16 +213,17 @@ impl Gateway {
         let dir = tempfile::tempdir().expect("temp dir");
         let data = dir.path();
         smimegate_ok(data, &["init"]);
-        let sink = Sink::start(data.join("sink"), free_port());
+        let sink = Sink::start(data.join("sink"), 0);
         let hop = format!("127.0.0.1:{}", sink.port);
         smimegate_ok(data, &["domain", "add", CORP, "--next-hop", &hop]);
         smimegate_ok(data, &["smarthost", "set", &hop]);
         prepare(data);
         let mut gateway = Gateway {
-            inbound: free_port(),
-            submission: free_port(),
+            inbound: 0,
+            submission: 0,
             sink,
             child: None,
+            _stdout: None,
             dir,
         };
         gateway.serve();
@@ -205,21 +234,40 @@ impl Gateway {
         self.dir.path()
     }
 
+    /// Starts `smimegate serve` on free ports (it says which ones it bound).
     pub fn serve(&mut self) {
         let log = std::fs::File::create(self.data().join("serve.log")).expect("log file");
         let mut child = Command::new(env!("CARGO_BIN_EXE_smimegate"))
             .arg("--data-dir")
             .arg(self.data())
-            .args(["serve", "--inbound", &format!("127.0.0.1:{}", self.inbound)])
-            .args(["--submission", &format!("127.0.0.1:{}", self.submission)])
-            .args(["--http", &format!("127.0.0.1:{}", free_port())])
+            .args([
+                "serve",
+                "--inbound",
+                "127.0.0.1:0",
+                "--submission",
+                "127.0.0.1:0",
+            ])
+            .args(["--http", "127.0.0.1:0"])
             .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(log)
             .spawn()
             .expect("start gateway");
+        // "smimegate serving: SMTP inbound A, SMTP submission B, http://C/health"
+        let (line, stdout) = first_line(&mut child, "gateway");
+        let port_after = |label: &str| -> u16 {
+            line.split(label)
+                .nth(1)
+                .and_then(|rest| rest.split(',').next())
+                .and_then(|addr| addr.trim().rsplit(':').next())
+                .and_then(|p| p.parse().ok())
+                .unwrap_or_else(|| panic!("gateway said: {line}"))
+        };
+        self.inbound = port_after("SMTP inbound ");
+        self.submission = port_after("SMTP submission ");
         wait_for_port(self.submission, &mut child, "gateway");
         self.child = Some(child);
+        self._stdout = Some(stdout);
     }
 
     pub fn kill(&mut self) {
