@@ -260,3 +260,96 @@ pub fn held_for(
         .map(|id| (id, key.clone()))
         .collect()
 }
+
+/// A partner's CA made by openssl (RSA-2048, files on disk), for certificates the
+/// gateway does not issue: partners, forged and broken signers.
+pub struct OpensslCa {
+    pub cert: String,
+    pub key: String,
+    dir: PathBuf,
+}
+
+impl OpensslCa {
+    /// `DIR/{name}-ca.pem` and its key, subject `CN=CA of {name}`.
+    pub fn new(dir: &Path, name: &str) -> OpensslCa {
+        let cert = dir.join(format!("{name}-ca.pem")).display().to_string();
+        let key = dir.join(format!("{name}-ca.key")).display().to_string();
+        run_ok(
+            "openssl",
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                &key,
+                "-out",
+                &cert,
+                "-days",
+                "30",
+                "-subj",
+                &format!("/CN=CA of {name}"),
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+            ],
+        );
+        OpensslCa {
+            cert,
+            key,
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    /// A certificate for `name` with a new key (an openssl `-newkey` spec) and the
+    /// extensions `ext` (openssl extfile syntax), valid 10 days. Returns (key, cert).
+    pub fn issue(&self, name: &str, key_spec: &str, ext: &str) -> (String, String) {
+        let p = |suffix: &str| {
+            self.dir
+                .join(format!("{name}.{suffix}"))
+                .display()
+                .to_string()
+        };
+        let (key, csr, cert, cnf) = (p("key"), p("csr"), p("pem"), p("cnf"));
+        std::fs::write(&cnf, ext).expect("extensions file");
+        run_ok(
+            "openssl",
+            &[
+                "req",
+                "-new",
+                "-newkey",
+                key_spec,
+                "-nodes",
+                "-keyout",
+                &key,
+                "-out",
+                &csr,
+                "-subj",
+                &format!("/CN={name}"),
+            ],
+        );
+        run_ok(
+            "openssl",
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                &self.cert,
+                "-CAkey",
+                &self.key,
+                "-CAcreateserial",
+                "-days",
+                "10",
+                "-out",
+                &cert,
+                "-extfile",
+                &cnf,
+            ],
+        );
+        (key, cert)
+    }
+}

@@ -29,69 +29,12 @@ impl GpgsmPartner {
     fn new() -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let p = |n: &str| dir.path().join(n).display().to_string();
-        run_ok(
-            "openssl",
-            &[
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-keyout",
-                &p("ca.key"),
-                "-out",
-                &p("ca.pem"),
-                "-days",
-                "30",
-                "-subj",
-                "/CN=Partner CA",
-                "-addext",
-                "basicConstraints=critical,CA:TRUE",
-                "-addext",
-                "keyUsage=critical,keyCertSign,cRLSign",
-            ],
-        );
-        std::fs::write(
-            p("leaf.cnf"),
+        let openssl = common::OpensslCa::new(dir.path(), "partner");
+        let (bob_key, bob_cert) = openssl.issue(
+            "bob",
+            "rsa:2048",
             "keyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=emailProtection\n\
              subjectAltName=email:bob@partner.example\n",
-        )
-        .expect("ext");
-        run_ok(
-            "openssl",
-            &[
-                "req",
-                "-new",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-keyout",
-                &p("bob.key"),
-                "-out",
-                &p("bob.csr"),
-                "-subj",
-                "/CN=Bob",
-            ],
-        );
-        run_ok(
-            "openssl",
-            &[
-                "x509",
-                "-req",
-                "-in",
-                &p("bob.csr"),
-                "-CA",
-                &p("ca.pem"),
-                "-CAkey",
-                &p("ca.key"),
-                "-CAcreateserial",
-                "-days",
-                "10",
-                "-out",
-                &p("bob.pem"),
-                "-extfile",
-                &p("leaf.cnf"),
-            ],
         );
         // gpgsm reads the legacy PKCS#12 encryption only.
         run_ok(
@@ -101,11 +44,11 @@ impl GpgsmPartner {
                 "-export",
                 "-legacy",
                 "-inkey",
-                &p("bob.key"),
+                &bob_key,
                 "-in",
-                &p("bob.pem"),
+                &bob_cert,
                 "-certfile",
-                &p("ca.pem"),
+                &openssl.cert,
                 "-passout",
                 "pass:secret",
                 "-out",
@@ -124,12 +67,12 @@ impl GpgsmPartner {
         )
         .expect("conf");
         let partner = GpgsmPartner {
-            ca: load(&dir.path().join("ca.pem")),
-            cert: load(&dir.path().join("bob.pem")),
+            ca: load(Path::new(&openssl.cert)),
+            cert: load(Path::new(&bob_cert)),
             dir,
             home,
         };
-        partner.gpgsm(&["--import", &p_of(&partner.dir, "ca.pem")]);
+        partner.gpgsm(&["--import", &openssl.cert]);
         partner.gpgsm(&["--import", &p_of(&partner.dir, "bob.p12")]);
         let listing =
             String::from_utf8_lossy(&partner.gpgsm(&["--with-colons", "--list-keys"]).stdout)

@@ -17,37 +17,16 @@ const MESSAGE: &str = "Content-Type: text/plain\r\n\r\nPlease pay invoice 4711.\
 
 struct Pki {
     dir: tempfile::TempDir,
+    openssl: common::OpensslCa,
     ca: Certificate,
 }
 
 impl Pki {
     fn new() -> Pki {
         let dir = tempfile::tempdir().expect("temp dir");
-        let p = |n: &str| dir.path().join(n).display().to_string();
-        run_ok(
-            "openssl",
-            &[
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-keyout",
-                &p("ca.key"),
-                "-out",
-                &p("ca.pem"),
-                "-days",
-                "30",
-                "-subj",
-                "/CN=Partner CA",
-                "-addext",
-                "basicConstraints=critical,CA:TRUE",
-                "-addext",
-                "keyUsage=critical,keyCertSign,cRLSign",
-            ],
-        );
-        let ca = load(&dir.path().join("ca.pem"));
-        Pki { dir, ca }
+        let openssl = common::OpensslCa::new(dir.path(), "partner");
+        let ca = load(Path::new(&openssl.cert));
+        Pki { dir, openssl, ca }
     }
 
     fn path(&self, name: &str) -> String {
@@ -56,50 +35,7 @@ impl Pki {
 
     /// A leaf signed by the CA; `key` is an openssl -newkey spec, `ext` extension lines.
     fn leaf(&self, name: &str, key: &str, ext: &str) -> (String, String) {
-        let (k, csr, crt, cnf) = (
-            self.path(&format!("{name}.key")),
-            self.path(&format!("{name}.csr")),
-            self.path(&format!("{name}.pem")),
-            self.path(&format!("{name}.cnf")),
-        );
-        std::fs::write(&cnf, ext).expect("ext");
-        run_ok(
-            "openssl",
-            &[
-                "req",
-                "-new",
-                "-newkey",
-                key,
-                "-nodes",
-                "-keyout",
-                &k,
-                "-out",
-                &csr,
-                "-subj",
-                &format!("/CN={name}"),
-            ],
-        );
-        run_ok(
-            "openssl",
-            &[
-                "x509",
-                "-req",
-                "-in",
-                &csr,
-                "-CA",
-                &self.path("ca.pem"),
-                "-CAkey",
-                &self.path("ca.key"),
-                "-CAcreateserial",
-                "-days",
-                "10",
-                "-out",
-                &crt,
-                "-extfile",
-                &cnf,
-            ],
-        );
-        (k, crt)
+        self.openssl.issue(name, key, ext)
     }
 
     fn sign(&self, key: &str, cert: &str, extra: &[&str]) -> Vec<u8> {

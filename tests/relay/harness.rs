@@ -331,83 +331,18 @@ pub struct Partner {
 impl Partner {
     pub fn new(dir: &Path, address: &str) -> Partner {
         let name = address.replace(['@', '.'], "_");
-        let p = |suffix: &str| dir.join(format!("{name}-{suffix}")).display().to_string();
-        let (ca, ca_key, cert, key, csr, ext) = (
-            p("ca.pem"),
-            p("ca.key"),
-            p("cert.pem"),
-            p("key.pem"),
-            p("req.csr"),
-            p("ext.cnf"),
-        );
-        run_ok(
-            "openssl",
-            &[
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-keyout",
-                &ca_key,
-                "-out",
-                &ca,
-                "-days",
-                "30",
-                "-subj",
-                &format!("/CN=CA of {address}"),
-                "-addext",
-                "basicConstraints=critical,CA:true",
-                "-addext",
-                "keyUsage=critical,keyCertSign,cRLSign",
-            ],
-        );
-        run_ok(
-            "openssl",
-            &[
-                "req",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-keyout",
-                &key,
-                "-out",
-                &csr,
-                "-subj",
-                &format!("/CN={address}"),
-            ],
-        );
-        std::fs::write(
-            &ext,
-            format!(
+        let ca = super::common::OpensslCa::new(dir, &name);
+        let (key, cert) = ca.issue(
+            &name,
+            "rsa:2048",
+            &format!(
                 "basicConstraints=CA:false\nkeyUsage=critical,digitalSignature,keyEncipherment\n\
                  extendedKeyUsage=emailProtection\nsubjectAltName=email:{address}\n"
             ),
-        )
-        .expect("ext");
-        run_ok(
-            "openssl",
-            &[
-                "x509",
-                "-req",
-                "-in",
-                &csr,
-                "-CA",
-                &ca,
-                "-CAkey",
-                &ca_key,
-                "-CAcreateserial",
-                "-out",
-                &cert,
-                "-days",
-                "30",
-                "-extfile",
-                &ext,
-            ],
         );
         Partner {
             address: address.to_string(),
-            ca,
+            ca: ca.cert,
             cert,
             key,
         }
