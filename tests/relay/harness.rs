@@ -277,6 +277,27 @@ impl Gateway {
         }
     }
 
+    /// `smimegate rule add`; returns the new rule's id.
+    pub fn add_rule(&self, direction: &str, from: &str, to: &str, action: &str) -> String {
+        let out = self.cli(&[
+            "rule",
+            "add",
+            "--direction",
+            direction,
+            "--from",
+            from,
+            "--to",
+            to,
+            "--action",
+            action,
+        ]);
+        // "added rule ID at priority 1: …"
+        out.split_whitespace()
+            .nth(2)
+            .map(str::to_string)
+            .unwrap_or_else(|| panic!("rule add said: {out}"))
+    }
+
     pub fn cli(&self, args: &[&str]) -> String {
         smimegate_ok(self.data(), args)
     }

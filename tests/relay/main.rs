@@ -65,18 +65,7 @@ fn a_sender_without_a_certificate_goes_out_unsigned_under_the_default() {
     let log = gw.cli(&["log"]);
     assert!(log.contains("no active certificate"), "{log}");
     // Under encrypt-enforced the same sender cannot send at all.
-    gw.cli(&[
-        "rule",
-        "add",
-        "--direction",
-        "outbound",
-        "--from",
-        "anyone",
-        "--to",
-        "anyone",
-        "--action",
-        "encrypt-enforced",
-    ]);
+    gw.add_rule("outbound", "anyone", "anyone", "encrypt-enforced");
     let t = client.send(
         "noca@corp.example",
         &["bob@partner.example"],
@@ -100,18 +89,12 @@ fn encrypt_enforced_refuses_until_the_partner_certificate_is_harvested() {
     let gw = Gateway::start(|d| mailbox(d, ALICE));
     let bob = Partner::new(gw.data(), "bob@partner.example");
     gw.cli(&["trust", "add", &bob.ca]);
-    gw.cli(&[
-        "rule",
-        "add",
-        "--direction",
+    gw.add_rule(
         "outbound",
-        "--from",
         "managed",
-        "--to",
         "domain:partner.example",
-        "--action",
         "encrypt-enforced",
-    ]);
+    );
     let to_bob = message(ALICE, &bob.address, "secret", "Only for Bob.");
 
     // No certificate known: refused at RCPT, naming the recipient.
@@ -242,30 +225,13 @@ fn the_inbound_table_rejects_with_its_reasons() {
         mailbox(d, "vault@corp.example");
         mailbox(d, "strict@corp.example");
     });
-    gw.cli(&[
-        "rule",
-        "add",
-        "--direction",
+    gw.add_rule(
         "inbound",
-        "--from",
         "anyone",
-        "--to",
         "vault@corp.example",
-        "--action",
         "decrypt-enforced",
-    ]);
-    gw.cli(&[
-        "rule",
-        "add",
-        "--direction",
-        "inbound",
-        "--from",
-        "anyone",
-        "--to",
-        "strict@corp.example",
-        "--action",
-        "decrypt-always",
-    ]);
+    );
+    gw.add_rule("inbound", "anyone", "strict@corp.example", "decrypt-always");
     // Encrypted to a key the gateway does not hold.
     let stranger = Partner::new(gw.data(), "stranger@elsewhere.example");
     let plain = gw.data().join("p.eml");
@@ -368,18 +334,12 @@ fn bcc_recipients_get_their_own_encrypted_copy() {
     for p in [&bob, &carol] {
         gw.introduce(p, ALICE);
     }
-    gw.cli(&[
-        "rule",
-        "add",
-        "--direction",
+    gw.add_rule(
         "outbound",
-        "--from",
         "anyone",
-        "--to",
         "domain:partner.example",
-        "--action",
         "encrypt-optional",
-    ]);
+    );
     let mut client = Client::connect(gw.submission);
     // Carol is in the envelope only: a Bcc.
     let t = client.send(
@@ -429,18 +389,7 @@ fn bcc_recipients_get_their_own_encrypted_copy() {
 #[test]
 fn recipients_with_another_treatment_come_back_in_their_own_transaction() {
     let gw = Gateway::start(|d| mailbox(d, ALICE));
-    gw.cli(&[
-        "rule",
-        "add",
-        "--direction",
-        "outbound",
-        "--from",
-        "anyone",
-        "--to",
-        "domain:plain.example",
-        "--action",
-        "none",
-    ]);
+    gw.add_rule("outbound", "anyone", "domain:plain.example", "none");
     let mut client = Client::connect(gw.submission);
     let t = client.send(
         ALICE,

@@ -152,18 +152,12 @@ fn wait_for(gw: &Gateway, count: usize, what: &str) -> Vec<super::harness::Deliv
 #[test]
 fn postfix_relays_through_the_gateway_and_bounces_what_a_rule_refuses() {
     let gw = Gateway::start(|d| mailbox(d, ALICE));
-    gw.cli(&[
-        "rule",
-        "add",
-        "--direction",
+    gw.add_rule(
         "outbound",
-        "--from",
         "managed",
-        "--to",
         "domain:partner.example",
-        "--action",
         "encrypt-enforced",
-    ]);
+    );
     let postfix = Postfix::start(gw.data(), gw.submission);
     let mut client = Client::connect(postfix.port);
 

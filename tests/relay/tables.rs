@@ -79,19 +79,7 @@ fn every_outbound_action_with_and_without_certificates() {
         if let Some(id) = rule.take() {
             gw.cli(&["rule", "remove", &id]);
         }
-        let out = gw.cli(&[
-            "rule",
-            "add",
-            "--direction",
-            "outbound",
-            "--from",
-            "managed",
-            "--to",
-            "domain:partner.example",
-            "--action",
-            action,
-        ]);
-        rule = out.split_whitespace().nth(2).map(str::to_string);
+        rule = Some(gw.add_rule("outbound", "managed", "domain:partner.example", action));
         let encrypts = action.starts_with("encrypt");
         let base = match action {
             "none" => Got::Plain,
@@ -233,19 +221,7 @@ fn every_inbound_action_with_each_kind_of_content() {
         if let Some(id) = rule.take() {
             gw.cli(&["rule", "remove", &id]);
         }
-        let out = gw.cli(&[
-            "rule",
-            "add",
-            "--direction",
-            "inbound",
-            "--from",
-            "anyone",
-            "--to",
-            "managed",
-            "--action",
-            action,
-        ]);
-        rule = out.split_whitespace().nth(2).map(str::to_string);
+        rule = Some(gw.add_rule("inbound", "anyone", "managed", action));
         for recipients in [vec![ALICE], vec![ALICE, ERIN]] {
             for content in ["unencrypted", "decryptable", "undecryptable"] {
                 let body = format!("{action} {content} {}", recipients.len());
