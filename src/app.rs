@@ -11,6 +11,7 @@ use crate::config::Settings;
 use crate::hsm::{Hsm, HsmConfig, HsmError, KeyAlgorithm, KeyRole};
 use crate::pki::address::Address;
 use crate::pki::ca::{self, CaIdentity, IssueError};
+use crate::pki::trust::{DomainPattern, Scope, TrustAnchor, TrustAnchors};
 use crate::store::{
     CertificateSource, KeyPurpose, MailboxState, Store, StoreError, StoredCertificate,
 };
@@ -317,24 +318,50 @@ impl App {
     }
 }
 
-/// The certificates signatures are verified against: the built-in CA and every
-/// configured trust anchor (`smimegate trust add`).
-pub async fn trust_anchors(store: &Store) -> Result<Vec<Certificate>, AppError> {
+/// The certificates signatures are verified against, each with the domains it may
+/// vouch for: the built-in CA for the managed domains, every configured trust anchor
+/// (`smimegate trust add`) for the domains it was given or else any foreign domain.
+/// An anchor that cannot be read is an error, never a silently smaller set: a missing
+/// anchor would turn valid signatures into "untrusted" verdicts about their senders.
+pub async fn trust_anchors(store: &Store) -> Result<TrustAnchors, AppError> {
     let mut anchors = Vec::new();
     if let Some(ca) = load_ca(store).await? {
-        anchors.push(ca.certificate);
+        anchors.push(TrustAnchor {
+            certificate: ca.certificate,
+            scope: Scope::Managed,
+        });
     }
-    for stored in store
-        .certificates()
-        .by_source(CertificateSource::TrustAnchor)
+    for row in store.trust_anchors().list().await? {
+        let certificate = Certificate::from_der(&row.certificate.record.der).map_err(|e| {
+            StoreError::Corrupt(format!("trust anchor {}: {e}", row.certificate.id))
+        })?;
+        let scope = if row.domains.is_empty() {
+            Scope::AnyForeign
+        } else {
+            Scope::Domains(
+                row.domains
+                    .iter()
+                    .map(|d| {
+                        DomainPattern::parse(d).map_err(|e| {
+                            StoreError::Corrupt(format!(
+                                "trust anchor {} domain: {e}",
+                                row.certificate.id
+                            ))
+                        })
+                    })
+                    .collect::<Result<_, _>>()?,
+            )
+        };
+        anchors.push(TrustAnchor { certificate, scope });
+    }
+    let managed = store
+        .domains()
+        .list()
         .await?
-    {
-        anchors.push(
-            Certificate::from_der(&stored.record.der)
-                .map_err(|e| StoreError::Corrupt(format!("trust anchor {}: {e}", stored.id)))?,
-        );
-    }
-    Ok(anchors)
+        .into_iter()
+        .map(|d| d.name)
+        .collect();
+    Ok(TrustAnchors { anchors, managed })
 }
 
 /// The CA as recorded in the database, if `init` has created it.

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod hsm;
 pub mod mime;
+pub mod ops;
 pub mod pki;
 pub mod policy;
 pub mod relay;

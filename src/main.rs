@@ -64,7 +64,14 @@ fn fail(err: &anyhow::Error) -> ExitCode {
         }
     }
     eprintln!("smimegate: error: {}", line.replace('\n', " "));
-    ExitCode::FAILURE
+    // An operation the operator can correct in the command line exits 2.
+    match err
+        .chain()
+        .find_map(|c| c.downcast_ref::<smimegate::ops::OpError>())
+    {
+        Some(op) => ExitCode::from(u8::try_from(op.exit_code()).unwrap_or(1)),
+        None => ExitCode::FAILURE,
+    }
 }
 
 /// The service logs at the configured level; one-shot commands only warn, so their

@@ -71,6 +71,7 @@ fn decide(rules: &[Rule], case: &str) -> String {
                 "unencrypted" => InboundContent::Unencrypted,
                 "decryptable" => InboundContent::Decryptable,
                 "undecryptable" => InboundContent::Undecryptable,
+                "decryption-failed" => InboundContent::DecryptionFailed,
                 other => panic!("unknown content {other}"),
             };
             let selection = select(rules, Direction::Inbound, sender, recipient);

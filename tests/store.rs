@@ -416,28 +416,119 @@ async fn relay_suite(store: &Store) {
     settings.remove_network("10.0.0.0/8").await.expect("remove");
     assert!(settings.remove_network("10.0.0.0/8").await.is_err());
 
-    // Harvesting: new once, then only the capabilities are refreshed.
+    // Harvesting: new once, then only the capabilities are refreshed, and only by a
+    // newer signed message (a replayed older one cannot downgrade them).
     let certs = store.certificates();
     let partner = sample_certificate("partner");
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let gcm: &[u8] = &[0x30, 0x01, 0x01];
+    let cbc: &[u8] = &[0x30, 0x01, 0x02];
+    async fn caps_at(certs: &smimegate::store::Certificates<'_>, now: i64) -> Option<Vec<u8>> {
+        certs
+            .for_partner("p@partner.example", now)
+            .await
+            .expect("known")[0]
+            .1
+            .clone()
+    }
     assert!(
         certs
-            .harvest(&partner, "p@partner.example", None)
+            .harvest(&partner, "p@partner.example", None, None)
             .await
             .expect("harvest")
     );
     assert!(
         !certs
-            .harvest(&partner, "p@partner.example", Some(&[0x30, 0x00]))
+            .harvest(&partner, "p@partner.example", Some(cbc), None)
             .await
-            .expect("again")
+            .expect("undated capabilities fill an empty slot")
     );
+    assert_eq!(caps_at(&certs, now).await.as_deref(), Some(cbc));
+    certs
+        .harvest(&partner, "p@partner.example", Some(gcm), Some(now - 100))
+        .await
+        .expect("dated capabilities replace undated ones");
+    assert_eq!(caps_at(&certs, now).await.as_deref(), Some(gcm));
+    for (replayed, at) in [(cbc, Some(now - 200)), (cbc, Some(now - 100)), (cbc, None)] {
+        certs
+            .harvest(&partner, "p@partner.example", Some(replayed), at)
+            .await
+            .expect("replay");
+        assert_eq!(
+            caps_at(&certs, now).await.as_deref(),
+            Some(gcm),
+            "an older, equal or undated signingTime ({at:?}) must not replace them"
+        );
+    }
+    certs
+        .harvest(
+            &partner,
+            "p@partner.example",
+            Some(cbc),
+            Some(now + 86_400 * 365),
+        )
+        .await
+        .expect("future");
+    assert_eq!(
+        caps_at(&certs, now).await.as_deref(),
+        Some(cbc),
+        "newest wins"
+    );
+    certs
+        .harvest(&partner, "p@partner.example", Some(gcm), Some(now - 1))
+        .await
+        .expect("after a future-dated message");
+    assert_eq!(
+        caps_at(&certs, now).await.as_deref(),
+        Some(cbc),
+        "a future signingTime counted as the time it arrived"
+    );
+    // Trust anchors with the domains they vouch for.
+    let anchors = store.trust_anchors();
+    let ca = sample_certificate("partner CA");
+    let added = anchors
+        .add(&ca, &["partner.example".into(), ".partner.example".into()])
+        .await
+        .expect("add anchor");
+    assert!(matches!(
+        anchors.add(&ca, &[]).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let any = anchors
+        .add(&sample_certificate("other CA"), &[])
+        .await
+        .expect("unscoped anchor");
+    let listed = anchors.list().await.expect("list");
+    assert_eq!(listed.len(), 2);
+    let scoped = listed
+        .iter()
+        .find(|a| a.certificate.id == added.certificate.id)
+        .expect("listed");
+    assert_eq!(scoped.domains, [".partner.example", "partner.example"]);
+    assert!(
+        listed
+            .iter()
+            .any(|a| a.certificate.id == any.certificate.id && a.domains.is_empty())
+    );
+    let removed = anchors
+        .remove(&added.certificate.record.fingerprint_sha256.to_uppercase())
+        .await
+        .expect("remove by fingerprint, any case");
+    assert_eq!(removed.domains.len(), 2);
+    assert!(matches!(
+        anchors
+            .remove(&added.certificate.record.fingerprint_sha256)
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert_eq!(anchors.list().await.expect("list").len(), 1);
+
     let known = certs
         .for_partner("p@partner.example", now)
         .await
         .expect("known");
     assert_eq!(known.len(), 1);
-    assert_eq!(known[0].1.as_deref(), Some(&[0x30, 0x00][..]));
+    assert_eq!(known[0].1.as_deref(), Some(cbc));
     assert!(
         certs
             .for_partner("p@partner.example", now + 365 * 86400)

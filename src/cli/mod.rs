@@ -104,9 +104,17 @@ impl From<CipherArg> for crate::smime::encrypt::ContentCipher {
 
 #[derive(Subcommand, Debug)]
 pub enum TrustCommand {
-    /// Add every certificate of a PEM file as a trust anchor.
-    Add { file: PathBuf },
-    /// List the trust anchors.
+    /// Add every certificate of a PEM file as a trust anchor (a partner's CA).
+    Add {
+        file: PathBuf,
+        /// A mail domain the anchor may vouch for (repeat for several; `.example.org`
+        /// for every subdomain). Default: any domain except the managed ones.
+        #[arg(long = "domain")]
+        domains: Vec<String>,
+    },
+    /// Remove a trust anchor by its SHA-256 fingerprint (as `trust list` shows it).
+    Remove { fingerprint: String },
+    /// List the trust anchors and the domains each vouches for.
     List,
 }
 
@@ -438,45 +446,39 @@ async fn mailbox(cmd: MailboxCommand, settings: Settings) -> Result<()> {
 }
 
 async fn trust(cmd: TrustCommand, settings: &Settings) -> Result<()> {
-    use crate::store::CertificateSource;
+    use crate::ops::trust;
     let store = app::open_store(settings).await?;
     match cmd {
-        TrustCommand::Add { file } => {
+        TrustCommand::Add { file, domains } => {
             let pem =
                 std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
-            let certs = x509_cert::Certificate::load_pem_chain(&pem)
-                .with_context(|| format!("{} holds no PEM certificate", file.display()))?;
-            let actor = Actor::cli();
-            for cert in &certs {
-                let stored = store
-                    .certificates()
-                    .insert(cert, CertificateSource::TrustAnchor, None, None)
-                    .await?;
-                audit(
-                    &store,
-                    &actor,
-                    "trust.add",
-                    &stored.record.subject,
-                    &stored.record.fingerprint_sha256,
-                )
-                .await?;
+            let added = trust::add(&store, &Actor::cli(), trust::AddTrust { pem, domains })
+                .await
+                .with_context(|| format!("trust add {}", file.display()))?;
+            for row in added {
                 println!(
-                    "trusted {} (sha-256 {})",
-                    stored.record.subject, stored.record.fingerprint_sha256
+                    "trusted {} (sha-256 {}) for {}",
+                    row.certificate.record.subject,
+                    row.certificate.record.fingerprint_sha256,
+                    trust::describe(&row.domains)
                 );
             }
         }
+        TrustCommand::Remove { fingerprint } => {
+            let row = trust::remove(&store, &Actor::cli(), &fingerprint).await?;
+            println!(
+                "removed trust anchor {} (sha-256 {})",
+                row.certificate.record.subject, row.certificate.record.fingerprint_sha256
+            );
+        }
         TrustCommand::List => {
-            for c in store
-                .certificates()
-                .by_source(CertificateSource::TrustAnchor)
-                .await?
-            {
+            for row in trust::list(&store).await? {
                 println!(
-                    "{}  {}  until {}",
-                    c.record.fingerprint_sha256,
-                    c.record.subject,
-                    certs::format_time(c.record.not_after)
+                    "{}  {}  until {}  vouches for {}",
+                    row.certificate.record.fingerprint_sha256,
+                    row.certificate.record.subject,
+                    certs::format_time(row.certificate.record.not_after),
+                    trust::describe(&row.domains)
                 );
             }
         }
@@ -579,13 +581,13 @@ async fn smime(cmd: SmimeCommand, settings: Settings) -> Result<()> {
             crls,
             file,
         } => {
-            use crate::smime::verify::Verdict;
+            use crate::smime::verify::{self, FromField, Verdict, VerifyContext};
             let message = read_input(file.as_deref())?;
             let store = app::open_store(&settings).await?;
-            let anchors = app::trust_anchors(&store).await?;
+            let trust = app::trust_anchors(&store).await?;
             let from = match from {
-                Some(f) => Some(f),
-                None => from_header(&message),
+                Some(f) => FromField::given(&f),
+                None => FromField::of_message(&message),
             };
             let crls = crls
                 .iter()
@@ -602,30 +604,60 @@ async fn smime(cmd: SmimeCommand, settings: Settings) -> Result<()> {
                     }
                 })
                 .collect::<Result<Vec<_>>>()?;
-            let result = crate::smime::verify::verify_with_crls(
+            let result = verify::verify(
                 &message,
-                from.as_deref(),
-                &anchors,
-                &crls,
-                std::time::SystemTime::now(),
-                &limits,
+                &from,
+                &VerifyContext {
+                    trust: &trust,
+                    crls: &crls,
+                    now: std::time::SystemTime::now(),
+                    limits: &limits,
+                },
             );
             if let Some(content) = &result.content {
                 use std::io::Write;
                 std::io::stdout().write_all(content)?;
             }
             let signer = result
-                .signer
-                .as_ref()
+                .signer()
+                .and_then(|s| s.certificate.as_ref())
                 .map(|c| c.tbs_certificate().subject().to_string())
                 .unwrap_or_default();
             if json {
+                let signers: Vec<serde_json::Value> = result
+                    .signers
+                    .iter()
+                    .map(|s| {
+                        serde_json::json!({
+                            "verdict": s.verdict,
+                            "detail": s.detail,
+                            "addresses": s.addresses,
+                            "subject": s.certificate.as_ref().map(|c| c.tbs_certificate().subject().to_string()),
+                        })
+                    })
+                    .collect();
                 eprintln!(
                     "{}",
-                    serde_json::json!({"verdict": result.verdict, "detail": result.detail, "signer": signer})
+                    serde_json::json!({
+                        "verdict": result.verdict,
+                        "detail": result.detail,
+                        "signer": signer,
+                        "from": from.address(),
+                        "signers": signers,
+                    })
                 );
             } else {
                 eprintln!("signature={}; {}", result.verdict.as_str(), result.detail);
+                if result.signers.len() > 1 {
+                    for s in &result.signers {
+                        eprintln!(
+                            "  signer {}: {}; {}",
+                            s.name(),
+                            s.verdict.as_str(),
+                            s.detail
+                        );
+                    }
+                }
             }
             if result.verdict != Verdict::Valid {
                 anyhow::bail!("signature is {}", result.verdict.as_str());
@@ -696,17 +728,6 @@ fn load_recipients(
             transport,
         })
         .collect())
-}
-
-/// The address in the From header, if there is exactly one.
-fn from_header(message: &[u8]) -> Option<String> {
-    let parsed = crate::mime::split_raw(message).ok()?;
-    let value = parsed.headers.iter().find(|h| h.is("from"))?.value();
-    let address = match (value.rfind('<'), value.rfind('>')) {
-        (Some(open), Some(close)) if open < close => value[open + 1..close].to_string(),
-        _ => value.trim().to_string(),
-    };
-    Address::parse(&address).ok().map(|a| a.to_string())
 }
 
 /// A message from a file, or from stdin.

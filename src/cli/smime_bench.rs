@@ -77,7 +77,8 @@ fn measure(
     }];
     let mut keys = crate::smime::layers::KeyDirectory::default();
     keys.add(&cert, key.id.clone());
-    let anchors = [ca.certificate.clone()];
+    let trust = verify::TrustAnchors::unscoped(std::slice::from_ref(&ca.certificate));
+    let from = verify::FromField::given("bench@bench.invalid");
     let signed = sign_detached(hsm, &signer, &message, &limits)?;
     let encrypted = encrypt_message(&signed, &recipients, ContentCipher::Aes256Cbc, &limits)?;
     let encrypted_cek = {
@@ -140,10 +141,13 @@ fn measure(
     let (n, t) = time(&mut || {
         let v = verify::verify(
             &signed,
-            Some("bench@bench.invalid"),
-            &anchors,
-            SystemTime::now(),
-            &limits,
+            &from,
+            &verify::VerifyContext {
+                trust: &trust,
+                crls: &[],
+                now: SystemTime::now(),
+                limits: &limits,
+            },
         );
         anyhow::ensure!(v.verdict == verify::Verdict::Valid, "verify: {}", v.detail);
         Ok(())

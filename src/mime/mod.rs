@@ -3,10 +3,12 @@
 //! before it is signed, so no relay can break the signature (RFC 8551 §3.1.2/§3.1.3).
 //! Pure: bytes in, bytes out, no I/O. Every recursion is bounded by [`Limits`].
 
+pub mod address_list;
 mod encode;
 mod entity;
 mod header;
 
+pub use address_list::{AddressListError, parse_address_list};
 pub use encode::{
     base64_decode_lines, base64_lines, base64_lines_into, base64_lines_of_parts, quoted_printable,
 };

@@ -2,3 +2,4 @@ pub mod address;
 pub mod ca;
 pub mod crl;
 pub mod profile;
+pub mod trust;

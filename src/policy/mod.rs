@@ -380,8 +380,16 @@ pub enum InboundContent {
     Unencrypted,
     /// Encrypted, and a key the token holds opened it.
     Decryptable,
-    /// Encrypted, and no key the token holds opens it (or it is damaged).
+    /// Encrypted, and decided before any key of ours was used that it cannot be
+    /// opened: no key the token holds is named, the structure is malformed, or the
+    /// algorithm is unsupported.
     Undecryptable,
+    /// Encrypted to a key we hold, and the content did not decrypt (wrong key,
+    /// corrupted ciphertext, bad padding, failed authentication: all alike). Never a
+    /// reason to reject: a reply that differed from that to a successful decryption
+    /// would be a padding oracle (RFC 3218 §2.3); the message is delivered still
+    /// encrypted and the stamp says so.
+    DecryptionFailed,
 }
 
 /// The inbound outcome for the content.
@@ -401,6 +409,7 @@ pub fn decide_inbound(selection: &Selection, content: InboundContent) -> Inbound
     match (selection.action, content) {
         (Action::NoDecrypt, _) => InboundOutcome::Deliver,
         (_, InboundContent::Decryptable) => InboundOutcome::DeliverDecrypted,
+        (_, InboundContent::DecryptionFailed) => InboundOutcome::Deliver,
         (Action::DecryptEnforced, InboundContent::Unencrypted) => {
             InboundOutcome::Reject(Rejection {
                 code: 550,
@@ -414,7 +423,8 @@ pub fn decide_inbound(selection: &Selection, content: InboundContent) -> Inbound
                 enhanced: "5.7.5",
                 text: format!(
                     "the message is encrypted and cannot be decrypted here (no key held for \
-                     its recipients, or it is damaged); decryption is required {by}"
+                     its recipients, or its structure or algorithm is not readable); \
+                     decryption is required {by}"
                 ),
             })
         }

@@ -64,6 +64,10 @@ pub struct Snapshot {
     mailboxes: HashMap<String, MailboxRow>,
     pub networks: Vec<Network>,
     pub smarthost: Option<String>,
+    /// What inbound signatures are verified against, and each anchor's domains.
+    pub trust: Arc<crate::pki::trust::TrustAnchors>,
+    /// Filled on first use: which keys the token holds for which recipient ids.
+    keys: tokio::sync::OnceCell<Arc<crate::smime::layers::KeyDirectory>>,
     /// Filled on first use: whether a mailbox can sign.
     signing: Mutex<HashMap<String, bool>>,
     /// Filled on first use: a partner's newest valid certificate.
@@ -107,10 +111,36 @@ impl Snapshot {
                 .collect(),
             networks,
             smarthost: store.relay_settings().smarthost().await?,
+            trust: Arc::new(
+                crate::app::trust_anchors(store)
+                    .await
+                    .map_err(|e| match e {
+                        crate::app::AppError::Store(e) => e,
+                        other => StoreError::Corrupt(format!("trust anchors: {other}")),
+                    })?,
+            ),
+            keys: tokio::sync::OnceCell::new(),
             signing: Mutex::new(HashMap::new()),
             partners: Mutex::new(HashMap::new()),
             signers: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Whether `domain` is one of ours (has an inbound route).
+    pub fn is_managed_domain(&self, domain: &str) -> bool {
+        self.domains.contains_key(&domain.to_ascii_lowercase())
+    }
+
+    /// The keys the token holds for mail, read once per snapshot (keys and
+    /// certificates are part of the configuration version).
+    pub async fn key_directory(
+        &self,
+        app: &crate::app::App,
+    ) -> Result<Arc<crate::smime::layers::KeyDirectory>, crate::app::AppError> {
+        self.keys
+            .get_or_try_init(|| async { app.key_directory().await.map(Arc::new) })
+            .await
+            .cloned()
     }
 
     /// The signing identity of `address`, read once per snapshot.
@@ -263,6 +293,12 @@ impl<'a> Directory<'a> {
         {
             match Certificate::from_der(&stored.record.der) {
                 Ok(certificate) => {
+                    if let Some(problem) =
+                        crate::smime::encrypt::recipient_key_problem(&certificate)
+                    {
+                        tracing::warn!(certificate = stored.id, %problem, "stored partner certificate cannot be encrypted to; skipped");
+                        continue;
+                    }
                     found = Some(PartnerCertificate {
                         certificate,
                         capabilities: capabilities.as_deref().and_then(Capabilities::parse),

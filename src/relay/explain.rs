@@ -94,6 +94,10 @@ pub async fn explain(
                     InboundContent::Undecryptable,
                     "encrypted mail we hold no key for",
                 ),
+                (
+                    InboundContent::DecryptionFailed,
+                    "encrypted mail to our key that does not decrypt",
+                ),
             ] {
                 let outcome = match policy::decide_inbound(&explanation.selection, content) {
                     InboundOutcome::Deliver => "delivered as it is".to_string(),

@@ -32,10 +32,10 @@ fn fields(message: &[u8]) -> Vec<(&[u8], std::ops::Range<usize>)> {
                 last.1.end = line_end;
             }
         } else {
-            let name = line
-                .iter()
-                .position(|&b| b == b':')
-                .map_or(&line[..0], |c| &line[..c]);
+            // `Name :` (white space before the colon, RFC 5322 §4.5.1 obsolete syntax)
+            // is the same field to most readers: the name is trimmed.
+            let colon = line.iter().position(|&b| b == b':');
+            let name = colon.map_or(&line[..0], |c| line[..c].trim_ascii_end());
             out.push((name, at..line_end));
         }
         at = line_end;
@@ -48,8 +48,10 @@ pub fn values(message: &[u8], name: &str) -> Vec<String> {
     fields(message)
         .into_iter()
         .filter(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
-        .map(|(n, range)| {
-            let raw = &message[range.start + n.len() + 1..range.end];
+        .map(|(_, range)| {
+            let field = &message[range.clone()];
+            let colon = field.iter().position(|&b| b == b':').map_or(0, |c| c + 1);
+            let raw = &field[colon..];
             String::from_utf8_lossy(raw)
                 .replace("\r\n", "")
                 .trim()
@@ -81,6 +83,15 @@ pub fn strip(message: Vec<u8>, name: &str) -> Vec<u8> {
     }
     out.extend_from_slice(&message[at..]);
     out
+}
+
+/// Whether the message is S/MIME at the top (signed or encrypted), by its
+/// Content-Type alone: a cheap test before anything is decoded.
+pub fn is_smime(message: &[u8]) -> bool {
+    values(message, "Content-Type").iter().any(|v| {
+        let v = v.to_ascii_lowercase();
+        v.contains("pkcs7") || v.starts_with("multipart/signed")
+    })
 }
 
 /// Puts a field at the top of the header section. The value is cleaned of CR/LF.
@@ -155,7 +166,7 @@ pub fn addresses(value: &str) -> Vec<String> {
 mod tests {
     use super::*;
 
-    const MESSAGE: &[u8] = b"X-Smimegate: forged\r\nFrom: Bob <bob@partner.example>\r\nTo: \"Doe, Jane\" <jane@corp.example>,\r\n carl@corp.example\r\nx-smimegate: forged too\r\n folded\r\nSubject: hi\r\n\r\nX-Smimegate: in the body stays\r\n";
+    const MESSAGE: &[u8] = b"X-Smimegate: forged\r\nFrom: Bob <bob@partner.example>\r\nTo: \"Doe, Jane\" <jane@corp.example>,\r\n carl@corp.example\r\nx-smimegate: forged too\r\n folded\r\nX-Smimegate : forged with a space\r\nX-SMIMEGATE\t:forged with a tab\r\nSubject: hi\r\n\r\nX-Smimegate: in the body stays\r\n";
 
     #[test]
     fn stamp_fields_are_stripped_only_from_the_header() {

@@ -1,15 +1,25 @@
-//! Inbound: decrypt with any key the token holds (per the inbound table), verify the
-//! signature, harvest a valid signer's certificate, and stamp the result.
+//! Inbound: open every S/MIME layer the policy allows (decrypt with any key the token
+//! holds, verify every signature), decide by the inbound table, harvest valid
+//! signers' certificates, and stamp what was found, layer by layer.
+//!
+//! Replies are decided only by what is known before any key of ours is used (RFC
+//! 3218): a message encrypted to our key whose content does not decrypt is delivered
+//! still encrypted, like any other, so the reply is no padding oracle. Failures of the
+//! gateway itself (token, database, a check it could not make) are 4xx.
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::app::App;
+use crate::mime::Limits;
 use crate::pki::address::Address;
 use crate::policy::{self, InboundContent, InboundOutcome, Selection};
-use crate::smime::decrypt::{self, DecryptError};
-use crate::smime::verify::{self, Verdict};
+use crate::smime::decrypt::{DecryptError, Decrypted};
+use crate::smime::layers::{Kept, KeyDirectory, Layer, Opened, Opener, TokenKeys, Unwrapper};
+use crate::smime::verify::{FromField, Verdict, Verification, VerifyContext};
 use crate::smtp::Reply;
 
+use super::directory::Snapshot;
 use super::headers;
 
 /// The message to deliver and what was done to it.
@@ -30,93 +40,101 @@ fn temporary(what: &str, detail: impl std::fmt::Display) -> Reply {
     )
 }
 
+/// The token through the gateway's worker queue (its timeouts and session limits),
+/// called from the blocking thread the opener runs on.
+struct QueuedKeys {
+    app: Arc<App>,
+    keys: Arc<KeyDirectory>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl Unwrapper for QueuedKeys {
+    fn decrypt(&self, cms_der: Vec<u8>, limits: &Limits) -> Result<Decrypted, DecryptError> {
+        let keys = self.keys.clone();
+        let limits = *limits;
+        self.runtime
+            .block_on(self.app.hsm.call("decrypt message", move |hsm| {
+                Ok(TokenKeys { hsm, keys: &keys }.decrypt(cms_der, &limits))
+            }))
+            .map_err(DecryptError::Token)?
+    }
+}
+
 /// Decides on, opens and stamps one inbound message. `Err` is the SMTP reply that
 /// refuses it (5xx by policy, 4xx when the gateway itself failed).
 pub async fn process(
-    app: &App,
-    limits: &crate::mime::Limits,
+    app: Arc<App>,
+    snapshot: Arc<Snapshot>,
+    limits: &Limits,
     selection: &Selection,
     message: Vec<u8>,
 ) -> Result<Processed, Reply> {
-    let mut actions = Vec::new();
-    // Encrypted? A body that claims to be and does not parse counts as undecryptable.
-    // (Decoding a large body is CPU work: off the async threads.)
-    let limits_for_decode = *limits;
-    let (message, cms) = tokio::task::spawn_blocking(move || {
-        let cms = decrypt::cms_from_message(&message, &limits_for_decode);
-        (message, cms)
+    let decrypt = selection.action != policy::Action::NoDecrypt;
+    let keys = if decrypt && headers::is_smime(&message) {
+        snapshot
+            .key_directory(&app)
+            .await
+            .map_err(|e| temporary("reading the key directory", e))?
+    } else {
+        Arc::new(KeyDirectory::default())
+    };
+    let limits = *limits;
+    let max_layers = app.settings.config.limits.max_smime_layers;
+    let unwrapper = QueuedKeys {
+        app: app.clone(),
+        keys,
+        runtime: tokio::runtime::Handle::current(),
+    };
+    let trust = snapshot.trust.clone();
+    let (message, opened) = tokio::task::spawn_blocking(move || {
+        let from = FromField::of_message(&message);
+        let opener = Opener {
+            keys: &unwrapper,
+            verify: VerifyContext {
+                trust: &trust,
+                crls: &[],
+                now: SystemTime::now(),
+                limits: &limits,
+            },
+            decrypt,
+            max_layers,
+        };
+        let opened = opener.open(&message, &from);
+        (message, opened.map(|o| (o, from)))
     })
     .await
-    .map_err(|e| temporary("decoding the message", e))?;
-    let (content, decrypted) = match cms {
-        Err(DecryptError::NotEncrypted(_)) => (InboundContent::Unencrypted, None),
-        Err(e) => {
-            actions.push(format!("undecryptable: {e}"));
-            (InboundContent::Undecryptable, None)
+    .map_err(|e| temporary("opening the message", e))?;
+    let (opened, from) = match opened {
+        Ok(done) => done,
+        Err(crate::smime::layers::OpenError::Gateway(e)) => {
+            return Err(temporary("decryption", e));
         }
-        Ok(_) if selection.action == policy::Action::NoDecrypt => {
-            (InboundContent::Undecryptable, None)
-        }
-        Ok(der) => {
-            let recipients = decrypt::recipients(&der).unwrap_or_default();
-            let held = app
-                .key_directory()
-                .await
-                .map_err(|e| temporary("reading the key directory", e))?
-                .resolve(&recipients);
-            let limits_copy = *limits;
-            let result = app
-                .hsm
-                .call("decrypt message", move |hsm| {
-                    Ok(decrypt::decrypt_within(hsm, &der, &held, &limits_copy))
-                })
-                .await
-                .map_err(|e| temporary("decryption", e))?;
-            match result {
-                Ok(done) => {
-                    actions.push(format!(
-                        "decrypted ({}, {})",
-                        done.content_algorithm, done.key_transport
-                    ));
-                    if done.weak {
-                        actions.push(format!("weak-cipher {}", done.content_algorithm));
-                    }
-                    (InboundContent::Decryptable, Some(done))
-                }
-                Err(DecryptError::Token(e)) if e.is_transient() => {
-                    return Err(temporary("decryption", e));
-                }
-                Err(e) => {
-                    actions.push(format!("undecryptable: {e}"));
-                    (InboundContent::Undecryptable, None)
-                }
-            }
+        Err(e @ crate::smime::layers::OpenError::TooDeep(_)) => {
+            tracing::info!(error = %e, "message refused");
+            return Err(Reply::new(554, "5.6.0", format!("Message refused: {e}")));
         }
     };
-    let message = match policy::decide_inbound(selection, content) {
-        InboundOutcome::Reject(rejection) => {
+    if let Some(unchecked) = opened.signatures().find(|v| v.verdict.is_temporary()) {
+        return Err(temporary("checking the signature", &unchecked.detail));
+    }
+    let mut actions = layer_actions(&opened);
+    let content = content_of(&opened);
+    let outcome = policy::decide_inbound(selection, content);
+    let Opened { layers, decrypted } = opened;
+    let message = match (outcome, decrypted) {
+        (InboundOutcome::Reject(rejection), _) => {
             actions.push("rejected".into());
             return Err(rejection.into());
         }
-        InboundOutcome::DeliverDecrypted => match decrypted {
-            Some(done) => with_entity(&message, &done.entity)?,
-            None => message,
-        },
-        InboundOutcome::Deliver => message,
+        (_, Some(entity)) if decrypt => with_entity(&message, &entity)?,
+        _ => message,
     };
-    let encryption = match (content, decrypted_flag(&actions)) {
-        (InboundContent::Unencrypted, _) => "not-encrypted",
-        (_, true) => "decrypted",
-        _ => {
-            actions.push("kept-encrypted".into());
-            "encrypted"
-        }
+    let opened = Opened {
+        layers,
+        decrypted: None,
     };
-    let (signature, signer) = verify_and_harvest(app, limits, &message, &mut actions).await;
-    let mut stamp = format!("{encryption}; signature={signature}");
-    if let Some(signer) = signer {
-        stamp.push_str(&format!("; signer={signer}"));
-    }
+    harvest(&app, &snapshot, &opened, &from, &mut actions).await;
+    let stamp = stamp(&opened, &from);
     let message = headers::prepend(&message, headers::STAMP, &stamp);
     Ok(Processed {
         message,
@@ -125,92 +143,176 @@ pub async fn process(
     })
 }
 
-fn decrypted_flag(actions: &[String]) -> bool {
-    actions.iter().any(|a| a.starts_with("decrypted"))
+/// What the inbound table decides on: the state of the innermost encryption layer.
+fn content_of(opened: &Opened) -> InboundContent {
+    let last_encryption = opened.layers.iter().rev().find_map(|l| match l {
+        Layer::Decrypted { .. } => Some(InboundContent::Decryptable),
+        Layer::Encrypted(Kept::Failed) => Some(InboundContent::DecryptionFailed),
+        Layer::Encrypted(_) => Some(InboundContent::Undecryptable),
+        Layer::Signed(_) => None,
+    });
+    last_encryption.unwrap_or(InboundContent::Unencrypted)
 }
 
-/// The outer header fields (not Content-*) with the decrypted entity.
+/// The log's account of each layer, outermost first.
+fn layer_actions(opened: &Opened) -> Vec<String> {
+    let mut actions = Vec::new();
+    for layer in &opened.layers {
+        match layer {
+            Layer::Decrypted {
+                content_algorithm,
+                key_transport,
+                weak,
+            } => {
+                actions.push(format!("decrypted ({content_algorithm}, {key_transport})"));
+                if *weak {
+                    actions.push(format!("weak-cipher {content_algorithm}"));
+                }
+            }
+            Layer::Encrypted(Kept::ByPolicy) => actions.push("kept-encrypted".into()),
+            Layer::Encrypted(Kept::Undecryptable(why)) => {
+                actions.push(format!("undecryptable: {why}"));
+                actions.push("kept-encrypted".into());
+            }
+            Layer::Encrypted(Kept::Failed) => {
+                actions.push("decryption-failed".into());
+                actions.push("kept-encrypted".into());
+            }
+            Layer::Signed(v) => {
+                actions.push(format!("signature-{}", v.verdict.as_str()));
+                for s in &v.signers {
+                    actions.push(format!(
+                        "signer {} {}: {}",
+                        s.name(),
+                        s.verdict.as_str(),
+                        s.detail
+                    ));
+                }
+                if v.verdict != Verdict::Valid {
+                    tracing::info!(verdict = v.verdict.as_str(), detail = %v.detail, "signature not valid");
+                }
+            }
+        }
+    }
+    actions
+}
+
+/// The stamp: `ENCRYPTION; signature=VERDICT[; signer=ADDRESS][; signers=…][;
+/// layers=…]`. The signature word is `valid` only when every signature layer is; else
+/// the first one's that is not. Every signer and every layer is listed when there is
+/// more than one.
+fn stamp(opened: &Opened, from: &FromField) -> String {
+    let encryption = opened
+        .layers
+        .iter()
+        .rev()
+        .find_map(|l| match l {
+            Layer::Decrypted { .. } => Some("decrypted"),
+            Layer::Encrypted(Kept::Failed) => Some("decryption-failed"),
+            Layer::Encrypted(_) => Some("encrypted"),
+            Layer::Signed(_) => None,
+        })
+        .unwrap_or("not-encrypted");
+    let signatures: Vec<&Verification> = opened.signatures().collect();
+    let verdict = signatures
+        .iter()
+        .find(|v| v.verdict != Verdict::Valid)
+        .or(signatures.first())
+        .map_or("none", |v| v.verdict.as_str());
+    let mut parts = vec![encryption.to_string(), format!("signature={verdict}")];
+    if verdict == "valid"
+        && let Some(address) = from.address()
+    {
+        parts.push(format!("signer={address}"));
+    }
+    if signatures.iter().any(|v| v.signers.len() > 1) {
+        parts.push(format!(
+            "signers={}",
+            signatures
+                .iter()
+                .map(|v| v.signer_summary())
+                .collect::<Vec<_>>()
+                .join(" / ")
+        ));
+    }
+    if opened.layers.len() > 1 {
+        let words: Vec<String> = opened
+            .layers
+            .iter()
+            .map(|l| match l {
+                Layer::Signed(v) => format!("signed({})", v.verdict.as_str()),
+                Layer::Decrypted {
+                    content_algorithm, ..
+                } => format!("decrypted({content_algorithm})"),
+                Layer::Encrypted(Kept::Failed) => "encrypted(failed)".into(),
+                Layer::Encrypted(_) => "encrypted".into(),
+            })
+            .collect();
+        parts.push(format!("layers={}", words.join(" ")));
+    }
+    parts.join("; ")
+}
+
+/// The outer header fields (not Content-*, no stamp) with the decrypted entity. A
+/// stamp inside the encrypted content was written by the sender: it goes too.
 fn with_entity(message: &[u8], entity: &[u8]) -> Result<Vec<u8>, Reply> {
     let (outer, _) = crate::mime::split_raw_headers(message)
         .map_err(|e| Reply::new(554, "5.6.0", format!("Malformed message header: {e}")))?;
+    // SMTP carries CRLF lines only (RFC 5321 §2.3.8); openssl encrypts LF text.
+    let entity = headers::strip(crate::mime::to_crlf(entity).into_owned(), headers::STAMP);
     let mut out = Vec::with_capacity(entity.len() + 4096);
     for h in outer.iter().filter(|h| !h.is_content_header()) {
         out.extend_from_slice(&h.raw);
     }
     out.extend_from_slice(b"MIME-Version: 1.0\r\n");
-    out.extend_from_slice(entity);
+    out.extend_from_slice(&entity);
     Ok(out)
 }
 
-/// Verifies a signed message against the trust anchors and the From address; a valid
-/// signer's certificate is harvested with its capabilities. Returns the verdict word
-/// for the stamp and the signer address.
-async fn verify_and_harvest(
+/// Stores the encryption certificate of every valid signature layer's signer (the
+/// one its EncryptionKeyPreference names, else its own when it may encrypt), with the
+/// capabilities it advertised and when. Not for our own domains: their certificates
+/// are ours already.
+async fn harvest(
     app: &App,
-    limits: &crate::mime::Limits,
-    message: &[u8],
+    snapshot: &Snapshot,
+    opened: &Opened,
+    from: &FromField,
     actions: &mut Vec<String>,
-) -> (String, Option<String>) {
-    let content_type = headers::value(message, "Content-Type")
-        .unwrap_or_default()
-        .to_ascii_lowercase();
-    let signed = content_type.starts_with("multipart/signed")
-        || ((content_type.contains("pkcs7-mime")) && content_type.contains("signed-data"));
-    if !signed {
-        return ("none".into(), None);
+) {
+    let Some(owner) = from.address().and_then(|a| Address::from_envelope(a).ok()) else {
+        return;
+    };
+    if snapshot.is_managed_domain(owner.domain()) {
+        return;
     }
-    let from = headers::value(message, "From")
-        .map(|v| headers::addresses(&v))
-        .and_then(|a| a.into_iter().next());
-    let anchors = match crate::app::trust_anchors(&app.store).await {
-        Ok(a) => a,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot read trust anchors");
-            Vec::new()
+    for verification in opened.signatures() {
+        let Some(signer) = verification
+            .signer()
+            .filter(|_| verification.verdict == Verdict::Valid)
+        else {
+            continue;
+        };
+        let Some(cert) = &signer.encryption_certificate else {
+            continue;
+        };
+        match app
+            .store
+            .certificates()
+            .harvest(
+                cert,
+                owner.as_str(),
+                signer.capabilities.as_deref(),
+                signer.signing_time,
+            )
+            .await
+        {
+            Ok(true) => {
+                tracing::info!(%owner, "harvested a partner certificate");
+                actions.push("harvested".into());
+            }
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "could not store the signer's certificate"),
         }
-    };
-    let owned = message.to_vec();
-    let limits = *limits;
-    let from_for_verify = from.clone();
-    let result = tokio::task::spawn_blocking(move || {
-        verify::verify(
-            &owned,
-            from_for_verify.as_deref(),
-            &anchors,
-            SystemTime::now(),
-            &limits,
-        )
-    })
-    .await;
-    let Ok(result) = result else {
-        actions.push("signature-unchecked".into());
-        return ("unchecked".into(), None);
-    };
-    let verdict = result.verdict.as_str().to_string();
-    actions.push(format!("signature-{verdict}"));
-    if result.verdict != Verdict::Valid {
-        tracing::info!(verdict = %verdict, detail = %result.detail, "signature not valid");
-        return (verdict, None);
     }
-    let (Some(signer), Some(from)) = (result.signer.as_ref(), from) else {
-        return (verdict, None);
-    };
-    let owner = match Address::from_envelope(&from) {
-        Ok(a) => a.to_string(),
-        Err(_) => return (verdict, Some(from)),
-    };
-    match app
-        .store
-        .certificates()
-        .harvest(signer, &owner, result.capabilities.as_deref())
-        .await
-    {
-        Ok(true) => {
-            tracing::info!(owner = %owner, "harvested a partner certificate");
-            actions.push("harvested".into());
-        }
-        Ok(false) => {}
-        Err(e) => tracing::warn!(error = %e, "could not store the signer's certificate"),
-    }
-    (verdict, Some(owner))
 }

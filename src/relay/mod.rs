@@ -524,7 +524,22 @@ impl Relay {
                         Some(summary),
                     );
                 };
-                match inbound::process(&self.app, &self.limits, &selection, message).await {
+                let snapshot = match &tx.snapshot {
+                    Some(s) => s.clone(),
+                    None => match self.snapshots.get().await {
+                        Ok(s) => s,
+                        Err(e) => return (database_trouble(e), actions, Some(summary)),
+                    },
+                };
+                match inbound::process(
+                    self.app.clone(),
+                    snapshot,
+                    &self.limits,
+                    &selection,
+                    message,
+                )
+                .await
+                {
                     Ok(processed) => {
                         actions.extend(processed.actions);
                         let reply = self.send(tx, &processed.message).await;

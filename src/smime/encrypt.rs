@@ -270,6 +270,9 @@ fn recipient_info(recipient: &Recipient, cek: &[u8]) -> Result<RecipientInfo, En
         reason,
     };
     let spki = tbs.subject_public_key_info();
+    if let Some(problem) = recipient_key_problem(&recipient.certificate) {
+        return Err(fail(problem));
+    }
     if spki.algorithm.oid == ecdh::EC_PUBLIC_KEY {
         return key_agree_info(recipient, cek).map_err(fail);
     }
@@ -311,6 +314,58 @@ fn recipient_info(recipient: &Recipient, cek: &[u8]) -> Result<RecipientInfo, En
         key_enc_alg,
         enc_key: OctetString::new(encrypted).map_err(|e| fail(e.to_string()))?,
     }))
+}
+
+/// The smallest RSA key mail is encrypted to.
+const MIN_RSA_BITS: u32 = 2048;
+
+/// Why mail cannot be encrypted to `cert`'s key, if it cannot: the key usage must
+/// allow what we do with the key (RFC 8550 §4.4.2: keyEncipherment for RSA key
+/// transport, keyAgreement for ECDH; no extension allows both), an RSA key must have
+/// at least 2048 bits, an EC key must be on P-256.
+pub fn recipient_key_problem(cert: &Certificate) -> Option<String> {
+    use rsa::pkcs8::DecodePublicKey;
+    use x509_cert::ext::pkix::{KeyUsage, KeyUsages};
+    let spki = cert.tbs_certificate().subject_public_key_info();
+    let ec = spki.algorithm.oid == ecdh::EC_PUBLIC_KEY;
+    let usage = match cert.tbs_certificate().get_extension::<KeyUsage>() {
+        Ok(found) => found.map(|(_, ku)| ku.0),
+        Err(e) => return Some(format!("key usage extension: {e}")),
+    };
+    let (needed, name) = if ec {
+        (KeyUsages::KeyAgreement, "keyAgreement")
+    } else {
+        (KeyUsages::KeyEncipherment, "keyEncipherment")
+    };
+    if usage.is_some_and(|ku| !ku.contains(needed)) {
+        return Some(format!(
+            "the certificate's key usage does not allow {name}: it is not for encryption"
+        ));
+    }
+    if ec {
+        let point = spki.subject_public_key.raw_bytes();
+        return p256::PublicKey::from_sec1_bytes(point)
+            .is_err()
+            .then(|| "not a P-256 public key".to_string());
+    }
+    if spki.algorithm.oid != RSA_ENCRYPTION {
+        return Some(format!(
+            "unsupported public key algorithm {}",
+            spki.algorithm.oid
+        ));
+    }
+    let key = match spki
+        .to_der()
+        .ok()
+        .and_then(|der| rsa::PublicKey::from_public_key_der(&der).ok())
+    {
+        Some(key) => key,
+        None => return Some("the RSA public key does not parse".into()),
+    };
+    let bits = rsa::traits::PublicKeyParts::n(&key).bit_width();
+    (bits < MIN_RSA_BITS).then(|| {
+        format!("RSA key of {bits} bits; at least {MIN_RSA_BITS} are required (RFC 8551 §2.3)")
+    })
 }
 
 /// ECDH ephemeral-static to a P-256 recipient (RFC 5753): X9.63 KDF with SHA-256,

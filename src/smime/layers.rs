@@ -1,14 +1,16 @@
-//! Opening an inbound message layer by layer: decrypt what is encrypted to a key we
-//! hold, verify what is signed, repeat for nested layers (signed-in-encrypted,
-//! encrypted-in-signed, triple wrap), bounded by the CMS nesting limit.
+//! Opening an inbound message layer by layer (RFC 8551 §3.7, RFC 2634 triple wrap):
+//! verify what is signed, decrypt what is encrypted to a key we hold, and go on into
+//! the content until a plain entity remains, bounded by the CMS nesting limit. Every
+//! layer is reported, outermost first. The token is reached only through
+//! [`Unwrapper`], so the relay can route it through its worker queue.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
-use std::time::SystemTime;
 
 use x509_cert::certificate::Certificate;
 
-use super::decrypt::{self, DecryptError, RecipientId};
-use super::verify::{self, Verification};
+use super::decrypt::{self, DecryptError, Decrypted, RecipientId};
+use super::verify::{self, FromField, Verification, VerifyContext};
 use crate::hsm::{Hsm, KeyId};
 use crate::mime::{self, Limits};
 
@@ -54,96 +56,228 @@ impl KeyDirectory {
     }
 }
 
-/// One layer that was removed.
+/// Recovers the content of an encrypted layer with a key we hold.
+pub trait Unwrapper {
+    fn decrypt(&self, cms_der: Vec<u8>, limits: &Limits) -> Result<Decrypted, DecryptError>;
+}
+
+/// The token itself, called on this thread (CLI, tests, blocking callers).
+pub struct TokenKeys<'a> {
+    pub hsm: &'a Hsm,
+    pub keys: &'a KeyDirectory,
+}
+
+impl Unwrapper for TokenKeys<'_> {
+    fn decrypt(&self, cms_der: Vec<u8>, limits: &Limits) -> Result<Decrypted, DecryptError> {
+        let held = self.keys.resolve(&decrypt::recipients(&cms_der)?);
+        decrypt::decrypt_within(self.hsm, &cms_der, &held, limits)
+    }
+}
+
+/// Why an encrypted layer was left as it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kept {
+    /// Policy said not to decrypt.
+    ByPolicy,
+    /// Decided before any key of ours was used: no key for us, malformed structure,
+    /// unsupported algorithm. Policy may reject for it.
+    Undecryptable(String),
+    /// A key of ours was used and the content did not decrypt. Every cause looks the
+    /// same (RFC 3218), and it is never a reason to reject: a reply that differed
+    /// from a successful decryption's would be a padding oracle.
+    Failed,
+}
+
+/// One layer, outermost first.
 #[derive(Debug)]
 pub enum Layer {
+    Signed(Box<Verification>),
     Decrypted {
         content_algorithm: &'static str,
         key_transport: &'static str,
         weak: bool,
     },
-    Signed(Box<Verification>),
+    /// An encrypted layer that was not removed (the last layer when present).
+    Encrypted(Kept),
 }
 
-/// The innermost entity and the layers removed on the way, outermost first.
+/// The layers of a message and what is left when they are removed.
 #[derive(Debug)]
 pub struct Opened {
-    pub entity: Vec<u8>,
     pub layers: Vec<Layer>,
+    /// The entity inside the innermost encryption layer removed, when one was: what
+    /// to deliver in place of the message's content. Signed layers inside it stay
+    /// (the recipient's client can verify them too); signatures outside it covered
+    /// the ciphertext and cannot survive decryption.
+    pub decrypted: Option<Vec<u8>>,
+}
+
+impl Opened {
+    pub fn is_encrypted(&self) -> bool {
+        self.layers
+            .iter()
+            .any(|l| matches!(l, Layer::Decrypted { .. } | Layer::Encrypted(_)))
+    }
+
+    /// The signature layers, outermost first.
+    pub fn signatures(&self) -> impl Iterator<Item = &Verification> {
+        self.layers.iter().filter_map(|l| match l {
+            Layer::Signed(v) => Some(v.as_ref()),
+            _ => None,
+        })
+    }
+
+    /// The plain entity at the centre, when every layer was opened.
+    pub fn innermost(&self) -> Option<&[u8]> {
+        match self.layers.last() {
+            Some(Layer::Signed(v)) => v.content.as_deref(),
+            Some(Layer::Decrypted { .. }) => self.decrypted.as_deref(),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
-    #[error(transparent)]
-    Decrypt(#[from] DecryptError),
+    /// The gateway's own failure (token, PIN, library): try again later.
+    #[error("the gateway could not decrypt: {0}")]
+    Gateway(DecryptError),
     #[error("more than {0} nested S/MIME layers")]
     TooDeep(usize),
-    #[error(transparent)]
-    Mime(#[from] mime::MimeError),
+}
+
+/// What a layer is, from its Content-Type (and, for `application/pkcs7-mime`
+/// without smime-type, from its CMS content type).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Plain,
+    Signed,
+    Encrypted,
+}
+
+fn kind(entity: &[u8], limits: &Limits) -> Kind {
+    let Ok((headers, _)) = mime::split_raw_headers(entity) else {
+        return Kind::Plain;
+    };
+    let types: Vec<mime::ContentType> = headers
+        .iter()
+        .filter(|h| h.is("content-type"))
+        .filter_map(|h| mime::ContentType::parse(&h.value()))
+        .collect();
+    let is_pkcs7 = |ct: &mime::ContentType| {
+        ct.kind == "application" && (ct.subtype == "pkcs7-mime" || ct.subtype == "x-pkcs7-mime")
+    };
+    let signed = |ct: &mime::ContentType| ct.kind == "multipart" && ct.subtype == "signed";
+    match types.as_slice() {
+        [ct] if signed(ct) => Kind::Signed,
+        [ct] if is_pkcs7(ct) => {
+            match ct
+                .param("smime-type")
+                .map(str::to_ascii_lowercase)
+                .as_deref()
+            {
+                Some("signed-data") => Kind::Signed,
+                Some("enveloped-data" | "authenveloped-data") => Kind::Encrypted,
+                Some(_) => Kind::Plain,
+                None => match decrypt::cms_from_message(entity, limits) {
+                    Err(DecryptError::NotEncrypted(_)) => Kind::Signed,
+                    _ => Kind::Encrypted,
+                },
+            }
+        }
+        // Several Content-Type fields and one of them S/MIME: the verifier calls it
+        // malformed rather than guess which one the client reads.
+        [_, _, ..] if types.iter().any(|ct| signed(ct) || is_pkcs7(ct)) => Kind::Signed,
+        _ => Kind::Plain,
+    }
+}
+
+/// How a decryption failure is treated (RFC 3218 §2.3: every failure after our key
+/// was used looks the same).
+enum FailureClass {
+    Structure,
+    Integrity,
+    Gateway,
+}
+
+fn failure_class(e: &DecryptError) -> FailureClass {
+    match e {
+        DecryptError::Token(_) => FailureClass::Gateway,
+        DecryptError::Integrity(_) => FailureClass::Integrity,
+        _ => FailureClass::Structure,
+    }
 }
 
 /// What opening needs besides the message.
 pub struct Opener<'a> {
-    pub hsm: &'a Hsm,
-    pub keys: &'a KeyDirectory,
-    pub anchors: &'a [Certificate],
-    pub now: SystemTime,
-    pub limits: &'a Limits,
-    /// Most S/MIME layers to remove (CMS nesting limit).
+    pub keys: &'a dyn Unwrapper,
+    pub verify: VerifyContext<'a>,
+    /// Whether encryption layers are removed (policy `no-decrypt` says not).
+    pub decrypt: bool,
+    /// Most S/MIME layers to look into (CMS nesting limit).
     pub max_layers: usize,
 }
 
 impl Opener<'_> {
-    /// Removes S/MIME layers from `message` until a plain entity remains. A signature
-    /// layer is verified (against `from`, the message's From address) and its content
-    /// opened further whatever the verdict: the caller decides what an invalid
-    /// signature means. An encrypted layer that cannot be decrypted is an error.
-    pub fn open(&self, message: &[u8], from: Option<&str>) -> Result<Opened, OpenError> {
+    /// Removes the S/MIME layers of `message`. A signature layer is verified against
+    /// `from` (the message's From field) and opened further whatever its verdict; an
+    /// encrypted layer that is not decrypted ends the walk.
+    pub fn open(&self, message: &[u8], from: &FromField) -> Result<Opened, OpenError> {
+        let limits = self.verify.limits;
         let mut layers = Vec::new();
-        let mut current = message.to_vec();
+        let mut decrypted: Option<Vec<u8>> = None;
+        // The entity looked at: inside the last decryption, or a signed content.
+        let mut inner: Option<Vec<u8>> = None;
         loop {
-            let parsed = mime::split_raw(&current)?;
-            let ct = parsed.content_type();
-            let smime_type = ct.param("smime-type").map(str::to_ascii_lowercase);
-            let is_pkcs7_mime = ct.kind == "application"
-                && (ct.subtype == "pkcs7-mime" || ct.subtype == "x-pkcs7-mime");
-            let is_signed = (ct.kind == "multipart" && ct.subtype == "signed")
-                || (is_pkcs7_mime && smime_type.as_deref() == Some("signed-data"));
-            let is_encrypted = is_pkcs7_mime && !is_signed;
-            if !is_signed && !is_encrypted {
-                return Ok(Opened {
-                    entity: current,
-                    layers,
-                });
+            let current: Cow<'_, [u8]> = match (inner.take(), &decrypted) {
+                (Some(bytes), _) => Cow::Owned(bytes),
+                (None, Some(bytes)) => Cow::Borrowed(bytes.as_slice()),
+                (None, None) => Cow::Borrowed(message),
+            };
+            let kind = kind(&current, limits);
+            if kind == Kind::Plain {
+                break;
             }
             if layers.len() >= self.max_layers {
                 return Err(OpenError::TooDeep(self.max_layers));
             }
-            if is_encrypted {
-                let der = decrypt::cms_from_message(&current, self.limits)?;
-                let held = self.keys.resolve(&decrypt::recipients(&der)?);
-                let done = decrypt::decrypt_within(self.hsm, &der, &held, self.limits)?;
-                layers.push(Layer::Decrypted {
-                    content_algorithm: done.content_algorithm,
-                    key_transport: done.key_transport,
-                    weak: done.weak,
-                });
-                current = done.entity;
-            } else {
-                let verification =
-                    verify::verify(&current, from, self.anchors, self.now, self.limits);
+            if kind == Kind::Signed {
+                let verification = verify::verify(&current, from, &self.verify);
                 let content = verification.content.clone();
                 layers.push(Layer::Signed(Box::new(verification)));
                 match content {
-                    Some(content) => current = content,
-                    None => {
-                        return Ok(Opened {
-                            entity: current,
-                            layers,
-                        });
-                    }
+                    Some(content) => inner = Some(content),
+                    None => break,
+                }
+                continue;
+            }
+            if !self.decrypt {
+                layers.push(Layer::Encrypted(Kept::ByPolicy));
+                break;
+            }
+            let result = decrypt::cms_from_message(&current, limits)
+                .and_then(|der| self.keys.decrypt(der, limits));
+            drop(current);
+            match result {
+                Ok(done) => {
+                    layers.push(Layer::Decrypted {
+                        content_algorithm: done.content_algorithm,
+                        key_transport: done.key_transport,
+                        weak: done.weak,
+                    });
+                    decrypted = Some(done.entity);
+                    inner = None;
+                }
+                Err(e) => {
+                    layers.push(Layer::Encrypted(match failure_class(&e) {
+                        FailureClass::Gateway => return Err(OpenError::Gateway(e)),
+                        FailureClass::Integrity => Kept::Failed,
+                        FailureClass::Structure => Kept::Undecryptable(e.to_string()),
+                    }));
+                    break;
                 }
             }
         }
+        Ok(Opened { layers, decrypted })
     }
 }

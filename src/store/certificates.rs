@@ -94,10 +94,10 @@ pub struct Certificates<'a> {
     pub(super) pool: &'a AnyPool,
 }
 
-const COLUMNS: &str = "id, der, subject, issuer, serial, not_before, not_after, fingerprint_sha256, source, \
+pub(super) const COLUMNS: &str = "id, der, subject, issuer, serial, not_before, not_after, fingerprint_sha256, source, \
                        owner_address, key_id, revoked_at, created_at";
 
-fn row_to_certificate(row: &sqlx::any::AnyRow) -> Result<StoredCertificate> {
+pub(super) fn row_to_certificate(row: &sqlx::any::AnyRow) -> Result<StoredCertificate> {
     let read = db("reading certificate");
     let source: String = row.try_get("source").map_err(&read)?;
     Ok(StoredCertificate {
@@ -265,26 +265,33 @@ impl Certificates<'_> {
             .collect()
     }
 
-    /// Stores a partner's certificate learnt from a validly signed message, or, when
-    /// it is known already, refreshes the SMIMECapabilities it last advertised.
-    /// Returns true when the certificate is new.
+    /// Stores a partner's certificate learnt from a validly signed message, with the
+    /// SMIMECapabilities that message advertised and its signingTime. For a certificate
+    /// known already, the capabilities are replaced only by those of a newer message
+    /// (RFC 8551 §2.5.2: the most recent signingTime wins), so replaying an old message
+    /// cannot downgrade what we encrypt with. Capabilities without a signingTime never
+    /// replace dated ones; a signingTime in the future counts as now. Returns true when
+    /// the certificate is new.
     pub async fn harvest(
         &self,
         cert: &Certificate,
         owner_address: &str,
         capabilities: Option<&[u8]>,
+        signed_at: Option<i64>,
     ) -> Result<bool> {
         let record = CertificateRecord::from_certificate(cert)?;
-        let updated = sqlx::query(
-            "UPDATE certificates SET smime_capabilities = COALESCE($1, smime_capabilities) \
-             WHERE fingerprint_sha256 = $2",
-        )
-        .bind(capabilities.map(<[u8]>::to_vec))
-        .bind(&record.fingerprint_sha256)
-        .execute(self.pool)
-        .await
-        .map_err(db("refreshing a harvested certificate"))?;
-        if updated.rows_affected() > 0 {
+        let signed_at = signed_at.map(|t| t.min(now()));
+        let known: Option<i64> =
+            sqlx::query_scalar("SELECT id FROM certificates WHERE fingerprint_sha256 = $1")
+                .bind(&record.fingerprint_sha256)
+                .fetch_optional(self.pool)
+                .await
+                .map_err(db("looking up a harvested certificate"))?;
+        if let Some(id) = known {
+            if capabilities.is_some() {
+                self.refresh_capabilities(id, capabilities, signed_at)
+                    .await?;
+            }
             return Ok(false);
         }
         let stored = match self
@@ -301,12 +308,32 @@ impl Certificates<'_> {
             Err(StoreError::Conflict(_)) => return Ok(false),
             Err(e) => return Err(e),
         };
-        sqlx::query("UPDATE certificates SET smime_capabilities = $1 WHERE id = $2")
-            .bind(capabilities.map(<[u8]>::to_vec))
-            .bind(stored.id)
-            .execute(self.pool)
-            .await
-            .map_err(db("storing capabilities"))?;
+        if capabilities.is_some() {
+            self.refresh_capabilities(stored.id, capabilities, signed_at)
+                .await?;
+        }
         Ok(true)
+    }
+
+    /// Replaces the capabilities of certificate `id` when none are stored, or when
+    /// these are dated and newer than the stored ones.
+    async fn refresh_capabilities(
+        &self,
+        id: i64,
+        capabilities: Option<&[u8]>,
+        signed_at: Option<i64>,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE certificates SET smime_capabilities = $1, capabilities_signed_at = $2 \
+             WHERE id = $3 AND (smime_capabilities IS NULL OR (CAST($2 AS BIGINT) IS NOT NULL \
+             AND (capabilities_signed_at IS NULL OR capabilities_signed_at < CAST($2 AS BIGINT))))",
+        )
+        .bind(capabilities.map(<[u8]>::to_vec))
+        .bind(signed_at)
+        .bind(id)
+        .execute(self.pool)
+        .await
+        .map_err(db("storing capabilities"))?;
+        Ok(())
     }
 }

@@ -10,6 +10,7 @@ mod mailboxes;
 mod message_log;
 mod relay_settings;
 mod rules;
+mod trust;
 
 use std::time::Duration;
 
@@ -24,6 +25,7 @@ pub use mailboxes::{MailboxRow, MailboxState, Mailboxes};
 pub use message_log::{LogEntry, LogFilter, LogStatus, MessageLog};
 pub use relay_settings::{NetworkRow, RelaySettings};
 pub use rules::{NewRule, Rules};
+pub use trust::{TrustAnchorRow, TrustAnchorStore};
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
@@ -238,6 +240,10 @@ impl Store {
 
     pub fn relay_settings(&self) -> RelaySettings<'_> {
         RelaySettings { pool: &self.pool }
+    }
+
+    pub fn trust_anchors(&self) -> TrustAnchorStore<'_> {
+        TrustAnchorStore { pool: &self.pool }
     }
 
     pub fn audit(&self) -> AuditLog<'_> {

@@ -353,3 +353,40 @@ impl OpensslCa {
         (key, cert)
     }
 }
+
+/// Verifies with unscoped anchors (any domain) at `now`, binding the verdict to
+/// `from` (`None`: the message's own From field).
+pub fn verify_signature(
+    message: &[u8],
+    from: Option<&str>,
+    anchors: &[x509_cert::Certificate],
+    now: std::time::SystemTime,
+) -> smimegate::smime::verify::Verification {
+    verify_signature_with_crls(message, from, anchors, &[], now)
+}
+
+/// [`verify_signature`] with CRLs (DER).
+pub fn verify_signature_with_crls(
+    message: &[u8],
+    from: Option<&str>,
+    anchors: &[x509_cert::Certificate],
+    crls: &[Vec<u8>],
+    now: std::time::SystemTime,
+) -> smimegate::smime::verify::Verification {
+    use smimegate::smime::verify::{FromField, TrustAnchors, VerifyContext, verify};
+    let trust = TrustAnchors::unscoped(anchors);
+    let from = match from {
+        Some(address) => FromField::given(address),
+        None => FromField::of_message(message),
+    };
+    verify(
+        message,
+        &from,
+        &VerifyContext {
+            trust: &trust,
+            crls,
+            now,
+            limits: &smimegate::mime::Limits::default(),
+        },
+    )
+}

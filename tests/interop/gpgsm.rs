@@ -11,7 +11,7 @@ use std::time::SystemTime;
 use der::DecodePem;
 use smimegate::mime::Limits;
 use smimegate::smime::encrypt::{ContentCipher, KeyTransportChoice, Recipient, encrypt_message};
-use smimegate::smime::verify::{Verdict, verify};
+use smimegate::smime::verify::Verdict;
 use x509_cert::Certificate;
 
 use common::run_ok;
@@ -199,21 +199,19 @@ fn we_verify_what_gpgsm_signs() {
          Content-Transfer-Encoding: base64\r\n\r\n{b64}\r\n--b--\r\n"
     );
     let anchors = [partner.ca.clone()];
-    let v = verify(
+    let v = common::verify_signature(
         message.as_bytes(),
         Some("bob@partner.example"),
         &anchors,
         SystemTime::now(),
-        &Limits::default(),
     );
     assert_eq!(v.verdict, Verdict::Valid, "{}", v.detail);
     let tampered = message.replace("Signed by gpgsm.", "Signed by gpgsm!");
-    let v = verify(
+    let v = common::verify_signature(
         tampered.as_bytes(),
         Some("bob@partner.example"),
         &anchors,
         SystemTime::now(),
-        &Limits::default(),
     );
     assert_eq!(v.verdict, Verdict::BadSignature, "{}", v.detail);
 }

@@ -10,8 +10,8 @@ use smimegate::hsm::KeyAlgorithm;
 use smimegate::mime::Limits;
 use smimegate::pki::ca;
 use smimegate::smime::encrypt::{ContentCipher, KeyTransportChoice, Recipient, encrypt_message};
-use smimegate::smime::layers::{KeyDirectory, Layer, OpenError, Opener};
-use smimegate::smime::verify::Verdict;
+use smimegate::smime::layers::{KeyDirectory, Layer, OpenError, Opener, TokenKeys};
+use smimegate::smime::verify::{FromField, TrustAnchors, Verdict, VerifyContext};
 use smimegate::smime::{SignerIdentity, sign_detached};
 
 use common::{run_ok, token};
@@ -37,13 +37,17 @@ fn triple_wrapped_and_openssl_nested_messages_open_layer_by_layer() {
     let mut keys = KeyDirectory::default();
     keys.add(&bob_cert, bob_key.id.clone());
     let limits = Limits::default();
-    let anchors = [ca_cert.clone()];
+    let trust = TrustAnchors::unscoped(&[ca_cert.clone()]);
+    let token_keys = TokenKeys { hsm, keys: &keys };
     let opener = Opener {
-        hsm,
-        keys: &keys,
-        anchors: &anchors,
-        now: SystemTime::now(),
-        limits: &limits,
+        keys: &token_keys,
+        verify: VerifyContext {
+            trust: &trust,
+            crls: &[],
+            now: SystemTime::now(),
+            limits: &limits,
+        },
+        decrypt: true,
         max_layers: 8,
     };
 
@@ -57,7 +61,7 @@ fn triple_wrapped_and_openssl_nested_messages_open_layer_by_layer() {
         encrypt_message(&inner, &to_bob, ContentCipher::Aes256Gcm, &limits).expect("encrypt");
     let outer = sign_detached(hsm, &alice, &encrypted, &limits).expect("sign again");
     let opened = opener
-        .open(&outer, Some("alice@corp.example"))
+        .open(&outer, &FromField::given("alice@corp.example"))
         .expect("open");
     assert_eq!(opened.layers.len(), 3, "{:?}", opened.layers);
     assert!(matches!(&opened.layers[0], Layer::Signed(v) if v.verdict == Verdict::Valid));
@@ -70,9 +74,17 @@ fn triple_wrapped_and_openssl_nested_messages_open_layer_by_layer() {
     ));
     assert!(matches!(&opened.layers[2], Layer::Signed(v) if v.verdict == Verdict::Valid));
     assert_eq!(
-        opened.entity,
-        b"Content-Type: text/plain\r\n\r\nThe innermost text.\r\n"
+        opened.innermost(),
+        Some(&b"Content-Type: text/plain\r\n\r\nThe innermost text.\r\n"[..])
     );
+    // What is delivered is the decrypted entity: the inner signature stays for the
+    // recipient's client, the outer one (over the ciphertext) cannot.
+    let delivered = String::from_utf8(opened.decrypted.clone().expect("decrypted")).expect("text");
+    assert!(
+        delivered.starts_with("Content-Type: multipart/signed"),
+        "{delivered}"
+    );
+    assert!(inner.ends_with(delivered.split_once("\r\n\r\n").expect("body").1.as_bytes()));
 
     // openssl: signed by a partner, then encrypted to bob.
     let p = |n: &str| dir.path().join(n).display().to_string();
@@ -136,13 +148,16 @@ fn triple_wrapped_and_openssl_nested_messages_open_layer_by_layer() {
     );
     // The partner's certificate was made just now: judge at a time after it.
     let opener = Opener {
-        now: SystemTime::now(),
+        verify: VerifyContext {
+            now: SystemTime::now(),
+            ..opener.verify
+        },
         ..opener
     };
     let opened = opener
         .open(
             &std::fs::read(p("sealed")).expect("read"),
-            Some("partner@partner.example"),
+            &FromField::given("partner@partner.example"),
         )
         .expect("open");
     assert_eq!(opened.layers.len(), 2);
@@ -154,7 +169,9 @@ fn triple_wrapped_and_openssl_nested_messages_open_layer_by_layer() {
         "{:?}",
         opened.layers[1]
     );
-    assert!(String::from_utf8_lossy(&opened.entity).contains("From the partner."));
+    assert!(
+        String::from_utf8_lossy(opened.innermost().expect("opened")).contains("From the partner.")
+    );
 
     // The nesting limit holds.
     let shallow = Opener {
@@ -162,7 +179,7 @@ fn triple_wrapped_and_openssl_nested_messages_open_layer_by_layer() {
         ..opener
     };
     assert!(matches!(
-        shallow.open(&outer, None),
+        shallow.open(&outer, &FromField::Missing),
         Err(OpenError::TooDeep(2))
     ));
 }

@@ -319,28 +319,22 @@ fn signed_messages_verify_with_gpgsm() {
 
 #[test]
 fn our_own_signatures_pass_our_verifier_with_the_right_verdicts() {
-    use smimegate::smime::verify::{Verdict, verify};
+    use smimegate::smime::verify::Verdict;
     let fx = fixture();
     let anchors = fx.signers[0].chain.clone();
     for signer in &fx.signers {
         let signed = sign_detached(&token().hsm, signer, PLAIN.as_bytes(), &Limits::default())
             .expect("sign");
         let from = format!("{}@corp.example", signer.key_algorithm);
-        let v = verify(
-            &signed,
-            Some(&from),
-            &anchors,
-            std::time::SystemTime::now(),
-            &Limits::default(),
-        );
+        let v =
+            common::verify_signature(&signed, Some(&from), &anchors, std::time::SystemTime::now());
         assert_eq!(v.verdict, Verdict::Valid, "{}", v.detail);
-        assert!(v.capabilities.is_some());
-        let v = verify(
+        assert!(v.signer().is_some_and(|s| s.capabilities.is_some()));
+        let v = common::verify_signature(
             &signed,
             Some("sender@corp.example"),
             &anchors,
             std::time::SystemTime::now(),
-            &Limits::default(),
         );
         assert_eq!(v.verdict, Verdict::AddressMismatch, "{}", v.detail);
     }
@@ -349,7 +343,7 @@ fn our_own_signatures_pass_our_verifier_with_the_right_verdicts() {
 #[test]
 fn opaque_signatures_verify_with_openssl_and_with_us() {
     use smimegate::smime::sign_opaque;
-    use smimegate::smime::verify::{Verdict, verify};
+    use smimegate::smime::verify::Verdict;
     let fx = fixture();
     for signer in &fx.signers {
         let signed =
@@ -361,12 +355,11 @@ fn opaque_signatures_verify_with_openssl_and_with_us() {
             .unwrap_or_else(|e| panic!("{:?}: {e}", signer.key_algorithm));
         assert!(String::from_utf8_lossy(&content).contains("Hello Bob,"));
         let from = format!("{}@corp.example", signer.key_algorithm);
-        let v = verify(
+        let v = common::verify_signature(
             &signed,
             Some(&from),
             &signer.chain,
             std::time::SystemTime::now(),
-            &Limits::default(),
         );
         assert_eq!(v.verdict, Verdict::Valid, "{}", v.detail);
     }
@@ -375,7 +368,7 @@ fn opaque_signatures_verify_with_openssl_and_with_us() {
 #[test]
 fn a_signer_listed_on_our_crl_is_revoked_for_us_and_for_openssl() {
     use smimegate::pki::crl::{Revocation, build_crl};
-    use smimegate::smime::verify::{Verdict, verify_with_crls};
+    use smimegate::smime::verify::Verdict;
     use std::time::{Duration, SystemTime};
     let fx = fixture();
     let signer = &fx.signers[0];
@@ -401,13 +394,12 @@ fn a_signer_listed_on_our_crl_is_revoked_for_us_and_for_openssl() {
     .expect("CRL");
     let clean = build_crl(&token().hsm, &fx.ca, 2, &[], week).expect("CRL");
     let check = |crl: &[u8]| {
-        verify_with_crls(
+        common::verify_signature_with_crls(
             &signed,
             Some(&from),
             &signer.chain,
             &[crl.to_vec()],
             SystemTime::now(),
-            &Limits::default(),
         )
     };
     assert_eq!(check(&revoked).verdict, Verdict::Revoked);
@@ -483,12 +475,11 @@ fn every_signature_scheme_the_engine_emits_verifies_with_openssl() {
         let text = String::from_utf8(signed.clone()).expect("ascii");
         assert!(text.contains(&format!("micalg={micalg}")), "{scheme:?}");
         openssl_verify(&fx, &signed).unwrap_or_else(|e| panic!("{scheme:?}: {e}"));
-        let v = smimegate::smime::verify::verify(
+        let v = common::verify_signature(
             &signed,
             Some(&format!("{}@corp.example", signer.key_algorithm)),
             &signer.chain,
             std::time::SystemTime::now(),
-            &Limits::default(),
         );
         assert_eq!(
             v.verdict,

@@ -7,8 +7,7 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use der::DecodePem;
-use smimegate::mime::Limits;
-use smimegate::smime::verify::{Verdict, verify};
+use smimegate::smime::verify::Verdict;
 use x509_cert::Certificate;
 
 use common::run_ok;
@@ -71,12 +70,11 @@ const SMIME_EXT: &str = "keyUsage=critical,digitalSignature,keyEncipherment\n\
                          extendedKeyUsage=emailProtection\nsubjectAltName=email:bob@partner.example\n";
 
 fn check(pki: &Pki, message: &[u8], from: &str) -> smimegate::smime::verify::Verification {
-    verify(
+    common::verify_signature(
         message,
         Some(from),
         std::slice::from_ref(&pki.ca),
         SystemTime::now(),
-        &Limits::default(),
     )
 }
 
@@ -97,7 +95,7 @@ fn openssl_signatures_of_every_kind_are_valid() {
         let v = check(&pki, &message, "bob@partner.example");
         assert_eq!(v.verdict, Verdict::Valid, "{name}: {}", v.detail);
         assert!(
-            v.capabilities.is_some(),
+            v.signer().is_some_and(|s| s.capabilities.is_some()),
             "{name}: openssl sends SMIMECapabilities"
         );
         let content = String::from_utf8(v.content.expect("content")).expect("text");
@@ -138,32 +136,24 @@ fn each_fault_gets_its_own_verdict() {
 
     // Validity, judged at other times.
     let later = SystemTime::now() + Duration::from_secs(60 * 86_400);
-    let v = verify(
+    let v = common::verify_signature(
         &good,
         Some("bob@partner.example"),
         std::slice::from_ref(&pki.ca),
         later,
-        &Limits::default(),
     );
     assert_eq!(v.verdict, Verdict::Expired, "{}", v.detail);
     let earlier = SystemTime::now() - Duration::from_secs(2 * 86_400);
-    let v = verify(
+    let v = common::verify_signature(
         &good,
         Some("bob@partner.example"),
         std::slice::from_ref(&pki.ca),
         earlier,
-        &Limits::default(),
     );
     assert_eq!(v.verdict, Verdict::NotYetValid, "{}", v.detail);
 
     // Not trusted: no anchors at all, or a self-signed signer.
-    let v = verify(
-        &good,
-        Some("bob@partner.example"),
-        &[],
-        SystemTime::now(),
-        &Limits::default(),
-    );
+    let v = common::verify_signature(&good, Some("bob@partner.example"), &[], SystemTime::now());
     assert_eq!(v.verdict, Verdict::Untrusted, "{}", v.detail);
     let selfsigned_key = pki.path("self.key");
     let selfsigned = pki.path("self.pem");

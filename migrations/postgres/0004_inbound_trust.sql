@@ -1,0 +1,15 @@
+-- Inbound trust (issue 8).
+-- A trust anchor vouches only for the mail domains it is given: one row per domain
+-- pattern ("partner.example", or ".partner.example" for its subdomains). An anchor
+-- without rows vouches for any domain except the managed ones; no partner anchor ever
+-- vouches for a managed domain.
+CREATE TABLE trust_anchor_domains (
+    certificate_id  BIGINT NOT NULL REFERENCES certificates(id) ON DELETE CASCADE,
+    pattern         TEXT   NOT NULL,
+    PRIMARY KEY (certificate_id, pattern)
+);
+CREATE TRIGGER trust_anchor_domains_bumps_version AFTER INSERT OR UPDATE OR DELETE ON trust_anchor_domains
+    FOR EACH STATEMENT EXECUTE FUNCTION bump_config_version();
+-- The signingTime of the signed message whose SMIMECapabilities are stored: a replayed
+-- older message cannot replace them with weaker ones.
+ALTER TABLE certificates ADD COLUMN capabilities_signed_at BIGINT;

@@ -1,0 +1,255 @@
+//! The signer's certificate (RFC 8550): a path to a trust anchor that may vouch for
+//! the address in question (scoped anchors, [`crate::pki::trust`]), validity,
+//! revocation by the CRLs given, emailProtection, a key usage that allows signatures,
+//! and the addresses it certifies (subjectAltName rfc822Name, and the legacy
+//! emailAddress in the subject, RFC 8550 §3).
+
+use std::time::SystemTime;
+
+use const_oid::ObjectIdentifier;
+use der::Encode;
+use rustls_pki_types::{CertificateDer, UnixTime};
+use x509_cert::certificate::Certificate;
+use x509_cert::ext::pkix::name::GeneralName;
+use x509_cert::ext::pkix::{KeyUsage, KeyUsages, SubjectAltName};
+
+use super::{Failure, Verdict, VerifyContext};
+
+/// id-kp-emailProtection, content octets.
+const EMAIL_PROTECTION: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x04];
+/// PKCS #9 emailAddress (RFC 2985), in a subject DN.
+const EMAIL_ADDRESS: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.9.1");
+
+/// What a certificate is checked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Purpose {
+    /// Signing mail: digitalSignature or nonRepudiation.
+    Signing,
+    /// Receiving encrypted mail: keyEncipherment (RSA) or keyAgreement (EC).
+    Encryption,
+}
+
+/// The mail addresses a certificate certifies, lower-cased.
+pub fn certified_addresses(cert: &Certificate) -> Vec<String> {
+    let tbs = cert.tbs_certificate();
+    let mut out: Vec<String> = tbs
+        .get_extension::<SubjectAltName>()
+        .ok()
+        .flatten()
+        .map(|(_, san)| {
+            san.0
+                .iter()
+                .filter_map(|n| match n {
+                    GeneralName::Rfc822Name(e) => Some(e.to_string()),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    // Name::iter walks every AttributeTypeAndValue of every RDN.
+    for atv in tbs.subject().iter() {
+        if atv.oid == EMAIL_ADDRESS
+            && let Ok(ia5) = atv.value.decode_as::<der::asn1::Ia5String>()
+        {
+            out.push(ia5.to_string());
+        }
+    }
+    let mut out: Vec<String> = out
+        .into_iter()
+        .map(|a| a.trim().to_ascii_lowercase())
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Addresses compare case-insensitively, the local part too, as every system the
+/// gateway fronts treats it so.
+pub(super) fn same_address(a: &str, b: &str) -> bool {
+    a.trim().eq_ignore_ascii_case(b.trim())
+}
+
+fn domain_of(address: &str) -> &str {
+    address.rsplit_once('@').map_or("", |(_, d)| d)
+}
+
+/// Checks `cert` for `purpose` on behalf of `address` (the From address; `None` when
+/// the message has no usable one: then the anchors that may vouch for any of the
+/// certificate's own addresses are used, and the caller reports the missing From).
+pub(super) fn check(
+    cert: &Certificate,
+    carried: &[Certificate],
+    address: Option<&str>,
+    purpose: Purpose,
+    ctx: &VerifyContext<'_>,
+) -> Result<(), Failure> {
+    let addresses = certified_addresses(cert);
+    let domains: Vec<&str> = match address {
+        Some(a) => vec![domain_of(a)],
+        None => addresses.iter().map(|a| domain_of(a)).collect(),
+    };
+    let mut anchors: Vec<&Certificate> = Vec::new();
+    for domain in &domains {
+        for anchor in ctx.trust.for_domain(domain) {
+            if !anchors.contains(&anchor) {
+                anchors.push(anchor);
+            }
+        }
+    }
+    match path(cert, carried, &anchors, ctx) {
+        Err((Verdict::Untrusted, detail)) if anchors.len() != ctx.trust.anchors.len() => {
+            // Would another anchor have vouched? Then say that it may not.
+            let all = ctx.trust.all();
+            if path(cert, carried, &all, ctx).is_ok() {
+                return Err((
+                    Verdict::Untrusted,
+                    format!(
+                        "the certificate's CA is not trusted for {}",
+                        if domains.is_empty() {
+                            "its addresses".to_string()
+                        } else {
+                            domains.join(", ")
+                        }
+                    ),
+                ));
+            }
+            return Err((Verdict::Untrusted, detail));
+        }
+        other => other?,
+    }
+    check_key_usage(cert, purpose)?;
+    if let Some(address) = address
+        && !addresses.iter().any(|a| same_address(a, address))
+    {
+        return Err((
+            Verdict::AddressMismatch,
+            format!(
+                "From <{address}> is not among the certificate's addresses ({})",
+                addresses.join(", ")
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn check_key_usage(cert: &Certificate, purpose: Purpose) -> Result<(), Failure> {
+    let key_usage = cert
+        .tbs_certificate()
+        .get_extension::<KeyUsage>()
+        .ok()
+        .flatten()
+        .map(|(_, ku)| ku.0);
+    let Some(ku) = key_usage else {
+        return Ok(());
+    };
+    let ec = cert
+        .tbs_certificate()
+        .subject_public_key_info()
+        .algorithm
+        .oid
+        == ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
+    let (allowed, what) = match purpose {
+        Purpose::Signing => (
+            ku.contains(KeyUsages::DigitalSignature) || ku.contains(KeyUsages::NonRepudiation),
+            "digital signatures",
+        ),
+        Purpose::Encryption if ec => (ku.contains(KeyUsages::KeyAgreement), "key agreement"),
+        Purpose::Encryption => (ku.contains(KeyUsages::KeyEncipherment), "key encipherment"),
+    };
+    if allowed {
+        Ok(())
+    } else {
+        Err((
+            Verdict::WrongUsage,
+            format!("the certificate's key usage does not allow {what}"),
+        ))
+    }
+}
+
+/// A path from `cert` through the `carried` certificates to one of `anchors`, valid
+/// at `ctx.now`, for emailProtection, not revoked by `ctx.crls`.
+fn path(
+    cert: &Certificate,
+    carried: &[Certificate],
+    anchors: &[&Certificate],
+    ctx: &VerifyContext<'_>,
+) -> Result<(), Failure> {
+    let parsed_crls: Vec<webpki::CertRevocationList<'static>> = ctx
+        .crls
+        .iter()
+        .filter_map(|der| {
+            webpki::OwnedCertRevocationList::from_der(der)
+                .ok()
+                .map(webpki::CertRevocationList::Owned)
+        })
+        .collect();
+    if parsed_crls.len() != ctx.crls.len() {
+        // Our configuration, not the sender's certificate: we could not check.
+        return Err((Verdict::Unchecked, "a configured CRL cannot be read".into()));
+    }
+    let crl_refs: Vec<&webpki::CertRevocationList<'_>> = parsed_crls.iter().collect();
+    let revocation = webpki::RevocationOptionsBuilder::new(&crl_refs)
+        .ok()
+        .map(|b| {
+            b.with_depth(webpki::RevocationCheckDepth::Chain)
+                .with_status_policy(webpki::UnknownStatusPolicy::Allow)
+                .with_expiration_policy(webpki::ExpirationPolicy::Ignore)
+                .build()
+        });
+    let encode = |c: &Certificate| c.to_der().map(CertificateDer::from).ok();
+    let cert_der = encode(cert).ok_or((
+        Verdict::Malformed,
+        "the certificate does not encode".to_string(),
+    ))?;
+    let anchor_ders: Vec<CertificateDer<'static>> =
+        anchors.iter().filter_map(|c| encode(c)).collect();
+    let trust_anchors: Vec<_> = anchor_ders
+        .iter()
+        .filter_map(|d| webpki::anchor_from_trusted_cert(d).ok())
+        .collect();
+    let intermediates: Vec<CertificateDer<'static>> = carried
+        .iter()
+        .filter(|c| *c != cert)
+        .filter_map(encode)
+        .collect();
+    let ee = webpki::EndEntityCert::try_from(&cert_der)
+        .map_err(|e| (Verdict::Malformed, format!("certificate: {e}")))?;
+    let time = UnixTime::since_unix_epoch(
+        ctx.now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default(),
+    );
+    ee.verify_for_usage(
+        webpki::ALL_VERIFICATION_ALGS,
+        &trust_anchors,
+        &intermediates,
+        time,
+        webpki::KeyUsage::required_if_present(EMAIL_PROTECTION),
+        revocation,
+        None,
+    )
+    .map(|_| ())
+    .map_err(|e| match e {
+        webpki::Error::CertRevoked => (Verdict::Revoked, "the certificate is revoked".to_string()),
+        webpki::Error::CertExpired { .. } => {
+            (Verdict::Expired, "the certificate has expired".to_string())
+        }
+        webpki::Error::CertNotValidYet { .. } => (
+            Verdict::NotYetValid,
+            "the certificate is not valid yet".to_string(),
+        ),
+        webpki::Error::RequiredEkuNotFoundContext(_) => (
+            Verdict::WrongUsage,
+            "the certificate is not for email protection".to_string(),
+        ),
+        #[allow(deprecated)]
+        webpki::Error::RequiredEkuNotFound => (
+            Verdict::WrongUsage,
+            "the certificate is not for email protection".to_string(),
+        ),
+        other => (
+            Verdict::Untrusted,
+            format!("no trusted chain for the certificate ({other})"),
+        ),
+    })
+}

@@ -1,0 +1,584 @@
+//! Verifying S/MIME signatures (RFC 8551 §3.5, RFC 5652 §5.6, RFC 8550 for the signer
+//! certificate): detached `multipart/signed` and opaque `application/pkcs7-mime;
+//! smime-type=signed-data`. Public-key work only; no token involved.
+//!
+//! The verdict is what users trust instead of checking signatures themselves, so it is
+//! strict: the signed part is found the way a standard MIME parser finds it
+//! ([`extract`]); every SignerInfo is judged on its own ([`signature`], [`chain`]);
+//! the message is *valid* only when a signer whose certificate carries the message's
+//! single From address verifies; and a check the gateway itself could not make is
+//! [`Verdict::Unchecked`], never a verdict about the sender.
+
+mod chain;
+mod extract;
+mod signature;
+
+use std::time::SystemTime;
+
+use cms::content_info::ContentInfo;
+use cms::signed_data::{SignedData, SignerIdentifier, SignerInfo};
+use const_oid::ObjectIdentifier;
+use der::{Decode, Encode};
+use x509_cert::certificate::Certificate;
+
+pub use self::chain::certified_addresses;
+use self::extract::{ExtractError, Extracted};
+use crate::mime::{self, Limits};
+pub use crate::pki::trust::TrustAnchors;
+
+const ID_SIGNED_DATA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.7.2");
+/// More SignerInfos than this in one message is hostile, not a co-signature.
+const MAX_SIGNERS: usize = 16;
+
+/// What a signature check concluded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Verdict {
+    Valid,
+    BadSignature,
+    Untrusted,
+    Expired,
+    NotYetValid,
+    WrongUsage,
+    AddressMismatch,
+    /// The message has no single readable From address to bind a signer to.
+    NoFrom,
+    Revoked,
+    Malformed,
+    /// An algorithm we do not accept (SHA-1, RSA under 2048 bits, an unknown curve).
+    Unsupported,
+    /// The gateway could not check (its own configuration, database or token failed):
+    /// a temporary result that says nothing about the sender.
+    Unchecked,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Valid => "valid",
+            Verdict::BadSignature => "bad-signature",
+            Verdict::Untrusted => "untrusted",
+            Verdict::Expired => "expired",
+            Verdict::NotYetValid => "not-yet-valid",
+            Verdict::WrongUsage => "wrong-usage",
+            Verdict::AddressMismatch => "address-mismatch",
+            Verdict::NoFrom => "no-from",
+            Verdict::Revoked => "revoked",
+            Verdict::Malformed => "malformed",
+            Verdict::Unsupported => "unsupported-algorithm",
+            Verdict::Unchecked => "unchecked",
+        }
+    }
+
+    /// True for the gateway's own failure to check: retry later, say nothing.
+    pub fn is_temporary(self) -> bool {
+        self == Verdict::Unchecked
+    }
+}
+
+type Failure = (Verdict, String);
+
+/// The From field of a message, as the verdict binds it (RFC 8550 §3: the signer's
+/// certificate must carry the From address).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FromField {
+    /// Exactly one address, lower-cased.
+    One(String),
+    /// No From field.
+    Missing,
+    /// Several From fields, or a From field with several addresses.
+    Several,
+    /// A From field that is not an address list, or holds no address.
+    Unreadable,
+}
+
+impl FromField {
+    /// The From field of `message`'s header section.
+    pub fn of_message(message: &[u8]) -> FromField {
+        let Ok((headers, _)) = mime::split_raw_headers(message) else {
+            return FromField::Unreadable;
+        };
+        let mut fields = headers.iter().filter(|h| h.is("from"));
+        let Some(field) = fields.next() else {
+            return FromField::Missing;
+        };
+        if fields.next().is_some() {
+            return FromField::Several;
+        }
+        match mime::parse_address_list(&field.value()).as_deref() {
+            Ok([one]) => FromField::One(one.to_ascii_lowercase()),
+            Ok([_, _, ..]) => FromField::Several,
+            Ok([]) | Err(_) => FromField::Unreadable,
+        }
+    }
+
+    /// An address given by the operator (`smime verify --from`).
+    pub fn given(address: &str) -> FromField {
+        FromField::One(address.trim().to_ascii_lowercase())
+    }
+
+    pub fn address(&self) -> Option<&str> {
+        match self {
+            FromField::One(a) => Some(a),
+            _ => None,
+        }
+    }
+
+    fn problem(&self) -> &'static str {
+        match self {
+            FromField::One(_) => "",
+            FromField::Missing => "the message has no From field",
+            FromField::Several => "the message names several From addresses",
+            FromField::Unreadable => "the message's From field is not one readable address",
+        }
+    }
+}
+
+/// What verification is checked against.
+#[derive(Debug, Clone, Copy)]
+pub struct VerifyContext<'a> {
+    pub trust: &'a TrustAnchors,
+    /// CRLs (DER): a listed certificate is revoked; one no CRL covers is accepted.
+    pub crls: &'a [Vec<u8>],
+    pub now: SystemTime,
+    pub limits: &'a Limits,
+}
+
+/// One SignerInfo's verdict and what the harvester needs of it.
+#[derive(Debug, Clone)]
+pub struct SignerReport {
+    pub verdict: Verdict,
+    pub detail: String,
+    pub certificate: Option<Certificate>,
+    /// The addresses the certificate certifies.
+    pub addresses: Vec<String>,
+    /// DER of the signer's SMIMECapabilities attribute value, when present.
+    pub capabilities: Option<Vec<u8>>,
+    /// The signingTime attribute, seconds since the epoch.
+    pub signing_time: Option<i64>,
+    /// The certificate the signer prefers to receive encrypted mail with (RFC 8551
+    /// §2.5.3), when named, carried, and valid for encryption to the From address.
+    pub encryption_certificate: Option<Certificate>,
+}
+
+impl SignerReport {
+    fn failed(verdict: Verdict, detail: impl Into<String>) -> Self {
+        SignerReport {
+            verdict,
+            detail: detail.into(),
+            certificate: None,
+            addresses: Vec::new(),
+            capabilities: None,
+            signing_time: None,
+            encryption_certificate: None,
+        }
+    }
+
+    /// The signer as the stamp names it: its first certified address, else its subject.
+    pub fn name(&self) -> String {
+        match (self.addresses.first(), &self.certificate) {
+            (Some(a), _) => a.clone(),
+            (None, Some(c)) => c.tbs_certificate().subject().to_string(),
+            (None, None) => "unknown signer".into(),
+        }
+    }
+}
+
+/// The verdict on a signed message, and each signer's.
+#[derive(Debug, Clone)]
+pub struct Verification {
+    pub verdict: Verdict,
+    pub detail: String,
+    /// Every SignerInfo, in the order the message carries them.
+    pub signers: Vec<SignerReport>,
+    /// The signer the verdict is about (the valid one matching From, when valid).
+    pub chosen: Option<usize>,
+    /// Certificates the message carried (the signers' chains, as sent).
+    pub certificates: Vec<Certificate>,
+    /// The signed entity: the first part of multipart/signed, or the encapsulated
+    /// content of an opaque signature.
+    pub content: Option<Vec<u8>>,
+}
+
+impl Verification {
+    fn fail(verdict: Verdict, detail: impl Into<String>) -> Self {
+        Verification {
+            verdict,
+            detail: detail.into(),
+            signers: Vec::new(),
+            chosen: None,
+            certificates: Vec::new(),
+            content: None,
+        }
+    }
+
+    /// The report of the signer the verdict is about.
+    pub fn signer(&self) -> Option<&SignerReport> {
+        self.chosen.and_then(|i| self.signers.get(i))
+    }
+
+    /// Every signer's verdict, for the stamp and the log: `name verdict, …`.
+    pub fn signer_summary(&self) -> String {
+        self.signers
+            .iter()
+            .map(|s| format!("{} {}", s.name(), s.verdict.as_str()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// Whether `message` claims to be signed (top-level multipart/signed or opaque
+/// signed-data); it may still turn out malformed.
+pub fn claims_signed(message: &[u8]) -> bool {
+    !matches!(
+        extract::extract(message, &Limits::default()),
+        Err(ExtractError::NotSigned)
+    )
+}
+
+/// Verifies a signed message, binding it to `from` (the message's From field).
+pub fn verify(message: &[u8], from: &FromField, ctx: &VerifyContext<'_>) -> Verification {
+    if message.len() > ctx.limits.max_size {
+        return Verification::fail(
+            Verdict::Malformed,
+            format!("message larger than {} bytes", ctx.limits.max_size),
+        );
+    }
+    let (detached, cms_der) = match extract::extract(message, ctx.limits) {
+        Ok(Extracted::Detached { content, cms }) => (Some(content), cms),
+        Ok(Extracted::Opaque { cms }) => (None, cms),
+        Err(ExtractError::NotSigned) => {
+            return Verification::fail(Verdict::Malformed, "not a signed message");
+        }
+        Err(ExtractError::Malformed(detail)) => {
+            return Verification::fail(Verdict::Malformed, detail);
+        }
+    };
+    check_cms(detached, &cms_der, from, ctx)
+}
+
+fn parse_signed_data(cms_der: &[u8]) -> Result<SignedData, String> {
+    let ci = ContentInfo::from_der(cms_der).map_err(|e| e.to_string())?;
+    if ci.content_type != ID_SIGNED_DATA {
+        return Err("CMS content is not signed-data".into());
+    }
+    ci.content
+        .decode_as::<SignedData>()
+        .map_err(|e| e.to_string())
+}
+
+fn check_cms(
+    detached: Option<Vec<u8>>,
+    cms_der: &[u8],
+    from: &FromField,
+    ctx: &VerifyContext<'_>,
+) -> Verification {
+    let signed_data = match parse_signed_data(cms_der) {
+        Ok(sd) => sd,
+        Err(e) => return Verification::fail(Verdict::Malformed, e),
+    };
+    let certificates: Vec<Certificate> = signed_data
+        .certificates
+        .as_ref()
+        .map(|set| {
+            set.0
+                .iter()
+                .filter_map(|c| match c {
+                    cms::cert::CertificateChoices::Certificate(cert) => Some(cert.clone()),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let content = match (detached, &signed_data.encap_content_info.econtent) {
+        (Some(_), Some(_)) => {
+            return Verification::fail(
+                Verdict::Malformed,
+                "multipart/signed whose signature carries content too",
+            );
+        }
+        (Some(content), None) => content,
+        (None, Some(econtent)) => match econtent.decode_as::<der::asn1::OctetString>() {
+            Ok(os) => os.into_bytes().into_vec(),
+            Err(e) => {
+                return Verification::fail(
+                    Verdict::Malformed,
+                    format!("encapsulated content: {e}"),
+                );
+            }
+        },
+        (None, None) => return Verification::fail(Verdict::Malformed, "no content to verify"),
+    };
+    let infos = &signed_data.signer_infos.0;
+    if infos.is_empty() {
+        return Verification::fail(Verdict::Malformed, "no SignerInfo");
+    }
+    if infos.len() > MAX_SIGNERS {
+        return Verification::fail(
+            Verdict::Malformed,
+            format!("{} SignerInfos, more than {MAX_SIGNERS}", infos.len()),
+        );
+    }
+    let raw = signature::raw_signer_infos(cms_der).unwrap_or_default();
+    let signers: Vec<SignerReport> = infos
+        .iter()
+        .map(|info| {
+            let raw_attrs = raw_attributes_of(&raw, info);
+            judge_signer(
+                info,
+                &signed_data,
+                &content,
+                &certificates,
+                raw_attrs,
+                from,
+                ctx,
+            )
+        })
+        .collect();
+    let (verdict, detail, chosen) = overall(&signers, from);
+    Verification {
+        verdict,
+        detail,
+        signers,
+        chosen,
+        certificates,
+        content: Some(content),
+    }
+}
+
+/// The raw signed attributes of `info`, found by its encoding among the raw ones.
+fn raw_attributes_of<'a>(
+    raw: &'a [signature::RawSignerInfo],
+    info: &SignerInfo,
+) -> Option<&'a [u8]> {
+    raw.iter()
+        .find(|(whole, _)| SignerInfo::from_der(whole).ok().as_ref() == Some(info))
+        .and_then(|(_, attrs)| attrs.as_deref())
+}
+
+/// The message's verdict from its signers': valid when one signer is valid (which
+/// includes carrying the From address); else the verdict of the signer the From
+/// address names, else of the first signer. Our own failure to check wins over any
+/// verdict about the sender.
+fn overall(signers: &[SignerReport], from: &FromField) -> (Verdict, String, Option<usize>) {
+    if let Some(i) = signers.iter().position(|s| s.verdict == Verdict::Valid) {
+        let mut detail = format!("signed by {}", signers[i].name());
+        if signers.len() > 1 {
+            detail.push_str(&format!(
+                "; {} signers: {}",
+                signers.len(),
+                signers
+                    .iter()
+                    .map(|s| format!("{} {}", s.name(), s.verdict.as_str()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        return (Verdict::Valid, detail, Some(i));
+    }
+    if let Some(i) = signers.iter().position(|s| s.verdict.is_temporary()) {
+        return (Verdict::Unchecked, signers[i].detail.clone(), Some(i));
+    }
+    let names_from = from.address().and_then(|address| {
+        signers
+            .iter()
+            .position(|s| s.addresses.iter().any(|a| chain::same_address(a, address)))
+    });
+    let i = names_from.unwrap_or(0);
+    (signers[i].verdict, signers[i].detail.clone(), Some(i))
+}
+
+/// One SignerInfo: its certificate, its signature, the certificate's path and usage,
+/// and the From address.
+fn judge_signer(
+    info: &SignerInfo,
+    signed_data: &SignedData,
+    content: &[u8],
+    certificates: &[Certificate],
+    raw_attrs: Option<&[u8]>,
+    from: &FromField,
+    ctx: &VerifyContext<'_>,
+) -> SignerReport {
+    let Some(cert) = certificates.iter().find(|c| names(&info.sid, c)).cloned() else {
+        return SignerReport::failed(
+            Verdict::Untrusted,
+            "the signer's certificate is not in the message",
+        );
+    };
+    let mut report = SignerReport::failed(Verdict::Malformed, "");
+    report.addresses = certified_addresses(&cert);
+    report.certificate = Some(cert.clone());
+    let outcome = signature::check(info, signed_data, content, &cert, raw_attrs)
+        .and_then(|()| {
+            chain::check(
+                &cert,
+                certificates,
+                from.address(),
+                chain::Purpose::Signing,
+                ctx,
+            )
+        })
+        .and_then(|()| match from {
+            FromField::One(_) => Ok(()),
+            other => Err((Verdict::NoFrom, other.problem().to_string())),
+        });
+    match outcome {
+        Ok(()) => {
+            report.verdict = Verdict::Valid;
+            report.detail = format!("signed by {}", report.name());
+            report.capabilities = capabilities(info);
+            report.signing_time = signing_time(info);
+            report.encryption_certificate =
+                encryption_certificate(info, &cert, certificates, from, ctx);
+        }
+        Err((verdict, detail)) => {
+            report.verdict = verdict;
+            report.detail = detail;
+        }
+    }
+    report
+}
+
+fn names(sid: &SignerIdentifier, cert: &Certificate) -> bool {
+    let tbs = cert.tbs_certificate();
+    match sid {
+        SignerIdentifier::IssuerAndSerialNumber(ias) => {
+            ias.issuer == *tbs.issuer() && ias.serial_number == *tbs.serial_number()
+        }
+        SignerIdentifier::SubjectKeyIdentifier(ski) => has_ski(cert, ski.0.as_bytes()),
+    }
+}
+
+fn has_ski(cert: &Certificate, ski: &[u8]) -> bool {
+    cert.tbs_certificate()
+        .get_extension::<x509_cert::ext::pkix::SubjectKeyIdentifier>()
+        .ok()
+        .flatten()
+        .is_some_and(|(_, s)| s.0.as_bytes() == ski)
+}
+
+fn capabilities(info: &SignerInfo) -> Option<Vec<u8>> {
+    signature::single_attribute(info, signature::SMIME_CAPABILITIES)
+        .ok()
+        .flatten()?
+        .to_der()
+        .ok()
+}
+
+fn signing_time(info: &SignerInfo) -> Option<i64> {
+    let value = signature::single_attribute(info, signature::ID_SIGNING_TIME)
+        .ok()
+        .flatten()?;
+    let time: x509_cert::time::Time = value.decode_as().ok()?;
+    i64::try_from(time.to_unix_duration().as_secs()).ok()
+}
+
+/// The certificate an SMIMEEncryptionKeyPreference (RFC 8551 §2.5.3; or Microsoft's
+/// attribute) names, when the message carries it and it is valid for encryption to
+/// the From address. Without the attribute, the signer's own certificate when it may
+/// be used for encryption.
+fn encryption_certificate(
+    info: &SignerInfo,
+    signer: &Certificate,
+    carried: &[Certificate],
+    from: &FromField,
+    ctx: &VerifyContext<'_>,
+) -> Option<Certificate> {
+    let preferred = [
+        signature::ENCRYPTION_KEY_PREFERENCE,
+        signature::MS_ENCRYPTION_KEY_PREFERENCE,
+    ]
+    .into_iter()
+    .find_map(|oid| {
+        let value = signature::single_attribute(info, oid).ok().flatten()?;
+        Some(
+            value
+                .to_der()
+                .ok()
+                .and_then(|der| preferred_certificate(&der, oid, carried)),
+        )
+    });
+    let candidate = match preferred {
+        // Named but not carried or unreadable: the signer asked for another key.
+        Some(None) => return None,
+        Some(Some(cert)) => cert,
+        None => signer.clone(),
+    };
+    chain::check(
+        &candidate,
+        carried,
+        from.address(),
+        chain::Purpose::Encryption,
+        ctx,
+    )
+    .ok()
+    .map(|()| candidate)
+}
+
+/// Resolves an encryption key preference value (DER of the attribute value) among
+/// the carried certificates. RFC 8551's CHOICE is IMPLICIT: `[0]`
+/// IssuerAndSerialNumber, `[1]` RecipientKeyIdentifier, `[2]` SubjectKeyIdentifier;
+/// Microsoft's attribute is a plain IssuerAndSerialNumber.
+fn preferred_certificate(
+    der: &[u8],
+    oid: ObjectIdentifier,
+    carried: &[Certificate],
+) -> Option<Certificate> {
+    let (tag, content, whole) = signature::tlv(der)?;
+    let by_issuer_serial = |bytes: &[u8]| {
+        let ias = cms::cert::IssuerAndSerialNumber::from_der(bytes).ok()?;
+        carried
+            .iter()
+            .find(|c| {
+                *c.tbs_certificate().issuer() == ias.issuer
+                    && *c.tbs_certificate().serial_number() == ias.serial_number
+            })
+            .cloned()
+    };
+    let retagged = |bytes: &[u8]| {
+        let mut v = bytes.to_vec();
+        v[0] = 0x30;
+        v
+    };
+    let by_ski = |ski: &[u8]| carried.iter().find(|c| has_ski(c, ski)).cloned();
+    if oid == signature::MS_ENCRYPTION_KEY_PREFERENCE {
+        return by_issuer_serial(whole);
+    }
+    match tag {
+        0xa0 => by_issuer_serial(&retagged(whole)),
+        0xa1 => {
+            let seq = retagged(whole);
+            let (_, fields, _) = signature::tlv(&seq)?;
+            let (ski_tag, ski, _) = signature::tlv(fields)?;
+            (ski_tag == 0x04).then(|| by_ski(ski)).flatten()
+        }
+        0x82 => by_ski(content),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_from_field_is_one_address_or_says_why_not() {
+        let of = |head: &str| FromField::of_message(format!("{head}\r\n\r\nbody").as_bytes());
+        assert_eq!(
+            of("From: Bob <Bob@Partner.Example>"),
+            FromField::One("bob@partner.example".into())
+        );
+        assert_eq!(of("Subject: x"), FromField::Missing);
+        assert_eq!(
+            of("From: a@x.example\r\nFrom: b@x.example"),
+            FromField::Several
+        );
+        assert_eq!(of("From: a@x.example, b@x.example"), FromField::Several);
+        assert_eq!(of("From: not an address"), FromField::Unreadable);
+        assert_eq!(of("From: undisclosed:;"), FromField::Unreadable);
+        assert_eq!(
+            of("FROM: <a@x.example>"),
+            FromField::One("a@x.example".into())
+        );
+    }
+}
