@@ -37,7 +37,7 @@ fn triple_wrapped_and_openssl_nested_messages_open_layer_by_layer() {
     let mut keys = KeyDirectory::default();
     keys.add(&bob_cert, bob_key.id.clone());
     let limits = Limits::default();
-    let trust = TrustAnchors::unscoped(&[ca_cert.clone()]);
+    let trust = TrustAnchors::unscoped(std::slice::from_ref(&ca_cert));
     let token_keys = TokenKeys { hsm, keys: &keys };
     let opener = Opener {
         keys: &token_keys,
