@@ -11,4 +11,5 @@ mod encrypt;
 mod gpgsm;
 mod layers;
 mod sign;
+mod trust;
 mod verify;

@@ -465,6 +465,8 @@ fn every_signature_scheme_the_engine_emits_verifies_with_openssl() {
         (rsa, SignatureScheme::RsaPssSha512, "sha-512"),
         (ec, SignatureScheme::EcdsaSha256, "sha-256"),
         (ec, SignatureScheme::EcdsaSha384, "sha-384"),
+        (ec, SignatureScheme::EcdsaSha512, "sha-512"),
+        (rsa, SignatureScheme::RsaPssSha384, "sha-384"),
     ] {
         let signer = SignerIdentity {
             scheme,

@@ -219,11 +219,7 @@ impl Verification {
 
     /// Every signer's verdict, for the stamp and the log: `name verdict, …`.
     pub fn signer_summary(&self) -> String {
-        self.signers
-            .iter()
-            .map(|s| format!("{} {}", s.name(), s.verdict.as_str()))
-            .collect::<Vec<_>>()
-            .join(", ")
+        summary(&self.signers)
     }
 }
 
@@ -356,40 +352,59 @@ fn raw_attributes_of<'a>(
         .and_then(|(_, attrs)| attrs.as_deref())
 }
 
-/// The message's verdict from its signers': valid when one signer is valid (which
-/// includes carrying the From address); else the verdict of the signer the From
-/// address names, else of the first signer. Our own failure to check wins over any
-/// verdict about the sender.
+/// The message's verdict from its signers': valid when a valid signer's certificate
+/// carries the From address (RFC 8550 §3); when none does, the verdict of the signer
+/// that carries it, else address-mismatch if another signer is valid, else the first
+/// signer's. Our own failure to check wins over any verdict about the sender.
 fn overall(signers: &[SignerReport], from: &FromField) -> (Verdict, String, Option<usize>) {
-    if let Some(i) = signers.iter().position(|s| s.verdict == Verdict::Valid) {
-        let mut detail = format!("signed by {}", signers[i].name());
-        if signers.len() > 1 {
-            detail.push_str(&format!(
-                "; {} signers: {}",
-                signers.len(),
-                signers
-                    .iter()
-                    .map(|s| format!("{} {}", s.name(), s.verdict.as_str()))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ));
-        }
-        return (Verdict::Valid, detail, Some(i));
-    }
     if let Some(i) = signers.iter().position(|s| s.verdict.is_temporary()) {
         return (Verdict::Unchecked, signers[i].detail.clone(), Some(i));
     }
-    let names_from = from.address().and_then(|address| {
-        signers
-            .iter()
-            .position(|s| s.addresses.iter().any(|a| chain::same_address(a, address)))
-    });
-    let i = names_from.unwrap_or(0);
-    (signers[i].verdict, signers[i].detail.clone(), Some(i))
+    let Some(address) = from.address() else {
+        return match signers.iter().position(|s| s.verdict == Verdict::Valid) {
+            Some(i) => (Verdict::NoFrom, from.problem().to_string(), Some(i)),
+            None => (signers[0].verdict, signers[0].detail.clone(), Some(0)),
+        };
+    };
+    let carries = |s: &SignerReport| s.addresses.iter().any(|a| chain::same_address(a, address));
+    if let Some(i) = signers
+        .iter()
+        .position(|s| s.verdict == Verdict::Valid && carries(s))
+    {
+        let mut detail = format!("signed by {address}");
+        if signers.len() > 1 {
+            detail.push_str(&format!("; signers: {}", summary(signers)));
+        }
+        return (Verdict::Valid, detail, Some(i));
+    }
+    if let Some(i) = signers.iter().position(carries) {
+        return (signers[i].verdict, signers[i].detail.clone(), Some(i));
+    }
+    if let Some(i) = signers.iter().position(|s| s.verdict == Verdict::Valid) {
+        return (
+            Verdict::AddressMismatch,
+            format!(
+                "From <{address}> is not among the signer's addresses ({})",
+                signers[i].addresses.join(", ")
+            ),
+            Some(i),
+        );
+    }
+    (signers[0].verdict, signers[0].detail.clone(), Some(0))
 }
 
-/// One SignerInfo: its certificate, its signature, the certificate's path and usage,
-/// and the From address.
+fn summary(signers: &[SignerReport]) -> String {
+    signers
+        .iter()
+        .map(|s| format!("{} {}", s.name(), s.verdict.as_str()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// One SignerInfo: its certificate, its signature, and the certificate's path and
+/// usage, for the From address when the certificate carries it (else for its own
+/// addresses: a co-signer need not be the author). Binding to From is the message's
+/// verdict ([`overall`]).
 fn judge_signer(
     info: &SignerInfo,
     signed_data: &SignedData,
@@ -408,28 +423,21 @@ fn judge_signer(
     let mut report = SignerReport::failed(Verdict::Malformed, "");
     report.addresses = certified_addresses(&cert);
     report.certificate = Some(cert.clone());
+    let author = from
+        .address()
+        .filter(|a| report.addresses.iter().any(|c| chain::same_address(c, a)));
     let outcome = signature::check(info, signed_data, content, &cert, raw_attrs)
-        .and_then(|()| {
-            chain::check(
-                &cert,
-                certificates,
-                from.address(),
-                chain::Purpose::Signing,
-                ctx,
-            )
-        })
-        .and_then(|()| match from {
-            FromField::One(_) => Ok(()),
-            other => Err((Verdict::NoFrom, other.problem().to_string())),
-        });
+        .and_then(|()| chain::check(&cert, certificates, author, chain::Purpose::Signing, ctx));
     match outcome {
         Ok(()) => {
             report.verdict = Verdict::Valid;
             report.detail = format!("signed by {}", report.name());
             report.capabilities = capabilities(info);
             report.signing_time = signing_time(info);
-            report.encryption_certificate =
-                encryption_certificate(info, &cert, certificates, from, ctx);
+            if author.is_some() {
+                report.encryption_certificate =
+                    encryption_certificate(info, &cert, certificates, from, ctx);
+            }
         }
         Err((verdict, detail)) => {
             report.verdict = verdict;
