@@ -408,7 +408,7 @@ fn the_encryption_certificate_is_the_one_the_signer_prefers_and_may_encrypt() {
     let v = judge(
         &with_from(
             "From: bob@partner.example\r\n",
-            &p.sign(&[dual.clone()], &[]),
+            &p.sign(std::slice::from_ref(&dual), &[]),
         ),
         &trust,
     );
