@@ -182,6 +182,58 @@ fn refusals_are_typed() {
     )
     .unwrap_err();
     assert!(matches!(err, EncryptError::Recipient { .. }), "{err}");
+
+    // Keys that must not receive mail: a signing-only certificate, an EC certificate
+    // without keyAgreement, an RSA key under 2048 bits (RFC 8550 §4.4.2, RFC 8551 §2.3).
+    let ca = common::OpensslCa::new(dir.path(), "recipients");
+    let params = dir.path().join("p256.param").display().to_string();
+    run_ok(
+        "openssl",
+        &["ecparam", "-name", "prime256v1", "-out", &params],
+    );
+    let ec_spec = format!("ec:{params}");
+    for (name, key_spec, ext, why) in [
+        (
+            "signing-only",
+            "rsa:2048",
+            "keyUsage=critical,digitalSignature\nsubjectAltName=email:a@x.example\n",
+            "keyEncipherment",
+        ),
+        (
+            "ec-signing-only",
+            ec_spec.as_str(),
+            "keyUsage=critical,digitalSignature\nsubjectAltName=email:b@x.example\n",
+            "keyAgreement",
+        ),
+        (
+            "rsa1024",
+            "rsa:1024",
+            "keyUsage=critical,digitalSignature,keyEncipherment\nsubjectAltName=email:c@x.example\n",
+            "at least 2048",
+        ),
+    ] {
+        let (_, cert) = ca.issue(name, key_spec, ext);
+        let recipient = Recipient {
+            certificate: Certificate::from_pem(std::fs::read(&cert).expect("read")).expect("cert"),
+            transport: KeyTransportChoice::RsaPkcs1v15,
+        };
+        assert!(
+            smimegate::smime::encrypt::recipient_key_problem(&recipient.certificate)
+                .is_some_and(|p| p.contains(why)),
+            "{name}"
+        );
+        let err = encrypt_message(
+            MESSAGE.as_bytes(),
+            &[recipient],
+            ContentCipher::Aes256Cbc,
+            &Limits::default(),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&err, EncryptError::Recipient { reason, .. } if reason.contains(why)),
+            "{name}: {err}"
+        );
+    }
 }
 
 #[test]

@@ -347,6 +347,8 @@ pub struct Partner {
     pub ca: String,
     pub cert: String,
     pub key: String,
+    /// The partner CA's key, to certify more people with it.
+    pub ca_key: String,
 }
 
 impl Partner {
@@ -364,6 +366,66 @@ impl Partner {
         Partner {
             address: address.to_string(),
             ca: ca.cert,
+            ca_key: ca.key,
+            cert,
+            key,
+        }
+    }
+
+    /// Someone else certified by this partner's CA (its own key and certificate):
+    /// a colleague, or an address the CA should not vouch for.
+    pub fn certify(&self, dir: &Path, address: &str) -> Partner {
+        let name = address.replace(['@', '.'], "_");
+        let p = |suffix: &str| dir.join(format!("{name}.{suffix}")).display().to_string();
+        let (key, csr, cert, ext) = (p("key"), p("csr"), p("pem"), p("ext"));
+        std::fs::write(
+            &ext,
+            format!(
+                "basicConstraints=CA:false\nkeyUsage=critical,digitalSignature,keyEncipherment\n\
+                 extendedKeyUsage=emailProtection\nsubjectAltName=email:{address}\n"
+            ),
+        )
+        .expect("extensions");
+        run_ok(
+            "openssl",
+            &[
+                "req",
+                "-new",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                &key,
+                "-out",
+                &csr,
+                "-subj",
+                &format!("/CN={name}"),
+            ],
+        );
+        run_ok(
+            "openssl",
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                &self.ca,
+                "-CAkey",
+                &self.ca_key,
+                "-CAcreateserial",
+                "-days",
+                "10",
+                "-out",
+                &cert,
+                "-extfile",
+                &ext,
+            ],
+        );
+        Partner {
+            address: address.to_string(),
+            ca: self.ca.clone(),
+            ca_key: self.ca_key.clone(),
             cert,
             key,
         }

@@ -4,6 +4,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 mod harness;
+mod inbound_trust;
 mod postfix;
 mod protocol;
 mod tables;
