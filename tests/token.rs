@@ -490,7 +490,7 @@ fn imported_pkcs8_keys_are_held_like_generated_ones_and_sign() {
         let pkcs8 = Zeroizing::new(std::fs::read(&key_path).expect("read key"));
         let imported = token()
             .hsm
-            .import_pkcs8(pkcs8, &format!("imported {i}"))
+            .import_pkcs8(pkcs8, KeyRole::Mailbox, &format!("imported {i}"))
             .expect("import");
         let report = token().hsm.custody_report(&imported.id).expect("report");
         assert!(report.key_cannot_leave(), "{report:?}");
@@ -536,11 +536,150 @@ fn imported_pkcs8_keys_are_held_like_generated_ones_and_sign() {
     }
 }
 
+/// A fresh PKCS#8 DER key made by openssl (`rsa` or `ec`), as a PKCS#12 bag holds it.
+fn openssl_pkcs8(dir: &Path, name: &str, rsa: bool) -> Zeroizing<Vec<u8>> {
+    let pem = dir.join(format!("{name}.pem")).display().to_string();
+    let der = dir.join(format!("{name}.der")).display().to_string();
+    let mut args = vec!["genpkey", "-out", pem.as_str()];
+    if rsa {
+        args.extend(["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"]);
+    } else {
+        args.extend(["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"]);
+    }
+    run_ok("openssl", &args);
+    run_ok(
+        "openssl",
+        &[
+            "pkcs8", "-topk8", "-nocrypt", "-in", &pem, "-outform", "DER", "-out", &der,
+        ],
+    );
+    Zeroizing::new(std::fs::read(&der).expect("read key"))
+}
+
+/// (sign, decrypt, unwrap, derive) a private key of this role and kind must have.
+fn expected_usage(role: KeyRole, rsa: bool) -> (bool, bool, bool, bool) {
+    match (role, rsa) {
+        (KeyRole::Mailbox, true) => (true, true, true, false),
+        (KeyRole::Mailbox, false) => (true, false, false, true),
+        (KeyRole::CertificateAuthority | KeyRole::TlsServer, _) => (true, false, false, false),
+    }
+}
+
+#[test]
+fn key_usages_follow_the_role_for_generated_and_imported_keys() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for role in [
+        KeyRole::Mailbox,
+        KeyRole::CertificateAuthority,
+        KeyRole::TlsServer,
+    ] {
+        for (algorithm, rsa) in [(KeyAlgorithm::Rsa2048, true), (KeyAlgorithm::P256, false)] {
+            let generated = generate(algorithm, role, &format!("usage {role:?} {algorithm}"));
+            let name = format!("{role:?}-{algorithm}");
+            let imported = token()
+                .hsm
+                .import_pkcs8(
+                    openssl_pkcs8(dir.path(), &name, rsa),
+                    role,
+                    &format!("imported usage {role:?} {algorithm}"),
+                )
+                .expect("import");
+            for (how, key) in [("generated", &generated), ("imported", &imported)] {
+                let usage = token()
+                    .hsm
+                    .find_key(&key.id)
+                    .expect("find")
+                    .expect("present")
+                    .usage;
+                assert_eq!(
+                    (usage.sign, usage.decrypt, usage.unwrap, usage.derive),
+                    expected_usage(role, rsa),
+                    "{how} {algorithm} key for {role:?}: {usage}"
+                );
+            }
+        }
+    }
+}
+
+/// `secret` encrypted with PKCS#1 v1.5 to `key`'s public key, by openssl.
+fn encrypt_to(dir: &Path, key: &GeneratedKey, secret: &[u8]) -> Vec<u8> {
+    let public = dir.join("public.der");
+    std::fs::write(&public, key.public_key.to_der().expect("DER")).expect("write");
+    let (plain, cipher) = (dir.join("secret"), dir.join("secret.enc"));
+    std::fs::write(&plain, secret).expect("write");
+    run_ok(
+        "openssl",
+        &[
+            "pkeyutl",
+            "-encrypt",
+            "-pubin",
+            "-keyform",
+            "DER",
+            "-inkey",
+            &public.display().to_string(),
+            "-in",
+            &plain.display().to_string(),
+            "-out",
+            &cipher.display().to_string(),
+        ],
+    );
+    std::fs::read(&cipher).expect("read")
+}
+
+#[test]
+fn ca_and_tls_keys_refuse_to_decrypt_and_derive_whether_generated_or_imported() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let secret = [0x42u8; 32];
+    for role in [KeyRole::CertificateAuthority, KeyRole::TlsServer] {
+        let generated = generate(KeyAlgorithm::Rsa2048, role, "no decrypt");
+        let imported = token()
+            .hsm
+            .import_pkcs8(openssl_pkcs8(dir.path(), "rsa", true), role, "no decrypt")
+            .expect("import");
+        for key in [&generated, &imported] {
+            let encrypted = encrypt_to(dir.path(), key, &secret);
+            let err = token()
+                .hsm
+                .decrypt_key_transport(&key.id, KeyTransport::RsaPkcs1v15, &encrypted)
+                .expect_err("a signing-only key must not decrypt");
+            assert!(
+                err.to_string().contains("CKR_KEY_FUNCTION_NOT_PERMITTED"),
+                "{role:?}: {err}"
+            );
+        }
+        let ec = token()
+            .hsm
+            .import_pkcs8(openssl_pkcs8(dir.path(), "ec", false), role, "no derive")
+            .expect("import");
+        let peer = p256::SecretKey::from_slice(&[0x21; 32]).expect("scalar");
+        let err = token()
+            .hsm
+            .ecdh_shared_secret(&ec.id, &peer.public_key().to_sec1_bytes())
+            .expect_err("a signing-only key must not derive");
+        assert!(
+            err.to_string().contains("CKR_KEY_FUNCTION_NOT_PERMITTED"),
+            "{role:?}: {err}"
+        );
+    }
+    // The same ciphertext to a mailbox key is recovered: the refusal is the role's.
+    let mailbox = generate(KeyAlgorithm::Rsa2048, KeyRole::Mailbox, "decrypts");
+    let encrypted = encrypt_to(dir.path(), &mailbox, &secret);
+    let recovered = token()
+        .hsm
+        .decrypt_key_transport(&mailbox.id, KeyTransport::RsaPkcs1v15, &encrypted)
+        .expect("mailbox key decrypts");
+    assert_eq!(&recovered[..], &secret[..]);
+}
+
 #[test]
 fn garbage_is_refused_as_a_key_to_import() {
     let err = token()
         .hsm
-        .import_pkcs8(Zeroizing::new(vec![0x30, 0x03, 0x02, 0x01, 0x00]), "junk")
+        .import_pkcs8(
+            Zeroizing::new(vec![0x30, 0x03, 0x02, 0x01, 0x00]),
+            KeyRole::Mailbox,
+            "junk",
+        )
         .unwrap_err();
     assert!(matches!(err, HsmError::InvalidKey(_)), "{err}");
 }
