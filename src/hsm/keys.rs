@@ -486,7 +486,7 @@ fn significant_bits(be: &[u8]) -> usize {
     trimmed.len() * 8 - trimmed[0].leading_zeros() as usize
 }
 
-fn random_id() -> Result<Vec<u8>> {
+pub(crate) fn random_id() -> Result<Vec<u8>> {
     let mut id = vec![0u8; 20];
     getrandom::fill(&mut id).map_err(|e| HsmError::Library {
         operation: "random id",

@@ -35,7 +35,7 @@ use cryptoki::slot::{Limit, Slot};
 use cryptoki::types::AuthPin;
 use secrecy::SecretString;
 
-pub use custody::{CustodyReport, Refusal};
+pub use custody::{CustodyCheck, CustodyReport, Findings, KeyKind, Refusal, TokenProbe};
 pub use error::{HsmError, Result};
 pub use health::{MechanismSupport, TokenHealth};
 pub use keys::{GeneratedKey, KeyAlgorithm, KeyId, KeyInfo, KeyRole, KeyUsage};
