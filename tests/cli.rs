@@ -454,6 +454,31 @@ fn user_errors_are_one_clear_line() {
 }
 
 #[test]
+fn a_pin_file_group_or_others_may_read_is_refused_with_the_fix() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = initialised_dir();
+    let data = dir.path().join("var");
+    let pin_file = data.join("hsm-user.pin");
+    let chmod = |mode: u32| {
+        std::fs::set_permissions(&pin_file, std::fs::Permissions::from_mode(mode)).expect("chmod")
+    };
+    for mode in [0o644, 0o640, 0o604] {
+        chmod(mode);
+        let out = smimegate(&data, &["token", "status"]);
+        assert_clean_failure(&out, &format!("chmod 600 {}", pin_file.display()));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(&format!("mode {mode:04o}")), "{stderr}");
+        let pin = std::fs::read_to_string(&pin_file).expect("pin");
+        assert!(!stderr.contains(pin.trim()), "the PIN itself was printed");
+    }
+    for mode in [0o600, 0o400] {
+        chmod(mode);
+        let status = smimegate_ok(&data, &["token", "status"]);
+        assert!(status.contains("logged in:    yes"), "{status}");
+    }
+}
+
+#[test]
 fn serve_reports_health_over_http() {
     let dir = initialised_dir();
     let data = dir.path().join("var");

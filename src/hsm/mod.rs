@@ -15,6 +15,7 @@ mod error;
 mod health;
 mod keys;
 mod ops;
+pub mod pin;
 mod pool;
 pub mod provision;
 mod signer;
