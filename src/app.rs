@@ -31,32 +31,20 @@ pub enum AppError {
 }
 
 /// Reads the user PIN: the environment variable named in the configuration wins, else
-/// the PIN file. Never from the configuration file itself.
+/// the PIN file, which must not be open to group or others. Never from the
+/// configuration file itself; never held in a plain `String`.
 pub fn read_pin(settings: &Settings) -> Result<SecretString, HsmError> {
     let hsm = &settings.config.hsm;
-    if let Some(pin) = (!hsm.pin_env.is_empty())
-        .then(|| std::env::var(&hsm.pin_env).ok())
-        .flatten()
-        .filter(|pin| !pin.is_empty())
-    {
-        return Ok(SecretString::from(pin));
+    if let Some(pin) = crate::hsm::pin::read_pin_env(&hsm.pin_env) {
+        return Ok(pin);
     }
     let path = settings.path(&hsm.pin_file);
-    let text = std::fs::read_to_string(&path).map_err(|e| {
-        HsmError::PinSource(format!(
-            "{} is unset and the PIN file {} cannot be read ({e})",
-            hsm.pin_env,
-            path.display()
-        ))
-    })?;
-    let pin = text.trim_end_matches(['\n', '\r']).to_string();
-    if pin.is_empty() {
-        return Err(HsmError::PinSource(format!(
-            "PIN file {} is empty",
-            path.display()
-        )));
-    }
-    Ok(SecretString::from(pin))
+    crate::hsm::pin::read_pin_file(&path).map_err(|e| match e {
+        HsmError::PinSource(reason) if !hsm.pin_env.is_empty() => {
+            HsmError::PinSource(format!("{} is unset and {reason}", hsm.pin_env))
+        }
+        other => other,
+    })
 }
 
 pub fn hsm_config(settings: &Settings) -> Result<HsmConfig, HsmError> {

@@ -201,6 +201,145 @@ fn p256_mailboxes_get_key_agreement_certificates() {
     );
 }
 
+/// SoftHSM2 keeps each object in `UUID.object` (and `UUID.lock`); `token.object`,
+/// `token.lock` and `generation` describe the token itself.
+fn is_key_object_file(path: &Path) -> bool {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    (name.ends_with(".object") || name.ends_with(".lock")) && !name.starts_with("token.")
+}
+
+/// The data directory's key object files: digest and modification time of each.
+fn token_files(data: &Path) -> std::collections::BTreeMap<String, (String, std::time::SystemTime)> {
+    use sha2::Digest;
+    let mut files = std::collections::BTreeMap::new();
+    let mut dirs = vec![data.join("tokens")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).expect("token dir") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                dirs.push(path);
+                continue;
+            }
+            // The token's own record (token.object, generation) changes at login.
+            if !is_key_object_file(&path) {
+                continue;
+            }
+            let bytes = std::fs::read(&path).expect("read");
+            let modified = std::fs::metadata(&path)
+                .and_then(|m| m.modified())
+                .expect("mtime");
+            files.insert(
+                path.display().to_string(),
+                (hex::encode(sha2::Sha256::digest(bytes)), modified),
+            );
+        }
+    }
+    files
+}
+
+#[test]
+fn token_custody_probes_throwaway_keys_shows_the_probes_and_never_touches_a_key() {
+    let dir = initialised_dir();
+    let data = dir.path().join("var");
+    let before = token_files(&data);
+    let text = smimegate_ok(&data, &["token", "custody"]);
+    assert!(text.contains("probed on throwaway keys"), "{text}");
+    assert!(
+        text.contains("RSA: a throwaway rsa2048 session key"),
+        "{text}"
+    );
+    assert!(text.contains("EC: a throwaway p256 session key"), "{text}");
+    assert!(
+        text.contains("wrap (CKM_AES_KEY_WRAP_PAD): refused (CKR_KEY_UNEXTRACTABLE)"),
+        "{text}"
+    );
+    assert!(text.contains("probed as: EC"), "{text}");
+    assert!(text.contains("probed as: RSA"), "{text}");
+    assert!(text.contains("2 key(s) checked"), "{text}");
+    let json: serde_json::Value =
+        serde_json::from_str(&smimegate_ok(&data, &["token", "custody", "--json"])).expect("JSON");
+    let kinds: Vec<&str> = json["probes"]
+        .as_array()
+        .expect("probes")
+        .iter()
+        .map(|p| p["kind"].as_str().expect("kind"))
+        .collect();
+    assert_eq!(kinds, ["rsa", "ec"], "{json}");
+    for probe in json["probes"].as_array().expect("probes") {
+        assert!(
+            probe["probed_on"]
+                .as_str()
+                .expect("probed_on")
+                .contains("throwaway")
+        );
+        assert_eq!(probe["wrap"]["outcome"], "refused", "{probe}");
+        assert_eq!(
+            probe["set_extractable"]["detail"], "CKR_ATTRIBUTE_READ_ONLY",
+            "{probe}"
+        );
+    }
+    // The CA key (RSA) and the SMTP TLS key (P-256): each names the probe it relies on.
+    let keys = json["keys"].as_array().expect("keys");
+    let mut key_kinds: Vec<&str> = keys
+        .iter()
+        .map(|k| k["kind"].as_str().expect("kind"))
+        .collect();
+    key_kinds.sort();
+    assert_eq!(key_kinds, ["ec", "rsa"], "{json}");
+    for key in keys {
+        assert_eq!(
+            key["read_secret"]["detail"], "CKR_ATTRIBUTE_SENSITIVE",
+            "{key}"
+        );
+        assert_eq!(key["usage"]["decrypt"], false, "{key}");
+    }
+    assert_eq!(
+        token_files(&data),
+        before,
+        "token custody wrote to the token"
+    );
+
+    // A key another tool made extractable is named, and left as it was.
+    let pin = std::fs::read_to_string(data.join("hsm-user.pin")).expect("pin");
+    let out = std::process::Command::new("pkcs11-tool")
+        .env("SOFTHSM2_CONF", data.join("softhsm2.conf"))
+        .args([
+            "--module",
+            &common::module().display().to_string(),
+            "--token-label",
+            "smimegate",
+            "--login",
+            "--pin",
+            pin.trim(),
+            "--keypairgen",
+            "--key-type",
+            "EC:prime256v1",
+            "--label",
+            "extractable",
+            "--id",
+            "e7e7",
+            "--extractable",
+        ])
+        .output()
+        .expect("pkcs11-tool");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let before = token_files(&data);
+    let out = smimegate(&data, &["token", "custody"]);
+    assert_clean_failure(
+        &out,
+        "key(s) not protected against export: e7e7 (CKA_EXTRACTABLE is true)",
+    );
+    assert_eq!(
+        token_files(&data),
+        before,
+        "token custody wrote to the token"
+    );
+}
+
 /// `pkcs11-tool --list-objects --type privkey` on the data directory's token.
 fn pkcs11_tool_private_keys(data: &Path) -> String {
     let pin = std::fs::read_to_string(data.join("hsm-user.pin")).expect("pin");
@@ -312,6 +451,31 @@ fn user_errors_are_one_clear_line() {
         &out,
         "cannot reach database postgres://nobody@127.0.0.1:1/none",
     );
+}
+
+#[test]
+fn a_pin_file_group_or_others_may_read_is_refused_with_the_fix() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = initialised_dir();
+    let data = dir.path().join("var");
+    let pin_file = data.join("hsm-user.pin");
+    let chmod = |mode: u32| {
+        std::fs::set_permissions(&pin_file, std::fs::Permissions::from_mode(mode)).expect("chmod")
+    };
+    for mode in [0o644, 0o640, 0o604] {
+        chmod(mode);
+        let out = smimegate(&data, &["token", "status"]);
+        assert_clean_failure(&out, &format!("chmod 600 {}", pin_file.display()));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(&format!("mode {mode:04o}")), "{stderr}");
+        let pin = std::fs::read_to_string(&pin_file).expect("pin");
+        assert!(!stderr.contains(pin.trim()), "the PIN itself was printed");
+    }
+    for mode in [0o600, 0o400] {
+        chmod(mode);
+        let status = smimegate_ok(&data, &["token", "status"]);
+        assert!(status.contains("logged in:    yes"), "{status}");
+    }
 }
 
 #[test]

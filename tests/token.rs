@@ -8,7 +8,7 @@ use std::path::Path;
 
 use der::{Decode, Encode, EncodePem};
 use smimegate::hsm::{
-    GeneratedKey, HsmError, KeyAlgorithm, KeyRole, KeyTransport, Refusal, SignatureScheme,
+    GeneratedKey, HsmError, KeyAlgorithm, KeyKind, KeyRole, KeyTransport, Refusal, SignatureScheme,
 };
 use smimegate::pki::address::Address;
 use smimegate::pki::ca::{self, CaIdentity};
@@ -58,16 +58,14 @@ fn assert_generated_in_token(key: &GeneratedKey) {
         report.read_secret,
         Refusal::Refused("CKR_ATTRIBUTE_SENSITIVE".into())
     );
+    let probe = report.probe.as_ref().expect("probed");
+    assert_eq!(probe.wrap, Refusal::Refused("CKR_KEY_UNEXTRACTABLE".into()));
     assert_eq!(
-        report.wrap,
-        Refusal::Refused("CKR_KEY_UNEXTRACTABLE".into())
-    );
-    assert_eq!(
-        report.set_extractable,
+        probe.set_extractable,
         Refusal::Refused("CKR_ATTRIBUTE_READ_ONLY".into())
     );
     assert_eq!(
-        report.clear_sensitive,
+        probe.clear_sensitive,
         Refusal::Refused("CKR_ATTRIBUTE_READ_ONLY".into())
     );
     assert!(report.generated_in_token());
@@ -91,6 +89,203 @@ fn every_generated_key_kind_stays_in_the_token() {
             .expect("key present");
         assert_eq!(info.algorithm, Some(algorithm));
     }
+}
+
+/// Every object this process can see in the test token (session objects included),
+/// with every attribute the token will show, read through a session of our own.
+fn all_objects() -> Vec<Vec<cryptoki::object::Attribute>> {
+    use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+    use cryptoki::object::AttributeType as T;
+    let ctx = Pkcs11::new(common::module()).expect("load module");
+    // The gateway's Hsm initialised the module already; that is fine.
+    let _ = ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK));
+    let slot = ctx
+        .get_slots_with_initialized_token()
+        .expect("slots")
+        .into_iter()
+        .find(|s| {
+            ctx.get_token_info(*s)
+                .map(|i| i.label().trim_end() == common::LABEL)
+                .unwrap_or(false)
+        })
+        .expect("test token");
+    let session = ctx.open_ro_session(slot).expect("session");
+    let every = [
+        T::Class,
+        T::KeyType,
+        T::Id,
+        T::Label,
+        T::Token,
+        T::Private,
+        T::Modifiable,
+        T::Copyable,
+        T::Destroyable,
+        T::Sensitive,
+        T::AlwaysSensitive,
+        T::Extractable,
+        T::NeverExtractable,
+        T::Local,
+        T::Sign,
+        T::SignRecover,
+        T::Verify,
+        T::VerifyRecover,
+        T::Decrypt,
+        T::Encrypt,
+        T::Unwrap,
+        T::Wrap,
+        T::Derive,
+        T::WrapWithTrusted,
+        T::AlwaysAuthenticate,
+        T::Modulus,
+        T::PublicExponent,
+        T::EcParams,
+        T::EcPoint,
+        T::StartDate,
+        T::EndDate,
+        T::Subject,
+        T::KeyGenMechanism,
+        T::ValueLen,
+    ];
+    let mut objects: Vec<Vec<cryptoki::object::Attribute>> = session
+        .find_objects(&[])
+        .expect("find objects")
+        .into_iter()
+        .map(|h| session.get_attributes(h, &every).expect("attributes"))
+        .collect();
+    objects.sort_by_key(|attrs| format!("{attrs:?}"));
+    objects
+}
+
+/// SoftHSM2 keeps each object in `UUID.object` (and `UUID.lock`); `token.object`,
+/// `token.lock` and `generation` describe the token itself.
+fn is_key_object_file(path: &Path) -> bool {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    (name.ends_with(".object") || name.ends_with(".lock")) && !name.starts_with("token.")
+}
+
+/// The token's key object files: a digest of every byte of each, and when it was
+/// last written.
+fn token_files() -> std::collections::BTreeMap<String, (String, std::time::SystemTime)> {
+    use sha2::Digest;
+    let mut files = std::collections::BTreeMap::new();
+    let mut dirs = vec![token().dir.path().join("tokens")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).expect("read token dir") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                dirs.push(path);
+                continue;
+            }
+            // The token's own record (token.object, generation) changes at login.
+            if !is_key_object_file(&path) {
+                continue;
+            }
+            let modified = std::fs::metadata(&path)
+                .and_then(|m| m.modified())
+                .expect("mtime");
+            let digest = hex::encode(sha2::Sha256::digest(
+                std::fs::read(&path).expect("read token file"),
+            ));
+            files.insert(path.display().to_string(), (digest, modified));
+        }
+    }
+    files
+}
+
+/// A key made the way other tools make keys: sensitive but extractable (pkcs11-tool
+/// `--extractable`), i.e. one a custody check must flag without touching it.
+fn extractable_key_from_pkcs11_tool(label: &str) {
+    run_ok(
+        "pkcs11-tool",
+        &[
+            "--module",
+            &common::module().display().to_string(),
+            "--token-label",
+            common::LABEL,
+            "--login",
+            "--pin",
+            &token().user_pin,
+            "--keypairgen",
+            "--key-type",
+            "rsa:2048",
+            "--label",
+            label,
+            "--id",
+            "e7e7",
+            "--usage-sign",
+            "--extractable",
+        ],
+    );
+}
+
+#[test]
+fn custody_probes_throwaway_keys_and_leaves_every_production_key_as_it_was() {
+    let generated = [
+        generate(KeyAlgorithm::Rsa2048, KeyRole::Mailbox, "custody rsa"),
+        generate(KeyAlgorithm::P256, KeyRole::Mailbox, "custody ec"),
+        generate(
+            KeyAlgorithm::P256,
+            KeyRole::CertificateAuthority,
+            "custody ca",
+        ),
+    ];
+    extractable_key_from_pkcs11_tool("made elsewhere, extractable");
+    let (objects, files) = (all_objects(), token_files());
+
+    let check = token().hsm.custody_reports().expect("custody");
+
+    assert!(
+        all_objects() == objects,
+        "an object or attribute changed, or an object was left behind"
+    );
+    let after = token_files();
+    let written: Vec<&String> = after
+        .iter()
+        .filter(|(path, state)| files.get(*path) != Some(state))
+        .map(|(path, _)| path)
+        .collect();
+    assert!(
+        written.is_empty() && after.len() == files.len(),
+        "the token's files were written: {written:?}"
+    );
+    // The probes say what they were made on, once per kind.
+    let kinds: Vec<KeyKind> = check.probes.iter().map(|p| p.kind).collect();
+    assert_eq!(kinds, [KeyKind::Rsa, KeyKind::Ec]);
+    for probe in &check.probes {
+        assert!(probe.probed_on.contains("throwaway"), "{probe:?}");
+        assert!(
+            probe.wrap.is_refused_with("CKR_KEY_UNEXTRACTABLE"),
+            "{probe:?}"
+        );
+        assert!(
+            probe
+                .set_extractable
+                .is_refused_with("CKR_ATTRIBUTE_READ_ONLY")
+        );
+        assert!(
+            probe
+                .clear_sensitive
+                .is_refused_with("CKR_ATTRIBUTE_READ_ONLY")
+        );
+    }
+    assert_eq!(check.keys.len(), 4, "{:?}", check.keys);
+    for key in &generated {
+        let report = check
+            .keys
+            .iter()
+            .find(|r| r.id == key.id.to_hex())
+            .expect("reported");
+        assert!(report.generated_in_token(), "{report:?}");
+    }
+    let weak = check
+        .keys
+        .iter()
+        .find(|r| r.id == "e7e7")
+        .expect("the extractable key is reported");
+    assert!(weak.extractable && !weak.key_cannot_leave(), "{weak:?}");
+    assert_eq!(weak.findings().exposed, ["CKA_EXTRACTABLE is true"]);
+    let json = serde_json::to_string(&check).expect("JSON");
+    assert!(json.contains("\"probed_on\""), "{json}");
 }
 
 #[test]
@@ -490,7 +685,7 @@ fn imported_pkcs8_keys_are_held_like_generated_ones_and_sign() {
         let pkcs8 = Zeroizing::new(std::fs::read(&key_path).expect("read key"));
         let imported = token()
             .hsm
-            .import_pkcs8(pkcs8, &format!("imported {i}"))
+            .import_pkcs8(pkcs8, KeyRole::Mailbox, &format!("imported {i}"))
             .expect("import");
         let report = token().hsm.custody_report(&imported.id).expect("report");
         assert!(report.key_cannot_leave(), "{report:?}");
@@ -536,11 +731,150 @@ fn imported_pkcs8_keys_are_held_like_generated_ones_and_sign() {
     }
 }
 
+/// A fresh PKCS#8 DER key made by openssl (`rsa` or `ec`), as a PKCS#12 bag holds it.
+fn openssl_pkcs8(dir: &Path, name: &str, rsa: bool) -> Zeroizing<Vec<u8>> {
+    let pem = dir.join(format!("{name}.pem")).display().to_string();
+    let der = dir.join(format!("{name}.der")).display().to_string();
+    let mut args = vec!["genpkey", "-out", pem.as_str()];
+    if rsa {
+        args.extend(["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"]);
+    } else {
+        args.extend(["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"]);
+    }
+    run_ok("openssl", &args);
+    run_ok(
+        "openssl",
+        &[
+            "pkcs8", "-topk8", "-nocrypt", "-in", &pem, "-outform", "DER", "-out", &der,
+        ],
+    );
+    Zeroizing::new(std::fs::read(&der).expect("read key"))
+}
+
+/// (sign, decrypt, unwrap, derive) a private key of this role and kind must have.
+fn expected_usage(role: KeyRole, rsa: bool) -> (bool, bool, bool, bool) {
+    match (role, rsa) {
+        (KeyRole::Mailbox, true) => (true, true, true, false),
+        (KeyRole::Mailbox, false) => (true, false, false, true),
+        (KeyRole::CertificateAuthority | KeyRole::TlsServer, _) => (true, false, false, false),
+    }
+}
+
+#[test]
+fn key_usages_follow_the_role_for_generated_and_imported_keys() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for role in [
+        KeyRole::Mailbox,
+        KeyRole::CertificateAuthority,
+        KeyRole::TlsServer,
+    ] {
+        for (algorithm, rsa) in [(KeyAlgorithm::Rsa2048, true), (KeyAlgorithm::P256, false)] {
+            let generated = generate(algorithm, role, &format!("usage {role:?} {algorithm}"));
+            let name = format!("{role:?}-{algorithm}");
+            let imported = token()
+                .hsm
+                .import_pkcs8(
+                    openssl_pkcs8(dir.path(), &name, rsa),
+                    role,
+                    &format!("imported usage {role:?} {algorithm}"),
+                )
+                .expect("import");
+            for (how, key) in [("generated", &generated), ("imported", &imported)] {
+                let usage = token()
+                    .hsm
+                    .find_key(&key.id)
+                    .expect("find")
+                    .expect("present")
+                    .usage;
+                assert_eq!(
+                    (usage.sign, usage.decrypt, usage.unwrap, usage.derive),
+                    expected_usage(role, rsa),
+                    "{how} {algorithm} key for {role:?}: {usage}"
+                );
+            }
+        }
+    }
+}
+
+/// `secret` encrypted with PKCS#1 v1.5 to `key`'s public key, by openssl.
+fn encrypt_to(dir: &Path, key: &GeneratedKey, secret: &[u8]) -> Vec<u8> {
+    let public = dir.join("public.der");
+    std::fs::write(&public, key.public_key.to_der().expect("DER")).expect("write");
+    let (plain, cipher) = (dir.join("secret"), dir.join("secret.enc"));
+    std::fs::write(&plain, secret).expect("write");
+    run_ok(
+        "openssl",
+        &[
+            "pkeyutl",
+            "-encrypt",
+            "-pubin",
+            "-keyform",
+            "DER",
+            "-inkey",
+            &public.display().to_string(),
+            "-in",
+            &plain.display().to_string(),
+            "-out",
+            &cipher.display().to_string(),
+        ],
+    );
+    std::fs::read(&cipher).expect("read")
+}
+
+#[test]
+fn ca_and_tls_keys_refuse_to_decrypt_and_derive_whether_generated_or_imported() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let secret = [0x42u8; 32];
+    for role in [KeyRole::CertificateAuthority, KeyRole::TlsServer] {
+        let generated = generate(KeyAlgorithm::Rsa2048, role, "no decrypt");
+        let imported = token()
+            .hsm
+            .import_pkcs8(openssl_pkcs8(dir.path(), "rsa", true), role, "no decrypt")
+            .expect("import");
+        for key in [&generated, &imported] {
+            let encrypted = encrypt_to(dir.path(), key, &secret);
+            let err = token()
+                .hsm
+                .decrypt_key_transport(&key.id, KeyTransport::RsaPkcs1v15, &encrypted)
+                .expect_err("a signing-only key must not decrypt");
+            assert!(
+                err.to_string().contains("CKR_KEY_FUNCTION_NOT_PERMITTED"),
+                "{role:?}: {err}"
+            );
+        }
+        let ec = token()
+            .hsm
+            .import_pkcs8(openssl_pkcs8(dir.path(), "ec", false), role, "no derive")
+            .expect("import");
+        let peer = p256::SecretKey::from_slice(&[0x21; 32]).expect("scalar");
+        let err = token()
+            .hsm
+            .ecdh_shared_secret(&ec.id, &peer.public_key().to_sec1_bytes())
+            .expect_err("a signing-only key must not derive");
+        assert!(
+            err.to_string().contains("CKR_KEY_FUNCTION_NOT_PERMITTED"),
+            "{role:?}: {err}"
+        );
+    }
+    // The same ciphertext to a mailbox key is recovered: the refusal is the role's.
+    let mailbox = generate(KeyAlgorithm::Rsa2048, KeyRole::Mailbox, "decrypts");
+    let encrypted = encrypt_to(dir.path(), &mailbox, &secret);
+    let recovered = token()
+        .hsm
+        .decrypt_key_transport(&mailbox.id, KeyTransport::RsaPkcs1v15, &encrypted)
+        .expect("mailbox key decrypts");
+    assert_eq!(&recovered[..], &secret[..]);
+}
+
 #[test]
 fn garbage_is_refused_as_a_key_to_import() {
     let err = token()
         .hsm
-        .import_pkcs8(Zeroizing::new(vec![0x30, 0x03, 0x02, 0x01, 0x00]), "junk")
+        .import_pkcs8(
+            Zeroizing::new(vec![0x30, 0x03, 0x02, 0x01, 0x00]),
+            KeyRole::Mailbox,
+            "junk",
+        )
         .unwrap_err();
     assert!(matches!(err, HsmError::InvalidKey(_)), "{err}");
 }

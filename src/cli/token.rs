@@ -5,6 +5,7 @@ use anyhow::{Result, bail};
 use super::TokenCommand;
 use crate::app;
 use crate::config::Settings;
+use crate::hsm::CustodyCheck;
 
 pub async fn run(cmd: TokenCommand, settings: Settings) -> Result<()> {
     let hsm = app::open_hsm(&settings).await?;
@@ -52,41 +53,139 @@ pub async fn run(cmd: TokenCommand, settings: Settings) -> Result<()> {
             }
         }
         TokenCommand::Custody { json } => {
-            let reports = hsm.call("custody", |h| h.custody_reports()).await?;
+            let check = hsm.call("custody", |h| h.custody_reports()).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&reports)?);
+                println!("{}", serde_json::to_string_pretty(&check)?);
             } else {
-                for r in &reports {
-                    println!(
-                        "{} {:<32} sensitive={} always_sensitive={} extractable={} never_extractable={} local={}",
-                        r.id,
-                        r.label,
-                        r.sensitive,
-                        r.always_sensitive,
-                        r.extractable,
-                        r.never_extractable,
-                        r.local
-                    );
-                    println!(
-                        "    read secret: {:?}; wrap: {:?}; set extractable: {:?}; clear sensitive: {:?}",
-                        r.read_secret, r.wrap, r.set_extractable, r.clear_sensitive
-                    );
-                }
-                println!("{} key(s) checked", reports.len());
+                print_custody(&check);
             }
-            let exposed: Vec<&str> = reports
-                .iter()
-                .filter(|r| !r.key_cannot_leave())
-                .map(|r| r.id.as_str())
-                .collect();
-            if !exposed.is_empty() {
-                bail!(
-                    "key(s) not protected against export: {}",
-                    exposed.join(", ")
-                );
-            }
+            custody_verdict(&check)?;
         }
         TokenCommand::Bench(args) => super::bench::run(hsm, &settings, args).await?,
     }
     Ok(())
+}
+
+fn print_custody(check: &CustodyCheck) {
+    println!("How the token treats attempts to get a key out, probed on throwaway keys");
+    println!("(never on the keys below):");
+    for p in &check.probes {
+        println!("  {}: {}", p.kind, p.probed_on);
+        let mechanism = p.wrap_mechanism.unwrap_or("every wrapping mechanism");
+        println!("    wrap ({mechanism}): {}", p.wrap);
+        println!("    set CKA_EXTRACTABLE=true: {}", p.set_extractable);
+        println!("    set CKA_SENSITIVE=false: {}", p.clear_sensitive);
+    }
+    println!("Keys (attributes read, nothing changed):");
+    for r in &check.keys {
+        let kind = r.kind.map_or("unknown type".to_string(), |k| k.to_string());
+        println!(
+            "{} {:<32} {kind} usage={} sensitive={} always_sensitive={} extractable={} never_extractable={} local={}",
+            r.id,
+            r.label,
+            r.usage,
+            r.sensitive,
+            r.always_sensitive,
+            r.extractable,
+            r.never_extractable,
+            r.local
+        );
+        println!("    read secret: {}; probed as: {kind}", r.read_secret);
+    }
+    println!("{} key(s) checked", check.keys.len());
+}
+
+/// Fails unless every key is proven to stay in the token: keys that can get out are
+/// named first; keys for which the token gave no refusal (only answers that prove
+/// nothing) are named with what it answered.
+fn custody_verdict(check: &CustodyCheck) -> Result<()> {
+    let mut exposed = Vec::new();
+    let mut unproven = Vec::new();
+    for r in &check.keys {
+        let findings = r.findings();
+        if !findings.exposed.is_empty() {
+            exposed.push(format!("{} ({})", r.id, findings.exposed.join("; ")));
+        } else if !findings.unproven.is_empty() {
+            unproven.push(format!("{} ({})", r.id, findings.unproven.join("; ")));
+        }
+    }
+    if !exposed.is_empty() {
+        bail!(
+            "key(s) not protected against export: {}",
+            exposed.join(", ")
+        );
+    }
+    if !unproven.is_empty() {
+        bail!(
+            "custody not proven: the token gave no refusal, only answers that prove nothing, for key(s) {}",
+            unproven.join(", ")
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hsm::{CustodyReport, KeyKind, KeyRole, KeyUsage, Refusal, TokenProbe};
+
+    fn check(wrap: Refusal, extractable: bool) -> CustodyCheck {
+        let probe = TokenProbe {
+            kind: KeyKind::Ec,
+            probed_on: "a throwaway p256 session key".into(),
+            wrap,
+            wrap_mechanism: None,
+            set_extractable: Refusal::Refused("CKR_ATTRIBUTE_READ_ONLY".into()),
+            clear_sensitive: Refusal::Refused("CKR_ATTRIBUTE_READ_ONLY".into()),
+        };
+        let key = CustodyReport {
+            id: "abcd".into(),
+            label: "k".into(),
+            kind: Some(KeyKind::Ec),
+            token: true,
+            private: true,
+            sensitive: true,
+            always_sensitive: true,
+            extractable,
+            never_extractable: !extractable,
+            local: true,
+            usage: KeyUsage::for_role(KeyRole::Mailbox, false),
+            read_secret: Refusal::Refused("CKR_ATTRIBUTE_SENSITIVE".into()),
+            probe: Some(probe.clone()),
+        };
+        CustodyCheck {
+            probes: vec![probe],
+            keys: vec![key],
+        }
+    }
+
+    #[test]
+    fn a_proven_token_passes() {
+        let proven = check(Refusal::Refused("CKR_KEY_UNEXTRACTABLE".into()), false);
+        assert!(custody_verdict(&proven).is_ok());
+    }
+
+    #[test]
+    fn an_answer_that_proves_nothing_fails_with_what_the_token_said() {
+        let unproven = check(Refusal::Inconclusive("CKR_MECHANISM_INVALID".into()), false);
+        let err = custody_verdict(&unproven)
+            .expect_err("must fail")
+            .to_string();
+        assert!(err.starts_with("custody not proven"), "{err}");
+        assert!(err.contains("abcd"), "{err}");
+        assert!(err.contains("CKR_MECHANISM_INVALID"), "{err}");
+        assert!(!err.contains('\n'), "{err}");
+    }
+
+    #[test]
+    fn an_exposed_key_is_named_before_anything_unproven() {
+        let exposed = check(Refusal::Inconclusive("CKR_MECHANISM_INVALID".into()), true);
+        let err = custody_verdict(&exposed)
+            .expect_err("must fail")
+            .to_string();
+        assert!(
+            err.starts_with("key(s) not protected against export: abcd (CKA_EXTRACTABLE is true)"),
+            "{err}"
+        );
+    }
 }

@@ -22,6 +22,12 @@ pub enum HsmError {
     PinLocked { label: String },
     #[error("no token PIN: {0}")]
     PinSource(String),
+    #[error(
+        "the PIN file {} may be read or changed by group or others (mode {mode:04o}): run `chmod 600 {}`",
+        path.display(),
+        path.display()
+    )]
+    PinFileMode { path: PathBuf, mode: u32 },
     #[error("no key with CKA_ID {id} in the token")]
     KeyNotFound { id: String },
     #[error("the token refused mechanism {mechanism}: {reason}")]

@@ -5,6 +5,7 @@
 //! the public key (SHA-1 of the subjectPublicKey bits, RFC 5280 §4.2.1.2 method 1), so
 //! a certificate's SKI names its key.
 
+use std::cell::{Cell, RefCell};
 use std::fmt;
 
 use const_oid::ObjectIdentifier;
@@ -72,6 +73,72 @@ pub enum KeyRole {
     TlsServer,
 }
 
+/// What the token lets a private key do (`CKA_SIGN`, `CKA_DECRYPT`, `CKA_UNWRAP`,
+/// `CKA_DERIVE`). Set from the key's [`KeyRole`] when it is generated or imported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct KeyUsage {
+    pub sign: bool,
+    pub decrypt: bool,
+    pub unwrap: bool,
+    pub derive: bool,
+}
+
+impl KeyUsage {
+    /// Every key signs. A mailbox key also recovers content keys: RSA by decrypt and
+    /// unwrap (key transport), EC by derive (ECDH). CA and TLS keys only sign.
+    pub fn for_role(role: KeyRole, rsa: bool) -> Self {
+        let recovers_keys = role == KeyRole::Mailbox;
+        KeyUsage {
+            sign: true,
+            decrypt: recovers_keys && rsa,
+            unwrap: recovers_keys && rsa,
+            derive: recovers_keys && !rsa,
+        }
+    }
+
+    fn private_attributes(self) -> [Attribute; 4] {
+        [
+            Attribute::Sign(self.sign),
+            Attribute::Decrypt(self.decrypt),
+            Attribute::Unwrap(self.unwrap),
+            Attribute::Derive(self.derive),
+        ]
+    }
+
+    /// The matching public-key usages: verify, and for RSA key transport encrypt/wrap.
+    fn public_attributes(self, rsa: bool) -> Vec<Attribute> {
+        let mut attributes = vec![Attribute::Verify(self.sign)];
+        if rsa {
+            attributes.extend([
+                Attribute::Encrypt(self.decrypt),
+                Attribute::Wrap(self.unwrap),
+            ]);
+        }
+        attributes
+    }
+}
+
+impl fmt::Display for KeyUsage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names = [
+            (self.sign, "sign"),
+            (self.decrypt, "decrypt"),
+            (self.unwrap, "unwrap"),
+            (self.derive, "derive"),
+        ];
+        let set: Vec<&str> = names
+            .iter()
+            .filter(|(on, _)| *on)
+            .map(|(_, n)| *n)
+            .collect();
+        if set.is_empty() {
+            f.write_str("none")
+        } else {
+            f.write_str(&set.join(","))
+        }
+    }
+}
+
 /// A key's `CKA_ID`: the subject key identifier of its public key.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct KeyId(Vec<u8>);
@@ -131,103 +198,125 @@ pub struct KeyInfo {
     pub label: String,
     pub algorithm: Option<KeyAlgorithm>,
     pub key_type: String,
+    /// What the token lets the key do.
+    pub usage: KeyUsage,
 }
 
 impl Hsm {
     /// Generates a key pair inside the token. The private half is sensitive and
-    /// non-extractable; `label` is stored as `CKA_LABEL` on both halves.
+    /// non-extractable, with the usages of `role`; `label` is stored as `CKA_LABEL` on
+    /// both halves. Never retried: if the token fails after `C_GenerateKeyPair`, what it
+    /// made is destroyed and the error returned, so no orphan is left and no second
+    /// pair made.
     pub fn generate_key_pair(
         &self,
         algorithm: KeyAlgorithm,
         role: KeyRole,
         label: &str,
     ) -> Result<GeneratedKey> {
-        self.with_session(|session| {
-            // A provisional id; replaced by the SKI once the public key is known.
-            let provisional = random_id()?;
-            let (public_template, private_template, mechanism) =
-                keygen_templates(algorithm, role, label, &provisional)?;
+        // A provisional id marks what this call created until the SKI is known.
+        let provisional = random_id()?;
+        let (public_template, private_template, mechanism) =
+            keygen_templates(algorithm, role, label, &provisional)?;
+        let final_id = RefCell::new(None);
+        let outcome = self.with_session_once(|session| {
+            faults::attempt();
             let (public, private) = session
                 .generate_key_pair(&mechanism, &public_template, &private_template)
                 .map_err(|e| HsmError::token("generate key pair", e))?;
+            faults::after_create(session)?;
             let public_key = read_public_key(session, public, algorithm)?;
             let id = KeyId::for_public_key(&public_key)?;
-            for handle in [public, private] {
-                session
-                    .update_attributes(handle, &[Attribute::Id(id.0.clone())])
-                    .map_err(|e| HsmError::token("set key id", e))?;
-            }
-            tracing::info!(key_id = %id, %algorithm, label, "generated key pair in token");
+            *final_id.borrow_mut() = Some(id.clone());
+            set_key_id(session, public, private, &id)?;
             Ok(GeneratedKey {
-                id: id.clone(),
+                id,
                 algorithm,
                 public_key,
             })
-        })
+        });
+        if outcome.is_err() {
+            self.discard_partial_key(&provisional, final_id.borrow().as_ref());
+        }
+        let key = outcome?;
+        tracing::info!(key_id = %key.id, %algorithm, label, "generated key pair in token");
+        Ok(key)
     }
 
     /// Imports a private key given as PKCS#8 DER into the token as sensitive and
-    /// non-extractable (used for uploaded PKCS#12). The plaintext buffers are zeroised
-    /// before this returns, whatever the outcome.
-    pub fn import_pkcs8(&self, pkcs8_der: Zeroizing<Vec<u8>>, label: &str) -> Result<GeneratedKey> {
-        let parsed = pkcs8::PrivateKeyInfoRef::from_der(&pkcs8_der)
-            .map_err(|e| HsmError::InvalidKey(format!("not a PKCS#8 private key: {e}")))?;
-        let oid = parsed.algorithm.oid;
-        let (algorithm, public_key, mut private_template, public_template) =
-            if oid == RSA_ENCRYPTION {
-                rsa_import_templates(parsed.private_key.as_bytes())?
-            } else if oid == ID_EC_PUBLIC_KEY {
-                let curve: Option<ObjectIdentifier> = parsed
-                    .algorithm
-                    .parameters
-                    .map(|p| p.decode_as())
-                    .transpose()
-                    .map_err(|e| HsmError::InvalidKey(format!("EC parameters: {e}")))?;
-                ec_import_templates(parsed.private_key.as_bytes(), curve)?
-            } else {
-                return Err(HsmError::InvalidKey(format!(
-                    "unsupported key algorithm {oid}"
-                )));
-            };
-        let id = KeyId::for_public_key(&public_key)?;
-        let common = [
-            Attribute::Token(true),
-            Attribute::Id(id.0.clone()),
-            Attribute::Label(label.as_bytes().to_vec()),
-        ];
-        private_template.extend(common.iter().cloned());
-        private_template.extend([
-            Attribute::Class(ObjectClass::PRIVATE_KEY),
-            Attribute::Private(true),
-            Attribute::Sensitive(true),
-            Attribute::Extractable(false),
-            Attribute::Sign(true),
-        ]);
-        let mut public = public_template;
-        public.extend(common.iter().cloned());
-        public.extend([
-            Attribute::Class(ObjectClass::PUBLIC_KEY),
-            Attribute::Private(false),
-            Attribute::Verify(true),
-        ]);
-        let result = self.with_session(|session| {
-            session
-                .create_object(&private_template)
-                .map_err(|e| HsmError::token("import private key", e))?;
-            session
-                .create_object(&public)
-                .map_err(|e| HsmError::token("import public key", e))?;
-            Ok(())
-        });
-        zeroize_template(&mut private_template);
+    /// non-extractable (used for uploaded PKCS#12), with the usages of `role`. The
+    /// plaintext buffers are zeroised before this returns, whatever the outcome. Never
+    /// retried; a half-done import is removed.
+    pub fn import_pkcs8(
+        &self,
+        pkcs8_der: Zeroizing<Vec<u8>>,
+        role: KeyRole,
+        label: &str,
+    ) -> Result<GeneratedKey> {
+        let provisional = random_id()?;
+        let import = ImportTemplates::from_pkcs8(&pkcs8_der, role, label, &provisional)?;
         drop(pkcs8_der);
-        result?;
-        tracing::info!(key_id = %id, %algorithm, label, "imported private key into token");
-        Ok(GeneratedKey {
-            id,
-            algorithm,
-            public_key,
-        })
+        let renaming = Cell::new(false);
+        let outcome = self.with_session_once(|session| {
+            faults::attempt();
+            let private = session
+                .create_object(import.private.attributes())
+                .map_err(|e| HsmError::token("import private key", e))?;
+            faults::after_create(session)?;
+            let public = session
+                .create_object(&import.public)
+                .map_err(|e| HsmError::token("import public key", e))?;
+            renaming.set(true);
+            set_key_id(session, public, private, &import.key.id)
+        });
+        let ImportTemplates { key, private, .. } = import;
+        drop(private);
+        if outcome.is_err() {
+            let final_id = renaming.get().then_some(&key.id);
+            self.discard_partial_key(&provisional, final_id);
+        }
+        outcome?;
+        tracing::info!(key_id = %key.id, algorithm = %key.algorithm, label, "imported private key into token");
+        Ok(key)
+    }
+
+    /// Removes what a failed generation or import created: every object still carrying
+    /// the `provisional` id, and — when the failure came while the final id was being
+    /// set — a public half already given `final_id` whose private half was not (a key
+    /// pair that has both is left alone). Best effort: a failure
+    /// is logged, never returned, so the caller reports the original error.
+    fn discard_partial_key(&self, provisional: &[u8], final_id: Option<&KeyId>) {
+        let outcome = self.with_session(|session| {
+            // Logged in, or the token hides private objects from the search.
+            self.ensure_logged_in(session)?;
+            let mut leftovers = find_all(session, &[Attribute::Id(provisional.to_vec())])?;
+            if let Some(id) = final_id
+                && find_private_key(session, id)?.is_none()
+            {
+                leftovers.extend(find_all(
+                    session,
+                    &[
+                        Attribute::Class(ObjectClass::PUBLIC_KEY),
+                        Attribute::Id(id.0.clone()),
+                    ],
+                )?);
+            }
+            for handle in &leftovers {
+                session
+                    .destroy_object(*handle)
+                    .map_err(|e| HsmError::token("destroy partly created key", e))?;
+            }
+            Ok(leftovers.len())
+        });
+        match outcome {
+            Ok(0) => {}
+            Ok(removed) => tracing::warn!(removed, "removed a partly created key from the token"),
+            Err(error) => tracing::error!(
+                %error,
+                provisional_id = %hex::encode(provisional),
+                "could not remove a partly created key from the token; it has no certificate and may be deleted with pkcs11-tool"
+            ),
+        }
     }
 
     /// The private key with this `CKA_ID`, if the token holds one.
@@ -300,6 +389,7 @@ fn describe_key(session: &Session, handle: ObjectHandle) -> Result<KeyInfo> {
         label: String::new(),
         algorithm: None,
         key_type: "unknown".into(),
+        usage: read_usage(session, handle)?,
     };
     for attr in attrs {
         match attr {
@@ -311,6 +401,37 @@ fn describe_key(session: &Session, handle: ObjectHandle) -> Result<KeyInfo> {
     }
     info.algorithm = key_algorithm(session, handle)?;
     Ok(info)
+}
+
+/// The usage attributes of a private key object; an absent attribute counts as false.
+pub(crate) fn read_usage(session: &Session, handle: ObjectHandle) -> Result<KeyUsage> {
+    let attrs = session
+        .get_attributes(
+            handle,
+            &[
+                AttributeType::Sign,
+                AttributeType::Decrypt,
+                AttributeType::Unwrap,
+                AttributeType::Derive,
+            ],
+        )
+        .map_err(|e| HsmError::token("read key usage", e))?;
+    let mut usage = KeyUsage {
+        sign: false,
+        decrypt: false,
+        unwrap: false,
+        derive: false,
+    };
+    for attr in attrs {
+        match attr {
+            Attribute::Sign(v) => usage.sign = v,
+            Attribute::Decrypt(v) => usage.decrypt = v,
+            Attribute::Unwrap(v) => usage.unwrap = v,
+            Attribute::Derive(v) => usage.derive = v,
+            _ => {}
+        }
+    }
+    Ok(usage)
 }
 
 /// Which of our algorithms a key object is, if any.
@@ -365,7 +486,7 @@ fn significant_bits(be: &[u8]) -> usize {
     trimmed.len() * 8 - trimmed[0].leading_zeros() as usize
 }
 
-fn random_id() -> Result<Vec<u8>> {
+pub(crate) fn random_id() -> Result<Vec<u8>> {
     let mut id = vec![0u8; 20];
     getrandom::fill(&mut id).map_err(|e| HsmError::Library {
         operation: "random id",
@@ -386,31 +507,39 @@ type KeygenTemplates = (
     cryptoki::mechanism::Mechanism<'static>,
 );
 
-fn keygen_templates(
+/// The attributes every private key gets, generated or imported: a private token
+/// object the token will not reveal or let be wrapped.
+fn protected_private_attributes(id: &[u8], label: &str) -> [Attribute; 6] {
+    [
+        Attribute::Token(true),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::Id(id.to_vec()),
+        Attribute::Label(label.as_bytes().to_vec()),
+    ]
+}
+
+/// The public and private templates and the mechanism for generating a key pair of
+/// `algorithm` for `role`. The custody probe uses them too (as session objects), so
+/// what it learns about the token holds for the production keys.
+pub(crate) fn keygen_templates(
     algorithm: KeyAlgorithm,
     role: KeyRole,
     label: &str,
     id: &[u8],
 ) -> Result<KeygenTemplates> {
-    let recovers_keys = role == KeyRole::Mailbox;
     use cryptoki::mechanism::Mechanism;
-    let label = label.as_bytes().to_vec();
+    let usage = KeyUsage::for_role(role, algorithm.is_rsa());
     let mut public = vec![
         Attribute::Token(true),
         Attribute::Private(false),
-        Attribute::Verify(true),
         Attribute::Id(id.to_vec()),
-        Attribute::Label(label.clone()),
+        Attribute::Label(label.as_bytes().to_vec()),
     ];
-    let mut private = vec![
-        Attribute::Token(true),
-        Attribute::Private(true),
-        Attribute::Sensitive(true),
-        Attribute::Extractable(false),
-        Attribute::Sign(true),
-        Attribute::Id(id.to_vec()),
-        Attribute::Label(label),
-    ];
+    public.extend(usage.public_attributes(algorithm.is_rsa()));
+    let mut private = protected_private_attributes(id, label).to_vec();
+    private.extend(usage.private_attributes());
     let mechanism = match algorithm {
         KeyAlgorithm::Rsa2048 | KeyAlgorithm::Rsa3072 => {
             let bits: u64 = if algorithm == KeyAlgorithm::Rsa2048 {
@@ -421,27 +550,37 @@ fn keygen_templates(
             public.extend([
                 Attribute::ModulusBits(bits.into()),
                 Attribute::PublicExponent(vec![0x01, 0x00, 0x01]),
-                Attribute::Encrypt(recovers_keys),
-                Attribute::Wrap(recovers_keys),
-            ]);
-            private.extend([
-                Attribute::Decrypt(recovers_keys),
-                Attribute::Unwrap(recovers_keys),
-                Attribute::Derive(false),
             ]);
             Mechanism::RsaPkcsKeyPairGen
         }
         KeyAlgorithm::P256 => {
             public.push(Attribute::EcParams(p256_params()?));
-            private.extend([
-                Attribute::Derive(recovers_keys),
-                Attribute::Decrypt(false),
-                Attribute::Unwrap(false),
-            ]);
             Mechanism::EccKeyPairGen
         }
     };
     Ok((public, private, mechanism))
+}
+
+/// Gives both halves of a new key pair their final `CKA_ID`: the public half first,
+/// so that a failure in between leaves the private half findable by its provisional id.
+fn set_key_id(
+    session: &Session,
+    public: ObjectHandle,
+    private: ObjectHandle,
+    id: &KeyId,
+) -> Result<()> {
+    for handle in [public, private] {
+        session
+            .update_attributes(handle, &[Attribute::Id(id.0.clone())])
+            .map_err(|e| HsmError::token("set key id", e))?;
+    }
+    Ok(())
+}
+
+fn find_all(session: &Session, template: &[Attribute]) -> Result<Vec<ObjectHandle>> {
+    session
+        .find_objects(template)
+        .map_err(|e| HsmError::token("find objects", e))
 }
 
 /// Builds the SubjectPublicKeyInfo from a public key object.
@@ -523,14 +662,126 @@ fn ec_spki(point: &[u8]) -> Result<SubjectPublicKeyInfoOwned> {
     })
 }
 
-type ImportTemplates = (
+/// A template that carries private key material. Its secret values are zeroised when
+/// it is dropped — after success, on every early return and while unwinding — so no
+/// way out of an import leaves key bytes in host memory.
+pub(crate) struct SecretTemplate(Vec<Attribute>);
+
+impl SecretTemplate {
+    fn new(attributes: Vec<Attribute>) -> Self {
+        let mut template = SecretTemplate(Vec::with_capacity(attributes.len() + 16));
+        template.extend(attributes);
+        template
+    }
+
+    fn extend(&mut self, more: impl IntoIterator<Item = Attribute>) {
+        self.0.extend(more);
+    }
+
+    fn attributes(&self) -> &[Attribute] {
+        &self.0
+    }
+
+    /// Zeroises every attribute value that is private key material.
+    fn wipe(&mut self) {
+        for attr in self.0.iter_mut() {
+            match attr {
+                Attribute::PrivateExponent(v)
+                | Attribute::Prime1(v)
+                | Attribute::Prime2(v)
+                | Attribute::Exponent1(v)
+                | Attribute::Exponent2(v)
+                | Attribute::Coefficient(v)
+                | Attribute::Value(v) => v.zeroize(),
+                _ => {}
+            }
+        }
+        faults::wiped();
+    }
+}
+
+impl Drop for SecretTemplate {
+    fn drop(&mut self) {
+        self.wipe();
+    }
+}
+
+impl fmt::Debug for SecretTemplate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SecretTemplate({} attributes, redacted)", self.0.len())
+    }
+}
+
+/// Everything an import creates in the token, built from PKCS#8 before the token is
+/// touched.
+struct ImportTemplates {
+    key: GeneratedKey,
+    private: SecretTemplate,
+    public: Vec<Attribute>,
+}
+
+/// (algorithm, public key, private template with the key material, public template).
+type KeyParts = (
     KeyAlgorithm,
     SubjectPublicKeyInfoOwned,
-    Vec<Attribute>,
+    SecretTemplate,
     Vec<Attribute>,
 );
 
-fn rsa_import_templates(pkcs1: &[u8]) -> Result<ImportTemplates> {
+impl ImportTemplates {
+    /// The templates for importing `pkcs8_der` for `role`, both halves carrying the
+    /// `provisional` id until the import is complete.
+    fn from_pkcs8(
+        pkcs8_der: &[u8],
+        role: KeyRole,
+        label: &str,
+        provisional: &[u8],
+    ) -> Result<Self> {
+        let parsed = pkcs8::PrivateKeyInfoRef::from_der(pkcs8_der)
+            .map_err(|e| HsmError::InvalidKey(format!("not a PKCS#8 private key: {e}")))?;
+        let oid = parsed.algorithm.oid;
+        let (algorithm, public_key, mut private, mut public) = if oid == RSA_ENCRYPTION {
+            rsa_import_templates(parsed.private_key.as_bytes())?
+        } else if oid == ID_EC_PUBLIC_KEY {
+            let curve: Option<ObjectIdentifier> = parsed
+                .algorithm
+                .parameters
+                .map(|p| p.decode_as())
+                .transpose()
+                .map_err(|e| HsmError::InvalidKey(format!("EC parameters: {e}")))?;
+            ec_import_templates(parsed.private_key.as_bytes(), curve)?
+        } else {
+            return Err(HsmError::InvalidKey(format!(
+                "unsupported key algorithm {oid}"
+            )));
+        };
+        // From here on `private` holds key material: any `?` below still zeroises it.
+        let id = KeyId::for_public_key(&public_key)?;
+        let usage = KeyUsage::for_role(role, algorithm.is_rsa());
+        private.extend([Attribute::Class(ObjectClass::PRIVATE_KEY)]);
+        private.extend(protected_private_attributes(provisional, label));
+        private.extend(usage.private_attributes());
+        public.extend([
+            Attribute::Class(ObjectClass::PUBLIC_KEY),
+            Attribute::Token(true),
+            Attribute::Private(false),
+            Attribute::Id(provisional.to_vec()),
+            Attribute::Label(label.as_bytes().to_vec()),
+        ]);
+        public.extend(usage.public_attributes(algorithm.is_rsa()));
+        Ok(ImportTemplates {
+            key: GeneratedKey {
+                id,
+                algorithm,
+                public_key,
+            },
+            private,
+            public,
+        })
+    }
+}
+
+fn rsa_import_templates(pkcs1: &[u8]) -> Result<KeyParts> {
     let key = rsa::pkcs1::RsaPrivateKeyRef::from_der(pkcs1)
         .map_err(|e| HsmError::InvalidKey(format!("RSA private key: {e}")))?;
     let n = key.modulus.as_bytes();
@@ -544,7 +795,7 @@ fn rsa_import_templates(pkcs1: &[u8]) -> Result<ImportTemplates> {
         }
     };
     let public_key = rsa_spki(n, key.public_exponent.as_bytes())?;
-    let private = vec![
+    let private = SecretTemplate::new(vec![
         Attribute::KeyType(KeyType::RSA),
         Attribute::Modulus(n.to_vec()),
         Attribute::PublicExponent(key.public_exponent.as_bytes().to_vec()),
@@ -554,20 +805,16 @@ fn rsa_import_templates(pkcs1: &[u8]) -> Result<ImportTemplates> {
         Attribute::Exponent1(key.exponent1.as_bytes().to_vec()),
         Attribute::Exponent2(key.exponent2.as_bytes().to_vec()),
         Attribute::Coefficient(key.coefficient.as_bytes().to_vec()),
-        Attribute::Decrypt(true),
-        Attribute::Unwrap(true),
-    ];
+    ]);
     let public = vec![
         Attribute::KeyType(KeyType::RSA),
         Attribute::Modulus(n.to_vec()),
         Attribute::PublicExponent(key.public_exponent.as_bytes().to_vec()),
-        Attribute::Encrypt(true),
-        Attribute::Wrap(true),
     ];
     Ok((algorithm, public_key, private, public))
 }
 
-fn ec_import_templates(sec1: &[u8], curve: Option<ObjectIdentifier>) -> Result<ImportTemplates> {
+fn ec_import_templates(sec1: &[u8], curve: Option<ObjectIdentifier>) -> Result<KeyParts> {
     let key = sec1::EcPrivateKey::from_der(sec1)
         .map_err(|e| HsmError::InvalidKey(format!("EC private key: {e}")))?;
     let curve = curve.or(key.parameters.and_then(|p| p.named_curve()));
@@ -579,16 +826,13 @@ fn ec_import_templates(sec1: &[u8], curve: Option<ObjectIdentifier>) -> Result<I
     let secret = p256::SecretKey::from_slice(key.private_key)
         .map_err(|_| HsmError::InvalidKey("invalid P-256 private scalar".into()))?;
     let point = secret.public_key().to_sec1_bytes().into_vec();
-    let public_key = ec_spki(&point)?;
     let params = p256_params()?;
-    let private = vec![
+    let private = SecretTemplate::new(vec![
         Attribute::KeyType(KeyType::EC),
         Attribute::EcParams(params.clone()),
         Attribute::Value(key.private_key.to_vec()),
-        Attribute::Derive(true),
-        Attribute::Decrypt(false),
-        Attribute::Unwrap(false),
-    ];
+    ]);
+    let public_key = ec_spki(&point)?;
     let public = vec![
         Attribute::KeyType(KeyType::EC),
         Attribute::EcParams(params),
@@ -601,18 +845,46 @@ fn ec_import_templates(sec1: &[u8], curve: Option<ObjectIdentifier>) -> Result<I
     Ok((KeyAlgorithm::P256, public_key, private, public))
 }
 
-fn zeroize_template(template: &mut [Attribute]) {
-    for attr in template.iter_mut() {
-        match attr {
-            Attribute::PrivateExponent(v)
-            | Attribute::Prime1(v)
-            | Attribute::Prime2(v)
-            | Attribute::Exponent1(v)
-            | Attribute::Exponent2(v)
-            | Attribute::Coefficient(v)
-            | Attribute::Value(v) => v.zeroize(),
-            _ => {}
-        }
+/// Test-only fault injection: counts attempts at creating objects, lets a test make
+/// the token fail right after it created something, and counts template wipes.
+/// Compiled to nothing outside `cfg(test)`.
+mod faults {
+    use cryptoki::session::Session;
+
+    use super::Result;
+
+    #[cfg(test)]
+    pub(crate) type Hook = Box<dyn Fn(&Session) -> Result<()>>;
+
+    #[cfg(test)]
+    thread_local! {
+        pub(crate) static ATTEMPTS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+        pub(crate) static WIPES: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+        pub(crate) static AFTER_CREATE: std::cell::RefCell<Option<Hook>> =
+            const { std::cell::RefCell::new(None) };
+    }
+
+    /// An attempt at creating objects (key generation or import) begins.
+    pub(super) fn attempt() {
+        #[cfg(test)]
+        ATTEMPTS.with(|n| n.set(n.get() + 1));
+    }
+
+    /// The token has just created an object; a test may fail here.
+    #[cfg(test)]
+    pub(super) fn after_create(session: &Session) -> Result<()> {
+        AFTER_CREATE.with(|hook| hook.borrow().as_ref().map_or(Ok(()), |f| f(session)))
+    }
+
+    #[cfg(not(test))]
+    pub(super) fn after_create(_session: &Session) -> Result<()> {
+        Ok(())
+    }
+
+    /// A [`super::SecretTemplate`] was wiped.
+    pub(super) fn wiped() {
+        #[cfg(test)]
+        WIPES.with(|n| n.set(n.get() + 1));
     }
 }
 
@@ -633,5 +905,177 @@ mod tests {
         assert_eq!(KeyId::from_hex(&id.to_hex()), Some(id));
         assert_eq!(KeyId::from_hex("zz"), None);
         assert_eq!(KeyId::from_hex(""), None);
+    }
+    use cryptoki::error::RvError;
+    use p256::pkcs8::EncodePrivateKey;
+
+    use crate::hsm::testing;
+
+    /// How many objects (of any class, private ones included) carry `label`.
+    fn objects_labelled(hsm: &Hsm, label: &str) -> usize {
+        hsm.with_session(|session| {
+            hsm.ensure_logged_in(session)?;
+            session
+                .find_objects(&[Attribute::Label(label.as_bytes().to_vec())])
+                .map(|found| found.len())
+                .map_err(|e| HsmError::token("find objects", e))
+        })
+        .expect("count objects")
+    }
+
+    fn set_after_create(hook: Option<faults::Hook>) {
+        faults::AFTER_CREATE.with(|h| *h.borrow_mut() = hook);
+        faults::ATTEMPTS.with(|n| n.set(0));
+    }
+
+    fn attempts() -> usize {
+        faults::ATTEMPTS.with(|n| n.get())
+    }
+
+    fn p256_pkcs8() -> Zeroizing<Vec<u8>> {
+        let secret = p256::SecretKey::from_slice(&[0x17; 32]).expect("scalar");
+        Zeroizing::new(secret.to_pkcs8_der().expect("PKCS#8").as_bytes().to_vec())
+    }
+
+    #[test]
+    fn a_keygen_that_loses_its_login_after_generating_is_not_repeated_and_leaves_nothing() {
+        let hsm = testing::hsm();
+        let label = "keygen lost login";
+        // The token made the pair; then the login is gone (as after a token reset),
+        // so giving the private key its CKA_ID fails with CKR_USER_NOT_LOGGED_IN.
+        set_after_create(Some(Box::new(|session: &Session| {
+            session
+                .logout()
+                .map_err(|e| HsmError::token("injected logout", e))
+        })));
+        let result = hsm.generate_key_pair(KeyAlgorithm::P256, KeyRole::Mailbox, label);
+        let tries = attempts();
+        set_after_create(None);
+        // SoftHSM then answers CKR_OBJECT_HANDLE_INVALID for the hidden private key.
+        assert!(result.is_err());
+        assert_eq!(tries, 1, "C_GenerateKeyPair was attempted {tries} times");
+        assert_eq!(objects_labelled(hsm, label), 0, "orphaned key objects left");
+        // The token is usable again afterwards.
+        hsm.generate_key_pair(KeyAlgorithm::P256, KeyRole::Mailbox, "after")
+            .expect("keygen after recovery");
+    }
+
+    #[test]
+    fn a_keygen_whose_session_breaks_after_generating_is_not_repeated_and_leaves_nothing() {
+        let hsm = testing::hsm();
+        let label = "keygen broken session";
+        set_after_create(Some(Box::new(|_: &Session| {
+            Err(HsmError::Token {
+                operation: "injected",
+                rv: RvError::SessionHandleInvalid,
+            })
+        })));
+        let result = hsm.generate_key_pair(KeyAlgorithm::P256, KeyRole::Mailbox, label);
+        let tries = attempts();
+        set_after_create(None);
+        assert!(result.is_err());
+        assert_eq!(tries, 1, "C_GenerateKeyPair was attempted {tries} times");
+        assert_eq!(objects_labelled(hsm, label), 0, "orphaned key objects left");
+    }
+
+    #[test]
+    fn an_import_whose_session_breaks_after_the_private_key_is_not_repeated_and_leaves_nothing() {
+        let hsm = testing::hsm();
+        let label = "import broken session";
+        set_after_create(Some(Box::new(|_: &Session| {
+            Err(HsmError::Token {
+                operation: "injected",
+                rv: RvError::SessionHandleInvalid,
+            })
+        })));
+        let wipes_before = faults::WIPES.with(|n| n.get());
+        let result = hsm.import_pkcs8(p256_pkcs8(), KeyRole::Mailbox, label);
+        let tries = attempts();
+        set_after_create(None);
+        assert!(result.is_err());
+        assert_eq!(tries, 1, "the import was attempted {tries} times");
+        assert_eq!(objects_labelled(hsm, label), 0, "orphaned key objects left");
+        assert_eq!(faults::WIPES.with(|n| n.get()), wipes_before + 1);
+    }
+
+    fn secret_template() -> SecretTemplate {
+        SecretTemplate::new(vec![
+            Attribute::KeyType(KeyType::RSA),
+            Attribute::Modulus(vec![0xc3; 256]),
+            Attribute::PrivateExponent(vec![0x5a; 256]),
+            Attribute::Prime1(vec![0x5b; 128]),
+            Attribute::Prime2(vec![0x5c; 128]),
+            Attribute::Exponent1(vec![0x5d; 128]),
+            Attribute::Exponent2(vec![0x5e; 128]),
+            Attribute::Coefficient(vec![0x5f; 128]),
+            Attribute::Value(vec![0x60; 32]),
+            Attribute::Label(b"label".to_vec()),
+        ])
+    }
+
+    #[test]
+    fn wiping_a_secret_template_clears_the_key_material_and_keeps_the_rest() {
+        let mut template = secret_template();
+        template.wipe();
+        for attr in template.attributes() {
+            match attr {
+                Attribute::PrivateExponent(v)
+                | Attribute::Prime1(v)
+                | Attribute::Prime2(v)
+                | Attribute::Exponent1(v)
+                | Attribute::Exponent2(v)
+                | Attribute::Coefficient(v)
+                | Attribute::Value(v) => assert!(v.is_empty(), "{attr:?} not wiped"),
+                Attribute::Modulus(v) => assert_eq!(v, &vec![0xc3; 256]),
+                Attribute::Label(v) => assert_eq!(v, b"label"),
+                _ => {}
+            }
+        }
+        assert!(!format!("{template:?}").contains("5a"), "{template:?}");
+    }
+
+    fn wipes() -> usize {
+        faults::WIPES.with(|n| n.get())
+    }
+
+    fn fails_after_building_a_template() -> Result<()> {
+        let _template = secret_template();
+        Err(HsmError::InvalidKey("a later step failed".into()))?;
+        Ok(())
+    }
+
+    #[test]
+    fn a_secret_template_is_wiped_on_every_way_out() {
+        let before = wipes();
+        // Each template is wiped once, when it goes out of scope.
+        drop(secret_template());
+        assert_eq!(wipes(), before + 1, "dropped");
+        assert!(fails_after_building_a_template().is_err());
+        assert_eq!(wipes(), before + 2, "early return");
+        let unwound = std::panic::catch_unwind(|| {
+            let _template = secret_template();
+            panic!("injected");
+        });
+        assert!(unwound.is_err());
+        assert_eq!(wipes(), before + 3, "unwinding");
+        // The import's own templates, built and dropped without a token.
+        let import = ImportTemplates::from_pkcs8(&p256_pkcs8(), KeyRole::Mailbox, "x", &[1; 20])
+            .expect("templates");
+        drop(import);
+        assert_eq!(wipes(), before + 4, "import templates");
+    }
+
+    #[test]
+    fn usages_follow_the_role() {
+        let mailbox_rsa = KeyUsage::for_role(KeyRole::Mailbox, true);
+        assert!(mailbox_rsa.sign && mailbox_rsa.decrypt && mailbox_rsa.unwrap);
+        assert!(!mailbox_rsa.derive);
+        let mailbox_ec = KeyUsage::for_role(KeyRole::Mailbox, false);
+        assert_eq!(mailbox_ec.to_string(), "sign,derive");
+        for role in [KeyRole::CertificateAuthority, KeyRole::TlsServer] {
+            for rsa in [true, false] {
+                assert_eq!(KeyUsage::for_role(role, rsa).to_string(), "sign");
+            }
+        }
     }
 }

@@ -15,9 +15,12 @@ mod error;
 mod health;
 mod keys;
 mod ops;
+pub mod pin;
 mod pool;
 pub mod provision;
 mod signer;
+#[cfg(test)]
+mod testing;
 mod workers;
 
 use std::collections::HashMap;
@@ -33,10 +36,10 @@ use cryptoki::slot::{Limit, Slot};
 use cryptoki::types::AuthPin;
 use secrecy::SecretString;
 
-pub use custody::{CustodyReport, Refusal};
+pub use custody::{CustodyCheck, CustodyReport, Findings, KeyKind, Refusal, TokenProbe};
 pub use error::{HsmError, Result};
 pub use health::{MechanismSupport, TokenHealth};
-pub use keys::{GeneratedKey, KeyAlgorithm, KeyId, KeyInfo, KeyRole};
+pub use keys::{GeneratedKey, KeyAlgorithm, KeyId, KeyInfo, KeyRole, KeyUsage};
 pub use ops::{KeyTransport, SignatureScheme};
 pub use pool::PoolUsage;
 pub use signer::{TokenSignature, TokenSigner};
@@ -173,6 +176,9 @@ impl Hsm {
 
     /// Borrows a session for `work`. A session that failed at the session level is
     /// closed and the work retried once on another; a lost login is restored once.
+    /// Only for work that may safely run twice (reads, signatures, decryption):
+    /// anything that creates objects in the token goes through
+    /// [`Hsm::with_session_once`].
     pub(crate) fn with_session<T>(&self, work: impl Fn(&Session) -> Result<T>) -> Result<T> {
         let mut attempt = 0;
         loop {
@@ -196,6 +202,30 @@ impl Hsm {
                 return Err(err);
             }
         }
+    }
+
+    /// Borrows a session for work that must not run twice: key generation, import,
+    /// object creation. A session that fails after the token has already created
+    /// something would otherwise make a second key pair and orphan the first; here the
+    /// caller gets the error (a broken session is still closed) and removes what was
+    /// created.
+    pub(crate) fn with_session_once<T>(
+        &self,
+        work: impl FnOnce(&Session) -> Result<T>,
+    ) -> Result<T> {
+        let mut session = self.inner.pool.acquire(self.inner.acquire_timeout)?;
+        let result = work(&session);
+        if let Err(err) = &result
+            && err.rv().is_some_and(poisons_session)
+        {
+            session.mark_broken();
+        }
+        result
+    }
+
+    /// Logs `session` in unless the application is logged in already.
+    pub(crate) fn ensure_logged_in(&self, session: &Session) -> Result<()> {
+        login(session, &self.inner.pin, &self.inner.label)
     }
 }
 
