@@ -208,35 +208,32 @@ async fn init_softhsm_token(
     let hsm = &settings.config.hsm;
     let user_pin_path = settings.path(&hsm.pin_file);
     let so_pin_path = settings.path(&hsm.so_pin_file);
-    // PINs are created together with the token; existing PIN files are reused.
-    let user_pin = match app::read_pin(settings) {
-        Ok(pin) => pin,
-        Err(_) => {
-            let pin = provision::random_pin()?;
-            write_new(
-                &user_pin_path,
-                format!("{}\n", pin.expose_secret()).as_bytes(),
-                0o600,
-            )?;
-            created.push(format!("user PIN file {}", user_pin_path.display()));
-            pin
-        }
+    // PINs are created together with the token; existing PIN files are reused. A PIN
+    // file that exists but cannot be used (unreadable, readable by others) is an
+    // error to fix, never a reason to make a new PIN.
+    let from_env = (!hsm.pin_env.is_empty())
+        .then(|| crate::hsm::pin::read_pin_env(&hsm.pin_env))
+        .flatten();
+    let user_pin = if let Some(pin) = from_env {
+        pin
+    } else if user_pin_path.exists() {
+        app::read_pin(settings)?
+    } else {
+        let pin = provision::random_pin()?;
+        write_pin_file(&user_pin_path, &pin)?;
+        created.push(format!("user PIN file {}", user_pin_path.display()));
+        pin
     };
-    let so_pin = match fs::read_to_string(&so_pin_path) {
-        Ok(text) if !text.trim().is_empty() => secrecy::SecretString::from(text.trim().to_string()),
-        _ => {
-            let pin = provision::random_pin()?;
-            write_new(
-                &so_pin_path,
-                format!("{}\n", pin.expose_secret()).as_bytes(),
-                0o600,
-            )?;
-            created.push(format!(
-                "security officer PIN file {}",
-                so_pin_path.display()
-            ));
-            pin
-        }
+    let so_pin = if so_pin_path.exists() {
+        crate::hsm::pin::read_pin_file(&so_pin_path)?
+    } else {
+        let pin = provision::random_pin()?;
+        write_pin_file(&so_pin_path, &pin)?;
+        created.push(format!(
+            "security officer PIN file {}",
+            so_pin_path.display()
+        ));
+        pin
     };
     let module = hsm.module.clone();
     let label = hsm.token_label.clone();
@@ -249,6 +246,12 @@ async fn init_softhsm_token(
         created.push(format!("SoftHSM2 token '{}'", hsm.token_label));
     }
     Ok(())
+}
+
+/// Writes a new PIN file, owner-only; the formatted PIN is wiped afterwards.
+fn write_pin_file(path: &Path, pin: &secrecy::SecretString) -> Result<(), SetupError> {
+    let line = zeroize::Zeroizing::new(format!("{}\n", pin.expose_secret()));
+    write_new(path, line.as_bytes(), 0o600)
 }
 
 /// Creates `path` with `mode`; never overwrites.

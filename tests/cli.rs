@@ -471,11 +471,20 @@ fn a_pin_file_group_or_others_may_read_is_refused_with_the_fix() {
         let pin = std::fs::read_to_string(&pin_file).expect("pin");
         assert!(!stderr.contains(pin.trim()), "the PIN itself was printed");
     }
+    // init says the same, and never makes a new PIN beside the one it cannot use.
+    chmod(0o644);
+    let out = smimegate(&data, &["init"]);
+    assert_clean_failure(&out, &format!("chmod 600 {}", pin_file.display()));
     for mode in [0o600, 0o400] {
         chmod(mode);
         let status = smimegate_ok(&data, &["token", "status"]);
         assert!(status.contains("logged in:    yes"), "{status}");
     }
+    let so_pin_file = data.join("hsm-so.pin");
+    std::fs::set_permissions(&so_pin_file, std::fs::Permissions::from_mode(0o644))
+        .expect("init made a security officer PIN file");
+    let out = smimegate(&data, &["init"]);
+    assert_clean_failure(&out, &format!("chmod 600 {}", so_pin_file.display()));
 }
 
 #[test]
