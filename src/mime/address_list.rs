@@ -71,7 +71,11 @@ fn tokenize(value: &str) -> Result<Vec<Token>, AddressListError> {
                 let mut text = String::from("[");
                 loop {
                     match chars.next().ok_or(AddressListError::Unbalanced)? {
-                        '\\' => text.push(chars.next().ok_or(AddressListError::Unbalanced)?),
+                        // Kept escaped: the literal is the address as written.
+                        '\\' => {
+                            text.push('\\');
+                            text.push(chars.next().ok_or(AddressListError::Unbalanced)?);
+                        }
                         ']' => break,
                         '[' => return Err(AddressListError::Syntax("'[' inside a domain literal")),
                         other => text.push(other),
