@@ -2,6 +2,8 @@
 //! and PostgreSQL), the smimegate binary on a fresh data directory, and openssl.
 #![allow(dead_code)]
 
+pub mod gpgsm;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;

@@ -5,6 +5,7 @@
 mod common;
 mod harness;
 mod inbound_trust;
+mod interop;
 mod postfix;
 mod protocol;
 mod tables;
