@@ -52,10 +52,50 @@ pub enum DecryptError {
     Token(#[from] HsmError),
 }
 
+/// What a decryption failure means for the message, which is what the relay answers
+/// by: policy for [`FailureClass::Structure`], delivery still encrypted (with a stamp)
+/// for [`FailureClass::Integrity`], `4xx` for [`FailureClass::Gateway`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureClass {
+    /// Decided before any key of ours was used: not S/MIME encrypted, malformed
+    /// structure, unsupported algorithm, too many recipients, encrypted to no key we hold.
+    Structure,
+    /// After a key of ours was used: the content could not be decrypted. Every cause
+    /// looks the same (RFC 3218).
+    Integrity,
+    /// The gateway's own failure (token busy/unreachable, wrong or locked PIN, library
+    /// gone): temporary, the sender retries.
+    Gateway,
+}
+
+impl FailureClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureClass::Structure => "structure",
+            FailureClass::Integrity => "integrity",
+            FailureClass::Gateway => "gateway",
+        }
+    }
+}
+
 impl DecryptError {
-    /// True when the same message may decrypt later (token busy or unreachable).
+    /// Which kind of failure this is (see [`FailureClass`]).
+    pub fn class(&self) -> FailureClass {
+        match self {
+            DecryptError::NotEncrypted(_)
+            | DecryptError::Malformed(_)
+            | DecryptError::Mime(_)
+            | DecryptError::NoKey { .. }
+            | DecryptError::Unsupported(_) => FailureClass::Structure,
+            DecryptError::Integrity(_) => FailureClass::Integrity,
+            DecryptError::Token(_) => FailureClass::Gateway,
+        }
+    }
+
+    /// True when the same message may decrypt later: the gateway's own failure
+    /// ([`FailureClass::Gateway`]), which the relay answers with `4xx`.
     pub fn is_transient(&self) -> bool {
-        matches!(self, DecryptError::Token(e) if e.is_transient())
+        self.class() == FailureClass::Gateway
     }
 }
 
@@ -564,4 +604,67 @@ struct GcmParameters {
     nonce: OctetString,
     #[asn1(optional = "true")]
     icv_len: Option<u8>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cryptoki::error::RvError;
+
+    #[test]
+    fn every_failure_has_its_class() {
+        use FailureClass::*;
+        let cases = [
+            (DecryptError::NotEncrypted("plain text"), Structure),
+            (DecryptError::Malformed("truncated".into()), Structure),
+            (
+                DecryptError::Mime(MimeError::TooLarge { size: 2, limit: 1 }),
+                Structure,
+            ),
+            (DecryptError::NoKey { recipients: 3 }, Structure),
+            (DecryptError::Unsupported("rc2".into()), Structure),
+            (DecryptError::Integrity("x"), Integrity),
+            (
+                DecryptError::Token(HsmError::Busy {
+                    seconds: 5,
+                    capacity: 4,
+                }),
+                Gateway,
+            ),
+            (
+                DecryptError::Token(HsmError::Timeout {
+                    operation: "decrypt message",
+                    seconds: 30,
+                }),
+                Gateway,
+            ),
+            (
+                DecryptError::Token(HsmError::WrongPin {
+                    label: "t".into(),
+                }),
+                Gateway,
+            ),
+            (
+                DecryptError::Token(HsmError::PinLocked {
+                    label: "t".into(),
+                }),
+                Gateway,
+            ),
+            (
+                DecryptError::Token(HsmError::KeyNotFound { id: "ab".into() }),
+                Gateway,
+            ),
+            (
+                DecryptError::Token(HsmError::Token {
+                    operation: "decrypt key",
+                    rv: RvError::DeviceRemoved,
+                }),
+                Gateway,
+            ),
+        ];
+        for (err, class) in cases {
+            assert_eq!(err.class(), class, "{err}");
+            assert_eq!(err.is_transient(), class == Gateway, "{err}");
+        }
+    }
 }
