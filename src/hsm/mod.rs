@@ -37,7 +37,7 @@ pub use custody::{CustodyReport, Refusal};
 pub use error::{HsmError, Result};
 pub use health::{MechanismSupport, TokenHealth};
 pub use keys::{GeneratedKey, KeyAlgorithm, KeyId, KeyInfo, KeyRole};
-pub use ops::{KeyTransport, SignatureScheme};
+pub use ops::{ContentKey, KeyTransport, OaepHash, OaepParams, SignatureScheme};
 pub use pool::PoolUsage;
 pub use signer::{TokenSignature, TokenSigner};
 
