@@ -2,6 +2,10 @@
 //! (RFC 8551 §3.3, RFC 5652 §6, RFC 5083/5084). The content-encryption key is recovered
 //! in the token by whichever held key a RecipientInfo names; the content is decrypted
 //! on the host with that per-message key.
+//!
+//! Every failure has a [`FailureClass`]. The structure (algorithms, parameters, the
+//! sender's ECDH point) is judged before a key of ours is used; after that, RFC 3218
+//! §2.3: whatever goes wrong ends the same way, at the same point, with one error.
 
 use aes::cipher::{BlockCipherDecrypt, BlockCipherEncrypt, BlockSizeUser, KeyInit};
 use cbc::cipher::{BlockModeDecrypt, KeyIvInit};

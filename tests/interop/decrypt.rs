@@ -1,6 +1,9 @@
 //! Decryption of what openssl encrypts to a mailbox certificate whose key is in the
-//! token: every content cipher and key transport openssl offers, S/MIME and binary
-//! DER, streamed BER, AuthEnvelopedData; and every way it must fail.
+//! token: every content cipher and key transport openssl offers (OAEP with every hash,
+//! MGF1 hash and label), S/MIME and binary DER, streamed BER, AuthEnvelopedData with
+//! every ICV length; and every way it must fail, in the class the relay answers by:
+//! structure before our key is used, one integrity error after (RFC 3218), the
+//! gateway's own failure when the token fails under us.
 
 use super::common;
 
