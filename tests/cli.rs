@@ -642,3 +642,118 @@ fn the_smime_cli_round_trips_a_message_with_a_fresh_mailbox_key() {
     );
     assert!(content.contains("Gr=C3=BC=C3=9Fe!"), "{content}");
 }
+
+/// The JSON object `smime decrypt --json` printed on stderr.
+fn decrypt_report(out: &std::process::Output) -> serde_json::Value {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or_else(|| panic!("no JSON on stderr: {stderr}"));
+    serde_json::from_str(line).expect("JSON")
+}
+
+#[test]
+fn smime_decrypt_json_says_what_happened_and_whose_failure_it_is() {
+    let dir = initialised_dir();
+    let data = dir.path().join("var");
+    smimegate_ok(
+        &data,
+        &[
+            "domain",
+            "add",
+            "corp.example",
+            "--next-hop",
+            "127.0.0.1:2525",
+        ],
+    );
+    smimegate_ok(&data, &["mailbox", "add", "erin@corp.example"]);
+    smimegate_ok(&data, &["mailbox", "activate", "erin@corp.example"]);
+    let pem = smimegate_ok(&data, &["cert", "show", "erin@corp.example", "--pem"]);
+    let cert = dir.path().join("erin.pem");
+    std::fs::write(&cert, pem).expect("write");
+    let plain = dir.path().join("plain.txt");
+    std::fs::write(&plain, "Content-Type: text/plain\r\n\r\nFor Erin only.\r\n").expect("write");
+    let path = |name: &str| dir.path().join(name).display().to_string();
+    let encrypt = |out: &str, extra: &[&str]| {
+        let mut args = vec![
+            "cms",
+            "-encrypt",
+            "-binary",
+            "-aes256",
+            "-in",
+            plain.to_str().expect("utf-8"),
+            "-out",
+            out,
+            "-recip",
+            cert.to_str().expect("utf-8"),
+        ];
+        args.extend_from_slice(extra);
+        run_ok("openssl", &args);
+    };
+
+    // Decrypted: the message on stdout, the outcome as JSON on stderr.
+    encrypt(&path("enc.eml"), &[]);
+    let out = smimegate(&data, &["smime", "decrypt", "--json", &path("enc.eml")]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("For Erin only."));
+    let report = decrypt_report(&out);
+    assert_eq!(report["result"], "decrypted", "{report}");
+    assert!(report["class"].is_null(), "{report}");
+    assert_eq!(report["content_algorithm"], "aes256-cbc", "{report}");
+    assert_eq!(report["key_transport"], "rsa-pkcs1v15", "{report}");
+    assert_eq!(report["weak"], false, "{report}");
+    assert!(
+        report["key"].as_str().is_some_and(|k| k.len() == 40),
+        "{report}"
+    );
+
+    // Tampered after our key was used: integrity, exit 1, nothing on stdout.
+    encrypt(&path("enc.der"), &["-outform", "DER"]);
+    let mut der = std::fs::read(path("enc.der")).expect("read");
+    let n = der.len();
+    der[n - 1] ^= 0xff;
+    let mut tampered = b"Content-Type: application/pkcs7-mime; smime-type=enveloped-data\r\n\
+Content-Transfer-Encoding: binary\r\n\r\n"
+        .to_vec();
+    tampered.extend_from_slice(&der);
+    std::fs::write(path("tampered.eml"), tampered).expect("write");
+    let out = smimegate(
+        &data,
+        &["smime", "decrypt", "--json", &path("tampered.eml")],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    let report = decrypt_report(&out);
+    assert_eq!(report["result"], "failed", "{report}");
+    assert_eq!(report["class"], "integrity", "{report}");
+    assert!(report["key_transport"].is_null(), "{report}");
+
+    // Not encrypted at all: structure.
+    let out = smimegate(&data, &["smime", "decrypt", "--json", &path("plain.txt")]);
+    assert_eq!(out.status.code(), Some(1));
+    let report = decrypt_report(&out);
+    assert_eq!(report["class"], "structure", "{report}");
+
+    // The token refuses our PIN: the gateway's failure, not the message's.
+    let out = smimegate_env(
+        &data,
+        &["smime", "decrypt", "--json", &path("enc.eml")],
+        &[("SMIMEGATE_HSM_PIN", "wrong-pin")],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let report = decrypt_report(&out);
+    assert_eq!(report["class"], "gateway", "{report}");
+    assert!(
+        report["detail"].as_str().is_some_and(|d| d.contains("PIN")),
+        "{report}"
+    );
+
+    // Without --json: one line, which says the class.
+    let out = smimegate(&data, &["smime", "decrypt", &path("tampered.eml")]);
+    assert_clean_failure(&out, "(integrity failure)");
+}

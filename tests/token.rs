@@ -8,7 +8,8 @@ use std::path::Path;
 
 use der::{Decode, Encode, EncodePem};
 use smimegate::hsm::{
-    GeneratedKey, HsmError, KeyAlgorithm, KeyKind, KeyRole, KeyTransport, Refusal, SignatureScheme,
+    GeneratedKey, HsmError, KeyAlgorithm, KeyKind, KeyRole, KeyTransport, OaepHash, OaepParams,
+    Refusal, SignatureScheme,
 };
 use smimegate::pki::address::Address;
 use smimegate::pki::ca::{self, CaIdentity};
@@ -522,7 +523,10 @@ fn content_keys_encrypted_by_openssl_cms_are_recovered_in_the_token() {
 
     for (padding, transport) in [
         (None, KeyTransport::RsaPkcs1v15),
-        (Some("rsa_padding_mode:oaep"), KeyTransport::RsaOaepSha1),
+        (
+            Some("rsa_padding_mode:oaep"),
+            KeyTransport::oaep(OaepHash::Sha1),
+        ),
     ] {
         let out_path = dir.path().join("enveloped.der").display().to_string();
         let mut args = vec![
@@ -547,7 +551,7 @@ fn content_keys_encrypted_by_openssl_cms_are_recovered_in_the_token() {
             enveloped_parts(&std::fs::read(&out_path).expect("read"));
         let cek = token()
             .hsm
-            .decrypt_key_transport(&key.id, transport, &encrypted_key)
+            .decrypt_key_transport(&key.id, transport.clone(), &encrypted_key)
             .expect("recover content key");
         assert_eq!(cek.len(), 32, "{transport:?}");
         // The recovered key opens the content: decrypt it with openssl enc.
@@ -576,7 +580,7 @@ fn content_keys_encrypted_by_openssl_cms_are_recovered_in_the_token() {
 
         // The wrong mechanism does not yield this key.
         let wrong = if transport == KeyTransport::RsaPkcs1v15 {
-            KeyTransport::RsaOaepSha1
+            KeyTransport::oaep(OaepHash::Sha1)
         } else {
             KeyTransport::RsaPkcs1v15
         };
@@ -588,11 +592,14 @@ fn content_keys_encrypted_by_openssl_cms_are_recovered_in_the_token() {
 }
 
 #[test]
-fn oaep_with_sha256_is_recovered_or_refused_clearly() {
+fn oaep_with_any_hash_is_recovered_in_the_token_even_where_the_token_refuses_it() {
+    // SoftHSM2 does CKM_RSA_PKCS_OAEP with SHA-1 only; for the others the token does
+    // raw RSA (CKM_RSA_X_509) and the host decodes OAEP. Either way the key stays in
+    // the token and the content key comes out.
     let dir = tempfile::tempdir().expect("temp dir");
     let ca = test_ca();
-    let key = generate(KeyAlgorithm::Rsa2048, KeyRole::Mailbox, "oaep256");
-    let address = Address::parse("oaep256@corp.example").expect("address");
+    let key = generate(KeyAlgorithm::Rsa2048, KeyRole::Mailbox, "oaep");
+    let address = Address::parse("oaep@corp.example").expect("address");
     let cert = ca::issue_mailbox_certificate(
         &token().hsm,
         &ca,
@@ -607,9 +614,21 @@ fn oaep_with_sha256_is_recovered_or_refused_clearly() {
     let in_path = dir.path().join("k").display().to_string();
     let out_path = dir.path().join("k.enc").display().to_string();
     std::fs::write(&in_path, secret).expect("write");
-    run_ok(
-        "openssl",
-        &[
+    use OaepHash::*;
+    for (hash, mgf1, label) in [
+        (Sha1, Sha1, ""),
+        (Sha256, Sha256, ""),
+        (Sha384, Sha384, ""),
+        (Sha512, Sha512, ""),
+        (Sha224, Sha1, ""),
+        (Sha256, Sha1, ""),
+        (Sha256, Sha256, "0a0b0c"),
+        (Sha1, Sha1, "6c6162656c"),
+    ] {
+        let md = format!("rsa_oaep_md:{}", hash.name());
+        let mgf = format!("rsa_mgf1_md:{}", mgf1.name());
+        let lbl = format!("rsa_oaep_label:{label}");
+        let mut args = vec![
             "pkeyutl",
             "-encrypt",
             "-certin",
@@ -622,19 +641,61 @@ fn oaep_with_sha256_is_recovered_or_refused_clearly() {
             "-pkeyopt",
             "rsa_padding_mode:oaep",
             "-pkeyopt",
-            "rsa_oaep_md:sha256",
+            &md,
             "-pkeyopt",
-            "rsa_mgf1_md:sha256",
-        ],
-    );
-    let encrypted = std::fs::read(&out_path).expect("read");
-    match token()
-        .hsm
-        .decrypt_key_transport(&key.id, KeyTransport::RsaOaepSha256, &encrypted)
-    {
-        Ok(recovered) => assert_eq!(&recovered[..], &secret[..]),
-        Err(HsmError::MechanismRefused { mechanism, .. }) => assert!(mechanism.contains("SHA-256")),
-        Err(other) => panic!("expected the key or a clear refusal, got {other}"),
+            &mgf,
+        ];
+        if !label.is_empty() {
+            args.extend(["-pkeyopt", &lbl]);
+        }
+        run_ok("openssl", &args);
+        let encrypted = std::fs::read(&out_path).expect("read");
+        let params = OaepParams {
+            hash,
+            mgf1_hash: mgf1,
+            label: hex::decode(label).expect("hex"),
+        };
+        let what = format!("{params:?}");
+        let transport = KeyTransport::RsaOaep(params);
+        let recovered = token()
+            .hsm
+            .decrypt_key_transport(&key.id, transport.clone(), &encrypted)
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(&recovered[..], &secret[..], "{what}");
+        let cek = token()
+            .hsm
+            .recover_content_key(&key.id, &transport, &encrypted, 32)
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert!(bool::from(cek.genuine()), "{what}");
+        assert_eq!(cek.as_bytes(), &secret[..], "{what}");
+
+        // A corrupted block: an error about the data from the plain call, a random key
+        // of the asked length (not genuine) from the RFC 3218 one.
+        let mut corrupted = encrypted.clone();
+        corrupted[10] ^= 0x01;
+        match token()
+            .hsm
+            .decrypt_key_transport(&key.id, transport.clone(), &corrupted)
+        {
+            Err(HsmError::Token { rv, .. }) => {
+                assert_eq!(rv, cryptoki::error::RvError::EncryptedDataInvalid, "{what}")
+            }
+            other => panic!("{what}: expected a data error, got {other:?}"),
+        }
+        let stand_in = token()
+            .hsm
+            .recover_content_key(&key.id, &transport, &corrupted, 32)
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert!(!bool::from(stand_in.genuine()), "{what}");
+        assert_eq!(stand_in.as_bytes().len(), 32, "{what}");
+        assert_ne!(stand_in.as_bytes(), &secret[..], "{what}");
+        // The right key asked for at the wrong length is no key either.
+        let short = token()
+            .hsm
+            .recover_content_key(&key.id, &transport, &encrypted, 16)
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert!(!bool::from(short.genuine()), "{what}");
+        assert_eq!(short.as_bytes().len(), 16, "{what}");
     }
 }
 

@@ -177,7 +177,13 @@ pub enum SmimeCommand {
     Bench(smime_bench::SmimeBenchArgs),
     /// Decrypt an application/pkcs7-mime message with any key the token holds;
     /// prints the message with the decrypted entity in place of the encrypted one.
+    /// Exit 1 on failure, whose class says whose it is: structure (the message),
+    /// integrity (wrong key or tampered), gateway (token or database; try again).
     Decrypt {
+        /// The outcome as JSON on stderr: result, class, content_algorithm,
+        /// key_transport, key, weak, detail.
+        #[arg(long)]
+        json: bool,
         /// The message; stdin when absent.
         file: Option<PathBuf>,
     },
@@ -664,42 +670,143 @@ async fn smime(cmd: SmimeCommand, settings: Settings) -> Result<()> {
             }
             Ok(())
         }
-        SmimeCommand::Decrypt { file } => {
-            use crate::smime::decrypt;
+        SmimeCommand::Decrypt { json, file } => {
             let message = read_input(file.as_deref())?;
-            let der = decrypt::cms_from_message(&message, &limits)?;
-            let (outer_headers, _) = crate::mime::split_raw_headers(&message)?;
-            drop(message);
-            let recipients = decrypt::recipients(&der)?;
-            let app = App::open(settings).await?;
-            let held = app.key_directory().await?.resolve(&recipients);
-            let done = app
-                .hsm
-                .call("decrypt message", move |hsm| {
-                    Ok(decrypt::decrypt_within(hsm, &der, &held, &limits))
-                })
-                .await??;
-            // Outer headers stay; the entity's own Content-* headers replace ours.
-            let mut out = Vec::new();
-            for h in outer_headers.iter().filter(|h| !h.is_content_header()) {
-                out.extend_from_slice(&h.raw);
-            }
-            out.extend_from_slice(b"MIME-Version: 1.0\r\n");
-            use std::io::Write;
-            let mut stdout = std::io::stdout().lock();
-            stdout.write_all(&out)?;
-            stdout.write_all(&done.entity)?;
-            stdout.flush()?;
-            eprintln!(
-                "decrypted: {} with {}, key {}{}",
-                done.content_algorithm,
-                done.key_transport,
-                done.key,
-                if done.weak { " (weak cipher)" } else { "" }
-            );
-            Ok(())
+            let outcome = match decrypt_prepare(&message, &limits) {
+                Ok((der, outer)) => {
+                    drop(message);
+                    decrypt_in_token(settings, der, limits)
+                        .await
+                        .map(|done| (done, outer))
+                }
+                Err(failure) => Err(failure),
+            };
+            decrypt_report(outcome, json)
         }
     }
+}
+
+/// Why `smime decrypt` failed: the class (see `smime::decrypt::FailureClass`) and
+/// the error's text.
+struct DecryptFailure {
+    class: crate::smime::decrypt::FailureClass,
+    detail: String,
+}
+
+impl From<crate::smime::decrypt::DecryptError> for DecryptFailure {
+    fn from(e: crate::smime::decrypt::DecryptError) -> Self {
+        DecryptFailure {
+            class: e.class(),
+            detail: e.to_string(),
+        }
+    }
+}
+
+impl DecryptFailure {
+    /// The gateway's own failure: configuration, database, token.
+    fn gateway(e: impl std::fmt::Display) -> Self {
+        DecryptFailure {
+            class: crate::smime::decrypt::FailureClass::Gateway,
+            detail: e.to_string(),
+        }
+    }
+}
+
+/// The CMS and the outer header fields of `message`: what needs no key.
+fn decrypt_prepare(
+    message: &[u8],
+    limits: &crate::mime::Limits,
+) -> std::result::Result<(Vec<u8>, Vec<crate::mime::Header>), DecryptFailure> {
+    use crate::smime::decrypt::{self, DecryptError};
+    let der = decrypt::cms_from_message(message, limits)?;
+    let (outer, _) = crate::mime::split_raw_headers(message).map_err(DecryptError::from)?;
+    Ok((der, outer))
+}
+
+async fn decrypt_in_token(
+    settings: Settings,
+    der: Vec<u8>,
+    limits: crate::mime::Limits,
+) -> std::result::Result<crate::smime::decrypt::Decrypted, DecryptFailure> {
+    use crate::smime::decrypt::{self, DecryptError};
+    let recipients = decrypt::recipients(&der)?;
+    let app = App::open(settings).await.map_err(DecryptFailure::gateway)?;
+    let held = app
+        .key_directory()
+        .await
+        .map_err(DecryptFailure::gateway)?
+        .resolve(&recipients);
+    let done = app
+        .hsm
+        .call("decrypt message", move |hsm| {
+            Ok(decrypt::decrypt_within(hsm, &der, &held, &limits))
+        })
+        .await
+        .map_err(DecryptError::Token)??;
+    Ok(done)
+}
+
+/// The decrypted message on stdout, the outcome on stderr (one line, or JSON).
+fn decrypt_report(
+    outcome: std::result::Result<
+        (crate::smime::decrypt::Decrypted, Vec<crate::mime::Header>),
+        DecryptFailure,
+    >,
+    json: bool,
+) -> Result<()> {
+    use std::io::Write;
+    let (done, outer) = match outcome {
+        Ok(done) => done,
+        Err(failure) => {
+            if json {
+                eprintln!(
+                    "{}",
+                    serde_json::json!({
+                        "result": "failed",
+                        "class": failure.class.as_str(),
+                        "content_algorithm": null,
+                        "key_transport": null,
+                        "key": null,
+                        "weak": null,
+                        "detail": failure.detail,
+                    })
+                );
+            }
+            anyhow::bail!("{} ({} failure)", failure.detail, failure.class.as_str());
+        }
+    };
+    // Outer headers stay; the entity's own Content-* headers replace ours.
+    let mut stdout = std::io::stdout().lock();
+    for h in outer.iter().filter(|h| !h.is_content_header()) {
+        stdout.write_all(&h.raw)?;
+    }
+    stdout.write_all(b"MIME-Version: 1.0\r\n")?;
+    stdout.write_all(&done.entity)?;
+    stdout.flush()?;
+    let detail = format!(
+        "decrypted: {} with {}, key {}{}",
+        done.content_algorithm,
+        done.key_transport,
+        done.key,
+        if done.weak { " (weak cipher)" } else { "" }
+    );
+    if json {
+        eprintln!(
+            "{}",
+            serde_json::json!({
+                "result": "decrypted",
+                "class": null,
+                "content_algorithm": done.content_algorithm,
+                "key_transport": done.key_transport,
+                "key": done.key.to_hex(),
+                "weak": done.weak,
+                "detail": detail,
+            })
+        );
+    } else {
+        eprintln!("{detail}");
+    }
+    Ok(())
 }
 
 /// Recipient certificates from PEM files, plus `extra` ones.

@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+use cryptoki::context::Function;
 use cryptoki::error::{Error as CkError, RvError};
 
 #[derive(Debug, thiserror::Error)]
@@ -110,6 +111,31 @@ pub(crate) fn is_transient_rv(rv: RvError) -> bool {
     )
 }
 
+/// Whether a failed `function` with return value `rv` says that the ciphertext it was
+/// given does not decrypt (a bad padding, a value out of range, the wrong length).
+/// Only these belong to the sender's message: RFC 3218 §2.3 has the caller continue
+/// with a random key so that they all look alike. Every other answer is about the
+/// token, the session or the login (wrong or locked PIN, device removed, library not
+/// initialised, key not there) and is the gateway's own failure, never a verdict on
+/// the message.
+///
+/// `CKR_GENERAL_ERROR` and `CKR_FUNCTION_FAILED` count as data errors only when they
+/// come from `C_Decrypt` itself, after `C_DecryptInit` accepted key and mechanism:
+/// SoftHSM2 answers every RSA decryption that fails, bad PKCS#1 v1.5 or OAEP padding
+/// included, with `CKR_GENERAL_ERROR` (SoftHSM.cpp, `AsymDecrypt`). Reading that as
+/// the gateway's failure would answer a Bleichenbacher probe with `4xx` and a
+/// well-padded block with `250`: the oracle RFC 3218 exists to remove.
+pub(crate) fn describes_ciphertext(rv: RvError, function: Function) -> bool {
+    match rv {
+        RvError::EncryptedDataInvalid
+        | RvError::EncryptedDataLenRange
+        | RvError::DataInvalid
+        | RvError::DataLenRange => true,
+        RvError::GeneralError | RvError::FunctionFailed => matches!(function, Function::Decrypt),
+        _ => false,
+    }
+}
+
 /// Session-level failures after which the session must not go back into the pool.
 pub(crate) fn poisons_session(rv: RvError) -> bool {
     matches!(
@@ -124,3 +150,51 @@ pub(crate) fn poisons_session(rv: RvError) -> bool {
 }
 
 pub type Result<T> = std::result::Result<T, HsmError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_values_about_the_ciphertext_describe_it() {
+        for rv in [
+            RvError::EncryptedDataInvalid,
+            RvError::EncryptedDataLenRange,
+            RvError::DataInvalid,
+            RvError::DataLenRange,
+        ] {
+            assert!(describes_ciphertext(rv, Function::Decrypt), "{rv:?}");
+            assert!(describes_ciphertext(rv, Function::DecryptInit), "{rv:?}");
+        }
+        // SoftHSM2's answer to a bad padding, but only from C_Decrypt itself.
+        for rv in [RvError::GeneralError, RvError::FunctionFailed] {
+            assert!(describes_ciphertext(rv, Function::Decrypt), "{rv:?}");
+            assert!(!describes_ciphertext(rv, Function::DecryptInit), "{rv:?}");
+            assert!(!describes_ciphertext(rv, Function::Login), "{rv:?}");
+            assert!(!describes_ciphertext(rv, Function::FindObjects), "{rv:?}");
+        }
+        for rv in [
+            RvError::PinIncorrect,
+            RvError::PinLocked,
+            RvError::PinExpired,
+            RvError::UserNotLoggedIn,
+            RvError::DeviceRemoved,
+            RvError::DeviceError,
+            RvError::DeviceMemory,
+            RvError::CryptokiNotInitialized,
+            RvError::SessionHandleInvalid,
+            RvError::SessionClosed,
+            RvError::TokenNotPresent,
+            RvError::KeyHandleInvalid,
+            RvError::ObjectHandleInvalid,
+            RvError::OperationActive,
+            RvError::OperationNotInitialized,
+            RvError::HostMemory,
+            RvError::FunctionCanceled,
+        ] {
+            for function in [Function::Decrypt, Function::DecryptInit] {
+                assert!(!describes_ciphertext(rv, function), "{rv:?} {function:?}");
+            }
+        }
+    }
+}

@@ -6,13 +6,19 @@ use cryptoki::error::RvError;
 use cryptoki::mechanism::elliptic_curve::{EcKdf, Ecdh1DeriveParams};
 use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsOaepParams, PkcsOaepSource, PkcsPssParams};
 use cryptoki::mechanism::{Mechanism, MechanismType};
-use cryptoki::object::{Attribute, KeyType, ObjectClass};
+use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
+use cryptoki::session::Session;
 use sha2::Digest;
+use std::path::PathBuf;
+use std::sync::{Mutex, PoisonError};
+use subtle::{Choice, ConditionallySelectable};
 use zeroize::Zeroizing;
 
 use super::Hsm;
-use super::error::{HsmError, Result};
+use super::error::{HsmError, Result, describes_ciphertext};
 use super::keys::KeyId;
+
+mod oaep;
 
 /// Signature algorithms the token is asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -76,22 +82,185 @@ impl SignatureScheme {
     }
 }
 
+/// Hash functions RSAES-OAEP may name, for the label hash and for MGF1 (RFC 8017
+/// Appendix A.2.1, RFC 4055 §4.1). RFC 8551 §2.3 recommends SHA-256.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OaepHash {
+    Sha1,
+    Sha224,
+    Sha256,
+    Sha384,
+    Sha512,
+}
+
+impl OaepHash {
+    pub fn name(self) -> &'static str {
+        match self {
+            OaepHash::Sha1 => "sha1",
+            OaepHash::Sha224 => "sha224",
+            OaepHash::Sha256 => "sha256",
+            OaepHash::Sha384 => "sha384",
+            OaepHash::Sha512 => "sha512",
+        }
+    }
+
+    fn mechanism(self) -> MechanismType {
+        match self {
+            OaepHash::Sha1 => MechanismType::SHA1,
+            OaepHash::Sha224 => MechanismType::SHA224,
+            OaepHash::Sha256 => MechanismType::SHA256,
+            OaepHash::Sha384 => MechanismType::SHA384,
+            OaepHash::Sha512 => MechanismType::SHA512,
+        }
+    }
+
+    fn mgf(self) -> PkcsMgfType {
+        match self {
+            OaepHash::Sha1 => PkcsMgfType::MGF1_SHA1,
+            OaepHash::Sha224 => PkcsMgfType::MGF1_SHA224,
+            OaepHash::Sha256 => PkcsMgfType::MGF1_SHA256,
+            OaepHash::Sha384 => PkcsMgfType::MGF1_SHA384,
+            OaepHash::Sha512 => PkcsMgfType::MGF1_SHA512,
+        }
+    }
+}
+
+/// RSAES-OAEP-params (RFC 8017 Appendix A.2.1): the label hash, the MGF1 hash (they may
+/// differ) and the label from pSourceFunc (empty unless given).
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct OaepParams {
+    pub hash: OaepHash,
+    pub mgf1_hash: OaepHash,
+    pub label: Vec<u8>,
+}
+
+impl std::fmt::Debug for OaepParams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OaepParams")
+            .field("hash", &self.hash)
+            .field("mgf1_hash", &self.mgf1_hash)
+            .field("label_len", &self.label.len())
+            .finish()
+    }
+}
+
 /// How a content-encryption key was protected for an RSA recipient.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeyTransport {
     RsaPkcs1v15,
-    RsaOaepSha1,
-    RsaOaepSha256,
+    RsaOaep(OaepParams),
 }
 
 impl KeyTransport {
-    fn mechanism_name(self) -> &'static str {
+    /// RSAES-OAEP with `hash` for the label and MGF1 and an empty label.
+    pub fn oaep(hash: OaepHash) -> KeyTransport {
+        KeyTransport::RsaOaep(OaepParams {
+            hash,
+            mgf1_hash: hash,
+            label: Vec::new(),
+        })
+    }
+
+    fn mechanism_name(&self) -> &'static str {
         match self {
             KeyTransport::RsaPkcs1v15 => "CKM_RSA_PKCS",
-            KeyTransport::RsaOaepSha1 => "CKM_RSA_PKCS_OAEP (SHA-1)",
-            KeyTransport::RsaOaepSha256 => "CKM_RSA_PKCS_OAEP (SHA-256)",
+            KeyTransport::RsaOaep(p) => match p.hash {
+                OaepHash::Sha1 => "CKM_RSA_PKCS_OAEP (SHA-1)",
+                OaepHash::Sha224 => "CKM_RSA_PKCS_OAEP (SHA-224)",
+                OaepHash::Sha256 => "CKM_RSA_PKCS_OAEP (SHA-256)",
+                OaepHash::Sha384 => "CKM_RSA_PKCS_OAEP (SHA-384)",
+                OaepHash::Sha512 => "CKM_RSA_PKCS_OAEP (SHA-512)",
+            },
         }
     }
+}
+
+/// A content-encryption key recovered for one message, or a random stand-in of the
+/// same length when recovery failed (RFC 3218 §2.3). The caller runs the content
+/// decryption with it either way and looks at [`ContentKey::genuine`] only at the end,
+/// so a bad padding, a key of the wrong length and a corrupted content all take the
+/// same path and end in the same error.
+pub struct ContentKey {
+    key: Zeroizing<Vec<u8>>,
+    genuine: Choice,
+}
+
+impl ContentKey {
+    /// `candidate` when `genuine` is set and it has `len` bytes, else `len` random
+    /// bytes. The selection does not branch on `genuine`.
+    pub fn select(candidate: &[u8], genuine: Choice, len: usize) -> Result<ContentKey> {
+        let mut key = Zeroizing::new(vec![0u8; len]);
+        getrandom::fill(&mut key).map_err(|e| HsmError::Library {
+            operation: "random content key",
+            reason: e.to_string(),
+        })?;
+        let genuine = genuine & Choice::from(u8::from(candidate.len() == len));
+        for (i, byte) in key.iter_mut().enumerate() {
+            byte.conditional_assign(&candidate.get(i).copied().unwrap_or(0), genuine);
+        }
+        Ok(ContentKey { key, genuine })
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.key
+    }
+
+    /// Set when the key is the one the sender encrypted, clear for a stand-in.
+    pub fn genuine(&self) -> Choice {
+        self.genuine
+    }
+
+    fn from_token(outcome: Unwrapped, len: usize) -> Result<ContentKey> {
+        match outcome {
+            Unwrapped::Plain(key) => ContentKey::select(&key, Choice::from(1), len),
+            Unwrapped::Rejected => ContentKey::select(&[], Choice::from(0), len),
+        }
+    }
+}
+
+impl std::fmt::Debug for ContentKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ContentKey(..)")
+    }
+}
+
+/// What the token made of an encrypted key: the plaintext, or a refusal that describes
+/// the ciphertext (bad padding, out of range), which RFC 3218 treats like any other
+/// failure to recover the key.
+enum Unwrapped {
+    Plain(Zeroizing<Vec<u8>>),
+    Rejected,
+}
+
+/// Sorts the token's answer to `C_Decrypt`: data errors are [`Unwrapped::Rejected`],
+/// mechanism refusals [`HsmError::MechanismRefused`], everything else (login, session,
+/// device, library) a token error that the caller reports as the gateway's own failure.
+fn unwrapped(
+    result: std::result::Result<Vec<u8>, cryptoki::error::Error>,
+    mechanism: &'static str,
+) -> Result<Unwrapped> {
+    match result {
+        Ok(plain) => Ok(Unwrapped::Plain(Zeroizing::new(plain))),
+        Err(cryptoki::error::Error::Pkcs11(rv, function)) if describes_ciphertext(rv, function) => {
+            Ok(Unwrapped::Rejected)
+        }
+        Err(e) => Err(refused_or_token(mechanism, "decrypt key", e)),
+    }
+}
+
+/// OAEP hash pairs a token refused, by module and token label: asked once per process,
+/// then decoded on the host straight away.
+static OAEP_REFUSED: Mutex<Vec<RefusalKey>> = Mutex::new(Vec::new());
+
+type RefusalKey = (PathBuf, String, OaepHash, OaepHash);
+
+fn refusal_key(hsm: &Hsm, p: &OaepParams) -> RefusalKey {
+    (
+        hsm.inner.module.clone(),
+        hsm.inner.label.clone(),
+        p.hash,
+        p.mgf1_hash,
+    )
 }
 
 /// Return values by which a token says "not this mechanism or these parameters".
@@ -167,34 +336,155 @@ impl Hsm {
         }
     }
 
-    /// Recovers a content-encryption key that was encrypted to the RSA key `id`.
-    /// A mechanism the token refuses (SoftHSM refuses OAEP with SHA-256) is reported as
-    /// [`HsmError::MechanismRefused`].
+    /// Recovers a content-encryption key that was encrypted to the RSA key `id`, of any
+    /// length. When the token refuses the OAEP parameters (SoftHSM refuses every hash but
+    /// SHA-1), or the OAEP label is not empty, the token does raw RSA and the host
+    /// decodes OAEP. A key that does not
+    /// decrypt is `CKR_ENCRYPTED_DATA_INVALID`; a mechanism the token refuses outright
+    /// is [`HsmError::MechanismRefused`]. For messages use
+    /// [`Hsm::recover_content_key`], which keeps every failure alike (RFC 3218).
     pub fn decrypt_key_transport(
         &self,
         id: &KeyId,
         transport: KeyTransport,
         encrypted_key: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>> {
+        let rejected = || HsmError::Token {
+            operation: "decrypt key",
+            rv: RvError::EncryptedDataInvalid,
+        };
+        let outcome = match &transport {
+            KeyTransport::RsaPkcs1v15 => self.token_unwrap(id, &transport, encrypted_key)?,
+            KeyTransport::RsaOaep(p) => match self.oaep_in_token(id, &transport, encrypted_key)? {
+                Some(outcome) => outcome,
+                None => match self.raw_rsa(id, encrypted_key)? {
+                    Some(em) => match oaep::decode(&em, p) {
+                        Some(key) => Unwrapped::Plain(key),
+                        None => Unwrapped::Rejected,
+                    },
+                    None => Unwrapped::Rejected,
+                },
+            },
+        };
+        match outcome {
+            Unwrapped::Plain(key) => Ok(key),
+            Unwrapped::Rejected => Err(rejected()),
+        }
+    }
+
+    /// Recovers the content-encryption key of one message, expected to be `len` bytes,
+    /// as RFC 3218 §2.3 asks: any failure that is about the encrypted key (bad PKCS#1
+    /// or OAEP padding, a value out of range, a key of the wrong length) yields a random
+    /// key of `len` bytes marked not genuine, with no branch on which it was. `Err` is
+    /// left for failures of the token itself (login, session, device, a key that is not
+    /// there) and for a mechanism it refuses with no fallback.
+    pub fn recover_content_key(
+        &self,
+        id: &KeyId,
+        transport: &KeyTransport,
+        encrypted_key: &[u8],
+        len: usize,
+    ) -> Result<ContentKey> {
+        match transport {
+            KeyTransport::RsaPkcs1v15 => {
+                ContentKey::from_token(self.token_unwrap(id, transport, encrypted_key)?, len)
+            }
+            KeyTransport::RsaOaep(p) => {
+                if let Some(outcome) = self.oaep_in_token(id, transport, encrypted_key)? {
+                    return ContentKey::from_token(outcome, len);
+                }
+                match self.raw_rsa(id, encrypted_key)? {
+                    Some(em) => {
+                        let (key, genuine) = oaep::decode_fixed(&em, p, len);
+                        ContentKey::select(&key, genuine, len)
+                    }
+                    None => ContentKey::select(&[], Choice::from(0), len),
+                }
+            }
+        }
+    }
+
+    /// `C_Decrypt` with the mechanism `transport` names.
+    fn token_unwrap(
+        &self,
+        id: &KeyId,
+        transport: &KeyTransport,
+        encrypted_key: &[u8],
+    ) -> Result<Unwrapped> {
+        let name = transport.mechanism_name();
         self.with_session(|session| {
             let mechanism = match transport {
                 KeyTransport::RsaPkcs1v15 => Mechanism::RsaPkcs,
-                KeyTransport::RsaOaepSha1 => Mechanism::RsaPkcsOaep(PkcsOaepParams::new(
-                    MechanismType::SHA1,
-                    PkcsMgfType::MGF1_SHA1,
-                    PkcsOaepSource::empty(),
-                )),
-                KeyTransport::RsaOaepSha256 => Mechanism::RsaPkcsOaep(PkcsOaepParams::new(
-                    MechanismType::SHA256,
-                    PkcsMgfType::MGF1_SHA256,
-                    PkcsOaepSource::empty(),
+                KeyTransport::RsaOaep(p) => Mechanism::RsaPkcsOaep(PkcsOaepParams::new(
+                    p.hash.mechanism(),
+                    p.mgf1_hash.mgf(),
+                    if p.label.is_empty() {
+                        PkcsOaepSource::empty()
+                    } else {
+                        PkcsOaepSource::data_specified(&p.label)
+                    },
                 )),
             };
             self.with_private_key(session, id, |key| {
-                session
-                    .decrypt(&mechanism, key, encrypted_key)
-                    .map(Zeroizing::new)
-                    .map_err(|e| refused_or_token(transport.mechanism_name(), "decrypt key", e))
+                unwrapped(session.decrypt(&mechanism, key, encrypted_key), name)
+            })
+        })
+    }
+
+    /// OAEP in the token, unless this token refused these parameters before. `None`
+    /// when it refuses them (remembered): the caller decodes on the host.
+    fn oaep_in_token(
+        &self,
+        id: &KeyId,
+        transport: &KeyTransport,
+        encrypted_key: &[u8],
+    ) -> Result<Option<Unwrapped>> {
+        let KeyTransport::RsaOaep(p) = transport else {
+            return self.token_unwrap(id, transport, encrypted_key).map(Some);
+        };
+        // A label goes to the host decoder straight away: SoftHSM2 checks the hashes of
+        // CK_RSA_PKCS_OAEP_PARAMS but ignores pSourceData, so its OAEP decodes with an
+        // empty label and fails every labelled message as if it were corrupted.
+        if !p.label.is_empty() {
+            return Ok(None);
+        }
+        let key = refusal_key(self, p);
+        let refused = || OAEP_REFUSED.lock().unwrap_or_else(PoisonError::into_inner);
+        if refused().contains(&key) {
+            return Ok(None);
+        }
+        match self.token_unwrap(id, transport, encrypted_key) {
+            Err(HsmError::MechanismRefused { mechanism, reason }) => {
+                tracing::info!(
+                    mechanism,
+                    reason,
+                    mgf1 = p.mgf1_hash.name(),
+                    "the token refuses these OAEP parameters; decoding OAEP on the host \
+                     after raw RSA in the token from now on"
+                );
+                refused().push(key);
+                Ok(None)
+            }
+            other => other.map(Some),
+        }
+    }
+
+    /// Raw RSA (`CKM_RSA_X_509`) in the token: the encoded message EM, left-padded to
+    /// the modulus length k (RFC 8017 §7.1.2 step 2c: I2OSP(m, k)), or `None` when the
+    /// token says the ciphertext is out of range. The private key stays in the token.
+    fn raw_rsa(&self, id: &KeyId, encrypted_key: &[u8]) -> Result<Option<Zeroizing<Vec<u8>>>> {
+        self.with_session(|session| {
+            self.with_private_key(session, id, |key| {
+                let k = modulus_len(session, key)?;
+                let raw = session.decrypt(&Mechanism::RsaX509, key, encrypted_key);
+                match unwrapped(raw, "CKM_RSA_X_509")? {
+                    Unwrapped::Plain(m) if m.len() <= k => {
+                        let mut em = Zeroizing::new(vec![0u8; k]);
+                        em[k - m.len()..].copy_from_slice(&m);
+                        Ok(Some(em))
+                    }
+                    Unwrapped::Plain(_) | Unwrapped::Rejected => Ok(None),
+                }
             })
         })
     }
@@ -233,6 +523,21 @@ impl Hsm {
             Ok(secret)
         })
     }
+}
+
+/// The modulus length k in bytes of the RSA key `key` (its public `CKA_MODULUS`).
+fn modulus_len(session: &Session, key: ObjectHandle) -> Result<usize> {
+    let modulus = session
+        .get_attributes(key, &[AttributeType::Modulus])
+        .map_err(|e| HsmError::token("read modulus", e))?
+        .into_iter()
+        .find_map(|a| match a {
+            Attribute::Modulus(m) => Some(m),
+            _ => None,
+        })
+        .ok_or_else(|| HsmError::Encoding("the token gave no RSA modulus".into()))?;
+    let leading = modulus.iter().take_while(|&&b| b == 0).count();
+    Ok(modulus.len() - leading)
 }
 
 fn host_digest(scheme: SignatureScheme, data: &[u8]) -> Vec<u8> {

@@ -3,13 +3,14 @@
 //! computes the shared secret; the KDF and key wrap run on the host.
 
 use const_oid::ObjectIdentifier;
-use der::Encode;
 use der::asn1::OctetString;
+use der::{Encode, Tagged};
 use sha2::Digest;
 use spki::AlgorithmIdentifierOwned;
 use zeroize::Zeroizing;
 
 pub const EC_PUBLIC_KEY: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
+pub const SECP256R1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.3.1.7");
 pub const STD_DH_SHA1KDF: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.133.16.840.63.0.2");
 pub const STD_DH_SHA224KDF: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.132.1.11.0");
 pub const STD_DH_SHA256KDF: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.132.1.11.1");
@@ -75,6 +76,49 @@ fn wrap_len(oid: &ObjectIdentifier) -> Option<usize> {
         AES256_WRAP => Some(32),
         _ => None,
     }
+}
+
+/// The originator's ephemeral public key (RFC 5753 §3.1.1, `originatorKey`), checked on
+/// the host before the token uses our key with it (SEC1 §3.2.2.1 public key
+/// validation; the invalid-curve attack needs a token that skips it). Our EC keys are
+/// all P-256, so the key must be `id-ecPublicKey` on P-256 (parameters absent, NULL or
+/// naming the curve) and its point one that decodes on P-256 and is not the point at
+/// infinity: 65 bytes uncompressed, or 33 compressed (SEC1 §2.3.3; RFC 5480 §2.2 lets
+/// peers send it, OpenSSL and BouncyCastle accept it, and decompression yields a point
+/// on the curve by construction). The hybrid forms and every other length are refused.
+/// Returns the uncompressed point, the form `CKM_ECDH1_DERIVE` takes.
+pub fn peer_point(key: &cms::enveloped_data::OriginatorPublicKey) -> Result<Vec<u8>, String> {
+    use p256::elliptic_curve::sec1::ToSec1Point;
+    if key.algorithm.oid != EC_PUBLIC_KEY {
+        return Err(format!("originator key of type {}", key.algorithm.oid));
+    }
+    if let Some(params) = &key.algorithm.parameters
+        && params.tag() != der::Tag::Null
+    {
+        let curve: ObjectIdentifier = params
+            .decode_as()
+            .map_err(|e| format!("originator key parameters: {e}"))?;
+        if curve != SECP256R1 {
+            return Err(format!("originator key on curve {curve}, not P-256"));
+        }
+    }
+    let bytes = key
+        .public_key
+        .as_bytes()
+        .ok_or("originator key is not whole bytes")?;
+    match (bytes.first(), bytes.len()) {
+        (Some(0x04), 65) | (Some(0x02 | 0x03), 33) => {}
+        (Some(0x00), _) => return Err("originator key is the point at infinity".into()),
+        _ => {
+            return Err(format!(
+                "originator key is not a P-256 point ({} bytes)",
+                bytes.len()
+            ));
+        }
+    }
+    let point = p256::PublicKey::from_sec1_bytes(bytes)
+        .map_err(|_| "originator key is not a point on P-256".to_string())?;
+    Ok(point.to_sec1_point(false).as_bytes().to_vec())
 }
 
 /// ECC-CMS-SharedInfo (RFC 5753 §7.2).

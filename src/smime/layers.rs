@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use x509_cert::certificate::Certificate;
 
-use super::decrypt::{self, DecryptError, Decrypted, RecipientId};
+use super::decrypt::{self, DecryptError, Decrypted, FailureClass, RecipientId};
 use super::verify::{self, FromField, Verification, VerifyContext};
 use crate::hsm::{Hsm, KeyId};
 use crate::mime::{self, Limits};
@@ -192,22 +192,6 @@ fn kind(entity: &[u8], limits: &Limits) -> Kind {
     }
 }
 
-/// How a decryption failure is treated (RFC 3218 §2.3: every failure after our key
-/// was used looks the same).
-enum FailureClass {
-    Structure,
-    Integrity,
-    Gateway,
-}
-
-fn failure_class(e: &DecryptError) -> FailureClass {
-    match e {
-        DecryptError::Token(_) => FailureClass::Gateway,
-        DecryptError::Integrity(_) => FailureClass::Integrity,
-        _ => FailureClass::Structure,
-    }
-}
-
 /// What opening needs besides the message.
 pub struct Opener<'a> {
     pub keys: &'a dyn Unwrapper,
@@ -269,7 +253,7 @@ impl Opener<'_> {
                     inner = None;
                 }
                 Err(e) => {
-                    layers.push(Layer::Encrypted(match failure_class(&e) {
+                    layers.push(Layer::Encrypted(match e.class() {
                         FailureClass::Gateway => return Err(OpenError::Gateway(e)),
                         FailureClass::Integrity => Kept::Failed,
                         FailureClass::Structure => Kept::Undecryptable(e.to_string()),

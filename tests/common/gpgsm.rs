@@ -106,6 +106,15 @@ impl GpgsmPartner {
             .map(|f| format!("{f} S relax\n"))
             .collect();
         std::fs::write(self.home.path().join("trustlist.txt"), trust).expect("trustlist");
+        // The agent read the trust list when it started: make it read it again.
+        let _ = Command::new("gpgconf")
+            .args([
+                "--homedir",
+                &self.home.path().display().to_string(),
+                "--reload",
+                "gpg-agent",
+            ])
+            .output();
     }
 
     /// Runs gpgsm in batch mode with the passphrase on stdin.

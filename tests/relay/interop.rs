@@ -252,7 +252,8 @@ fn openssl_and_gpgsm_messages_of_every_kind_through_the_relay() {
         all.extend_from_slice(args);
         let signed = cms(&dir, name, entity().as_bytes(), &all);
         let (text, stamp) = relay(&gw, BOB, ALICE, &with_headers(BOB, ALICE, &signed));
-        assert!(text.contains(TEXT), "{name}: {text}");
+        // An opaque signature is delivered as it is: the text is inside the CMS.
+        assert!(*name == "opaque" || text.contains(TEXT), "{name}: {text}");
         assert!(
             stamp.contains("signature=valid; signer=bob@partner.example"),
             "{name}: {stamp}"
