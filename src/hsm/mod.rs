@@ -40,7 +40,7 @@ pub use custody::{CustodyCheck, CustodyReport, Findings, KeyKind, Refusal, Token
 pub use error::{HsmError, Result};
 pub use health::{MechanismSupport, TokenHealth};
 pub use keys::{GeneratedKey, KeyAlgorithm, KeyId, KeyInfo, KeyRole, KeyUsage};
-pub use ops::{ContentKey, KeyTransport, OaepHash, OaepParams, SignatureScheme};
+pub use ops::{ContentKey, KeyTransport, OaepHash, OaepParams, SignatureScheme, oaep_decode_fixed};
 pub use pool::PoolUsage;
 pub use signer::{TokenSignature, TokenSigner};
 

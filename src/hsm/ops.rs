@@ -175,6 +175,13 @@ impl KeyTransport {
     }
 }
 
+/// EME-OAEP decoding on the host (RFC 8017 §7.1.2), as used after a raw RSA
+/// decryption in the token: the content-encryption key of length `len` and whether the
+/// encoding was valid, without branching on the encoded message.
+pub fn oaep_decode_fixed(em: &[u8], p: &OaepParams, len: usize) -> (Zeroizing<Vec<u8>>, Choice) {
+    oaep::decode_fixed(em, p, len)
+}
+
 /// A content-encryption key recovered for one message, or a random stand-in of the
 /// same length when recovery failed (RFC 3218 §2.3). The caller runs the content
 /// decryption with it either way and looks at [`ContentKey::genuine`] only at the end,

@@ -316,6 +316,47 @@ fn parse(cms_der: &[u8]) -> Result<Parsed, DecryptError> {
 
 /// Decrypts `cms_der` with the first RecipientInfo whose recipient is in `held`
 /// (recipient id → key in the token).
+/// The private-key operations decryption needs. The token does them ([`Hsm`]); the
+/// fuzz targets put a fake in its place to reach the content decryption.
+pub trait KeyOps {
+    /// The content-encryption key RSA key transport protected for `key`, or a random
+    /// stand-in when it cannot be recovered (RFC 3218 §2.3).
+    fn recover_content_key(
+        &self,
+        key: &KeyId,
+        transport: &KeyTransport,
+        encrypted_key: &[u8],
+        cek_len: usize,
+    ) -> Result<ContentKey, HsmError>;
+
+    /// ECDH of `key` with the (validated, uncompressed) peer point: the shared secret Z.
+    fn ecdh_shared_secret(
+        &self,
+        key: &KeyId,
+        peer_point: &[u8],
+    ) -> Result<zeroize::Zeroizing<Vec<u8>>, HsmError>;
+}
+
+impl KeyOps for Hsm {
+    fn recover_content_key(
+        &self,
+        key: &KeyId,
+        transport: &KeyTransport,
+        encrypted_key: &[u8],
+        cek_len: usize,
+    ) -> Result<ContentKey, HsmError> {
+        Hsm::recover_content_key(self, key, transport, encrypted_key, cek_len)
+    }
+
+    fn ecdh_shared_secret(
+        &self,
+        key: &KeyId,
+        peer_point: &[u8],
+    ) -> Result<zeroize::Zeroizing<Vec<u8>>, HsmError> {
+        Hsm::ecdh_shared_secret(self, key, peer_point)
+    }
+}
+
 pub fn decrypt(
     hsm: &Hsm,
     cms_der: &[u8],
@@ -333,8 +374,8 @@ pub fn decrypt(
 /// right length stands in for it, the content is decrypted with it all the same, and
 /// only then is one verdict made, the same [`DecryptError::Integrity`] for every cause,
 /// a bad CBC padding or GCM tag included.
-pub fn decrypt_within(
-    hsm: &Hsm,
+pub fn decrypt_within<K: KeyOps + ?Sized>(
+    hsm: &K,
     cms_der: &[u8],
     held: &[(RecipientId, KeyId)],
     limits: &Limits,
@@ -382,8 +423,8 @@ struct Recovered {
 /// we hold and can be used. One whose structure we cannot use, or whose key the token
 /// cannot reach for reasons of its own, is passed over for the next; once a key of ours
 /// has been used, its result stands (RFC 3218: no second try after a failure).
-fn recover(
-    hsm: &Hsm,
+fn recover<K: KeyOps + ?Sized>(
+    hsm: &K,
     infos: &RecipientInfos,
     held: &[(RecipientId, KeyId)],
     cek_len: usize,
@@ -421,8 +462,8 @@ fn held_key<'a>(held: &'a [(RecipientId, KeyId)], rid: &RecipientId) -> Option<&
 }
 
 /// Key transport: the token decrypts the content key with the recipient's RSA key.
-fn recover_transported(
-    hsm: &Hsm,
+fn recover_transported<K: KeyOps + ?Sized>(
+    hsm: &K,
     ktri: &cms::enveloped_data::KeyTransRecipientInfo,
     held: &[(RecipientId, KeyId)],
     cek_len: usize,
@@ -444,8 +485,8 @@ fn recover_transported(
 /// Key agreement (RFC 5753): the token computes ECDH with the sender's ephemeral key,
 /// which the host has checked first; the host derives the key-encryption key and
 /// unwraps the content key.
-fn recover_agreed(
-    hsm: &Hsm,
+fn recover_agreed<K: KeyOps + ?Sized>(
+    hsm: &K,
     kari: &cms::enveloped_data::KeyAgreeRecipientInfo,
     held: &[(RecipientId, KeyId)],
     cek_len: usize,
