@@ -76,22 +76,33 @@ impl GpgsmPartner {
             dir,
             home,
         };
-        partner.gpgsm(&["--import", &openssl.cert]);
-        partner.gpgsm(&["--import", &p_of(&partner.dir, "bob.p12")]);
-        let listing =
-            String::from_utf8_lossy(&partner.gpgsm(&["--with-colons", "--list-keys"]).stdout)
-                .into_owned();
-        let trust: String = listing
-            .lines()
-            .filter(|l| l.starts_with("fpr:"))
-            .filter_map(|l| l.split(':').nth(9))
-            .map(|f| format!("{f} S relax\n"))
-            .collect();
-        std::fs::write(partner.home.path().join("trustlist.txt"), trust).expect("trustlist");
+        partner.import_trusted(&[&openssl.cert, &p_of(&partner.dir, "bob.p12")]);
         partner
     }
 
-    /// Imports certificates (PEM files) and trusts every root gpgsm now holds.
+    /// A multipart/signed message of `entity` with gpgsm's detached signature.
+    pub fn signed_message(&self, entity: &str) -> String {
+        use base64::Engine;
+        let content = self.dir.path().join("content");
+        std::fs::write(&content, entity).expect("write");
+        let signature = self.dir.path().join("content.p7s");
+        self.gpgsm(&[
+            "--detach-sign",
+            "-o",
+            &signature.display().to_string(),
+            &content.display().to_string(),
+        ]);
+        let b64 = base64::engine::general_purpose::STANDARD
+            .encode(std::fs::read(&signature).expect("read"));
+        format!(
+            "MIME-Version: 1.0\r\nContent-Type: multipart/signed; \
+             protocol=\"application/pkcs7-signature\"; micalg=sha-256; boundary=\"b\"\r\n\r\n--b\r\n\
+             {entity}\r\n--b\r\nContent-Type: application/pkcs7-signature\r\n\
+             Content-Transfer-Encoding: base64\r\n\r\n{b64}\r\n--b--\r\n"
+        )
+    }
+
+    /// Imports certificates or PKCS#12 files and trusts every root gpgsm now holds.
     pub fn import_trusted(&self, files: &[&str]) {
         for file in files {
             self.gpgsm(&["--import", file]);

@@ -265,6 +265,7 @@ pub fn held_for(
 
 /// A partner's CA made by openssl (RSA-2048, files on disk), for certificates the
 /// gateway does not issue: partners, forged and broken signers.
+#[derive(Clone)]
 pub struct OpensslCa {
     pub cert: String,
     pub key: String,

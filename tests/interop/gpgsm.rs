@@ -46,27 +46,9 @@ fn gpgsm_decrypts_what_we_encrypt() {
 #[test]
 fn we_verify_what_gpgsm_signs() {
     let partner = GpgsmPartner::new();
-    let content = partner.dir.path().join("content");
-    std::fs::write(
-        &content,
-        "Content-Type: text/plain\r\n\r\nSigned by gpgsm.\r\n",
-    )
-    .expect("write");
-    let signature = partner.dir.path().join("content.p7s");
-    partner.gpgsm(&[
-        "--detach-sign",
-        "-o",
-        &signature.display().to_string(),
-        &content.display().to_string(),
-    ]);
-    use base64::Engine;
-    let b64 =
-        base64::engine::general_purpose::STANDARD.encode(std::fs::read(&signature).expect("read"));
     let message = format!(
-        "From: bob@partner.example\r\nMIME-Version: 1.0\r\nContent-Type: multipart/signed; \
-         protocol=\"application/pkcs7-signature\"; micalg=sha-256; boundary=\"b\"\r\n\r\n--b\r\n\
-         Content-Type: text/plain\r\n\r\nSigned by gpgsm.\r\n\r\n--b\r\nContent-Type: application/pkcs7-signature\r\n\
-         Content-Transfer-Encoding: base64\r\n\r\n{b64}\r\n--b--\r\n"
+        "From: bob@partner.example\r\n{}",
+        partner.signed_message("Content-Type: text/plain\r\n\r\nSigned by gpgsm.\r\n")
     );
     let anchors = [partner.ca.clone()];
     let v = common::verify_signature(

@@ -347,87 +347,45 @@ pub struct Partner {
     pub ca: String,
     pub cert: String,
     pub key: String,
-    /// The partner CA's key, to certify more people with it.
-    pub ca_key: String,
+    /// The partner's CA, to certify more people with it.
+    pub authority: super::common::OpensslCa,
+}
+
+/// The extensions of a partner's S/MIME certificate for `address`.
+fn partner_extensions(address: &str) -> String {
+    format!(
+        "basicConstraints=CA:false\nkeyUsage=critical,digitalSignature,keyEncipherment\n\
+         extendedKeyUsage=emailProtection\nsubjectAltName=email:{address}\n"
+    )
 }
 
 impl Partner {
     pub fn new(dir: &Path, address: &str) -> Partner {
         let name = address.replace(['@', '.'], "_");
-        let ca = super::common::OpensslCa::new(dir, &name);
-        let (key, cert) = ca.issue(
-            &name,
-            "rsa:2048",
-            &format!(
-                "basicConstraints=CA:false\nkeyUsage=critical,digitalSignature,keyEncipherment\n\
-                 extendedKeyUsage=emailProtection\nsubjectAltName=email:{address}\n"
-            ),
-        );
+        let authority = super::common::OpensslCa::new(dir, &name);
+        let (key, cert) = authority.issue(&name, "rsa:2048", &partner_extensions(address));
         Partner {
             address: address.to_string(),
-            ca: ca.cert,
-            ca_key: ca.key,
+            ca: authority.cert.clone(),
             cert,
             key,
+            authority,
         }
     }
 
     /// Someone else certified by this partner's CA (its own key and certificate):
     /// a colleague, or an address the CA should not vouch for.
-    pub fn certify(&self, dir: &Path, address: &str) -> Partner {
+    pub fn certify(&self, address: &str) -> Partner {
         let name = address.replace(['@', '.'], "_");
-        let p = |suffix: &str| dir.join(format!("{name}.{suffix}")).display().to_string();
-        let (key, csr, cert, ext) = (p("key"), p("csr"), p("pem"), p("ext"));
-        std::fs::write(
-            &ext,
-            format!(
-                "basicConstraints=CA:false\nkeyUsage=critical,digitalSignature,keyEncipherment\n\
-                 extendedKeyUsage=emailProtection\nsubjectAltName=email:{address}\n"
-            ),
-        )
-        .expect("extensions");
-        run_ok(
-            "openssl",
-            &[
-                "req",
-                "-new",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-keyout",
-                &key,
-                "-out",
-                &csr,
-                "-subj",
-                &format!("/CN={name}"),
-            ],
-        );
-        run_ok(
-            "openssl",
-            &[
-                "x509",
-                "-req",
-                "-in",
-                &csr,
-                "-CA",
-                &self.ca,
-                "-CAkey",
-                &self.ca_key,
-                "-CAcreateserial",
-                "-days",
-                "10",
-                "-out",
-                &cert,
-                "-extfile",
-                &ext,
-            ],
-        );
+        let (key, cert) = self
+            .authority
+            .issue(&name, "rsa:2048", &partner_extensions(address));
         Partner {
             address: address.to_string(),
             ca: self.ca.clone(),
-            ca_key: self.ca_key.clone(),
             cert,
             key,
+            authority: self.authority.clone(),
         }
     }
 

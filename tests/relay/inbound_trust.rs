@@ -81,7 +81,7 @@ fn every_layer_and_every_signer_is_judged_through_the_relay() {
     let gw = Gateway::start(|d| mailbox(d, ALICE));
     let dir = gw.data().to_path_buf();
     let bob = Partner::new(&dir, BOB);
-    let carol = bob.certify(&dir, "carol@partner.example");
+    let carol = bob.certify("carol@partner.example");
     gw.cli(&["trust", "add", &bob.ca, "--domain", "partner.example"]);
     let alice_pem = gw.mailbox_pem(ALICE);
 
@@ -251,7 +251,7 @@ fn trust_anchors_vouch_only_for_their_domains() {
         ("carol@other.example", "another partner"),
         (ALICE, "our own"),
     ] {
-        let impostor = bob.certify(&dir, address);
+        let impostor = bob.certify(address);
         let message = [
             headers(address).into_bytes(),
             sign(&dir, &[&impostor], ENTITY.as_bytes(), &["-crlfeol"]),

@@ -163,55 +163,14 @@ fn openssl_and_gpgsm_messages_of_every_kind_through_the_relay() {
         "openssl",
         &["ecparam", "-name", "secp384r1", "-out", &params],
     );
-    let ec_bob = {
-        let ext = dir.join("ec-bob.ext");
-        std::fs::write(
-            &ext,
-            format!(
-                "keyUsage=critical,digitalSignature,keyAgreement\nextendedKeyUsage=emailProtection\n\
-                 subjectAltName=email:{BOB}\n"
-            ),
-        )
-        .expect("ext");
-        let p = |s: &str| dir.join(format!("ec-bob.{s}")).display().to_string();
-        run_ok(
-            "openssl",
-            &[
-                "req",
-                "-new",
-                "-newkey",
-                &format!("ec:{params}"),
-                "-nodes",
-                "-keyout",
-                &p("key"),
-                "-out",
-                &p("csr"),
-                "-subj",
-                "/CN=bob-ec",
-            ],
-        );
-        run_ok(
-            "openssl",
-            &[
-                "x509",
-                "-req",
-                "-in",
-                &p("csr"),
-                "-CA",
-                &bob.ca,
-                "-CAkey",
-                &bob.ca_key,
-                "-CAcreateserial",
-                "-days",
-                "5",
-                "-out",
-                &p("pem"),
-                "-extfile",
-                &ext.display().to_string(),
-            ],
-        );
-        (p("key"), p("pem"))
-    };
+    let ec_bob = bob.authority.issue(
+        "bob-ec",
+        &format!("ec:{params}"),
+        &format!(
+            "keyUsage=critical,digitalSignature,keyAgreement\nextendedKeyUsage=emailProtection\n\
+             subjectAltName=email:{BOB}\n"
+        ),
+    );
     let signed_cases: Vec<(&str, Vec<&str>)> = vec![
         (
             "detached",
@@ -280,24 +239,7 @@ fn openssl_and_gpgsm_messages_of_every_kind_through_the_relay() {
     // gpgsm as the partner's client: it signs, and it encrypts to alice.
     let carol = GpgsmPartner::for_address("carol@gpgsm.example");
     gw.cli(&["trust", "add", &carol.ca_path, "--domain", "gpgsm.example"]);
-    let content = carol.dir.path().join("content");
-    std::fs::write(&content, entity()).expect("write");
-    let signature = carol.dir.path().join("content.p7s");
-    carol.gpgsm(&[
-        "--detach-sign",
-        "-o",
-        &signature.display().to_string(),
-        &content.display().to_string(),
-    ]);
-    use base64::Engine;
-    let b64 =
-        base64::engine::general_purpose::STANDARD.encode(std::fs::read(&signature).expect("read"));
-    let signed = format!(
-        "MIME-Version: 1.0\r\nContent-Type: multipart/signed; protocol=\"application/pkcs7-signature\"; \
-         micalg=sha-256; boundary=\"gpgsm\"\r\n\r\n--gpgsm\r\n{}\r\n--gpgsm\r\n\
-         Content-Type: application/pkcs7-signature\r\nContent-Transfer-Encoding: base64\r\n\r\n{b64}\r\n--gpgsm--\r\n",
-        entity()
-    );
+    let signed = carol.signed_message(&entity());
     let from = "carol@gpgsm.example";
     let (_, stamp) = relay(
         &gw,
@@ -310,6 +252,8 @@ fn openssl_and_gpgsm_messages_of_every_kind_through_the_relay() {
         "{stamp}"
     );
     carol.import_trusted(&[&gw.ca_pem(ALICE), &alice_pem]);
+    let content = carol.dir.path().join("content");
+    std::fs::write(&content, entity()).expect("write");
     let sealed = carol.dir.path().join("sealed.p7m");
     carol.gpgsm(&[
         "--encrypt",
@@ -319,6 +263,7 @@ fn openssl_and_gpgsm_messages_of_every_kind_through_the_relay() {
         &sealed.display().to_string(),
         &content.display().to_string(),
     ]);
+    use base64::Engine;
     let b64 =
         base64::engine::general_purpose::STANDARD.encode(std::fs::read(&sealed).expect("read"));
     let message = format!(
