@@ -300,7 +300,7 @@ impl App {
             }
             let cert = Certificate::from_der(&stored.record.der)
                 .map_err(|e| StoreError::Corrupt(format!("certificate {}: {e}", stored.id)))?;
-            directory.add(&cert, key.key_id()?);
+            directory.add_owned(&cert, key.key_id()?, stored.owner_address.as_deref());
         }
         Ok(directory)
     }

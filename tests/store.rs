@@ -428,30 +428,42 @@ async fn relay_suite(store: &Store) {
             .for_partner("p@partner.example", now)
             .await
             .expect("known")[0]
-            .1
+            .capabilities
             .clone()
     }
     assert!(
         certs
-            .harvest(&partner, "p@partner.example", None, None)
+            .harvest(&partner, "p@partner.example", None, None, "anchor-fp")
             .await
             .expect("harvest")
     );
     assert!(
         !certs
-            .harvest(&partner, "p@partner.example", Some(cbc), None)
+            .harvest(&partner, "p@partner.example", Some(cbc), None, "anchor-fp")
             .await
             .expect("undated capabilities fill an empty slot")
     );
     assert_eq!(caps_at(&certs, now).await.as_deref(), Some(cbc));
     certs
-        .harvest(&partner, "p@partner.example", Some(gcm), Some(now - 100))
+        .harvest(
+            &partner,
+            "p@partner.example",
+            Some(gcm),
+            Some(now - 100),
+            "anchor-fp",
+        )
         .await
         .expect("dated capabilities replace undated ones");
     assert_eq!(caps_at(&certs, now).await.as_deref(), Some(gcm));
     for (replayed, at) in [(cbc, Some(now - 200)), (cbc, Some(now - 100)), (cbc, None)] {
         certs
-            .harvest(&partner, "p@partner.example", Some(replayed), at)
+            .harvest(
+                &partner,
+                "p@partner.example",
+                Some(replayed),
+                at,
+                "anchor-fp",
+            )
             .await
             .expect("replay");
         assert_eq!(
@@ -466,6 +478,7 @@ async fn relay_suite(store: &Store) {
             "p@partner.example",
             Some(cbc),
             Some(now + 86_400 * 365),
+            "anchor-fp",
         )
         .await
         .expect("future");
@@ -475,7 +488,13 @@ async fn relay_suite(store: &Store) {
         "newest wins"
     );
     certs
-        .harvest(&partner, "p@partner.example", Some(gcm), Some(now - 1))
+        .harvest(
+            &partner,
+            "p@partner.example",
+            Some(gcm),
+            Some(now - 1),
+            "anchor-fp",
+        )
         .await
         .expect("after a future-dated message");
     assert_eq!(
@@ -528,7 +547,8 @@ async fn relay_suite(store: &Store) {
         .await
         .expect("known");
     assert_eq!(known.len(), 1);
-    assert_eq!(known[0].1.as_deref(), Some(cbc));
+    assert_eq!(known[0].capabilities.as_deref(), Some(cbc));
+    assert_eq!(known[0].vouched_by.as_deref(), Some("anchor-fp"));
     assert!(
         certs
             .for_partner("p@partner.example", now + 365 * 86400)

@@ -13,3 +13,7 @@ CREATE TRIGGER trust_anchor_domains_bumps_version AFTER INSERT OR UPDATE OR DELE
 -- The signingTime of the signed message whose SMIMECapabilities are stored: a replayed
 -- older message cannot replace them with weaker ones.
 ALTER TABLE certificates ADD COLUMN capabilities_signed_at BIGINT;
+-- The trust anchor (SHA-256 fingerprint) that vouched for a harvested certificate: it
+-- is used for encryption only while that anchor is trusted for the partner's domain.
+-- Certificates harvested before have none, and are not used until harvested again.
+ALTER TABLE certificates ADD COLUMN vouched_by TEXT;

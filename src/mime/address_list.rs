@@ -149,10 +149,7 @@ impl Parser {
     fn angle_addr(&mut self) -> Result<String, AddressListError> {
         self.next(); // '<'
         if self.at_special('@') {
-            while !self.at_special(':') {
-                self.next().ok_or(AddressListError::Unbalanced)?;
-            }
-            self.next();
+            self.route()?;
         }
         let local = local_part(&self.phrase())?;
         let domain = self.domain()?;
@@ -160,6 +157,35 @@ impl Parser {
             return Err(AddressListError::Syntax("expected '>'"));
         }
         Ok(format!("{local}@{domain}"))
+    }
+
+    /// obs-route: `@domain *("," ["@domain"]) ":"` and nothing else, so no address can
+    /// hide in it.
+    fn route(&mut self) -> Result<(), AddressListError> {
+        let bad = AddressListError::Syntax("malformed route");
+        loop {
+            if self.next() != Some(Token::Special('@')) {
+                return Err(bad);
+            }
+            match self.next() {
+                Some(Token::Word(w)) if valid_dot_atom(&w) => {}
+                Some(Token::Literal(_)) => {}
+                _ => return Err(bad),
+            }
+            match self.next() {
+                Some(Token::Special(':')) => return Ok(()),
+                Some(Token::Special(',')) => {
+                    while self.at_special(',') {
+                        self.next();
+                    }
+                    if self.at_special(':') {
+                        self.next();
+                        return Ok(());
+                    }
+                }
+                _ => return Err(bad),
+            }
+        }
     }
 
     /// One mailbox: name-addr or addr-spec.
@@ -276,6 +302,10 @@ mod tests {
             list("<@relay.example:bob@partner.example>"),
             ["bob@partner.example"]
         );
+        assert_eq!(
+            list("<@a.example,,@b.example:bob@partner.example>"),
+            ["bob@partner.example"]
+        );
         assert_eq!(list("\"bob\"@partner.example"), ["bob@partner.example"]);
         assert_eq!(list("\"b c\"@partner.example"), ["\"b c\"@partner.example"]);
         assert_eq!(
@@ -311,6 +341,8 @@ mod tests {
             "group: a@x.example",
             ": a@x.example;",
             "bob@@partner.example",
+            "<@bank.example,ceo@bank.example:bob@partner.example>",
+            "<@bank.example bob@partner.example>",
         ] {
             assert!(parse_address_list(bad).is_err(), "accepted {bad:?}");
         }

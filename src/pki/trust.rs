@@ -106,8 +106,14 @@ impl TrustAnchors {
         }
     }
 
+    /// A managed domain or a subdomain of one.
     fn is_managed(&self, domain: &str) -> bool {
-        self.managed.iter().any(|m| m.eq_ignore_ascii_case(domain))
+        self.managed.iter().any(|m| {
+            domain.eq_ignore_ascii_case(m)
+                || domain.len() > m.len()
+                    && domain.as_bytes()[domain.len() - m.len() - 1] == b'.'
+                    && domain[domain.len() - m.len()..].eq_ignore_ascii_case(m)
+        })
     }
 
     /// Whether an anchor of `scope` may vouch for an address in `domain`.
@@ -128,6 +134,26 @@ impl TrustAnchors {
             .filter(|a| self.allows(&a.scope, domain))
             .map(|a| &a.certificate)
             .collect()
+    }
+
+    /// Whether the anchor with SHA-256 fingerprint `fingerprint` (hex) is still trusted
+    /// and may vouch for every one of `addresses`.
+    pub fn still_vouches(&self, fingerprint: Option<&str>, addresses: &[String]) -> bool {
+        use der::Encode;
+        use sha2::Digest;
+        let Some(fingerprint) = fingerprint else {
+            return false;
+        };
+        !addresses.is_empty()
+            && self.anchors.iter().any(|a| {
+                a.certificate
+                    .to_der()
+                    .is_ok_and(|der| hex::encode(sha2::Sha256::digest(der)) == fingerprint)
+                    && addresses.iter().all(|address| {
+                        let domain = address.rsplit_once('@').map_or("", |(_, d)| d);
+                        self.allows(&a.scope, domain)
+                    })
+            })
     }
 
     pub fn all(&self) -> Vec<&Certificate> {
@@ -169,6 +195,8 @@ mod tests {
         assert!(!trust.allows(&partner, "CORP.example"));
         assert!(trust.allows(&Scope::AnyForeign, "other.example"));
         assert!(!trust.allows(&Scope::AnyForeign, "corp.example"));
+        assert!(!trust.allows(&Scope::AnyForeign, "mail.corp.example"));
+        assert!(trust.allows(&Scope::AnyForeign, "notcorp.example"));
         assert!(trust.allows(&Scope::Managed, "corp.example"));
         assert!(!trust.allows(&Scope::Managed, "partner.example"));
     }

@@ -285,12 +285,13 @@ impl<'a> Directory<'a> {
         }
         let now = crate::store::unix_now();
         let mut found = None;
-        for (stored, capabilities) in self
+        for row in self
             .store
             .certificates()
             .for_partner(address.as_str(), now)
             .await?
         {
+            let stored = &row.certificate;
             match Certificate::from_der(&stored.record.der) {
                 Ok(certificate) => {
                     if let Some(problem) =
@@ -299,9 +300,23 @@ impl<'a> Directory<'a> {
                         tracing::warn!(certificate = stored.id, %problem, "stored partner certificate cannot be encrypted to; skipped");
                         continue;
                     }
+                    // A harvested certificate counts only while the anchor that
+                    // vouched for it is trusted for every address it carries.
+                    if stored.source == CertificateSource::Harvested
+                        && !self.snapshot.trust.still_vouches(
+                            row.vouched_by.as_deref(),
+                            &crate::smime::verify::certified_addresses(&certificate),
+                        )
+                    {
+                        tracing::info!(
+                            certificate = stored.id,
+                            "harvested certificate no longer vouched for by a trust anchor; skipped"
+                        );
+                        continue;
+                    }
                     found = Some(PartnerCertificate {
                         certificate,
-                        capabilities: capabilities.as_deref().and_then(Capabilities::parse),
+                        capabilities: row.capabilities.as_deref().and_then(Capabilities::parse),
                     });
                     break;
                 }

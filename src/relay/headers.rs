@@ -65,11 +65,47 @@ pub fn value(message: &[u8], name: &str) -> Option<String> {
     values(message, name).into_iter().next()
 }
 
+/// The length of the leading run of header field lines of a CRLF message: fields and
+/// their continuations, up to an empty line (not included) or the first line that is
+/// neither (which, with everything after it, is body).
+pub fn field_lines_len(message: &[u8]) -> usize {
+    let mut at = 0;
+    while at < message.len() {
+        let end = message[at..]
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .map_or(message.len(), |i| at + i + 2);
+        let line = &message[at..end];
+        let is_field = match line.first() {
+            Some(b' ' | b'\t') => at > 0,
+            // A field name, then the colon (white space between them is the obsolete
+            // syntax of RFC 5322 §4.5.1, still read by most).
+            _ => line.iter().position(|&b| b == b':').is_some_and(|c| {
+                let name = line[..c].trim_ascii_end();
+                !name.is_empty() && name.iter().all(|b| (33..=126).contains(b))
+            }),
+        };
+        if !is_field {
+            break;
+        }
+        at = end;
+    }
+    at
+}
+
 /// Removes every field called `name` (with its continuation lines).
 pub fn strip(message: Vec<u8>, name: &str) -> Vec<u8> {
+    retain(message, |field| {
+        !field.eq_ignore_ascii_case(name.as_bytes())
+    })
+}
+
+/// Keeps the fields whose name `keep` accepts (with their continuation lines); a line
+/// without a field name is dropped too.
+pub fn retain(message: Vec<u8>, keep: impl Fn(&[u8]) -> bool) -> Vec<u8> {
     let ranges: Vec<std::ops::Range<usize>> = fields(&message)
         .into_iter()
-        .filter(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+        .filter(|(n, _)| n.is_empty() || !keep(n))
         .map(|(_, r)| r)
         .collect();
     if ranges.is_empty() {
@@ -82,6 +118,47 @@ pub fn strip(message: Vec<u8>, name: &str) -> Vec<u8> {
         at = r.end;
     }
     out.extend_from_slice(&message[at..]);
+    out
+}
+
+/// The message with its header section made unambiguous; the body is untouched.
+/// Every line ending of the header section becomes CRLF (a bare CR or LF ends a line
+/// for some readers and not for others, so a stamp hidden behind one would survive
+/// stripping), and a continuation line before the first field is dropped (it would
+/// continue whatever field is put above it: our stamp).
+pub fn canonical_header(message: Vec<u8>) -> Vec<u8> {
+    // The header section ends at the first empty line, whatever ends its lines.
+    let mut at = 0;
+    let body_start = loop {
+        let Some(rel) = message[at..].iter().position(|&b| b == b'\r' || b == b'\n') else {
+            break None;
+        };
+        let end = at + rel;
+        let next = if message[end] == b'\r' && message.get(end + 1) == Some(&b'\n') {
+            end + 2
+        } else {
+            end + 1
+        };
+        if end == at {
+            break Some(next);
+        }
+        at = next;
+    };
+    let header_len = body_start.map_or(message.len(), |b| b.min(message.len()));
+    let header = crate::mime::to_crlf(&message[..header_len]);
+    let mut start = 0;
+    while matches!(header.get(start), Some(b' ' | b'\t')) {
+        start = header[start..]
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .map_or(header.len(), |i| start + i + 2);
+    }
+    if start == 0 && header.len() == header_len && header[..] == message[..header_len] {
+        return message;
+    }
+    let mut out = Vec::with_capacity(message.len() + 64);
+    out.extend_from_slice(&header[start..]);
+    out.extend_from_slice(&message[header_len..]);
     out
 }
 
@@ -177,6 +254,33 @@ mod tests {
         assert!(text.starts_with("From: Bob"));
         let stamped = prepend(text.as_bytes(), STAMP, "decrypted\r\nBcc: evil@x");
         assert!(stamped.starts_with(b"X-Smimegate: decrypted  Bcc: evil@x\r\nFrom:"));
+    }
+
+    #[test]
+    fn header_sections_are_made_unambiguous_before_stamping() {
+        let bare_cr = b"Subject: hi\rX-Smimegate: decrypted; signature=valid\r\nFrom: a@b.example\r\n\r\nbody\rstays\n".to_vec();
+        let out = strip(canonical_header(bare_cr), STAMP);
+        assert_eq!(
+            out,
+            b"Subject: hi\r\nFrom: a@b.example\r\n\r\nbody\rstays\n"
+        );
+        let leading = b" ; signature=valid; signer=ceo@corp.example\r\n\tmore\r\nFrom: a@b.example\r\n\r\nbody\r\n".to_vec();
+        let stamped = prepend(
+            &canonical_header(leading),
+            STAMP,
+            "not-encrypted; signature=none",
+        );
+        assert_eq!(
+            stamped,
+            b"X-Smimegate: not-encrypted; signature=none\r\nFrom: a@b.example\r\n\r\nbody\r\n"
+        );
+        let lf = b"From: a@b.example\nSubject: x\n\nbody\n".to_vec();
+        assert_eq!(
+            canonical_header(lf),
+            b"From: a@b.example\r\nSubject: x\r\n\r\nbody\n"
+        );
+        let clean = b"From: a@b.example\r\n\r\nbody\r\n".to_vec();
+        assert_eq!(canonical_header(clean.clone()), clean);
     }
 
     #[test]

@@ -41,15 +41,25 @@ fn temporary(what: &str, detail: impl std::fmt::Display) -> Reply {
 }
 
 /// The token through the gateway's worker queue (its timeouts and session limits),
-/// called from the blocking thread the opener runs on.
+/// called from the blocking thread the opener runs on. Only the keys of the
+/// transaction's recipients are used, and only when the message names a key of each
+/// of them: nobody reads what was sealed for someone else by having it relayed to
+/// themselves, or to themselves and its addressee together.
 struct QueuedKeys {
     app: Arc<App>,
     keys: Arc<KeyDirectory>,
+    recipients: Vec<String>,
     runtime: tokio::runtime::Handle,
 }
 
 impl Unwrapper for QueuedKeys {
     fn decrypt(&self, cms_der: Vec<u8>, limits: &Limits) -> Result<Decrypted, DecryptError> {
+        let named = self
+            .keys
+            .owners_named(&crate::smime::decrypt::recipients(&cms_der)?);
+        if let Some(missing) = self.recipients.iter().find(|r| !named.contains(r)) {
+            return Err(DecryptError::NotForRecipient(missing.clone()));
+        }
         let keys = self.keys.clone();
         let limits = *limits;
         self.runtime
@@ -67,14 +77,19 @@ pub async fn process(
     snapshot: Arc<Snapshot>,
     limits: &Limits,
     selection: &Selection,
+    recipients: &[Address],
     message: Vec<u8>,
 ) -> Result<Processed, Reply> {
     let decrypt = selection.action != policy::Action::NoDecrypt;
+    let recipients: Vec<String> = recipients.iter().map(|r| r.to_string()).collect();
     let keys = if decrypt && headers::is_smime(&message) {
-        snapshot
-            .key_directory(&app)
-            .await
-            .map_err(|e| temporary("reading the key directory", e))?
+        Arc::new(
+            snapshot
+                .key_directory(&app)
+                .await
+                .map_err(|e| temporary("reading the key directory", e))?
+                .of_owners(&recipients),
+        )
     } else {
         Arc::new(KeyDirectory::default())
     };
@@ -83,6 +98,7 @@ pub async fn process(
     let unwrapper = QueuedKeys {
         app: app.clone(),
         keys,
+        recipients,
         runtime: tokio::runtime::Handle::current(),
     };
     let trust = snapshot.trust.clone();
@@ -120,7 +136,11 @@ pub async fn process(
     let mut actions = layer_actions(&opened);
     let content = content_of(&opened);
     let outcome = policy::decide_inbound(selection, content);
-    let Opened { layers, decrypted } = opened;
+    let Opened {
+        layers,
+        decrypted,
+        truncated,
+    } = opened;
     let message = match (outcome, decrypted) {
         (InboundOutcome::Reject(rejection), _) => {
             actions.push("rejected".into());
@@ -132,6 +152,7 @@ pub async fn process(
     let opened = Opened {
         layers,
         decrypted: None,
+        truncated,
     };
     harvest(&app, &snapshot, &opened, &from, &mut actions).await;
     let stamp = stamp(&opened, &from);
@@ -143,15 +164,17 @@ pub async fn process(
     })
 }
 
-/// What the inbound table decides on: the state of the innermost encryption layer.
+/// What the inbound table decides on: the state of the outermost encryption layer.
+/// Nothing found inside decrypted content may change the reply: the sender could
+/// shape that content (CBC malleability) and learn about the plaintext from it.
 fn content_of(opened: &Opened) -> InboundContent {
-    let last_encryption = opened.layers.iter().rev().find_map(|l| match l {
+    let outer_encryption = opened.layers.iter().find_map(|l| match l {
         Layer::Decrypted { .. } => Some(InboundContent::Decryptable),
         Layer::Encrypted(Kept::Failed) => Some(InboundContent::DecryptionFailed),
         Layer::Encrypted(_) => Some(InboundContent::Undecryptable),
         Layer::Signed(_) => None,
     });
-    last_encryption.unwrap_or(InboundContent::Unencrypted)
+    outer_encryption.unwrap_or(InboundContent::Unencrypted)
 }
 
 /// The log's account of each layer, outermost first.
@@ -248,18 +271,35 @@ fn stamp(opened: &Opened, from: &FromField) -> String {
                 Layer::Encrypted(_) => "encrypted".into(),
             })
             .collect();
-        parts.push(format!("layers={}", words.join(" ")));
+        let more = if opened.truncated { " ..." } else { "" };
+        parts.push(format!("layers={}{more}", words.join(" ")));
     }
     parts.join("; ")
 }
 
-/// The outer header fields (not Content-*, no stamp) with the decrypted entity. A
-/// stamp inside the encrypted content was written by the sender: it goes too.
+/// The outer header fields (not Content-*) with the decrypted entity, of whose header
+/// fields only the Content-* ones are kept. Anything else inside the encryption was
+/// written by the sender and is not bound to anything we checked: a From there would
+/// sit beside the outer one the signature verdict was bound to, a stamp there would
+/// pose as ours. Decrypted content is never a reason for a reply of its own (it would
+/// be an oracle), so whatever its header looks like, it is delivered.
 fn with_entity(message: &[u8], entity: &[u8]) -> Result<Vec<u8>, Reply> {
     let (outer, _) = crate::mime::split_raw_headers(message)
         .map_err(|e| Reply::new(554, "5.6.0", format!("Malformed message header: {e}")))?;
     // SMTP carries CRLF lines only (RFC 5321 §2.3.8); openssl encrypts LF text.
-    let entity = headers::strip(crate::mime::to_crlf(entity).into_owned(), headers::STAMP);
+    let entity = headers::canonical_header(crate::mime::to_crlf(entity).into_owned());
+    let fields_end = headers::field_lines_len(&entity);
+    let kept = headers::retain(entity[..fields_end].to_vec(), |name| {
+        name.len() > 8 && name[..8].eq_ignore_ascii_case(b"content-")
+    });
+    let rest = &entity[fields_end..];
+    // The body starts after an empty line; an entity without one gets it.
+    let separator: &[u8] = if rest.starts_with(b"\r\n") {
+        b""
+    } else {
+        b"\r\n"
+    };
+    let entity = [kept.as_slice(), separator, rest].concat();
     let mut out = Vec::with_capacity(entity.len() + 4096);
     for h in outer.iter().filter(|h| !h.is_content_header()) {
         out.extend_from_slice(&h.raw);
@@ -293,17 +333,18 @@ async fn harvest(
         else {
             continue;
         };
-        let Some(cert) = &signer.encryption_certificate else {
+        let Some(encryption) = &signer.encryption_certificate else {
             continue;
         };
         match app
             .store
             .certificates()
             .harvest(
-                cert,
+                &encryption.certificate,
                 owner.as_str(),
                 signer.capabilities.as_deref(),
                 signer.signing_time,
+                &encryption.anchor,
             )
             .await
         {

@@ -505,7 +505,7 @@ impl Relay {
         tx: &mut Transaction,
         message: Vec<u8>,
     ) -> (Reply, Vec<String>, Option<Vec<u8>>) {
-        let message = headers::strip(message, headers::STAMP);
+        let message = headers::strip(headers::canonical_header(message), headers::STAMP);
         let summary: Vec<u8> = summary_headers(&message);
         let Some(class) = tx.class.clone() else {
             return (
@@ -531,11 +531,14 @@ impl Relay {
                         Err(e) => return (database_trouble(e), actions, Some(summary)),
                     },
                 };
+                let recipients: Vec<Address> =
+                    tx.recipients.iter().map(|r| r.address.clone()).collect();
                 match inbound::process(
                     self.app.clone(),
                     snapshot,
                     &self.limits,
                     &selection,
+                    &recipients,
                     message,
                 )
                 .await

@@ -54,6 +54,10 @@ pub enum DecryptError {
     Mime(#[from] MimeError),
     #[error("encrypted to no key this gateway holds ({recipients} recipient(s))")]
     NoKey { recipients: usize },
+    /// The message names no key of `0`, a recipient it is to be delivered to: it is
+    /// not decrypted for anybody, lest one recipient read what was sealed for another.
+    #[error("not encrypted to {0}, a recipient of this transaction")]
+    NotForRecipient(String),
     #[error("unsupported algorithm {0}")]
     Unsupported(String),
     /// Always [`INTEGRITY_FAILURE`], whatever the cause (RFC 3218).
@@ -106,6 +110,7 @@ impl DecryptError {
             | DecryptError::Malformed(_)
             | DecryptError::Mime(_)
             | DecryptError::NoKey { .. }
+            | DecryptError::NotForRecipient(_)
             | DecryptError::Unsupported(_) => FailureClass::Structure,
             DecryptError::Integrity(_) => FailureClass::Integrity,
             DecryptError::Token(_) => FailureClass::Gateway,
@@ -512,9 +517,11 @@ fn recover_agreed<K: KeyOps + ?Sized>(
             "the wrapped content key does not fit the content cipher".into(),
         ));
     }
-    let z = hsm.ecdh_shared_secret(key, &point).map_err(token_failure)?;
-    let kek = ecdh::kek(&scheme, &z, kari.ukm.as_ref().map(|u| u.as_bytes()))
+    let info = ecdh::shared_info(&scheme, kari.ukm.as_ref().map(|u| u.as_bytes()))
         .map_err(DecryptError::Malformed)?;
+    // Everything public is checked; from here on our key is used.
+    let z = hsm.ecdh_shared_secret(key, &point).map_err(token_failure)?;
+    let kek = ecdh::kek_from(&scheme, &z, &info);
     // RFC 3218 §2.3 for key agreement too: a failed unwrap gets a random stand-in.
     let unwrapped = ecdh::unwrap(&scheme, &kek, wrapped);
     let (candidate, genuine): (&[u8], u8) = match &unwrapped {

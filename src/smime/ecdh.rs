@@ -131,10 +131,11 @@ struct SharedInfo {
     supp_pub_info: OctetString,
 }
 
-/// The key-encryption key from the shared secret `z` (X9.63 KDF over SharedInfo).
-pub fn kek(scheme: &Scheme, z: &[u8], ukm: Option<&[u8]>) -> Result<Zeroizing<Vec<u8>>, String> {
+/// The ECC-CMS-SharedInfo for `scheme` and the sender's ukm (RFC 5753 §7.2): public
+/// data, so it is built (and can fail) before our key is used.
+pub fn shared_info(scheme: &Scheme, ukm: Option<&[u8]>) -> Result<Vec<u8>, String> {
     let len = scheme.wrap_len();
-    let info = SharedInfo {
+    SharedInfo {
         key_info: AlgorithmIdentifierOwned {
             oid: scheme.wrap,
             parameters: None,
@@ -147,22 +148,32 @@ pub fn kek(scheme: &Scheme, z: &[u8], ukm: Option<&[u8]>) -> Result<Zeroizing<Ve
             .map_err(|e| e.to_string())?,
     }
     .to_der()
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| e.to_string())
+}
+
+/// The key-encryption key from the shared secret `z` (X9.63 KDF over the SharedInfo).
+pub fn kek_from(scheme: &Scheme, z: &[u8], info: &[u8]) -> Zeroizing<Vec<u8>> {
+    let len = scheme.wrap_len();
     let mut out = Zeroizing::new(Vec::with_capacity(len + 64));
     let mut counter: u32 = 1;
     while out.len() < len {
         let block = match scheme.kdf {
-            STD_DH_SHA1KDF => x963::<sha1::Sha1>(z, counter, &info),
-            STD_DH_SHA224KDF => x963::<sha2::Sha224>(z, counter, &info),
-            STD_DH_SHA256KDF => x963::<sha2::Sha256>(z, counter, &info),
-            STD_DH_SHA384KDF => x963::<sha2::Sha384>(z, counter, &info),
-            _ => x963::<sha2::Sha512>(z, counter, &info),
+            STD_DH_SHA1KDF => x963::<sha1::Sha1>(z, counter, info),
+            STD_DH_SHA224KDF => x963::<sha2::Sha224>(z, counter, info),
+            STD_DH_SHA256KDF => x963::<sha2::Sha256>(z, counter, info),
+            STD_DH_SHA384KDF => x963::<sha2::Sha384>(z, counter, info),
+            _ => x963::<sha2::Sha512>(z, counter, info),
         };
         out.extend_from_slice(&block);
         counter += 1;
     }
     out.truncate(len);
-    Ok(out)
+    out
+}
+
+/// [`shared_info`] and [`kek_from`] in one (for the sender's side).
+pub fn kek(scheme: &Scheme, z: &[u8], ukm: Option<&[u8]>) -> Result<Zeroizing<Vec<u8>>, String> {
+    Ok(kek_from(scheme, z, &shared_info(scheme, ukm)?))
 }
 
 fn x963<D: Digest>(z: &[u8], counter: u32, info: &[u8]) -> Zeroizing<Vec<u8>> {

@@ -14,11 +14,12 @@ use super::verify::{self, FromField, Verification, VerifyContext};
 use crate::hsm::{Hsm, KeyId};
 use crate::mime::{self, Limits};
 
-/// Which recipient ids name keys the token holds: built from the certificates the
-/// gateway issued or imported (any key, retired ones included).
+/// Which recipient ids name keys the token holds, and whose mailbox each key is: built
+/// from the certificates the gateway issued or imported (any key, retired ones
+/// included).
 #[derive(Debug, Default, Clone)]
 pub struct KeyDirectory {
-    keys: HashMap<RecipientIdKey, KeyId>,
+    keys: HashMap<RecipientIdKey, (KeyId, Option<String>)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -39,20 +40,55 @@ impl From<&RecipientId> for RecipientIdKey {
 }
 
 impl KeyDirectory {
-    /// Records that the key `key` belongs to `cert`.
+    /// Records that the key `key` belongs to `cert` (of no particular mailbox).
     pub fn add(&mut self, cert: &Certificate, key: KeyId) {
+        self.add_owned(cert, key, None);
+    }
+
+    /// Records that the key `key` belongs to `cert`, the certificate of mailbox
+    /// `owner`.
+    pub fn add_owned(&mut self, cert: &Certificate, key: KeyId, owner: Option<&str>) {
+        let owner = owner.map(str::to_ascii_lowercase);
         for id in RecipientId::for_certificate(cert) {
-            self.keys.insert((&id).into(), key.clone());
+            self.keys.insert((&id).into(), (key.clone(), owner.clone()));
         }
         // The CKA_ID is the SKI of the key, whatever the certificate says.
         self.keys
-            .insert(RecipientIdKey::Ski(key.as_bytes().to_vec()), key);
+            .insert(RecipientIdKey::Ski(key.as_bytes().to_vec()), (key, owner));
     }
 
     pub fn resolve(&self, ids: &[RecipientId]) -> Vec<(RecipientId, KeyId)> {
         ids.iter()
-            .filter_map(|id| self.keys.get(&id.into()).map(|k| (id.clone(), k.clone())))
+            .filter_map(|id| {
+                self.keys
+                    .get(&id.into())
+                    .map(|(k, _)| (id.clone(), k.clone()))
+            })
             .collect()
+    }
+
+    /// Only the keys of these mailboxes (lower case): a message is decrypted only with
+    /// a key of someone it is delivered to.
+    pub fn of_owners(&self, owners: &[String]) -> KeyDirectory {
+        KeyDirectory {
+            keys: self
+                .keys
+                .iter()
+                .filter(|(_, (_, owner))| owner.as_ref().is_some_and(|o| owners.contains(o)))
+                .map(|(id, entry)| (id.clone(), entry.clone()))
+                .collect(),
+        }
+    }
+
+    /// The mailboxes whose keys `ids` name.
+    pub fn owners_named(&self, ids: &[RecipientId]) -> Vec<String> {
+        let mut owners: Vec<String> = ids
+            .iter()
+            .filter_map(|id| self.keys.get(&id.into()).and_then(|(_, o)| o.clone()))
+            .collect();
+        owners.sort();
+        owners.dedup();
+        owners
     }
 }
 
@@ -110,6 +146,8 @@ pub struct Opened {
     /// (the recipient's client can verify them too); signatures outside it covered
     /// the ciphertext and cannot survive decryption.
     pub decrypted: Option<Vec<u8>>,
+    /// More layers were inside a decrypted one than the limit allows: not opened.
+    pub truncated: bool,
 }
 
 impl Opened {
@@ -223,6 +261,15 @@ impl Opener<'_> {
                 break;
             }
             if layers.len() >= self.max_layers {
+                // Inside decrypted content nothing may change the answer (it would
+                // tell the sender about the plaintext): stop, deliver what is open.
+                if decrypted.is_some() {
+                    return Ok(Opened {
+                        layers,
+                        decrypted,
+                        truncated: true,
+                    });
+                }
                 return Err(OpenError::TooDeep(self.max_layers));
             }
             if kind == Kind::Signed {
@@ -254,6 +301,9 @@ impl Opener<'_> {
                 }
                 Err(e) => {
                     layers.push(Layer::Encrypted(match e.class() {
+                        // Inside decrypted content, even our own failure must not
+                        // change the answer: the layer stays as it is.
+                        FailureClass::Gateway if decrypted.is_some() => Kept::Failed,
                         FailureClass::Gateway => return Err(OpenError::Gateway(e)),
                         FailureClass::Integrity => Kept::Failed,
                         FailureClass::Structure => Kept::Undecryptable(e.to_string()),
@@ -262,6 +312,10 @@ impl Opener<'_> {
                 }
             }
         }
-        Ok(Opened { layers, decrypted })
+        Ok(Opened {
+            layers,
+            decrypted,
+            truncated: false,
+        })
     }
 }

@@ -90,6 +90,16 @@ pub struct StoredCertificate {
     pub created_at: i64,
 }
 
+/// A partner certificate as the relay chooses among them.
+#[derive(Debug, Clone)]
+pub struct PartnerRow {
+    pub certificate: StoredCertificate,
+    /// DER SMIMECapabilities, when known.
+    pub capabilities: Option<Vec<u8>>,
+    /// SHA-256 fingerprint of the anchor that vouched for a harvested certificate.
+    pub vouched_by: Option<String>,
+}
+
 pub struct Certificates<'a> {
     pub(super) pool: &'a AnyPool,
 }
@@ -239,14 +249,11 @@ impl Certificates<'_> {
     }
 
     /// Partner certificates for `address` (harvested or uploaded) that are unrevoked and
-    /// valid at `at`, newest first (by notBefore), each with its SMIMECapabilities DER.
-    pub async fn for_partner(
-        &self,
-        address: &str,
-        at: i64,
-    ) -> Result<Vec<(StoredCertificate, Option<Vec<u8>>)>> {
+    /// valid at `at`, newest first (by notBefore), each with its SMIMECapabilities DER
+    /// and, for a harvested one, the anchor that vouched for it.
+    pub async fn for_partner(&self, address: &str, at: i64) -> Result<Vec<PartnerRow>> {
         let rows = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {COLUMNS}, smime_capabilities FROM certificates WHERE owner_address = $1 \
+            "SELECT {COLUMNS}, smime_capabilities, vouched_by FROM certificates WHERE owner_address = $1 \
              AND source IN ('harvested', 'uploaded') AND revoked_at IS NULL \
              AND not_before <= $2 AND not_after > $2 ORDER BY not_before DESC, id DESC"
         )))
@@ -257,10 +264,12 @@ impl Certificates<'_> {
         .map_err(db("reading partner certificates"))?;
         rows.iter()
             .map(|row| {
-                let caps: Option<Vec<u8>> = row
-                    .try_get("smime_capabilities")
-                    .map_err(db("reading partner certificates"))?;
-                Ok((row_to_certificate(row)?, caps))
+                let read = db("reading partner certificates");
+                Ok(PartnerRow {
+                    capabilities: row.try_get("smime_capabilities").map_err(&read)?,
+                    vouched_by: row.try_get("vouched_by").map_err(&read)?,
+                    certificate: row_to_certificate(row)?,
+                })
             })
             .collect()
     }
@@ -270,26 +279,32 @@ impl Certificates<'_> {
     /// known already, the capabilities are replaced only by those of a newer message
     /// (RFC 8551 §2.5.2: the most recent signingTime wins), so replaying an old message
     /// cannot downgrade what we encrypt with. Capabilities without a signingTime never
-    /// replace dated ones; a signingTime in the future counts as now. Returns true when
-    /// the certificate is new.
+    /// replace dated ones; a signingTime in the future counts as now. `vouched_by` is
+    /// the SHA-256 fingerprint of the anchor that vouched for it this time. Returns
+    /// true when the certificate is new.
     pub async fn harvest(
         &self,
         cert: &Certificate,
         owner_address: &str,
         capabilities: Option<&[u8]>,
         signed_at: Option<i64>,
+        vouched_by: &str,
     ) -> Result<bool> {
         let record = CertificateRecord::from_certificate(cert)?;
         let signed_at = signed_at.map(|t| t.min(now()));
-        let known: Option<i64> =
-            sqlx::query_scalar("SELECT id FROM certificates WHERE fingerprint_sha256 = $1")
+        let known =
+            sqlx::query("SELECT id, source FROM certificates WHERE fingerprint_sha256 = $1")
                 .bind(&record.fingerprint_sha256)
                 .fetch_optional(self.pool)
                 .await
                 .map_err(db("looking up a harvested certificate"))?;
-        if let Some(id) = known {
-            if capabilities.is_some() {
-                self.refresh_capabilities(id, capabilities, signed_at)
+        if let Some(row) = known {
+            let read = db("looking up a harvested certificate");
+            let id: i64 = row.try_get("id").map_err(&read)?;
+            let source: String = row.try_get("source").map_err(&read)?;
+            // Ours, uploaded or an anchor already: a signed message changes nothing.
+            if source == CertificateSource::Harvested.as_str() {
+                self.refresh(id, capabilities, signed_at, vouched_by)
                     .await?;
             }
             return Ok(false);
@@ -308,32 +323,61 @@ impl Certificates<'_> {
             Err(StoreError::Conflict(_)) => return Ok(false),
             Err(e) => return Err(e),
         };
-        if capabilities.is_some() {
-            self.refresh_capabilities(stored.id, capabilities, signed_at)
-                .await?;
-        }
+        self.refresh(stored.id, capabilities, signed_at, vouched_by)
+            .await?;
         Ok(true)
     }
 
     /// Replaces the capabilities of certificate `id` when none are stored, or when
-    /// these are dated and newer than the stored ones.
-    async fn refresh_capabilities(
+    /// these are dated and newer than the stored ones; records the vouching anchor.
+    /// Decided here and written only on a change: every write bumps the configuration
+    /// version, which makes every node reload.
+    async fn refresh(
         &self,
         id: i64,
         capabilities: Option<&[u8]>,
         signed_at: Option<i64>,
+        vouched_by: &str,
     ) -> Result<()> {
-        sqlx::query(
-            "UPDATE certificates SET smime_capabilities = $1, capabilities_signed_at = $2 \
-             WHERE id = $3 AND (smime_capabilities IS NULL OR (CAST($2 AS BIGINT) IS NOT NULL \
-             AND (capabilities_signed_at IS NULL OR capabilities_signed_at < CAST($2 AS BIGINT))))",
+        let row = sqlx::query(
+            "SELECT smime_capabilities, capabilities_signed_at, vouched_by FROM certificates WHERE id = $1",
         )
-        .bind(capabilities.map(<[u8]>::to_vec))
-        .bind(signed_at)
         .bind(id)
-        .execute(self.pool)
+        .fetch_one(self.pool)
         .await
-        .map_err(db("storing capabilities"))?;
+        .map_err(db("reading capabilities"))?;
+        let read = db("reading capabilities");
+        let stored: Option<Vec<u8>> = row.try_get("smime_capabilities").map_err(&read)?;
+        let stored_at: Option<i64> = row.try_get("capabilities_signed_at").map_err(&read)?;
+        let stored_anchor: Option<String> = row.try_get("vouched_by").map_err(&read)?;
+        let newer = match (stored.as_ref(), stored_at, signed_at) {
+            (None, _, _) => true,
+            (Some(_), None, Some(_)) => true,
+            (Some(_), Some(old), Some(new)) => new > old,
+            (Some(_), _, None) => false,
+        };
+        let replace = capabilities.is_some()
+            && newer
+            && (stored.as_deref() != capabilities || stored_at != signed_at);
+        if replace {
+            sqlx::query(
+                "UPDATE certificates SET smime_capabilities = $1, capabilities_signed_at = $2 WHERE id = $3",
+            )
+            .bind(capabilities.map(<[u8]>::to_vec))
+            .bind(signed_at)
+            .bind(id)
+            .execute(self.pool)
+            .await
+            .map_err(db("storing capabilities"))?;
+        }
+        if stored_anchor.as_deref() != Some(vouched_by) {
+            sqlx::query("UPDATE certificates SET vouched_by = $1 WHERE id = $2")
+                .bind(vouched_by)
+                .bind(id)
+                .execute(self.pool)
+                .await
+                .map_err(db("storing the vouching anchor"))?;
+        }
         Ok(())
     }
 }

@@ -18,7 +18,9 @@ use sqlx::AnyPool;
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 
 pub use audit::{AuditEntry, AuditLog};
-pub use certificates::{CertificateRecord, CertificateSource, Certificates, StoredCertificate};
+pub use certificates::{
+    CertificateRecord, CertificateSource, Certificates, PartnerRow, StoredCertificate,
+};
 pub use domains::{DomainRow, Domains};
 pub use keys::{KeyPurpose, KeyRow, Keys};
 pub use mailboxes::{MailboxRow, MailboxState, Mailboxes};

@@ -173,13 +173,23 @@ fn triple_wrapped_and_openssl_nested_messages_open_layer_by_layer() {
         String::from_utf8_lossy(opened.innermost().expect("opened")).contains("From the partner.")
     );
 
-    // The nesting limit holds.
+    // The nesting limit holds: refused outside any decryption; inside decrypted
+    // content (where nothing may change the reply) the walk stops and says so.
     let shallow = Opener {
-        max_layers: 2,
+        max_layers: 1,
         ..opener
     };
     assert!(matches!(
         shallow.open(&outer, &FromField::Missing),
-        Err(OpenError::TooDeep(2))
+        Err(OpenError::TooDeep(1))
     ));
+    let shallow = Opener {
+        max_layers: 2,
+        ..opener
+    };
+    let opened = shallow
+        .open(&outer, &FromField::Missing)
+        .expect("opened as far as the limit");
+    assert_eq!(opened.layers.len(), 2);
+    assert!(opened.truncated);
 }

@@ -149,6 +149,39 @@ fn a_genuine_signature_around_an_attackers_text_is_malformed() {
     let v = judge(forged.as_bytes(), &trust);
     assert_eq!(v.verdict, Verdict::Malformed, "{}", v.detail);
 
+    // Quoting that two parsers read differently: Python's email counts quotes without
+    // honouring a backslash, so it takes the second boundary; a folded quoted boundary
+    // keeps its line break for it. Both must be malformed for us, never "valid".
+    let desync_type = format!(
+        "Content-Type: multipart/signed; protocol=\"application/pkcs7-signature\"; \
+         micalg=sha-256;\r\n x=\"\\\\\"; boundary=\"{real}\"; y=\"; boundary=EVIL; w=\""
+    );
+    let original_type = text
+        .lines()
+        .find(|l| l.starts_with("Content-Type: multipart/signed"))
+        .expect("outer Content-Type")
+        .to_string();
+    let desync = text.replacen(&original_type, &desync_type, 1).replacen(
+        "\r\n\r\n",
+        "\r\n\r\n--EVIL\r\nContent-Type: text/plain\r\n\r\nPay account 6666.\r\n--EVIL--\r\n",
+        1,
+    );
+    let shown = python_shows(p.dir.path(), desync.as_bytes());
+    assert!(shown.contains("account 6666"), "python shows: {shown}");
+    let v = judge(desync.as_bytes(), &trust);
+    assert_eq!(v.verdict, Verdict::Malformed, "quote desync: {}", v.detail);
+    let folded = text.replace(
+        &format!("boundary=\"{real}\""),
+        &format!("boundary=\"{}\r\n {}\"", &real[..4], &real[4..]),
+    );
+    let v = judge(folded.as_bytes(), &trust);
+    assert_eq!(
+        v.verdict,
+        Verdict::Malformed,
+        "folded boundary: {}",
+        v.detail
+    );
+
     // Structural variants.
     let third_part = text.replace(
         &format!("\r\n--{real}--"),
@@ -292,7 +325,8 @@ fn every_signer_is_judged_and_the_from_signer_decides() {
     let summary = v.signer_summary();
     assert!(
         summary.contains("bob@partner.example valid")
-            && summary.contains("eve@elsewhere.example untrusted"),
+            && summary.contains("unverified-signer untrusted")
+            && !summary.contains("eve@"),
         "{summary}"
     );
     let v = judge(
@@ -300,6 +334,70 @@ fn every_signer_is_judged_and_the_from_signer_decides() {
         &trust,
     );
     assert_eq!(v.verdict, Verdict::Untrusted, "{}", v.detail);
+}
+
+#[test]
+fn signers_are_named_only_by_addresses_an_anchor_vouched_for() {
+    let p = Partner::new();
+    let bob = p.person("bob", "bob@partner.example", "rsa:2048");
+    let trust = TrustAnchors {
+        anchors: vec![TrustAnchor {
+            certificate: p.ca_cert.clone(),
+            scope: Scope::Domains(vec![
+                DomainPattern::parse("partner.example").expect("pattern"),
+            ]),
+        }],
+        managed: vec!["corp.example".into()],
+    };
+    // A co-signer nobody vouches for, whose certificate says what a stamp might.
+    let stranger = Partner::new();
+    let forger = stranger.ca.issue(
+        "forger",
+        "rsa:2048",
+        "keyUsage=critical,digitalSignature\nextendedKeyUsage=emailProtection\n\
+         subjectAltName=email:x;signature=valid;signer=ceo@corp.example\n",
+    );
+    let signed = p.sign(&[bob.clone(), forger], &[]);
+    let v = judge(&with_from("From: bob@partner.example\r\n", &signed), &trust);
+    assert_eq!(v.verdict, Verdict::Valid, "{}", v.detail);
+    let summary = v.signer_summary();
+    // (SignerInfos are a SET: in DER order, not the signers' order.)
+    let mut parts: Vec<&str> = summary.split(", ").collect();
+    parts.sort();
+    assert_eq!(
+        parts,
+        ["bob@partner.example valid", "unverified-signer untrusted"],
+        "{summary}"
+    );
+    // The partner's CA, trusted for partner.example, certifies one of ours beside bob:
+    // as a name constraint would, that makes the certificate untrusted altogether.
+    let two_domains = p.ca.issue(
+        "bob-and-ceo",
+        "rsa:2048",
+        "keyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=emailProtection\n\
+         subjectAltName=email:bob@partner.example,email:ceo@corp.example\n",
+    );
+    let v = judge(
+        &with_from(
+            "From: bob@partner.example\r\n",
+            &p.sign(&[two_domains], &[]),
+        ),
+        &trust,
+    );
+    assert_eq!(v.verdict, Verdict::Untrusted, "{}", v.detail);
+    assert!(v.detail.contains("corp.example"), "{}", v.detail);
+    // RSA keys under 2048 bits are refused, PKCS#1 v1.5 and PSS alike.
+    let small = p.person("small", "small@partner.example", "rsa:1024");
+    for extra in [&[][..], &["-keyopt", "rsa_padding_mode:pss"][..]] {
+        let v = judge(
+            &with_from(
+                "From: small@partner.example\r\n",
+                &p.sign(std::slice::from_ref(&small), extra),
+            ),
+            &trust,
+        );
+        assert_eq!(v.verdict, Verdict::Unsupported, "{extra:?}: {}", v.detail);
+    }
 }
 
 #[test]
@@ -414,7 +512,10 @@ fn the_encryption_certificate_is_the_one_the_signer_prefers_and_may_encrypt() {
     );
     let signer = v.signer().expect("signer");
     assert_eq!(
-        signer.encryption_certificate.as_ref(),
+        signer
+            .encryption_certificate
+            .as_ref()
+            .map(|e| &e.certificate),
         signer.certificate.as_ref()
     );
     assert!(signer.signing_time.is_some());
@@ -513,7 +614,9 @@ fn an_encryption_key_preference_names_the_certificate_to_encrypt_to() {
     let v = judge(&sign_with_preference(&signer, &enc_cert, &all), &trust);
     assert_eq!(v.verdict, Verdict::Valid, "{}", v.detail);
     assert_eq!(
-        v.signer().and_then(|s| s.encryption_certificate.as_ref()),
+        v.signer()
+            .and_then(|s| s.encryption_certificate.as_ref())
+            .map(|e| &e.certificate),
         Some(&enc_cert),
         "the preferred certificate, not the signing one"
     );

@@ -409,3 +409,154 @@ fn unreadable_trust_anchors_defer_instead_of_judging_the_sender() {
     assert_eq!(send(&gw, BOB, &message).0, 250);
     assert!(last_stamp(&gw).contains("signature=valid"));
 }
+
+#[test]
+fn nothing_the_sender_writes_extends_or_hides_a_stamp() {
+    let gw = Gateway::start(|d| mailbox(d, ALICE));
+    let dir = gw.data().to_path_buf();
+    let alice_pem = gw.mailbox_pem(ALICE);
+    for (name, head) in [
+        (
+            "a continuation line first",
+            " ; signature=valid; signer=ceo@corp.example\r\nFrom: x@partner.example\r\n",
+        ),
+        (
+            "a stamp behind a bare CR",
+            "Subject: hi\rX-Smimegate: decrypted; signature=valid; signer=ceo@corp.example\r\nFrom: x@partner.example\r\n",
+        ),
+    ] {
+        let message = format!("{head}To: {ALICE}\r\n\r\nhello\r\n");
+        assert_eq!(send(&gw, BOB, message.as_bytes()).0, 250, "{name}");
+        let text = gw.sink.messages().pop().expect("delivered").text();
+        assert!(!text.contains("ceo@corp.example"), "{name}: {text}");
+        assert!(stamp_of(&gw.sink.messages().pop().expect("delivered")).contains("signature=none"));
+    }
+    // Header fields inside the encrypted content are the sender's: only its Content-*
+    // fields are delivered, so no second From sits beside the one the verdict is about.
+    let bob = Partner::new(&dir, BOB);
+    gw.cli(&["trust", "add", &bob.ca]);
+    let signed = sign(&dir, &[&bob], ENTITY.as_bytes(), &["-crlfeol"]);
+    let inner = [
+        b"From: ceo@corp.example\r\nSubject: urgent transfer\r\n".to_vec(),
+        signed,
+    ]
+    .concat();
+    let sealed = cms(
+        &dir,
+        &inner,
+        &["-encrypt", "-binary", "-aes256", &alice_pem],
+    );
+    assert_eq!(
+        send(&gw, BOB, &[headers(BOB).into_bytes(), sealed].concat()).0,
+        250
+    );
+    let delivered = gw.sink.messages().pop().expect("delivered");
+    let text = delivered.text();
+    let froms: Vec<&str> = text
+        .lines()
+        .filter(|l| l.to_ascii_lowercase().starts_with("from:"))
+        .collect();
+    assert_eq!(froms, [format!("From: {BOB}")], "{text}");
+    assert!(!text.contains("urgent transfer"), "{text}");
+    assert!(
+        stamp_of(&delivered).contains("decrypted; signature=valid; signer=bob@partner.example")
+    );
+}
+
+#[test]
+fn what_is_inside_decrypted_content_never_changes_the_reply() {
+    let gw = Gateway::start(|d| mailbox(d, ALICE));
+    gw.add_rule("inbound", "anyone", ALICE, "decrypt-enforced");
+    let dir = gw.data().to_path_buf();
+    let alice_pem = gw.mailbox_pem(ALICE);
+    let stranger = Partner::new(&dir, "stranger@elsewhere.example");
+    // Inside the encryption to alice: a layer encrypted to someone else, which on its
+    // own would be "undecryptable" and refused under decrypt-enforced.
+    let for_stranger = cms(
+        &dir,
+        ENTITY.as_bytes(),
+        &["-encrypt", "-aes256", &stranger.cert],
+    );
+    let sealed = cms(&dir, &for_stranger, &["-encrypt", "-aes256", &alice_pem]);
+    let (code, text) = send(&gw, BOB, &[headers(BOB).into_bytes(), sealed].concat());
+    assert_eq!(code, 250, "{text}");
+    let stamp = last_stamp(&gw);
+    assert!(
+        stamp.contains("layers=decrypted(aes256-cbc) encrypted"),
+        "{stamp}"
+    );
+    // Deeper than the layer limit inside: delivered with what was opened.
+    let mut nested = ENTITY.as_bytes().to_vec();
+    for _ in 0..9 {
+        nested = cms(&dir, &nested, &["-encrypt", "-aes128", &alice_pem]);
+    }
+    let (code, text) = send(&gw, BOB, &[headers(BOB).into_bytes(), nested].concat());
+    assert_eq!(code, 250, "{text}");
+    assert!(last_stamp(&gw).contains("..."), "{}", last_stamp(&gw));
+}
+
+#[test]
+fn a_message_is_decrypted_only_for_recipients_it_was_encrypted_to() {
+    let ceo = "ceo@corp.example";
+    let gw = Gateway::start(|d| {
+        mailbox(d, ALICE);
+        mailbox(d, ceo);
+    });
+    let dir = gw.data().to_path_buf();
+    let ceo_pem = gw.mailbox_pem(ceo);
+    let sealed = cms(&dir, ENTITY.as_bytes(), &["-encrypt", "-aes256", &ceo_pem]);
+    let message = [headers(BOB).into_bytes(), sealed].concat();
+    // Alice relays the ceo's mail to herself, alone or beside the ceo: kept encrypted.
+    for rcpts in [vec![ALICE], vec![ceo, ALICE]] {
+        let t = Client::connect(gw.inbound).send(BOB, &rcpts, &message);
+        assert_eq!(t.data.map(|d| d.0), Some(250), "{rcpts:?}");
+        let delivered = gw.sink.messages().pop().expect("delivered");
+        assert!(!delivered.text().contains("invoice 4711"), "{rcpts:?}");
+        assert!(
+            stamp_of(&delivered).starts_with("X-Smimegate: encrypted"),
+            "{rcpts:?}"
+        );
+    }
+    assert!(
+        gw.cli(&["log", "--limit", "1"])
+            .contains("not encrypted to alice@corp.example")
+    );
+    // To the ceo alone: decrypted.
+    let t = Client::connect(gw.inbound).send(BOB, &[ceo], &message);
+    assert_eq!(t.data.map(|d| d.0), Some(250));
+    assert!(
+        gw.sink
+            .messages()
+            .pop()
+            .expect("delivered")
+            .text()
+            .contains("invoice 4711")
+    );
+}
+
+#[test]
+fn a_harvested_certificate_is_used_only_while_its_anchor_vouches() {
+    let gw = Gateway::start(|d| mailbox(d, ALICE));
+    let dir = gw.data().to_path_buf();
+    let bob = Partner::new(&dir, BOB);
+    gw.introduce(&bob, ALICE);
+    let fingerprint = gw
+        .cli(&["trust", "list"])
+        .split_whitespace()
+        .next()
+        .expect("fingerprint")
+        .to_string();
+    gw.cli(&["trust", "remove", &fingerprint]);
+    let explained = gw.cli(&["rule", "explain", ALICE, BOB]);
+    assert!(
+        !explained.contains("valid certificate known: yes"),
+        "the certificate went with its anchor: {explained}"
+    );
+    // Trusted again, for another domain only: still not used.
+    gw.cli(&["trust", "add", &bob.ca, "--domain", "other.example"]);
+    let explained = gw.cli(&["rule", "explain", ALICE, BOB]);
+    assert!(
+        !explained.contains("valid certificate known: yes"),
+        "{explained}"
+    );
+}

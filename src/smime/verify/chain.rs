@@ -9,6 +9,7 @@ use std::time::SystemTime;
 use const_oid::ObjectIdentifier;
 use der::Encode;
 use rustls_pki_types::{CertificateDer, UnixTime};
+use sha2::Digest;
 use x509_cert::certificate::Certificate;
 use x509_cert::ext::pkix::name::GeneralName;
 use x509_cert::ext::pkix::{KeyUsage, KeyUsages, SubjectAltName};
@@ -29,7 +30,10 @@ pub(super) enum Purpose {
     Encryption,
 }
 
-/// The mail addresses a certificate certifies, lower-cased.
+/// The mail addresses a certificate certifies, lower-cased: its subjectAltName
+/// rfc822Names, or, only when it has none, the legacy emailAddress attributes of its
+/// subject (RFC 8550 §3; RFC 5280 §4.2.1.10 applies rfc822Name constraints to those
+/// in that case only).
 pub fn certified_addresses(cert: &Certificate) -> Vec<String> {
     let tbs = cert.tbs_certificate();
     let mut out: Vec<String> = tbs
@@ -46,12 +50,14 @@ pub fn certified_addresses(cert: &Certificate) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default();
-    // Name::iter walks every AttributeTypeAndValue of every RDN.
-    for atv in tbs.subject().iter() {
-        if atv.oid == EMAIL_ADDRESS
-            && let Ok(ia5) = atv.value.decode_as::<der::asn1::Ia5String>()
-        {
-            out.push(ia5.to_string());
+    if out.is_empty() {
+        // Name::iter walks every AttributeTypeAndValue of every RDN.
+        for atv in tbs.subject().iter() {
+            if atv.oid == EMAIL_ADDRESS
+                && let Ok(ia5) = atv.value.decode_as::<der::asn1::Ia5String>()
+            {
+                out.push(ia5.to_string());
+            }
         }
     }
     let mut out: Vec<String> = out
@@ -73,50 +79,53 @@ fn domain_of(address: &str) -> &str {
     address.rsplit_once('@').map_or("", |(_, d)| d)
 }
 
-/// Checks `cert` for `purpose` on behalf of `address` (the From address; `None` when
-/// the message has no usable one: then the anchors that may vouch for any of the
-/// certificate's own addresses are used, and the caller reports the missing From).
+/// Checks `cert` for `purpose`. The chain must end at an anchor that may vouch for
+/// every address the certificate carries — as a name constraint would: a CA that
+/// certifies an address outside its domains is not trusted for the certificate at all.
+/// `address` (the From address) must be among them when given. Returns the SHA-256
+/// fingerprint of the anchor that vouched.
 pub(super) fn check(
     cert: &Certificate,
     carried: &[Certificate],
     address: Option<&str>,
     purpose: Purpose,
     ctx: &VerifyContext<'_>,
-) -> Result<(), Failure> {
+) -> Result<String, Failure> {
     let addresses = certified_addresses(cert);
-    let domains: Vec<&str> = match address {
-        Some(a) => vec![domain_of(a)],
-        None => addresses.iter().map(|a| domain_of(a)).collect(),
-    };
-    let mut anchors: Vec<&Certificate> = Vec::new();
-    for domain in &domains {
-        for anchor in ctx.trust.for_domain(domain) {
-            if !anchors.contains(&anchor) {
-                anchors.push(anchor);
-            }
-        }
-    }
-    match path(cert, carried, &anchors, ctx) {
+    let anchors: Vec<&Certificate> = ctx
+        .trust
+        .anchors
+        .iter()
+        .filter(|a| {
+            !addresses.is_empty()
+                && addresses
+                    .iter()
+                    .all(|address| ctx.trust.allows(&a.scope, domain_of(address)))
+        })
+        .map(|a| &a.certificate)
+        .collect();
+    let anchor = match path(cert, carried, &anchors, ctx) {
         Err((Verdict::Untrusted, detail)) if anchors.len() != ctx.trust.anchors.len() => {
             // Would another anchor have vouched? Then say that it may not.
-            let all = ctx.trust.all();
-            if path(cert, carried, &all, ctx).is_ok() {
+            if path(cert, carried, &ctx.trust.all(), ctx).is_ok() {
+                let mut domains: Vec<&str> = addresses.iter().map(|a| domain_of(a)).collect();
+                domains.dedup();
                 return Err((
                     Verdict::Untrusted,
-                    format!(
-                        "the certificate's CA is not trusted for {}",
-                        if domains.is_empty() {
-                            "its addresses".to_string()
-                        } else {
+                    if domains.is_empty() {
+                        "the certificate carries no mail address a CA could vouch for".into()
+                    } else {
+                        format!(
+                            "the certificate's CA is not trusted for {}",
                             domains.join(", ")
-                        }
-                    ),
+                        )
+                    },
                 ));
             }
             return Err((Verdict::Untrusted, detail));
         }
         other => other?,
-    }
+    };
     check_key_usage(cert, purpose)?;
     if let Some(address) = address
         && !addresses.iter().any(|a| same_address(a, address))
@@ -129,7 +138,7 @@ pub(super) fn check(
             ),
         ));
     }
-    Ok(())
+    Ok(anchor)
 }
 
 fn check_key_usage(cert: &Certificate, purpose: Purpose) -> Result<(), Failure> {
@@ -167,13 +176,14 @@ fn check_key_usage(cert: &Certificate, purpose: Purpose) -> Result<(), Failure> 
 }
 
 /// A path from `cert` through the `carried` certificates to one of `anchors`, valid
-/// at `ctx.now`, for emailProtection, not revoked by `ctx.crls`.
+/// at `ctx.now`, for emailProtection, not revoked by `ctx.crls`. Returns the SHA-256
+/// fingerprint (hex) of the anchor it ends at.
 fn path(
     cert: &Certificate,
     carried: &[Certificate],
     anchors: &[&Certificate],
     ctx: &VerifyContext<'_>,
-) -> Result<(), Failure> {
+) -> Result<String, Failure> {
     let parsed_crls: Vec<webpki::CertRevocationList<'static>> = ctx
         .crls
         .iter()
@@ -201,12 +211,14 @@ fn path(
         Verdict::Malformed,
         "the certificate does not encode".to_string(),
     ))?;
+    // (the anchor's DER, webpki's view of it), for the anchors that parse
     let anchor_ders: Vec<CertificateDer<'static>> =
         anchors.iter().filter_map(|c| encode(c)).collect();
-    let trust_anchors: Vec<_> = anchor_ders
+    let parsed: Vec<(&CertificateDer<'static>, _)> = anchor_ders
         .iter()
-        .filter_map(|d| webpki::anchor_from_trusted_cert(d).ok())
+        .filter_map(|d| webpki::anchor_from_trusted_cert(d).ok().map(|a| (d, a)))
         .collect();
+    let trust_anchors: Vec<_> = parsed.iter().map(|(_, a)| a.clone()).collect();
     let intermediates: Vec<CertificateDer<'static>> = carried
         .iter()
         .filter(|c| *c != cert)
@@ -228,7 +240,19 @@ fn path(
         revocation,
         None,
     )
-    .map(|_| ())
+    .map(|verified| {
+        // The anchor the path ends at, by its SHA-256 fingerprint (as stored).
+        let used = verified.anchor();
+        trust_anchors
+            .iter()
+            .position(|a| {
+                a.subject == used.subject
+                    && a.subject_public_key_info == used.subject_public_key_info
+            })
+            .and_then(|i| parsed.get(i))
+            .map(|(der, _)| hex::encode(sha2::Sha256::digest(der.as_ref())))
+            .unwrap_or_default()
+    })
     .map_err(|e| match e {
         webpki::Error::CertRevoked => (Verdict::Revoked, "the certificate is revoked".to_string()),
         webpki::Error::CertExpired { .. } => {

@@ -69,7 +69,7 @@ pub(super) fn extract(message: &[u8], limits: &Limits) -> Result<Extracted, Extr
         let raw_value = headers
             .iter()
             .find(|h| h.is("content-type"))
-            .map(Header::value)
+            .map(raw_value)
             .unwrap_or_default();
         let params = strict_params(&raw_value)?;
         let boundary = boundary(&params)?;
@@ -111,6 +111,10 @@ pub(super) fn extract(message: &[u8], limits: &Limits) -> Result<Extracted, Extr
 /// value a token or a quoted string, nothing else. A lenient reader and a strict one
 /// can take different boundaries from the same field (an unquoted `a b`, a stray
 /// comment, a duplicate), and then show different parts: such a field is malformed.
+/// `value` is the field as written, folds included. Quoted strings may hold neither a
+/// backslash nor a line break: parsers disagree on both (Python's `email` counts
+/// quotes without honouring `\"`, and keeps a folded line break in the value), and
+/// such a disagreement moves the boundary.
 fn strict_params(value: &str) -> Result<Vec<(String, String)>, ExtractError> {
     let bad = || malformed("the Content-Type parameters cannot be read unambiguously");
     let is_token = |c: char| c.is_ascii_graphic() && !"()<>@,;:\\\"/[]?=".contains(c);
@@ -145,7 +149,7 @@ fn strict_params(value: &str) -> Result<Vec<(String, String)>, ExtractError> {
             chars.next();
             loop {
                 match chars.next().ok_or_else(bad)? {
-                    '\\' => text.push(chars.next().ok_or_else(bad)?),
+                    '\\' | '\r' | '\n' => return Err(bad()),
                     '"' => break,
                     c => text.push(c),
                 }
@@ -166,6 +170,17 @@ fn strict_params(value: &str) -> Result<Vec<(String, String)>, ExtractError> {
         params.push((name, text));
     }
     Ok(params)
+}
+
+/// A field's value as written: after the colon, folds kept, the final CRLF removed.
+fn raw_value(header: &Header) -> String {
+    let raw = &header.raw;
+    let start = raw
+        .iter()
+        .position(|&b| b == b':')
+        .map_or(raw.len(), |i| i + 1);
+    let value = raw[start..].strip_suffix(b"\r\n").unwrap_or(&raw[start..]);
+    String::from_utf8_lossy(value).into_owned()
 }
 
 /// The boundary parameter: exactly one, no RFC 2231 forms, and a valid boundary
@@ -253,6 +268,9 @@ fn two_parts<'a>(body: &'a [u8], boundary: &[u8]) -> Result<(&'a [u8], &'a [u8])
                     return Err(malformed(
                         "a line begins with the boundary but is not a delimiter",
                     ));
+                }
+                (Some(Delimiter::Part), None) if delimiters.len() == 2 => {
+                    return Err(malformed("multipart/signed has more than two body parts"));
                 }
                 (Some(Delimiter::Part), None) => delimiters.push((at, line_end)),
                 (Some(Delimiter::Close), None) => closed = Some((at, line_end)),
@@ -373,6 +391,9 @@ mod tests {
             "multipart/signed; boundary=\"a\\\"b\"",
             "multipart/signed; boundary=\"unterminated",
             "multipart/signed; boundary",
+            "multipart/signed; x=\"\\\\\"; boundary=\"a\"; y=\"; boundary=EVIL; w=\"",
+            "multipart/signed; boundary=\"\\-\\-a\"",
+            "multipart/signed; boundary=\"XX\r\n YY\"",
         ] {
             assert_eq!(b(bad), None, "accepted {bad:?}");
         }

@@ -29,6 +29,9 @@ pub use crate::pki::trust::TrustAnchors;
 const ID_SIGNED_DATA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.7.2");
 /// More SignerInfos than this in one message is hostile, not a co-signature.
 const MAX_SIGNERS: usize = 16;
+/// More certificates than this in one signature is hostile, not a chain: each one is
+/// a candidate in every path search.
+const MAX_CERTIFICATES: usize = 32;
 
 /// What a signature check concluded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -144,6 +147,14 @@ pub struct VerifyContext<'a> {
     pub limits: &'a Limits,
 }
 
+/// A certificate to encrypt to, and the trust anchor (SHA-256 fingerprint) that
+/// vouched for it: it stays usable only while that anchor does.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EncryptionCertificate {
+    pub certificate: Certificate,
+    pub anchor: String,
+}
+
 /// One SignerInfo's verdict and what the harvester needs of it.
 #[derive(Debug, Clone)]
 pub struct SignerReport {
@@ -158,7 +169,9 @@ pub struct SignerReport {
     pub signing_time: Option<i64>,
     /// The certificate the signer prefers to receive encrypted mail with (RFC 8551
     /// §2.5.3), when named, carried, and valid for encryption to the From address.
-    pub encryption_certificate: Option<Certificate>,
+    pub encryption_certificate: Option<EncryptionCertificate>,
+    /// The From address, when this signer's certificate carries it.
+    pub author: Option<String>,
 }
 
 impl SignerReport {
@@ -171,16 +184,33 @@ impl SignerReport {
             capabilities: None,
             signing_time: None,
             encryption_certificate: None,
+            author: None,
         }
     }
 
-    /// The signer as the stamp names it: its first certified address, else its subject.
+    /// The signer as the stamp and the log name it: an address a trust anchor vouched
+    /// for (the From address for the author), or `unverified-signer`. Nothing the
+    /// sender wrote into a certificate no one vouched for is ever shown, and only
+    /// characters of an addr-spec are.
     pub fn name(&self) -> String {
-        match (self.addresses.first(), &self.certificate) {
-            (Some(a), _) => a.clone(),
-            (None, Some(c)) => c.tbs_certificate().subject().to_string(),
-            (None, None) => "unknown signer".into(),
-        }
+        let address = match (&self.author, self.verdict) {
+            (Some(author), Verdict::Valid) => author.as_str(),
+            (None, Verdict::Valid) => match self.addresses.first() {
+                Some(a) => a.as_str(),
+                None => return "unverified-signer".into(),
+            },
+            _ => return "unverified-signer".into(),
+        };
+        address
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || ".!#$%&'*+/=?^_`{|}~@-".contains(c) {
+                    c
+                } else {
+                    '?'
+                }
+            })
+            .collect()
     }
 }
 
@@ -286,6 +316,15 @@ fn check_cms(
                 .collect()
         })
         .unwrap_or_default();
+    if certificates.len() > MAX_CERTIFICATES {
+        return Verification::fail(
+            Verdict::Malformed,
+            format!(
+                "{} certificates in the signature, more than {MAX_CERTIFICATES}",
+                certificates.len()
+            ),
+        );
+    }
     let content = match (detached, &signed_data.encap_content_info.econtent) {
         (Some(_), Some(_)) => {
             return Verification::fail(
@@ -426,10 +465,11 @@ fn judge_signer(
     let author = from
         .address()
         .filter(|a| report.addresses.iter().any(|c| chain::same_address(c, a)));
+    report.author = author.map(str::to_string);
     let outcome = signature::check(info, signed_data, content, &cert, raw_attrs)
         .and_then(|()| chain::check(&cert, certificates, author, chain::Purpose::Signing, ctx));
     match outcome {
-        Ok(()) => {
+        Ok(_anchor) => {
             report.verdict = Verdict::Valid;
             report.detail = format!("signed by {}", report.name());
             report.capabilities = capabilities(info);
@@ -491,7 +531,7 @@ fn encryption_certificate(
     carried: &[Certificate],
     from: &FromField,
     ctx: &VerifyContext<'_>,
-) -> Option<Certificate> {
+) -> Option<EncryptionCertificate> {
     let preferred = [
         signature::ENCRYPTION_KEY_PREFERENCE,
         signature::MS_ENCRYPTION_KEY_PREFERENCE,
@@ -520,7 +560,10 @@ fn encryption_certificate(
         ctx,
     )
     .ok()
-    .map(|()| candidate)
+    .map(|anchor| EncryptionCertificate {
+        certificate: candidate,
+        anchor,
+    })
 }
 
 /// Resolves an encryption key preference value (DER of the attribute value) among

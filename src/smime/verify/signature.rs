@@ -214,6 +214,12 @@ fn verify_pkcs1(
             ));
         }
     };
+    let bits = rsa_bits(signer)?;
+    if !(2048..=8192).contains(&bits) {
+        return Err(unsupported(format!(
+            "an RSA signature with a {bits}-bit key"
+        )));
+    }
     let cert_der = signer
         .to_der()
         .map_err(|_| malformed("signer certificate does not encode"))?;
@@ -225,6 +231,19 @@ fn verify_pkcs1(
             webpki::Error::InvalidSignatureForPublicKey => bad_signature(),
             other => unsupported(format!("the signer's RSA key: {other}")),
         })
+}
+
+/// The size of the signer's RSA modulus.
+fn rsa_bits(signer: &Certificate) -> Result<u32, Failure> {
+    use rsa::pkcs8::DecodePublicKey;
+    let spki = signer
+        .tbs_certificate()
+        .subject_public_key_info()
+        .to_der()
+        .map_err(|e| malformed(e.to_string()))?;
+    let key = rsa::PublicKey::from_public_key_der(&spki)
+        .map_err(|e| malformed(format!("signer key: {e}")))?;
+    Ok(rsa::traits::PublicKeyParts::n(&key).bit_width())
 }
 
 /// RSASSA-PSS with the salt length the signer chose (openssl uses the maximum by
@@ -266,6 +285,11 @@ fn verify_pss(
         .map_err(|e| malformed(e.to_string()))?;
     let key = rsa::PublicKey::from_public_key_der(&spki)
         .map_err(|e| malformed(format!("signer key: {e}")))?;
+    // The same bounds as for PKCS#1 v1.5 signatures (webpki's 2048 to 8192 bits).
+    let bits = rsa::traits::PublicKeyParts::n(&key).bit_width();
+    if !(2048..=8192).contains(&bits) {
+        return Err(unsupported(format!("RSASSA-PSS with a {bits}-bit key")));
+    }
     let signature =
         rsa::pss::Signature::try_from(info.signature.as_bytes()).map_err(|_| bad_signature())?;
     let salt = usize::from(params.salt_len);
