@@ -197,31 +197,71 @@ impl Delivered {
 }
 
 /// The gateway under test.
+/// The gateway under test, placed as in production: mail from the internet comes from
+/// 127.0.0.2, the internal mail server's address is 127.0.0.1, the only internal
+/// network is 127.0.0.1/32, and the two next hops are two different sinks: `internal`
+/// (corp.example's inbound route) and `smarthost` (outbound). A message that reaches
+/// the wrong one was misrouted.
 pub struct Gateway {
     pub dir: tempfile::TempDir,
     pub inbound: u16,
     pub submission: u16,
-    pub sink: Sink,
+    /// The internal mail server: the inbound route of corp.example.
+    pub internal: Sink,
+    /// The smarthost outbound mail goes to.
+    pub smarthost: Sink,
     child: Option<Child>,
     _stdout: Option<BufReader<std::process::ChildStdout>>,
 }
 
+/// Where internet clients connect from; only 127.0.0.1/32 is internal.
+pub const INTERNET_CLIENT: &str = "127.0.0.2";
+
 impl Gateway {
-    /// Initialises a data directory with the managed domain corp.example (next hop:
-    /// the sink, also the smarthost), runs `prepare` on it, and starts serving.
+    /// Initialises a data directory with the managed domain corp.example, its inbound
+    /// route and the smarthost (two sinks), 127.0.0.1/32 as the only internal network,
+    /// runs `prepare` on it, and starts serving.
     pub fn start(prepare: impl FnOnce(&Path)) -> Gateway {
         let dir = tempfile::tempdir().expect("temp dir");
         let data = dir.path();
         smimegate_ok(data, &["init"]);
-        let sink = Sink::start(data.join("sink"), 0);
-        let hop = format!("127.0.0.1:{}", sink.port);
-        smimegate_ok(data, &["domain", "add", CORP, "--next-hop", &hop]);
-        smimegate_ok(data, &["smarthost", "set", &hop]);
+        let config = data.join("smimegate.toml");
+        let text = std::fs::read_to_string(&config).expect("configuration");
+        let text: String = text
+            .lines()
+            .map(|l| {
+                if l.starts_with("internal_networks") {
+                    "internal_networks = [\"127.0.0.1/32\"]".to_string()
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert!(text.contains("internal_networks = [\"127.0.0.1/32\"]"));
+        std::fs::write(&config, text).expect("configuration");
+        let internal = Sink::start(data.join("internal"), 0);
+        let smarthost = Sink::start(data.join("smarthost"), 0);
+        smimegate_ok(
+            data,
+            &[
+                "domain",
+                "add",
+                CORP,
+                "--next-hop",
+                &format!("127.0.0.1:{}", internal.port),
+            ],
+        );
+        smimegate_ok(
+            data,
+            &["smarthost", "set", &format!("127.0.0.1:{}", smarthost.port)],
+        );
         prepare(data);
         let mut gateway = Gateway {
             inbound: 0,
             submission: 0,
-            sink,
+            internal,
+            smarthost,
             child: None,
             _stdout: None,
             dir,
@@ -458,6 +498,20 @@ pub struct Transcript {
     pub data: Option<(u16, String)>,
 }
 
+/// A TCP connection to 127.0.0.1:`port` from the loopback address `source`.
+pub fn connect_from(source: &str, port: u16) -> TcpStream {
+    let source: std::net::IpAddr = source.parse().expect("source address");
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    socket
+        .bind(&std::net::SocketAddr::new(source, 0).into())
+        .expect("bind the client's source address");
+    socket
+        .connect(&std::net::SocketAddr::from(([127, 0, 0, 1], port)).into())
+        .expect("connect");
+    socket.into()
+}
+
 /// A plain SMTP client over std::net that records replies.
 pub struct Client {
     reader: BufReader<TcpStream>,
@@ -466,8 +520,19 @@ pub struct Client {
 }
 
 impl Client {
+    /// A client on the internet (from 127.0.0.2, not an internal network).
     pub fn connect(port: u16) -> Client {
-        let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        Client::connect_from(INTERNET_CLIENT, port)
+    }
+
+    /// A client on the internal network (the internal mail server, 127.0.0.1).
+    pub fn internal(port: u16) -> Client {
+        Client::connect_from("127.0.0.1", port)
+    }
+
+    /// A client whose connection comes from `source` (a loopback address).
+    pub fn connect_from(source: &str, port: u16) -> Client {
+        let stream = connect_from(source, port);
         stream
             .set_read_timeout(Some(Duration::from_secs(60)))
             .expect("timeout");

@@ -68,7 +68,7 @@ fn stamp_of(delivered: &Delivered) -> String {
 }
 
 fn last_stamp(gw: &Gateway) -> String {
-    stamp_of(gw.sink.messages().last().expect("delivered"))
+    stamp_of(gw.internal.messages().last().expect("delivered"))
 }
 
 fn boundary_of(message: &str) -> String {
@@ -158,7 +158,7 @@ fn every_layer_and_every_signer_is_judged_through_the_relay() {
     );
     let message = [headers(BOB).into_bytes(), sealed].concat();
     assert_eq!(send(&gw, BOB, &message).0, 250, "{}", gw.log());
-    let delivered = gw.sink.messages().pop().expect("delivered");
+    let delivered = gw.internal.messages().pop().expect("delivered");
     let stamp = stamp_of(&delivered);
     assert!(
         stamp.contains("decrypted; signature=valid; signer=bob@partner.example"),
@@ -174,7 +174,7 @@ fn every_layer_and_every_signer_is_judged_through_the_relay() {
     let outer = sign(&dir, &[&bob], &sealed, &["-crlfeol"]);
     let message = [headers(BOB).into_bytes(), outer].concat();
     assert_eq!(send(&gw, BOB, &message).0, 250, "{}", gw.log());
-    let delivered = gw.sink.messages().pop().expect("delivered");
+    let delivered = gw.internal.messages().pop().expect("delivered");
     let stamp = stamp_of(&delivered);
     assert!(
         stamp.contains("decrypted; signature=valid; signer=bob@partner.example")
@@ -193,7 +193,7 @@ fn every_layer_and_every_signer_is_judged_through_the_relay() {
     let outer = sign(&dir, &[&bob], &sealed, &["-nodetach"]);
     let message = [headers(BOB).into_bytes(), outer].concat();
     assert_eq!(send(&gw, BOB, &message).0, 250, "{}", gw.log());
-    let delivered = gw.sink.messages().pop().expect("delivered");
+    let delivered = gw.internal.messages().pop().expect("delivered");
     let stamp = stamp_of(&delivered);
     assert!(
         stamp.contains("decrypted; signature=valid")
@@ -216,7 +216,7 @@ fn every_layer_and_every_signer_is_judged_through_the_relay() {
     );
     let message = [headers(BOB).into_bytes(), sealed].concat();
     assert_eq!(send(&gw, BOB, &message).0, 250);
-    let delivered = gw.sink.messages().pop().expect("delivered");
+    let delivered = gw.internal.messages().pop().expect("delivered");
     assert!(
         !delivered.text().contains("ceo@corp.example"),
         "{}",
@@ -329,7 +329,7 @@ fn decryption_failures_get_the_reply_of_a_success() {
         (250, 250),
         "the reply must not tell padding from garbage: {bad_text} / {good_text}"
     );
-    let delivered = gw.sink.messages();
+    let delivered = gw.internal.messages();
     let stamps: Vec<String> = delivered.iter().map(stamp_of).collect();
     assert!(stamps[0].contains("decryption-failed"), "{stamps:?}");
     assert!(
@@ -401,7 +401,7 @@ fn unreadable_trust_anchors_defer_instead_of_judging_the_sender() {
     );
     assert!(text.contains("4.3.0"), "{text}");
     assert_eq!(
-        gw.sink.messages().len(),
+        gw.internal.messages().len(),
         1,
         "nothing stamped untrusted was delivered"
     );
@@ -427,9 +427,11 @@ fn nothing_the_sender_writes_extends_or_hides_a_stamp() {
     ] {
         let message = format!("{head}To: {ALICE}\r\n\r\nhello\r\n");
         assert_eq!(send(&gw, BOB, message.as_bytes()).0, 250, "{name}");
-        let text = gw.sink.messages().pop().expect("delivered").text();
+        let text = gw.internal.messages().pop().expect("delivered").text();
         assert!(!text.contains("ceo@corp.example"), "{name}: {text}");
-        assert!(stamp_of(&gw.sink.messages().pop().expect("delivered")).contains("signature=none"));
+        assert!(
+            stamp_of(&gw.internal.messages().pop().expect("delivered")).contains("signature=none")
+        );
     }
     // Header fields inside the encrypted content are the sender's: only its Content-*
     // fields are delivered, so no second From sits beside the one the verdict is about.
@@ -450,7 +452,7 @@ fn nothing_the_sender_writes_extends_or_hides_a_stamp() {
         send(&gw, BOB, &[headers(BOB).into_bytes(), sealed].concat()).0,
         250
     );
-    let delivered = gw.sink.messages().pop().expect("delivered");
+    let delivered = gw.internal.messages().pop().expect("delivered");
     let text = delivered.text();
     let froms: Vec<&str> = text
         .lines()
@@ -510,7 +512,7 @@ fn a_message_is_decrypted_only_for_recipients_it_was_encrypted_to() {
     for rcpts in [vec![ALICE], vec![ceo, ALICE]] {
         let t = Client::connect(gw.inbound).send(BOB, &rcpts, &message);
         assert_eq!(t.data.map(|d| d.0), Some(250), "{rcpts:?}");
-        let delivered = gw.sink.messages().pop().expect("delivered");
+        let delivered = gw.internal.messages().pop().expect("delivered");
         assert!(!delivered.text().contains("invoice 4711"), "{rcpts:?}");
         assert!(
             stamp_of(&delivered).starts_with("X-Smimegate: encrypted"),
@@ -525,7 +527,7 @@ fn a_message_is_decrypted_only_for_recipients_it_was_encrypted_to() {
     let t = Client::connect(gw.inbound).send(BOB, &[ceo], &message);
     assert_eq!(t.data.map(|d| d.0), Some(250));
     assert!(
-        gw.sink
+        gw.internal
             .messages()
             .pop()
             .expect("delivered")

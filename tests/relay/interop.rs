@@ -39,11 +39,11 @@ fn cms(dir: &Path, name: &str, input: &[u8], args: &[&str]) -> Vec<u8> {
 
 /// Sends `message` to `to` from the internet; returns the delivered text and stamp.
 fn relay(gw: &Gateway, from: &str, to: &str, message: &[u8]) -> (String, String) {
-    let before = gw.sink.messages().len();
+    let before = gw.internal.messages().len();
     let t = Client::connect(gw.inbound).send(from, &[to], message);
     let (code, reply) = t.data.expect("recipient accepted");
     assert_eq!(code, 250, "{reply}\n{}", gw.log());
-    let delivered = gw.sink.messages();
+    let delivered = gw.internal.messages();
     assert_eq!(delivered.len(), before + 1);
     let text = delivered[before].text();
     let stamp = text

@@ -25,7 +25,7 @@ fn message(from: &str, to: &str, subject: &str, body: &str) -> Vec<u8> {
 #[test]
 fn outbound_default_signs_and_an_8bit_body_still_verifies_after_relaying() {
     let gw = Gateway::start(|d| mailbox(d, ALICE));
-    let mut client = Client::connect(gw.submission);
+    let mut client = Client::internal(gw.submission);
     assert!(client.ehlo.contains("PIPELINING") && client.ehlo.contains("8BITMIME"));
     let t = client.send(
         ALICE,
@@ -39,7 +39,7 @@ fn outbound_default_signs_and_an_8bit_body_still_verifies_after_relaying() {
     );
     assert_eq!(t.mail.0, 250, "{t:?}");
     assert_eq!(t.data.as_ref().map(|d| d.0), Some(250), "{t:?}");
-    let delivered = gw.sink.messages();
+    let delivered = gw.smarthost.messages();
     assert_eq!(delivered.len(), 1);
     assert!(delivered[0].text().contains("multipart/signed"));
     let content = openssl_verify(gw.data(), &delivered[0], &gw.ca_pem(ALICE));
@@ -55,14 +55,14 @@ fn a_sender_without_a_certificate_goes_out_unsigned_under_the_default() {
     let gw = Gateway::start(|d| {
         common::smimegate_ok(d, &["mailbox", "add", "noca@corp.example"]);
     });
-    let mut client = Client::connect(gw.submission);
+    let mut client = Client::internal(gw.submission);
     let t = client.send(
         "noca@corp.example",
         &["bob@partner.example"],
         &message("noca@corp.example", "bob@partner.example", "plain", "text"),
     );
     assert_eq!(t.data.map(|d| d.0), Some(250));
-    let delivered = gw.sink.messages();
+    let delivered = gw.smarthost.messages();
     assert!(!delivered[0].text().contains("multipart/signed"));
     let log = gw.cli(&["log"]);
     assert!(log.contains("no active certificate"), "{log}");
@@ -83,7 +83,7 @@ fn a_sender_without_a_certificate_goes_out_unsigned_under_the_default() {
         t.rcpts[0].1.contains("5.7.1") && t.rcpts[0].1.contains("has no active S/MIME certificate"),
         "{t:?}"
     );
-    assert_eq!(gw.sink.messages().len(), 1, "nothing more was relayed");
+    assert_eq!(gw.smarthost.messages().len(), 1, "nothing more was relayed");
 }
 
 #[test]
@@ -100,14 +100,14 @@ fn encrypt_enforced_refuses_until_the_partner_certificate_is_harvested() {
     let to_bob = message(ALICE, &bob.address, "secret", "Only for Bob.");
 
     // No certificate known: refused at RCPT, naming the recipient.
-    let mut client = Client::connect(gw.submission);
+    let mut client = Client::internal(gw.submission);
     let t = client.send(ALICE, &[&bob.address], &to_bob);
     assert_eq!(t.rcpts[0].0, 550, "{t:?}");
     assert!(
         t.rcpts[0].1.contains("5.7.1") && t.rcpts[0].1.contains(&bob.address),
         "{t:?}"
     );
-    assert!(gw.sink.messages().is_empty());
+    assert!(gw.smarthost.messages().is_empty());
 
     // A forged (tampered) signed message harvests nothing.
     let signed = bob.sign(
@@ -118,7 +118,7 @@ fn encrypt_enforced_refuses_until_the_partner_certificate_is_harvested() {
     let mut inbound = Client::connect(gw.inbound);
     let t = inbound.send(&bob.address, &[ALICE], tampered.as_bytes());
     assert_eq!(t.data.map(|d| d.0), Some(250));
-    let delivered = gw.sink.messages();
+    let delivered = gw.internal.messages();
     assert!(
         delivered[0]
             .text()
@@ -135,7 +135,7 @@ fn encrypt_enforced_refuses_until_the_partner_certificate_is_harvested() {
     // A validly signed message from Bob: delivered stamped, certificate harvested.
     let t = inbound.send(&bob.address, &[ALICE], &signed);
     assert_eq!(t.data.map(|d| d.0), Some(250));
-    let delivered = gw.sink.messages();
+    let delivered = gw.internal.messages();
     let stamped = delivered[1].text();
     assert!(
         stamped.contains("X-Smimegate: not-encrypted; signature=valid; signer=bob@partner.example"),
@@ -145,8 +145,8 @@ fn encrypt_enforced_refuses_until_the_partner_certificate_is_harvested() {
     let t = client.send(ALICE, &[&bob.address], &to_bob);
     assert_eq!(t.rcpts[0].0, 250, "{t:?}");
     assert_eq!(t.data.map(|d| d.0), Some(250));
-    let delivered = gw.sink.messages();
-    let out = &delivered[2];
+    let delivered = gw.smarthost.messages();
+    let out = &delivered[0];
     assert!(
         out.text().contains("application/pkcs7-mime"),
         "{}",
@@ -208,7 +208,7 @@ fn inbound_mail_encrypted_to_a_mailbox_is_decrypted_and_stamped() {
     let mut client = Client::connect(gw.inbound);
     let t = client.send("bob@partner.example", &[ALICE], &forged_stamp);
     assert_eq!(t.data.map(|d| d.0), Some(250), "{}", gw.log());
-    let text = gw.sink.messages()[0].text();
+    let text = gw.internal.messages()[0].text();
     assert!(text.contains("Decrypt me."), "{text}");
     assert!(
         text.contains("X-Smimegate: decrypted; signature=none"),
@@ -300,7 +300,7 @@ fn the_inbound_table_rejects_with_its_reasons() {
     // decrypt-optional (the default) delivers what it cannot decrypt as it is.
     let t = client.send("x@partner.example", &[ALICE], &foreign);
     assert_eq!(t.data.map(|d| d.0), Some(250));
-    let delivered = gw.sink.messages();
+    let delivered = gw.internal.messages();
     assert_eq!(delivered.len(), 2);
     assert!(
         delivered[1]
@@ -342,7 +342,7 @@ fn bcc_recipients_get_their_own_encrypted_copy() {
         "domain:partner.example",
         "encrypt-optional",
     );
-    let mut client = Client::connect(gw.submission);
+    let mut client = Client::internal(gw.submission);
     // Carol is in the envelope only: a Bcc.
     let t = client.send(
         ALICE,
@@ -350,7 +350,7 @@ fn bcc_recipients_get_their_own_encrypted_copy() {
         &message(ALICE, &bob.address, "bcc", "To Bob, Bcc Carol."),
     );
     assert_eq!(t.data.map(|d| d.0), Some(250), "{}", gw.log());
-    let delivered: Vec<_> = gw.sink.messages().into_iter().skip(2).collect();
+    let delivered = gw.smarthost.messages();
     assert_eq!(delivered.len(), 2, "one copy for To/Cc, one for the Bcc");
     let for_bob = delivered
         .iter()
@@ -392,7 +392,7 @@ fn bcc_recipients_get_their_own_encrypted_copy() {
 fn recipients_with_another_treatment_come_back_in_their_own_transaction() {
     let gw = Gateway::start(|d| mailbox(d, ALICE));
     gw.add_rule("outbound", "anyone", "domain:plain.example", "none");
-    let mut client = Client::connect(gw.submission);
+    let mut client = Client::internal(gw.submission);
     let t = client.send(
         ALICE,
         &["bob@partner.example", "dave@plain.example", ALICE],
@@ -412,7 +412,7 @@ fn recipients_with_another_treatment_come_back_in_their_own_transaction() {
         &message(ALICE, "dave@plain.example", "later", "x"),
     );
     assert_eq!(t.data.map(|d| d.0), Some(250));
-    let delivered = gw.sink.messages();
+    let delivered = gw.smarthost.messages();
     assert!(delivered[0].text().contains("multipart/signed"));
     assert!(!delivered[1].text().contains("multipart/signed"));
 }
@@ -420,17 +420,17 @@ fn recipients_with_another_treatment_come_back_in_their_own_transaction() {
 #[test]
 fn a_dead_next_hop_defers_and_the_message_goes_through_once_it_is_back() {
     let mut gw = Gateway::start(|d| mailbox(d, ALICE));
-    let port = gw.sink.port;
-    gw.sink.stop();
-    let mut client = Client::connect(gw.submission);
+    let port = gw.smarthost.port;
+    gw.smarthost.stop();
+    let mut client = Client::internal(gw.submission);
     let msg = message(ALICE, "bob@partner.example", "retry", "Deliver me later.");
     let t = client.send(ALICE, &["bob@partner.example"], &msg);
     assert_eq!(t.rcpts[0].0, 451, "{t:?}");
     assert!(t.data.is_none());
-    gw.sink = harness::Sink::start(gw.sink.maildir.clone(), port);
+    gw.smarthost = harness::Sink::start(gw.smarthost.maildir.clone(), port);
     let t = client.send(ALICE, &["bob@partner.example"], &msg);
     assert_eq!(t.data.map(|d| d.0), Some(250));
-    let delivered = gw.sink.messages();
+    let delivered = gw.smarthost.messages();
     assert_eq!(delivered.len(), 1);
     assert!(delivered[0].text().contains("Subject: retry"));
     let log = gw.cli(&["log", "--status", "deferred"]);
@@ -439,19 +439,8 @@ fn a_dead_next_hop_defers_and_the_message_goes_through_once_it_is_back() {
 
 #[test]
 fn no_open_relay_from_outside_the_internal_networks() {
-    let gw = Gateway::start(|d| {
-        let config = d.join("smimegate.toml");
-        let text = std::fs::read_to_string(&config).expect("config");
-        std::fs::write(
-            &config,
-            text.replace(
-                "internal_networks = [\"127.0.0.0/8\", \"::1/128\"]",
-                "internal_networks = []",
-            ),
-        )
-        .expect("config");
-        mailbox(d, ALICE);
-    });
+    // The harness's internet client (127.0.0.2) is outside 127.0.0.1/32.
+    let gw = Gateway::start(|d| mailbox(d, ALICE));
     let mut client = Client::connect(gw.inbound);
     let t = client.send(
         "spammer@evil.example",
@@ -467,7 +456,8 @@ fn no_open_relay_from_outside_the_internal_networks() {
         &message("friend@partner.example", ALICE, "hi", "x"),
     );
     assert_eq!(t.data.map(|d| d.0), Some(250));
-    gw.cli(&["network", "allow", "127.0.0.1/32"]);
+    gw.cli(&["network", "allow", "127.0.0.2/32"]);
+    let mut client = Client::connect(gw.submission);
     let t = client.send(
         ALICE,
         &["bob@partner.example"],

@@ -130,11 +130,16 @@ impl Drop for Postfix {
     }
 }
 
-/// Waits until the sink holds `count` messages.
-fn wait_for(gw: &Gateway, count: usize, what: &str) -> Vec<super::harness::Delivered> {
+/// Waits until `sink` holds `count` messages.
+fn wait_for(
+    gw: &Gateway,
+    sink: &super::harness::Sink,
+    count: usize,
+    what: &str,
+) -> Vec<super::harness::Delivered> {
     let start = Instant::now();
     loop {
-        let messages = gw.sink.messages();
+        let messages = sink.messages();
         if messages.len() >= count {
             return messages;
         }
@@ -173,13 +178,13 @@ fn postfix_relays_through_the_gateway_and_bounces_what_a_rule_refuses() {
         ),
     );
     assert_eq!(t.data.map(|d| d.0), Some(250), "postfix accepted");
-    let delivered = wait_for(&gw, 1, "the signed message");
+    let delivered = wait_for(&gw, &gw.smarthost, 1, "the signed message");
     assert!(delivered[0].text().contains("Subject: via-postfix"));
     let content = openssl_verify(gw.data(), &delivered[0], &gw.ca_pem(ALICE));
     assert!(String::from_utf8_lossy(&content).contains("Signed by the gateway."));
 
     // Refused by encrypt-enforced: Postfix bounces to Alice; the bounce comes back in
-    // through the gateway to her mailbox (the sink) and carries our reason.
+    // through the gateway to her mailbox (the internal server) and carries our reason.
     let t = client.send(
         ALICE,
         &["bob@partner.example"],
@@ -191,8 +196,8 @@ fn postfix_relays_through_the_gateway_and_bounces_what_a_rule_refuses() {
         ),
     );
     assert_eq!(t.data.map(|d| d.0), Some(250), "postfix queues it");
-    let delivered = wait_for(&gw, 2, "the bounce");
-    let bounce = &delivered[1];
+    let delivered = wait_for(&gw, &gw.internal, 1, "the bounce");
+    let bounce = &delivered[0];
     let text = bounce.text();
     assert!(
         bounce.envelope_to.iter().any(|e| e.contains(ALICE)),

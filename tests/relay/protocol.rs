@@ -7,7 +7,7 @@ use super::{ALICE, message};
 #[test]
 fn pipelined_commands_get_their_replies_in_order() {
     let gw = Gateway::start(|d| mailbox(d, ALICE));
-    let mut client = Client::connect(gw.submission);
+    let mut client = Client::internal(gw.submission);
     let msg = message(ALICE, "bob@partner.example", "pipelined", "one write");
     let mut burst = format!(
         "MAIL FROM:<{ALICE}>\r\nRCPT TO:<bob@partner.example>\r\nRCPT TO:<carol@partner.example>\r\nDATA\r\n"
@@ -21,7 +21,7 @@ fn pipelined_commands_get_their_replies_in_order() {
     client.send_raw(&burst);
     assert_eq!(client.reply().0, 250);
     assert_eq!(client.reply().0, 221);
-    assert_eq!(gw.sink.messages()[0].envelope_to.len(), 2);
+    assert_eq!(gw.smarthost.messages()[0].envelope_to.len(), 2);
 }
 
 #[test]
@@ -35,7 +35,7 @@ fn size_and_recipient_limits_are_enforced_and_the_session_survives() {
         std::fs::write(&config, text).expect("config");
         mailbox(d, ALICE);
     });
-    let mut client = Client::connect(gw.submission);
+    let mut client = Client::internal(gw.submission);
     assert!(client.ehlo.contains("SIZE 20000"), "{}", client.ehlo);
     let (code, text) = client.command(&format!("MAIL FROM:<{ALICE}> SIZE=50000"));
     assert_eq!(code, 552, "{text}");
@@ -58,7 +58,7 @@ fn size_and_recipient_limits_are_enforced_and_the_session_survives() {
     // Still usable.
     assert_eq!(client.command("NOOP").0, 250);
     assert!(
-        gw.sink
+        gw.smarthost
             .messages()
             .iter()
             .all(|m| !m.text().contains("Subject: big"))
@@ -68,7 +68,7 @@ fn size_and_recipient_limits_are_enforced_and_the_session_survives() {
 #[test]
 fn smtputf8_and_dsn_parameters_reach_the_next_hop() {
     let gw = Gateway::start(|d| mailbox(d, ALICE));
-    let mut client = Client::connect(gw.submission);
+    let mut client = Client::internal(gw.submission);
     assert!(client.ehlo.contains("SMTPUTF8") && client.ehlo.contains("DSN"));
     let t = client.send_with(
         &format!("MAIL FROM:<{ALICE}> SMTPUTF8 RET=HDRS ENVID=QQ314159"),
@@ -76,7 +76,7 @@ fn smtputf8_and_dsn_parameters_reach_the_next_hop() {
         &message(ALICE, "jürgen@bücher.example", "utf8", "Grüße"),
     );
     assert_eq!(t.data.as_ref().map(|d| d.0), Some(250), "{t:?}");
-    let delivered = &gw.sink.messages()[0];
+    let delivered = &gw.smarthost.messages()[0];
     assert_eq!(
         delivered.envelope_to,
         ["<jürgen@bücher.example>; notify=SUCCESS,FAILURE; orcpt=rfc822;bob@partner.example"]
@@ -93,7 +93,7 @@ fn smtputf8_and_dsn_parameters_reach_the_next_hop() {
 #[test]
 fn hostile_input_gets_clear_replies_and_no_smuggled_message() {
     let gw = Gateway::start(|d| mailbox(d, ALICE));
-    let mut client = Client::connect(gw.submission);
+    let mut client = Client::internal(gw.submission);
     let (code, _) = client.command(&format!("MAIL FROM:<{ALICE}> {}", "X".repeat(10000)));
     assert_eq!(code, 500, "an overlong line");
     assert_eq!(
@@ -116,7 +116,7 @@ fn hostile_input_gets_clear_replies_and_no_smuggled_message() {
         .as_bytes(),
     );
     assert_eq!(client.reply().0, 250);
-    let delivered = gw.sink.messages();
+    let delivered = gw.smarthost.messages();
     assert_eq!(delivered.len(), 1, "exactly one message");
     assert!(
         delivered[0]
@@ -149,7 +149,7 @@ fn hostile_input_gets_clear_replies_and_no_smuggled_message() {
         Some(250),
         "inbound decrypt-optional: delivered as it is"
     );
-    let last = gw.sink.messages().pop().expect("delivered");
+    let last = gw.internal.messages().pop().expect("delivered");
     assert!(
         last.text().contains("X-Smimegate: encrypted"),
         "{}",
@@ -160,7 +160,7 @@ fn hostile_input_gets_clear_replies_and_no_smuggled_message() {
 #[test]
 fn a_gateway_killed_during_data_never_said_250() {
     let mut gw = Gateway::start(|d| mailbox(d, ALICE));
-    let mut client = Client::connect(gw.submission);
+    let mut client = Client::internal(gw.submission);
     assert_eq!(client.command(&format!("MAIL FROM:<{ALICE}>")).0, 250);
     assert_eq!(client.command("RCPT TO:<bob@partner.example>").0, 250);
     assert_eq!(client.command("DATA").0, 354);
@@ -172,7 +172,10 @@ fn a_gateway_killed_during_data_never_said_250() {
     let mut stream = client.into_stream();
     let _ = stream.read_to_string(&mut rest);
     assert!(!rest.starts_with("250"), "the client saw {rest:?}");
-    assert!(gw.sink.messages().is_empty(), "nothing may be delivered");
+    assert!(
+        gw.smarthost.messages().is_empty(),
+        "nothing may be delivered"
+    );
 }
 
 #[test]
@@ -239,7 +242,7 @@ fn a_token_failure_defers_and_never_sends_plaintext() {
         "{}",
         String::from_utf8_lossy(&deleted.stderr)
     );
-    let mut client = Client::connect(gw.submission);
+    let mut client = Client::internal(gw.submission);
     let t = client.send(
         ALICE,
         &["bob@partner.example"],
@@ -247,7 +250,7 @@ fn a_token_failure_defers_and_never_sends_plaintext() {
     );
     let (code, text) = t.data.expect("data");
     assert_eq!(code, 451, "{text}");
-    assert!(gw.sink.messages().is_empty(), "plaintext was relayed");
+    assert!(gw.smarthost.messages().is_empty(), "plaintext was relayed");
 }
 
 #[test]
@@ -265,10 +268,10 @@ fn starttls_on_both_sides_with_the_token_held_tls_key() {
         .expect("config");
         mailbox(d, ALICE);
     });
-    let port = gw.sink.port;
-    gw.sink.stop();
-    gw.sink = super::harness::Sink::start_tls(gw.sink.maildir.clone(), port, gw.data());
-    let client = Client::connect(gw.submission);
+    let port = gw.smarthost.port;
+    gw.smarthost.stop();
+    gw.smarthost = super::harness::Sink::start_tls(gw.smarthost.maildir.clone(), port, gw.data());
+    let client = Client::internal(gw.submission);
     assert!(client.ehlo.contains("STARTTLS"), "{}", client.ehlo);
     drop(client);
     // A real client (Python's smtplib) checks our certificate against the built-in CA
@@ -291,14 +294,14 @@ s.quit()
         !out.contains("STARTTLS"),
         "STARTTLS is not offered twice: {out}"
     );
-    let delivered = gw.sink.messages();
+    let delivered = gw.smarthost.messages();
     assert_eq!(delivered.len(), 1, "{}", gw.log());
     assert!(delivered[0].tls, "the gateway must use TLS to the next hop");
     assert!(delivered[0].text().contains("multipart/signed"));
     // Without TLS at the next hop, "required" defers.
-    gw.sink.stop();
-    gw.sink = super::harness::Sink::start(gw.sink.maildir.clone(), port);
-    let mut client = Client::connect(gw.submission);
+    gw.smarthost.stop();
+    gw.smarthost = super::harness::Sink::start(gw.smarthost.maildir.clone(), port);
+    let mut client = Client::internal(gw.submission);
     let t = client.send(
         ALICE,
         &["bob@partner.example"],

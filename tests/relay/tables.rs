@@ -72,8 +72,8 @@ fn every_outbound_action_with_and_without_certificates() {
     for p in [&bob, &carol] {
         gw.introduce(p, ALICE);
     }
-    let mut seen = gw.sink.messages().len();
-    let mut client = Client::connect(gw.submission);
+    let mut seen = gw.smarthost.messages().len();
+    let mut client = Client::internal(gw.submission);
     let mut rule: Option<String> = None;
     for action in ["none", "sign", "encrypt-optional", "encrypt-enforced"] {
         if let Some(id) = rule.take() {
@@ -156,7 +156,8 @@ fn every_outbound_action_with_and_without_certificates() {
             let t = client.send(ALICE, &rcpts, &message(ALICE, to, "table", &body));
             let got: Vec<u16> = t.rcpts.iter().map(|r| r.0).collect();
             assert_eq!(got, codes, "{action} / {case}: {t:?}");
-            let delivered: Vec<Delivered> = gw.sink.messages().into_iter().skip(seen).collect();
+            let delivered: Vec<Delivered> =
+                gw.smarthost.messages().into_iter().skip(seen).collect();
             seen += delivered.len();
             assert_eq!(
                 delivered.len(),
@@ -243,7 +244,8 @@ fn every_inbound_action_with_each_kind_of_content() {
                 let t = client.send("x@partner.example", &recipients, &msg);
                 assert!(t.rcpts.iter().all(|r| r.0 == 250), "{t:?}");
                 let (code, text) = t.data.expect("data");
-                let delivered: Vec<Delivered> = gw.sink.messages().into_iter().skip(seen).collect();
+                let delivered: Vec<Delivered> =
+                    gw.internal.messages().into_iter().skip(seen).collect();
                 seen += delivered.len();
                 match expected {
                     Err(enhanced) => {
