@@ -8,7 +8,14 @@ use smimegate::policy::{
     decide_inbound, decide_outbound, select,
 };
 
+/// `<>` is the null sender (a bounce), as the relay names it.
 fn party(token: &str) -> (Address, bool) {
+    if token == "<>" {
+        return (
+            Address::parse("mailer-daemon@invalid").expect("address"),
+            false,
+        );
+    }
     let managed = token.ends_with('*');
     let address = Address::parse(token.trim_end_matches('*')).expect("address in golden file");
     (address, managed)
@@ -52,6 +59,7 @@ fn decide(rules: &[Rule], case: &str) -> String {
             let facts = OutboundFacts {
                 sender_can_sign: words[3..].contains(&"sender-key"),
                 recipient_has_certificate: words[3..].contains(&"recipient-cert"),
+                null_sender: words[1] == "<>",
             };
             let d = decide_outbound(rules, sender, recipient, facts);
             let outcome = match &d.outcome {

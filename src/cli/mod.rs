@@ -280,6 +280,10 @@ pub struct SinkArgs {
     /// Accept and drop messages instead of writing them (for benchmarks).
     #[arg(long)]
     pub discard: bool,
+    /// Refuse this recipient at RCPT with 550 5.1.1, as a mail server that does not
+    /// know the mailbox (repeat for several).
+    #[arg(long = "unknown-recipient", value_name = "ADDRESS")]
+    pub unknown_recipients: Vec<String>,
     /// PEM certificate chain to offer STARTTLS with (needs --tls-key).
     #[arg(long, requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,

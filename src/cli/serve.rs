@@ -95,6 +95,7 @@ pub async fn serve(settings: Settings, args: ServeArgs) -> Result<()> {
         app: app.clone(),
         client,
         node,
+        hostname: app.settings.config.gateway.hostname.clone(),
         limits,
         config_networks,
         config_smarthost: (!relay_config.smarthost.is_empty())
@@ -147,6 +148,11 @@ pub async fn sink(args: SinkArgs) -> Result<()> {
     let mut maildir = crate::smtp::sink::Maildir::create(args.maildir.clone())
         .with_context(|| format!("cannot create Maildir {}", args.maildir.display()))?;
     maildir.discard = args.discard;
+    maildir.unknown_recipients = args
+        .unknown_recipients
+        .iter()
+        .map(|a| a.to_ascii_lowercase())
+        .collect();
     let listener = bind(&args.listen, "sink").await?;
     let config = ServerConfig {
         hostname: "smimegate-sink".into(),

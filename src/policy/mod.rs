@@ -275,6 +275,10 @@ pub struct OutboundFacts {
     pub sender_can_sign: bool,
     /// A valid certificate for the recipient is known (harvested or uploaded).
     pub recipient_has_certificate: bool,
+    /// The envelope sender is null (`MAIL FROM:<>`: a bounce or DSN). Nobody can sign
+    /// it, and it may quote what it bounces: under an enforcing rule it is encrypted
+    /// (unsigned) or refused, never sent in clear.
+    pub null_sender: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -297,10 +301,14 @@ pub fn decide_outbound(
     let by = rule_words(&selection);
     let mut notes = Vec::new();
     let no_key_note = || {
-        format!(
-            "sent unsigned: {} has no active certificate",
-            sender.address
-        )
+        if facts.null_sender {
+            "sent unsigned: a bounce (null sender) has no signing key".to_string()
+        } else {
+            format!(
+                "sent unsigned: {} has no active certificate",
+                sender.address
+            )
+        }
     };
     let outcome = match selection.action {
         Action::None => Ok(Transform::Plain),
@@ -330,6 +338,22 @@ pub fn decide_outbound(
                     (false, false) => Transform::Plain,
                 },
             )
+        }
+        Action::EncryptEnforced if facts.null_sender => {
+            if facts.recipient_has_certificate {
+                notes.push(no_key_note());
+                Ok(Transform::Encrypt)
+            } else {
+                Err(Rejection {
+                    code: 550,
+                    enhanced: "5.7.1",
+                    text: format!(
+                        "<{}>: encryption is required {by}, and no valid certificate is known \
+                         for this recipient; a bounce is not sent in clear",
+                        recipient.address
+                    ),
+                })
+            }
         }
         Action::EncryptEnforced => {
             if !facts.sender_can_sign {

@@ -126,6 +126,12 @@ impl Snapshot {
         })
     }
 
+    /// The addresses submitter `name` may send as (empty: no restriction beyond the
+    /// envelope sender).
+    pub fn submitter_may_send_as(&self, _name: &str) -> Vec<String> {
+        Vec::new()
+    }
+
     /// Whether `domain` is one of ours (has an inbound route).
     pub fn is_managed_domain(&self, domain: &str) -> bool {
         self.domains.contains_key(&domain.to_ascii_lowercase())
@@ -331,21 +337,27 @@ impl<'a> Directory<'a> {
         Ok(found)
     }
 
-    /// Sender and recipient as the policy sees them, with the outbound facts.
+    /// Sender and recipient as the policy sees them, with the outbound facts. The null
+    /// sender of a bounce is [`NULL_SENDER`], never managed.
     pub async fn outbound_facts(
         &self,
         sender: &Address,
         recipient: &Address,
     ) -> Result<(bool, bool, OutboundFacts), StoreError> {
-        let sender_managed = self.is_managed(sender);
+        let null_sender = sender.as_str() == NULL_SENDER;
+        let sender_managed = !null_sender && self.is_managed(sender);
         let recipient_managed = self.is_managed(recipient);
         let facts = OutboundFacts {
             sender_can_sign: sender_managed && self.can_sign(sender).await?,
             recipient_has_certificate: self.partner_certificate(recipient).await?.is_some(),
+            null_sender,
         };
         Ok((sender_managed, recipient_managed, facts))
     }
 }
+
+/// How the policy names the null sender (`MAIL FROM:<>`) of a bounce.
+pub const NULL_SENDER: &str = "mailer-daemon@invalid";
 
 /// A [`Party`] for the policy.
 pub fn party(address: &Address, managed: bool) -> Party<'_> {

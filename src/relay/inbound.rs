@@ -19,6 +19,7 @@ use crate::smime::layers::{Kept, KeyDirectory, Layer, Opened, Opener, TokenKeys,
 use crate::smime::verify::{FromField, Verdict, Verification, VerifyContext};
 use crate::smtp::Reply;
 
+use super::actions::LogAction;
 use super::directory::Snapshot;
 use super::headers;
 
@@ -28,7 +29,7 @@ pub struct Processed {
     /// The value of the stamp header.
     pub stamp: String,
     /// For the message log.
-    pub actions: Vec<String>,
+    pub actions: Vec<LogAction>,
 }
 
 fn temporary(what: &str, detail: impl std::fmt::Display) -> Reply {
@@ -142,10 +143,7 @@ pub async fn process(
         truncated,
     } = opened;
     let message = match (outcome, decrypted) {
-        (InboundOutcome::Reject(rejection), _) => {
-            actions.push("rejected".into());
-            return Err(rejection.into());
-        }
+        (InboundOutcome::Reject(rejection), _) => return Err(rejection.into()),
         (_, Some(entity)) if decrypt => with_entity(&message, &entity)?,
         _ => message,
     };
@@ -178,7 +176,7 @@ fn content_of(opened: &Opened) -> InboundContent {
 }
 
 /// The log's account of each layer, outermost first.
-fn layer_actions(opened: &Opened) -> Vec<String> {
+fn layer_actions(opened: &Opened) -> Vec<LogAction> {
     let mut actions = Vec::new();
     for layer in &opened.layers {
         match layer {
@@ -187,29 +185,31 @@ fn layer_actions(opened: &Opened) -> Vec<String> {
                 key_transport,
                 weak,
             } => {
-                actions.push(format!("decrypted ({content_algorithm}, {key_transport})"));
+                actions.push(LogAction::Decrypted {
+                    content: content_algorithm,
+                    transport: key_transport,
+                });
                 if *weak {
-                    actions.push(format!("weak-cipher {content_algorithm}"));
+                    actions.push(LogAction::WeakCipher(content_algorithm));
                 }
             }
-            Layer::Encrypted(Kept::ByPolicy) => actions.push("kept-encrypted".into()),
+            Layer::Encrypted(Kept::ByPolicy) => actions.push(LogAction::KeptEncrypted),
             Layer::Encrypted(Kept::Undecryptable(why)) => {
-                actions.push(format!("undecryptable: {why}"));
-                actions.push("kept-encrypted".into());
+                actions.push(LogAction::Undecryptable(why.clone()));
+                actions.push(LogAction::KeptEncrypted);
             }
             Layer::Encrypted(Kept::Failed) => {
-                actions.push("decryption-failed".into());
-                actions.push("kept-encrypted".into());
+                actions.push(LogAction::DecryptionFailed);
+                actions.push(LogAction::KeptEncrypted);
             }
             Layer::Signed(v) => {
-                actions.push(format!("signature-{}", v.verdict.as_str()));
+                actions.push(LogAction::Signature(v.verdict));
                 for s in &v.signers {
-                    actions.push(format!(
-                        "signer {} {}: {}",
-                        s.name(),
-                        s.verdict.as_str(),
-                        s.detail
-                    ));
+                    actions.push(LogAction::Signer {
+                        name: s.name(),
+                        verdict: s.verdict,
+                        detail: s.detail.clone(),
+                    });
                 }
                 if v.verdict != Verdict::Valid {
                     tracing::info!(verdict = v.verdict.as_str(), detail = %v.detail, "signature not valid");
@@ -318,7 +318,7 @@ async fn harvest(
     snapshot: &Snapshot,
     opened: &Opened,
     from: &FromField,
-    actions: &mut Vec<String>,
+    actions: &mut Vec<LogAction>,
 ) {
     let Some(owner) = from.address().and_then(|a| Address::from_envelope(a).ok()) else {
         return;
@@ -350,7 +350,7 @@ async fn harvest(
         {
             Ok(true) => {
                 tracing::info!(%owner, "harvested a partner certificate");
-                actions.push("harvested".into());
+                actions.push(LogAction::Harvested);
             }
             Ok(false) => {}
             Err(e) => tracing::warn!(error = %e, "could not store the signer's certificate"),

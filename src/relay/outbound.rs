@@ -7,66 +7,60 @@ use crate::pki::address::Address;
 use crate::policy::Transform;
 use crate::smime::capabilities::{choose_cipher, choose_transport};
 use crate::smime::encrypt::{Recipient, encrypt_message, encrypt_message_owned};
-use crate::smtp::Reply;
 
 use super::directory::PartnerCertificate;
-
-/// Why the message could not be transformed: said to the sender as a 4xx.
-fn failed(what: &str, detail: impl std::fmt::Display) -> Reply {
-    tracing::error!(error = %detail, "{what} failed; message not sent");
-    Reply::new(
-        451,
-        "4.3.0",
-        format!("{what} failed on the gateway; the message was not sent, try again later"),
-    )
-}
+use super::error::RelayError;
 
 /// The message is malformed beyond what can be signed or encrypted (too deep, 8-bit
 /// data in a base64 part, …): a permanent refusal naming the fault.
-fn unusable(e: &crate::mime::MimeError) -> Reply {
+fn unusable(e: &crate::mime::MimeError) -> RelayError {
     tracing::info!(error = %e, "message refused: cannot be transformed");
-    Reply::new(
+    RelayError::refused(
         554,
         "5.6.0",
         format!("The message cannot be signed or encrypted: {e}"),
     )
 }
 
-fn encryption_failed(e: crate::smime::encrypt::EncryptError) -> Reply {
+/// Why encryption failed: the message (permanent) or the gateway (temporary; the
+/// message is not sent, never sent in clear instead).
+fn encryption_failed(e: crate::smime::encrypt::EncryptError) -> RelayError {
     match e {
         crate::smime::encrypt::EncryptError::Mime(m) => unusable(&m),
-        other => failed("encryption", other),
+        other => RelayError::gateway("encryption", other),
     }
 }
 
-/// Signs (if the transform says so) and then encrypts once per group of recipients.
-/// Returns one message per group, in order.
+/// Signs (if the transform says so) as `from` and then encrypts once per group of
+/// recipients. Returns one message per group, in order. Signing goes through the
+/// token's worker queue (its timeouts and session limit), like every token operation.
 pub async fn transform(
     app: &App,
     snapshot: &super::directory::Snapshot,
     limits: &crate::mime::Limits,
-    from: &Address,
+    from: Option<&Address>,
     transform: Transform,
     groups: &[Vec<PartnerCertificate>],
     message: Vec<u8>,
-) -> Result<Vec<Vec<u8>>, Reply> {
+) -> Result<Vec<Vec<u8>>, RelayError> {
     let body = if transform.signs() {
-        let signer = snapshot
-            .signer(app, from)
-            .await
-            .map_err(|e| failed("signing", e))?;
+        let from = from.ok_or_else(|| RelayError::gateway("signing", "no sender to sign as"))?;
+        let signer = snapshot.signer(app, from).await.map_err(|e| match e {
+            crate::app::AppError::Store(s) => RelayError::Database(s),
+            other => RelayError::gateway("signing", other),
+        })?;
         let limits = *limits;
-        let hsm = app.hsm.clone();
-        tokio::task::spawn_blocking(move || {
-            crate::smime::sign_detached(&hsm, &signer, &message, &limits)
-        })
-        .await
-        .map_err(|e| failed("signing", e))?
-        .map_err(|e| match e {
-            // The message itself cannot be signed: retrying will not help.
-            crate::smime::SmimeError::Mime(m) => unusable(&m),
-            other => failed("signing", other),
-        })?
+        app.hsm
+            .call("sign message", move |hsm| {
+                Ok(crate::smime::sign_detached(hsm, &signer, &message, &limits))
+            })
+            .await
+            .map_err(|e| RelayError::gateway("signing", e))?
+            .map_err(|e| match e {
+                // The message itself cannot be signed: retrying will not help.
+                crate::smime::SmimeError::Mime(m) => unusable(&m),
+                other => RelayError::gateway("signing", other),
+            })?
     } else {
         message
     };
@@ -78,14 +72,14 @@ pub async fn transform(
     // Encryption is CPU work on the whole message: off the async threads.
     tokio::task::spawn_blocking(move || encrypt_groups(body, &groups, &limits))
         .await
-        .map_err(|e| failed("encryption", e))?
+        .map_err(|e| RelayError::gateway("encryption", e))?
 }
 
 fn encrypt_groups(
     body: Vec<u8>,
     groups: &[Vec<PartnerCertificate>],
     limits: &crate::mime::Limits,
-) -> Result<Vec<Vec<u8>>, Reply> {
+) -> Result<Vec<Vec<u8>>, RelayError> {
     let prepare = |group: &[PartnerCertificate]| {
         let caps: Vec<_> = group.iter().map(|p| p.capabilities).collect();
         let recipients: Vec<Recipient> = group
@@ -98,7 +92,10 @@ fn encrypt_groups(
         (recipients, choose_cipher(&caps))
     };
     let Some((last, others)) = groups.split_last() else {
-        return Err(failed("encryption", "no recipient certificates"));
+        return Err(RelayError::gateway(
+            "encryption",
+            "no recipient certificates",
+        ));
     };
     let mut out = Vec::with_capacity(groups.len());
     for group in others {

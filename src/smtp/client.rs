@@ -465,6 +465,12 @@ impl Connection {
         if go.code != 354 {
             return Ok(go);
         }
+        self.message(message).await
+    }
+
+    /// After the hop's 354: the message (dot-stuffed, CRLF lines), the end marker, and
+    /// the final reply.
+    pub async fn message(&mut self, message: &[u8]) -> Result<Reply, Reply> {
         let mut out = Vec::with_capacity(message.len() + message.len() / 50 + 5);
         for line in message.split_inclusive(|&b| b == b'\n') {
             let content = line

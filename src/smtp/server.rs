@@ -63,6 +63,8 @@ pub struct SessionInfo {
     pub listener: Listener,
     pub helo: String,
     pub tls: bool,
+    /// The submitter authenticated with SMTP AUTH, if any.
+    pub authenticated: Option<String>,
 }
 
 /// The relay behind the protocol.
@@ -152,6 +154,7 @@ pub async fn serve<H: Handler>(
                     listener: config.listener,
                     helo: String::new(),
                     tls: false,
+                    authenticated: None,
                 };
                 run_session(stream, info, &config, handler.as_ref()).await;
                 drop(permit);

@@ -14,6 +14,9 @@ pub struct Maildir {
     counter: AtomicU64,
     /// Accept and drop (benchmarks).
     pub discard: bool,
+    /// Recipients refused at RCPT with 550 5.1.1, as a mail server refuses a mailbox it
+    /// does not know (lower case).
+    pub unknown_recipients: Vec<String>,
 }
 
 pub struct SinkTransaction {
@@ -31,6 +34,7 @@ impl Maildir {
             root,
             counter: AtomicU64::new(0),
             discard: false,
+            unknown_recipients: Vec::new(),
         })
     }
 
@@ -109,6 +113,9 @@ impl Handler for Maildir {
         to: &str,
         params: &RcptParams,
     ) -> Reply {
+        if self.unknown_recipients.contains(&to.to_ascii_lowercase()) {
+            return Reply::new(550, "5.1.1", format!("<{to}>: no such mailbox here"));
+        }
         tx.recipients.push((to.to_string(), params.clone()));
         Reply::new(250, "2.1.5", "Recipient OK")
     }

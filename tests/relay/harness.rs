@@ -89,6 +89,17 @@ impl Sink {
         Sink::start_with(maildir, port, &["--tls-cert", &cert, "--tls-key", &key])
     }
 
+    /// A sink that refuses `unknown` at RCPT (550 5.1.1), like a mail server that does
+    /// not know that mailbox.
+    pub fn start_refusing(maildir: PathBuf, port: u16, unknown: &[&str]) -> Sink {
+        let args: Vec<String> = unknown
+            .iter()
+            .flat_map(|a| ["--unknown-recipient".to_string(), a.to_string()])
+            .collect();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Sink::start_with(maildir, port, &args)
+    }
+
     /// Starts the sink on `port` (0: any free port; the sink says which).
     fn start_with(maildir: PathBuf, port: u16, extra: &[&str]) -> Sink {
         let mut child = Command::new(env!("CARGO_BIN_EXE_smimegate"))

@@ -3,6 +3,7 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+mod flow;
 mod harness;
 mod inbound_trust;
 mod interop;

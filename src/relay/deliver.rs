@@ -1,0 +1,325 @@
+//! After DATA: the message is made unambiguous (header line endings, stamps stripped),
+//! checked for loops, given its Received field, transformed (inbound: opened and
+//! stamped; outbound: signed as its sender and encrypted per group), and handed to the
+//! next hop over the transaction's link, whose answer is ours.
+
+use crate::pki::address::Address;
+use crate::policy::{Action, Transform};
+use crate::smime::verify::FromField;
+use crate::smtp::Reply;
+use crate::smtp::server::SessionInfo;
+
+use super::actions::LogAction;
+use super::directory::{PartnerCertificate, Snapshot};
+use super::error::RelayError;
+use super::transaction::{self, Class, Routed, State, Transaction};
+use super::{Relay, headers, inbound, outbound, received};
+
+/// What came of a message: the reply, what was done, and its header (for the log).
+pub struct Outcome {
+    pub reply: Reply,
+    pub actions: Vec<LogAction>,
+    pub header: Vec<u8>,
+}
+
+impl Relay {
+    pub(super) async fn deliver(
+        &self,
+        session: &SessionInfo,
+        tx: &mut Transaction,
+        message: Vec<u8>,
+    ) -> Outcome {
+        let message = headers::strip(headers::canonical_header(message), headers::STAMP);
+        let header = summary_headers(&message);
+        let mut actions = tx.notes.clone();
+        let reply = match self
+            .deliver_routed(session, tx, message, &mut actions)
+            .await
+        {
+            Ok(reply) => reply,
+            Err(e) => {
+                actions.push(LogAction::Refused);
+                Reply::from(&e)
+            }
+        };
+        Outcome {
+            reply,
+            actions,
+            header,
+        }
+    }
+
+    async fn deliver_routed(
+        &self,
+        session: &SessionInfo,
+        tx: &mut Transaction,
+        message: Vec<u8>,
+        actions: &mut Vec<LogAction>,
+    ) -> Result<Reply, RelayError> {
+        let State::Routed(routed) = &mut tx.state else {
+            return Err(RelayError::refused(554, "5.5.1", "No valid recipients"));
+        };
+        if received::hops(&message) >= received::MAX_HOPS {
+            return Err(RelayError::refused(
+                554,
+                "5.4.6",
+                "Too many hops: the message is looping",
+            ));
+        }
+        let single = (routed.recipients.len() == 1).then(|| routed.recipients[0].envelope.as_str());
+        let trace = received::field(session, &self.hostname, &tx.envelope.id, single);
+        let message = [trace.as_bytes(), &message].concat();
+        match routed.class.clone() {
+            Class::Inbound { .. } => {
+                let recipients: Vec<Address> = routed
+                    .recipients
+                    .iter()
+                    .map(|r| r.address.clone())
+                    .collect();
+                let processed = inbound::process(
+                    self.app.clone(),
+                    tx.envelope.snapshot.clone(),
+                    &self.limits,
+                    &routed.selection,
+                    &recipients,
+                    message,
+                )
+                .await;
+                let processed = match processed {
+                    Ok(p) => p,
+                    Err(reply) => {
+                        actions.push(if reply.is_permanent() {
+                            LogAction::Rejected
+                        } else {
+                            LogAction::Refused
+                        });
+                        return Ok(reply);
+                    }
+                };
+                actions.extend(processed.actions);
+                Ok(routed.link.data(&self.client, &processed.message).await)
+            }
+            Class::Outbound { transform, .. } => {
+                let sender = tx.envelope.sender.as_ref();
+                let may_send_as = self.may_send_as(session, &tx.envelope.snapshot);
+                let transform =
+                    signing_identity(sender, &may_send_as, routed, transform, &message, actions)?;
+                let snapshot = tx.envelope.snapshot.clone();
+                self.send_outbound(sender, &snapshot, routed, transform, message, actions)
+                    .await
+            }
+        }
+    }
+
+    /// Signs and encrypts (per Bcc group) and hands over.
+    async fn send_outbound(
+        &self,
+        sender: Option<&Address>,
+        snapshot: &Snapshot,
+        routed: &mut Routed,
+        transform: Transform,
+        message: Vec<u8>,
+        actions: &mut Vec<LogAction>,
+    ) -> Result<Reply, RelayError> {
+        // Bcc recipients (in the envelope, not in To/Cc) get their own copy when
+        // encrypting, so no RecipientInfo reveals them.
+        let visible: Vec<String> = ["To", "Cc"]
+            .iter()
+            .flat_map(|h| headers::values(&message, h))
+            .flat_map(|v| headers::addresses(&v))
+            .map(|a| a.to_lowercase())
+            .collect();
+        let recipients = &routed.recipients;
+        let groups: Vec<Vec<usize>> = if transform.encrypts() {
+            let (shown, hidden): (Vec<usize>, Vec<usize>) = (0..recipients.len())
+                .partition(|&i| visible.contains(&recipients[i].address.to_string()));
+            let mut groups = Vec::new();
+            if !shown.is_empty() {
+                groups.push(shown);
+            }
+            groups.extend(hidden.into_iter().map(|i| vec![i]));
+            groups
+        } else {
+            vec![(0..recipients.len()).collect()]
+        };
+        let certs: Vec<Vec<PartnerCertificate>> = groups
+            .iter()
+            .map(|g| {
+                transaction::group_recipients(recipients, g)
+                    .filter_map(|r| r.partner.clone())
+                    .collect()
+            })
+            .collect();
+        if transform.encrypts() && certs.iter().zip(&groups).any(|(c, g)| c.len() != g.len()) {
+            return Err(RelayError::refused(
+                451,
+                "4.7.5",
+                "A recipient certificate is no longer available; try again later",
+            ));
+        }
+        let outputs = outbound::transform(
+            &self.app,
+            snapshot,
+            &self.limits,
+            sender,
+            transform,
+            &certs,
+            message,
+        )
+        .await?;
+        if transform.signs() {
+            actions.push(LogAction::Signed);
+        }
+        if transform.encrypts() {
+            actions.push(LogAction::Encrypted {
+                copies: groups.len(),
+            });
+        }
+        match outputs.as_slice() {
+            [only] if groups.len() == 1 => Ok(routed.link.data(&self.client, only).await),
+            _ => Ok(self.send_groups(routed, &groups, &outputs).await),
+        }
+    }
+}
+
+/// Who the message is signed as: the mailbox in its header From, and only when that
+/// is the envelope sender or an address the authenticated submitter may send as
+/// (DESIGN §2). Otherwise it leaves unsigned — refused where the rule requires a
+/// signature — and the log says why.
+fn signing_identity(
+    sender: Option<&Address>,
+    may_send_as: &[String],
+    routed: &Routed,
+    transform: Transform,
+    message: &[u8],
+    actions: &mut Vec<LogAction>,
+) -> Result<Transform, RelayError> {
+    if !transform.signs() {
+        return Ok(transform);
+    }
+    let from = FromField::of_message(message);
+    let why = match (&from, sender) {
+        (FromField::One(author), Some(sender))
+            if author.eq_ignore_ascii_case(sender.as_str())
+                && (may_send_as.is_empty()
+                    || may_send_as.iter().any(|a| a.eq_ignore_ascii_case(author))) =>
+        {
+            return Ok(transform);
+        }
+        (FromField::One(author), Some(sender)) if !author.eq_ignore_ascii_case(sender.as_str()) => {
+            format!("the header From <{author}> is not the sender <{sender}>")
+        }
+        (FromField::One(author), Some(_)) => {
+            format!("the authenticated submitter may not send as <{author}>")
+        }
+        (FromField::One(author), None) => format!("a bounce cannot sign as <{author}>"),
+        _ => "the message has no single From address to sign as".to_string(),
+    };
+    if routed.selection.action == Action::EncryptEnforced {
+        return Err(RelayError::refused(
+            550,
+            "5.7.1",
+            format!("The message must be signed and encrypted, but {why}"),
+        ));
+    }
+    actions.push(LogAction::NotSigned(why));
+    Ok(match transform {
+        Transform::SignEncrypt => Transform::Encrypt,
+        _ => Transform::Plain,
+    })
+}
+
+/// The header fields the log reads (Message-ID, Subject), without the body.
+fn summary_headers(message: &[u8]) -> Vec<u8> {
+    let end = message
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(message.len(), |i| i + 4);
+    message[..end].to_vec()
+}
+
+impl Relay {
+    /// One transaction per group on the link's connection (Bcc copies). When the first
+    /// group fails, its reply is the answer. When a later one fails after others were
+    /// delivered, the answer is a 4xx: a 5xx would bounce recipients who have the
+    /// message; the retry may give them a second copy, never none.
+    async fn send_groups(
+        &self,
+        routed: &mut Routed,
+        groups: &[Vec<usize>],
+        outputs: &[Vec<u8>],
+    ) -> Reply {
+        let Some(mut conn) = routed.link.take_connection() else {
+            return lost();
+        };
+        if !conn.rset().await {
+            conn.quit().await;
+            return lost();
+        }
+        let mut delivered = 0usize;
+        let mut last = Reply::new(250, "2.0.0", "OK");
+        for (group, output) in groups.iter().zip(outputs) {
+            let result = self.send_group(&mut conn, routed, group, output).await;
+            match result {
+                Ok(reply) => {
+                    delivered += 1;
+                    last = reply;
+                }
+                Err(reply) if delivered == 0 => {
+                    routed.link.restore_connection(conn);
+                    return reply;
+                }
+                Err(reply) => {
+                    tracing::warn!(delivered, reply = %reply, "a Bcc copy failed after others were delivered");
+                    routed.link.restore_connection(conn);
+                    return Reply::new(
+                        451,
+                        "4.4.1",
+                        "Part of the message was delivered, the rest could not be; try again later",
+                    );
+                }
+            }
+        }
+        routed.link.restore_connection(conn);
+        last
+    }
+
+    async fn send_group(
+        &self,
+        conn: &mut crate::smtp::client::Connection,
+        routed: &Routed,
+        group: &[usize],
+        output: &[u8],
+    ) -> Result<Reply, Reply> {
+        let mail = conn
+            .mail(
+                &routed.link.from,
+                &routed.link.params,
+                Some(output.len() as u64),
+            )
+            .await?;
+        if !mail.is_positive() {
+            return Err(mail);
+        }
+        for r in transaction::group_recipients(&routed.recipients, group) {
+            let reply = conn.rcpt(&r.envelope, &r.params).await?;
+            if !reply.is_positive() {
+                return Err(reply);
+            }
+        }
+        let reply = conn.data(output).await?;
+        if reply.is_positive() {
+            Ok(reply)
+        } else {
+            Err(reply)
+        }
+    }
+}
+
+fn lost() -> Reply {
+    Reply::new(
+        451,
+        "4.4.1",
+        "Connection to the next hop lost; try again later",
+    )
+}
