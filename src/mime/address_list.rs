@@ -59,7 +59,12 @@ fn tokenize(value: &str) -> Result<Vec<Token>, AddressListError> {
                 let mut text = String::new();
                 loop {
                     match chars.next().ok_or(AddressListError::Unbalanced)? {
-                        '\\' => text.push(chars.next().ok_or(AddressListError::Unbalanced)?),
+                        // A line break is folding, never content, escaped or not
+                        // (RFC 5322 §3.2.1 quoted-pair takes VCHAR and WSP only).
+                        '\\' => match chars.next().ok_or(AddressListError::Unbalanced)? {
+                            '\r' | '\n' => {}
+                            escaped => text.push(escaped),
+                        },
                         '"' => break,
                         '\r' | '\n' => {}
                         other => text.push(other),
