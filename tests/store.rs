@@ -257,6 +257,7 @@ async fn suite(store: &Store) {
     assert!(bad.is_err(), "state CHECK constraint missing");
     store.ping().await.expect("ping");
     relay_suite(store).await;
+    submitter_suite(store).await;
 }
 
 /// Rules keep dense priorities (a new rule at 1), the message log filters, the relay
@@ -564,6 +565,128 @@ async fn relay_suite(store: &Store) {
             .expect("none")
             .is_empty()
     );
+}
+
+/// SMTP AUTH submitters: add, read back (with and without the hash), list, change the
+/// password, disable, remove; a duplicate is a conflict; every change bumps the
+/// configuration version the relay caches by.
+async fn submitter_suite(store: &Store) {
+    use smimegate::store::NewSubmitter;
+    let subs = store.submitters();
+    let version = store.config_version().await.expect("version");
+    let may = vec![
+        "noreply@corp.example".to_string(),
+        "it@corp.example".to_string(),
+    ];
+    let added = subs
+        .add(&NewSubmitter {
+            name: "app-server",
+            password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA",
+            may_send_as: &may,
+            comment: "ERP system",
+        })
+        .await
+        .expect("add submitter");
+    assert_eq!(added.name, "app-server");
+    assert_eq!(added.may_send_as, may);
+    assert!(added.may_send_as("it@corp.example"));
+    assert!(!added.may_send_as("ceo@corp.example"));
+    assert_eq!(added.comment, "ERP system");
+    assert!(!added.disabled);
+    assert_eq!(added.created_at, added.password_changed_at);
+    let after_add = store.config_version().await.expect("version");
+    assert!(after_add > version, "adding a submitter bumps the version");
+
+    let relay_only = subs
+        .add(&NewSubmitter {
+            name: "backup-mta",
+            password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdDI$aGFzaDI",
+            may_send_as: &[],
+            comment: "",
+        })
+        .await
+        .expect("add relay-only submitter");
+    assert!(relay_only.may_send_as.is_empty());
+    let dup = subs
+        .add(&NewSubmitter {
+            name: "app-server",
+            password_hash: "x",
+            may_send_as: &[],
+            comment: "",
+        })
+        .await;
+    assert!(matches!(dup, Err(StoreError::Conflict(_))), "{dup:?}");
+
+    assert_eq!(
+        subs.get("app-server").await.expect("get"),
+        Some(added.clone())
+    );
+    assert_eq!(subs.get("nobody").await.expect("get"), None);
+    let creds = subs
+        .credentials("app-server")
+        .await
+        .expect("credentials")
+        .expect("present");
+    assert_eq!(
+        creds.password_hash,
+        "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA"
+    );
+    assert!(
+        !format!("{creds:?}").contains("argon2id"),
+        "Debug hides the hash"
+    );
+    assert!(subs.credentials("nobody").await.expect("none").is_none());
+    let names: Vec<String> = subs
+        .list()
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+    assert_eq!(names, ["app-server", "backup-mta"]);
+
+    let before = store.config_version().await.expect("version");
+    let changed = subs
+        .set_password_hash("app-server", "$argon2id$v=19$m=19456,t=2,p=1$bmV3$bmV3")
+        .await
+        .expect("new password");
+    assert!(changed.password_changed_at >= added.password_changed_at);
+    assert_eq!(
+        subs.credentials("app-server")
+            .await
+            .expect("credentials")
+            .expect("present")
+            .password_hash,
+        "$argon2id$v=19$m=19456,t=2,p=1$bmV3$bmV3"
+    );
+    assert!(store.config_version().await.expect("version") > before);
+    assert!(matches!(
+        subs.set_password_hash("nobody", "x").await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(
+        subs.set_disabled("backup-mta", true)
+            .await
+            .expect("disable")
+            .disabled
+    );
+    assert!(
+        !subs
+            .set_disabled("backup-mta", false)
+            .await
+            .expect("enable")
+            .disabled
+    );
+
+    let before = store.config_version().await.expect("version");
+    let removed = subs.remove("backup-mta").await.expect("remove");
+    assert_eq!(removed.name, "backup-mta");
+    assert!(store.config_version().await.expect("version") > before);
+    assert!(matches!(
+        subs.remove("backup-mta").await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert_eq!(subs.list().await.expect("list").len(), 1);
 }
 
 #[tokio::test]

@@ -10,6 +10,7 @@ mod mailboxes;
 mod message_log;
 mod relay_settings;
 mod rules;
+mod submitters;
 mod trust;
 
 use std::time::Duration;
@@ -27,6 +28,7 @@ pub use mailboxes::{MailboxRow, MailboxState, Mailboxes};
 pub use message_log::{LogEntry, LogFilter, LogStatus, MessageLog};
 pub use relay_settings::{NetworkRow, RelaySettings};
 pub use rules::{NewRule, Rules};
+pub use submitters::{NewSubmitter, Submitter, SubmitterCredentials, Submitters};
 pub use trust::{TrustAnchorRow, TrustAnchorStore};
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
@@ -61,13 +63,17 @@ pub enum StoreError {
     Refused(String),
     #[error("stored data is inconsistent: {0}")]
     Corrupt(String),
+    /// Busy or interrupted beside the database (e.g. every password-hashing slot in
+    /// use): try again later.
+    #[error("temporarily unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl StoreError {
     /// True when a retry later may succeed (the database is unreachable or busy).
     pub fn is_transient(&self) -> bool {
         match self {
-            StoreError::Connect { .. } => true,
+            StoreError::Connect { .. } | StoreError::Unavailable(_) => true,
             StoreError::Query { source, .. } => matches!(
                 source,
                 sqlx::Error::Io(_)
@@ -246,6 +252,10 @@ impl Store {
 
     pub fn trust_anchors(&self) -> TrustAnchorStore<'_> {
         TrustAnchorStore { pool: &self.pool }
+    }
+
+    pub fn submitters(&self) -> Submitters<'_> {
+        Submitters { pool: &self.pool }
     }
 
     pub fn audit(&self) -> AuditLog<'_> {
