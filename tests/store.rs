@@ -728,3 +728,99 @@ async fn unreachable_databases_give_a_clear_transient_error() {
         .expect("fail");
     assert!(matches!(err, StoreError::UnsupportedUrl(_)));
 }
+
+/// A statement PostgreSQL does not finish (a runaway query, a lock another session
+/// holds) is cancelled by the statement timeout and becomes a clear transient error,
+/// never a hang; the pooled connection stays usable and keeps the timeout.
+#[tokio::test]
+async fn a_stuck_postgres_statement_ends_in_a_clear_transient_error() {
+    use smimegate::store::ConnectOptions;
+    use std::time::{Duration, Instant};
+    let db = common::postgres_store().await;
+    let store = Store::connect_with(
+        &db.url(),
+        &ConnectOptions {
+            max_connections: 1,
+            acquire_timeout: Duration::from_secs(5),
+            statement_timeout: Some(Duration::from_secs(1)),
+        },
+    )
+    .await
+    .expect("store with a 1 s statement timeout");
+    for attempt in 0..2 {
+        let started = Instant::now();
+        let outcome = tokio::time::timeout(
+            Duration::from_secs(20),
+            sqlx::query("SELECT pg_sleep(6)").execute(store.pool()),
+        )
+        .await
+        .expect("the database answered");
+        let elapsed = started.elapsed();
+        let err = StoreError::Query {
+            operation: "sleeping",
+            source: outcome.expect_err("pg_sleep(6) must be cancelled"),
+        };
+        assert!(
+            elapsed < Duration::from_secs(4),
+            "attempt {attempt}: cancelled after {elapsed:?}"
+        );
+        assert!(err.is_transient(), "{err}");
+        assert!(err.to_string().contains("statement timeout"), "{err}");
+        store.ping().await.expect("the connection is still usable");
+    }
+
+    // A table another session keeps locked: the store's own write gives up in time.
+    use sqlx::Connection;
+    let mut locker = sqlx::PgConnection::connect(&db.url())
+        .await
+        .expect("second session");
+    sqlx::query("BEGIN")
+        .execute(&mut locker)
+        .await
+        .expect("begin");
+    sqlx::query("LOCK TABLE message_log IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut locker)
+        .await
+        .expect("lock");
+    let entry = smimegate::store::LogEntry {
+        id: 0,
+        received_at: 1,
+        node: "n".into(),
+        direction: smimegate::policy::Direction::Inbound,
+        mail_from: "a@b.example".into(),
+        rcpt_to: vec!["c@corp.example".into()],
+        message_id: None,
+        subject: None,
+        size_bytes: 1,
+        status: smimegate::store::LogStatus::Relayed,
+        actions: vec![],
+        smtp_code: Some(250),
+        smtp_reply: None,
+        rule_id: None,
+        duration_ms: 1,
+    };
+    let started = Instant::now();
+    let err = tokio::time::timeout(Duration::from_secs(20), store.message_log().record(&entry))
+        .await
+        .expect("the store answered")
+        .expect_err("the locked table cannot be written");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(err.is_transient(), "{err}");
+    assert!(err.to_string().contains("writing the message log"), "{err}");
+    sqlx::query("ROLLBACK")
+        .execute(&mut locker)
+        .await
+        .expect("unlock");
+    locker.close().await.ok();
+    store
+        .message_log()
+        .record(&entry)
+        .await
+        .expect("written once unlocked");
+    store.close().await;
+    db.drop_database().await;
+}
