@@ -824,3 +824,118 @@ async fn a_stuck_postgres_statement_ends_in_a_clear_transient_error() {
     store.close().await;
     db.drop_database().await;
 }
+
+/// A message-log row the database cannot take as it is (a NUL byte in the subject and
+/// the Message-ID: PostgreSQL text cannot hold NUL) is stored sanitised, and a row the
+/// database still refuses is lost alone: the other sessions' rows of the same group
+/// commit are all written.
+async fn log_batch_suite(store: &Store, poison: &[&str]) {
+    use smimegate::policy::Direction;
+    use smimegate::store::{LogEntry, LogFilter, LogStatus};
+    let entry = |n: i64, subject: &str, message_id: &str| LogEntry {
+        id: 0,
+        received_at: 1_000 + n,
+        node: "node1".into(),
+        direction: Direction::Inbound,
+        mail_from: format!("sender{n}@partner.example"),
+        rcpt_to: vec![format!("rcpt{n}@corp.example")],
+        message_id: Some(message_id.into()),
+        subject: Some(subject.into()),
+        size_bytes: 100 + n,
+        status: LogStatus::Relayed,
+        actions: vec!["decrypted".into()],
+        smtp_code: Some(250),
+        smtp_reply: Some("250 2.0.0 ok".into()),
+        rule_id: None,
+        duration_ms: n,
+    };
+    let log = store.message_log();
+    let batch = [
+        entry(1, "first", "<1@partner.example>"),
+        entry(2, "evil\0subject", "<2\0@partner.example>"),
+        entry(3, "third", "<3@partner.example>"),
+        entry(4, &"x".repeat(5000), "<4@partner.example>"),
+    ];
+    let written = log
+        .record_all(&batch)
+        .await
+        .expect("the batch reaches the database");
+    assert_eq!(written.len(), 4);
+    assert!(written.iter().all(Result::is_ok), "{written:?}");
+    let rows = log.list(&LogFilter::default()).await.expect("list");
+    let subject = |n: i64| {
+        rows.iter()
+            .find(|r| r.received_at == 1_000 + n)
+            .unwrap_or_else(|| panic!("row {n} lost: {rows:?}"))
+            .clone()
+    };
+    assert_eq!(subject(1).subject.as_deref(), Some("first"));
+    assert_eq!(subject(3).subject.as_deref(), Some("third"));
+    let bad = subject(2);
+    assert_eq!(bad.subject.as_deref(), Some("evil\u{FFFD}subject"));
+    assert_eq!(
+        bad.message_id.as_deref(),
+        Some("<2\u{FFFD}@partner.example>")
+    );
+    assert_eq!(bad.mail_from, "sender2@partner.example");
+    let long = subject(4).subject.expect("subject");
+    assert!(long.len() <= 1000 && long.ends_with('…'), "{}", long.len());
+
+    // A row the database refuses even sanitised (here: a trigger the test installs)
+    // is lost alone.
+    for statement in poison {
+        sqlx::query(sqlx::AssertSqlSafe(*statement))
+            .execute(store.pool())
+            .await
+            .expect("install the poison trigger");
+    }
+    let batch = [
+        entry(5, "fifth", "<5@partner.example>"),
+        entry(6, "poison", "<6@partner.example>"),
+        entry(7, "seventh", "<7@partner.example>"),
+    ];
+    let written = log
+        .record_all(&batch)
+        .await
+        .expect("the batch reaches the database");
+    assert!(written[0].is_ok() && written[2].is_ok(), "{written:?}");
+    let refused = written[1]
+        .as_ref()
+        .expect_err("the poisoned row is refused");
+    assert!(refused.to_string().contains("poisoned"), "{refused}");
+    let rows = log.list(&LogFilter::default()).await.expect("list");
+    let at: Vec<i64> = rows.iter().map(|r| r.received_at).collect();
+    assert!(at.contains(&1_005) && at.contains(&1_007), "{at:?}");
+    assert!(!at.contains(&1_006), "{at:?}");
+    assert_eq!(rows.len(), 6);
+}
+
+#[tokio::test]
+async fn a_refused_log_row_fails_alone_on_sqlite() {
+    let (store, _dir) = common::sqlite_store().await;
+    log_batch_suite(
+        &store,
+        &[
+            "CREATE TRIGGER poison BEFORE INSERT ON message_log WHEN NEW.subject = 'poison' \
+           BEGIN SELECT RAISE(ABORT, 'poisoned row'); END",
+        ],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_refused_log_row_fails_alone_on_postgres() {
+    let db = common::postgres_store().await;
+    log_batch_suite(
+        &db.store,
+        &[
+            "CREATE FUNCTION poison() RETURNS trigger AS $$ BEGIN \
+             IF NEW.subject = 'poison' THEN RAISE EXCEPTION 'poisoned row'; END IF; \
+             RETURN NEW; END; $$ LANGUAGE plpgsql",
+            "CREATE TRIGGER poison BEFORE INSERT ON message_log \
+             FOR EACH ROW EXECUTE FUNCTION poison()",
+        ],
+    )
+    .await;
+    db.drop_database().await;
+}
