@@ -13,7 +13,7 @@
 //! name (or an unreadable stored hash) is checked against [`DUMMY_HASH`], which has
 //! the same parameters, so the answer's timing does not tell which names exist.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use argon2::{Algorithm, Argon2, PasswordHash, PasswordHasher, PasswordVerifier, Version};
@@ -55,25 +55,33 @@ fn hasher() -> Argon2<'static> {
 }
 
 /// Hashing slots: the cores there are, at most 8 (8 × 19 MiB).
-fn slots() -> &'static Semaphore {
-    static SLOTS: OnceLock<Semaphore> = OnceLock::new();
-    SLOTS.get_or_init(|| {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        Semaphore::new(cores.clamp(1, 8))
-    })
+fn slots() -> Arc<Semaphore> {
+    static SLOTS: OnceLock<Arc<Semaphore>> = OnceLock::new();
+    SLOTS
+        .get_or_init(|| {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            Arc::new(Semaphore::new(cores.clamp(1, 8)))
+        })
+        .clone()
 }
 
-/// Runs `work` on the blocking pool once a hashing slot is free.
+/// Runs `work` on the blocking pool once a hashing slot is free. The slot goes with
+/// the work, so a caller that gives up early (a dropped SMTP session) does not free
+/// it while the hash is still being computed.
 async fn in_slot<T: Send + 'static>(
     work: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, StoreError> {
-    let _slot = tokio::time::timeout(SLOT_WAIT, slots().acquire())
+    let slot = tokio::time::timeout(SLOT_WAIT, slots().acquire_owned())
         .await
         .map_err(|_| StoreError::Unavailable("every password-hashing slot is busy".into()))?
         .map_err(|_| StoreError::Unavailable("password hashing has stopped".into()))?;
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|_| StoreError::Unavailable("the password-hashing task did not finish".into()))
+    tokio::task::spawn_blocking(move || {
+        let result = work();
+        drop(slot);
+        result
+    })
+    .await
+    .map_err(|_| StoreError::Unavailable("the password-hashing task did not finish".into()))
 }
 
 /// A new argon2id PHC string for `password` (fresh random salt).
