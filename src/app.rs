@@ -61,10 +61,13 @@ pub fn hsm_config(settings: &Settings) -> Result<HsmConfig, HsmError> {
 
 pub async fn open_store(settings: &Settings) -> Result<Store, StoreError> {
     let db = &settings.config.database;
-    Store::connect(
+    Store::connect_with(
         &settings.database_url(),
-        db.max_connections,
-        Duration::from_secs(db.connect_timeout_secs),
+        &crate::store::ConnectOptions {
+            max_connections: db.max_connections,
+            acquire_timeout: Duration::from_secs(db.connect_timeout_secs),
+            statement_timeout: Some(Duration::from_secs(db.statement_timeout_secs)),
+        },
     )
     .await
 }

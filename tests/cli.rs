@@ -757,3 +757,187 @@ Content-Transfer-Encoding: binary\r\n\r\n"
     let out = smimegate(&data, &["smime", "decrypt", &path("tampered.eml")]);
     assert_clean_failure(&out, "(integrity failure)");
 }
+
+/// A data directory with a default configuration and no token: enough for commands
+/// that need only the database.
+fn config_only_dir() -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("var");
+    std::fs::create_dir(&data).expect("data dir");
+    std::fs::write(data.join("smimegate.toml"), "").expect("config");
+    (dir, data)
+}
+
+/// Runs smimegate with `input` on its stdin (not a terminal).
+fn smimegate_stdin(data: &Path, args: &[&str], input: &[u8]) -> std::process::Output {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_smimegate"))
+        .arg("--data-dir")
+        .arg(data)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run smimegate");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input)
+        .expect("write stdin");
+    child.wait_with_output().expect("wait")
+}
+
+/// One line on stderr and exit status 2: the operator can fix the command.
+fn assert_operator_error(out: &std::process::Output, expected: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr: {stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with("smimegate: error: "), "{stderr}");
+    assert!(
+        stderr.contains(expected),
+        "expected '{expected}' in: {stderr}"
+    );
+}
+
+fn private_file(path: &Path, text: &str, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).expect("write");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+fn submitter_verifies(data: &Path, name: &str, password: &str) -> bool {
+    let url = format!("sqlite://{}", data.join("smimegate.db").display());
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let store = smimegate::store::Store::connect(&url, 1, std::time::Duration::from_secs(5))
+            .await
+            .expect("database");
+        let found = smimegate::ops::submitters::verify(
+            &store,
+            name,
+            &secrecy::SecretString::from(password.to_string()),
+        )
+        .await
+        .expect("verify");
+        store.close().await;
+        found.is_some()
+    })
+}
+
+#[test]
+fn a_password_file_group_or_others_may_read_is_refused() {
+    let (dir, data) = config_only_dir();
+    let file = dir.path().join("submitter.pw");
+    private_file(&file, "a long enough password\n", 0o644);
+    let out = smimegate(
+        &data,
+        &[
+            "submitter",
+            "add",
+            "app-server",
+            "--password-file",
+            file.to_str().expect("utf-8 path"),
+        ],
+    );
+    assert_operator_error(&out, &format!("chmod 600 {}", file.display()));
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("long enough"));
+    let list = smimegate_ok(&data, &["submitter", "list", "--json"]);
+    assert_eq!(list.trim(), "[]", "nothing was added");
+}
+
+#[test]
+fn submitters_are_added_listed_changed_and_removed() {
+    let (dir, data) = config_only_dir();
+    let out = smimegate_stdin(
+        &data,
+        &[
+            "submitter",
+            "add",
+            "App-Server",
+            "--may-send-as",
+            "noreply@corp.example",
+            "IT@corp.example",
+            "--comment",
+            "ERP system",
+        ],
+        b"first password 1\n",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(
+            "added submitter app-server (may send as noreply@corp.example, it@corp.example)"
+        ),
+        "{stdout}"
+    );
+    assert!(submitter_verifies(&data, "app-server", "first password 1"));
+    assert!(!submitter_verifies(&data, "app-server", "first password 2"));
+
+    let table = smimegate_ok(&data, &["submitter", "list"]);
+    assert!(table.contains("app-server"), "{table}");
+    assert!(table.contains("ERP system"), "{table}");
+    assert!(table.contains("1 submitter(s)"), "{table}");
+    let json = smimegate_ok(&data, &["submitter", "list", "--json"]);
+    assert!(
+        !json.contains("argon2") && !json.contains("password_hash"),
+        "{json}"
+    );
+    let rows: serde_json::Value = serde_json::from_str(&json).expect("JSON");
+    assert_eq!(rows[0]["name"], "app-server");
+    assert_eq!(
+        rows[0]["may_send_as"],
+        serde_json::json!(["noreply@corp.example", "it@corp.example"])
+    );
+    assert_eq!(rows[0]["disabled"], false);
+
+    // The same name again, in any case: refused, exit 2, nothing changed.
+    let dup = smimegate_stdin(
+        &data,
+        &["submitter", "add", "APP-SERVER"],
+        b"another password\n",
+    );
+    assert_operator_error(&dup, "submitter app-server already exists");
+    assert!(submitter_verifies(&data, "app-server", "first password 1"));
+
+    // A new password from a private file.
+    let file = dir.path().join("new.pw");
+    private_file(&file, "second password 2\n", 0o600);
+    let changed = smimegate_ok(
+        &data,
+        &[
+            "submitter",
+            "passwd",
+            "app-server",
+            "--password-file",
+            file.to_str().expect("utf-8 path"),
+        ],
+    );
+    assert!(changed.contains("changed the password of submitter app-server"));
+    assert!(submitter_verifies(&data, "app-server", "second password 2"));
+    assert!(!submitter_verifies(&data, "app-server", "first password 1"));
+
+    let short = smimegate_stdin(&data, &["submitter", "add", "other"], b"short\n");
+    assert_operator_error(&short, "at least 12 characters");
+
+    let removed = smimegate_ok(&data, &["submitter", "remove", "app-server"]);
+    assert!(
+        removed.contains("removed submitter app-server"),
+        "{removed}"
+    );
+    assert!(!submitter_verifies(
+        &data,
+        "app-server",
+        "second password 2"
+    ));
+    let again = smimegate(&data, &["submitter", "remove", "app-server"]);
+    assert_operator_error(&again, "no submitter app-server");
+    let json = smimegate_ok(&data, &["submitter", "list", "--json"]);
+    assert_eq!(json.trim(), "[]");
+}

@@ -257,6 +257,7 @@ async fn suite(store: &Store) {
     assert!(bad.is_err(), "state CHECK constraint missing");
     store.ping().await.expect("ping");
     relay_suite(store).await;
+    submitter_suite(store).await;
 }
 
 /// Rules keep dense priorities (a new rule at 1), the message log filters, the relay
@@ -566,6 +567,128 @@ async fn relay_suite(store: &Store) {
     );
 }
 
+/// SMTP AUTH submitters: add, read back (with and without the hash), list, change the
+/// password, disable, remove; a duplicate is a conflict; every change bumps the
+/// configuration version the relay caches by.
+async fn submitter_suite(store: &Store) {
+    use smimegate::store::NewSubmitter;
+    let subs = store.submitters();
+    let version = store.config_version().await.expect("version");
+    let may = vec![
+        "noreply@corp.example".to_string(),
+        "it@corp.example".to_string(),
+    ];
+    let added = subs
+        .add(&NewSubmitter {
+            name: "app-server",
+            password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA",
+            may_send_as: &may,
+            comment: "ERP system",
+        })
+        .await
+        .expect("add submitter");
+    assert_eq!(added.name, "app-server");
+    assert_eq!(added.may_send_as, may);
+    assert!(added.may_send_as("it@corp.example"));
+    assert!(!added.may_send_as("ceo@corp.example"));
+    assert_eq!(added.comment, "ERP system");
+    assert!(!added.disabled);
+    assert_eq!(added.created_at, added.password_changed_at);
+    let after_add = store.config_version().await.expect("version");
+    assert!(after_add > version, "adding a submitter bumps the version");
+
+    let relay_only = subs
+        .add(&NewSubmitter {
+            name: "backup-mta",
+            password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdDI$aGFzaDI",
+            may_send_as: &[],
+            comment: "",
+        })
+        .await
+        .expect("add relay-only submitter");
+    assert!(relay_only.may_send_as.is_empty());
+    let dup = subs
+        .add(&NewSubmitter {
+            name: "app-server",
+            password_hash: "x",
+            may_send_as: &[],
+            comment: "",
+        })
+        .await;
+    assert!(matches!(dup, Err(StoreError::Conflict(_))), "{dup:?}");
+
+    assert_eq!(
+        subs.get("app-server").await.expect("get"),
+        Some(added.clone())
+    );
+    assert_eq!(subs.get("nobody").await.expect("get"), None);
+    let creds = subs
+        .credentials("app-server")
+        .await
+        .expect("credentials")
+        .expect("present");
+    assert_eq!(
+        creds.password_hash,
+        "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA"
+    );
+    assert!(
+        !format!("{creds:?}").contains("argon2id"),
+        "Debug hides the hash"
+    );
+    assert!(subs.credentials("nobody").await.expect("none").is_none());
+    let names: Vec<String> = subs
+        .list()
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+    assert_eq!(names, ["app-server", "backup-mta"]);
+
+    let before = store.config_version().await.expect("version");
+    let changed = subs
+        .set_password_hash("app-server", "$argon2id$v=19$m=19456,t=2,p=1$bmV3$bmV3")
+        .await
+        .expect("new password");
+    assert!(changed.password_changed_at >= added.password_changed_at);
+    assert_eq!(
+        subs.credentials("app-server")
+            .await
+            .expect("credentials")
+            .expect("present")
+            .password_hash,
+        "$argon2id$v=19$m=19456,t=2,p=1$bmV3$bmV3"
+    );
+    assert!(store.config_version().await.expect("version") > before);
+    assert!(matches!(
+        subs.set_password_hash("nobody", "x").await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(
+        subs.set_disabled("backup-mta", true)
+            .await
+            .expect("disable")
+            .disabled
+    );
+    assert!(
+        !subs
+            .set_disabled("backup-mta", false)
+            .await
+            .expect("enable")
+            .disabled
+    );
+
+    let before = store.config_version().await.expect("version");
+    let removed = subs.remove("backup-mta").await.expect("remove");
+    assert_eq!(removed.name, "backup-mta");
+    assert!(store.config_version().await.expect("version") > before);
+    assert!(matches!(
+        subs.remove("backup-mta").await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert_eq!(subs.list().await.expect("list").len(), 1);
+}
+
 #[tokio::test]
 async fn store_suite_on_sqlite() {
     let (store, dir) = common::sqlite_store().await;
@@ -604,4 +727,215 @@ async fn unreachable_databases_give_a_clear_transient_error() {
         .err()
         .expect("fail");
     assert!(matches!(err, StoreError::UnsupportedUrl(_)));
+}
+
+/// A statement PostgreSQL does not finish (a runaway query, a lock another session
+/// holds) is cancelled by the statement timeout and becomes a clear transient error,
+/// never a hang; the pooled connection stays usable and keeps the timeout.
+#[tokio::test]
+async fn a_stuck_postgres_statement_ends_in_a_clear_transient_error() {
+    use smimegate::store::ConnectOptions;
+    use std::time::{Duration, Instant};
+    let db = common::postgres_store().await;
+    let store = Store::connect_with(
+        &db.url(),
+        &ConnectOptions {
+            max_connections: 1,
+            acquire_timeout: Duration::from_secs(5),
+            statement_timeout: Some(Duration::from_secs(1)),
+        },
+    )
+    .await
+    .expect("store with a 1 s statement timeout");
+    for attempt in 0..2 {
+        let started = Instant::now();
+        let outcome = tokio::time::timeout(
+            Duration::from_secs(20),
+            sqlx::query("SELECT pg_sleep(6)").execute(store.pool()),
+        )
+        .await
+        .expect("the database answered");
+        let elapsed = started.elapsed();
+        let err = StoreError::Query {
+            operation: "sleeping",
+            source: outcome.expect_err("pg_sleep(6) must be cancelled"),
+        };
+        assert!(
+            elapsed < Duration::from_secs(4),
+            "attempt {attempt}: cancelled after {elapsed:?}"
+        );
+        assert!(err.is_transient(), "{err}");
+        assert!(err.to_string().contains("statement timeout"), "{err}");
+        store.ping().await.expect("the connection is still usable");
+    }
+
+    // A table another session keeps locked: the store's own write gives up in time.
+    use sqlx::Connection;
+    let mut locker = sqlx::PgConnection::connect(&db.url())
+        .await
+        .expect("second session");
+    sqlx::query("BEGIN")
+        .execute(&mut locker)
+        .await
+        .expect("begin");
+    sqlx::query("LOCK TABLE message_log IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut locker)
+        .await
+        .expect("lock");
+    let entry = smimegate::store::LogEntry {
+        id: 0,
+        received_at: 1,
+        node: "n".into(),
+        direction: smimegate::policy::Direction::Inbound,
+        mail_from: "a@b.example".into(),
+        rcpt_to: vec!["c@corp.example".into()],
+        message_id: None,
+        subject: None,
+        size_bytes: 1,
+        status: smimegate::store::LogStatus::Relayed,
+        actions: vec![],
+        smtp_code: Some(250),
+        smtp_reply: None,
+        rule_id: None,
+        duration_ms: 1,
+    };
+    let started = Instant::now();
+    let err = tokio::time::timeout(Duration::from_secs(20), store.message_log().record(&entry))
+        .await
+        .expect("the store answered")
+        .expect_err("the locked table cannot be written");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(err.is_transient(), "{err}");
+    assert!(err.to_string().contains("writing the message log"), "{err}");
+    sqlx::query("ROLLBACK")
+        .execute(&mut locker)
+        .await
+        .expect("unlock");
+    locker.close().await.ok();
+    store
+        .message_log()
+        .record(&entry)
+        .await
+        .expect("written once unlocked");
+    store.close().await;
+    db.drop_database().await;
+}
+
+/// A message-log row the database cannot take as it is (a NUL byte in the subject and
+/// the Message-ID: PostgreSQL text cannot hold NUL) is stored sanitised, and a row the
+/// database still refuses is lost alone: the other sessions' rows of the same group
+/// commit are all written.
+async fn log_batch_suite(store: &Store, poison: &[&str]) {
+    use smimegate::policy::Direction;
+    use smimegate::store::{LogEntry, LogFilter, LogStatus};
+    let entry = |n: i64, subject: &str, message_id: &str| LogEntry {
+        id: 0,
+        received_at: 1_000 + n,
+        node: "node1".into(),
+        direction: Direction::Inbound,
+        mail_from: format!("sender{n}@partner.example"),
+        rcpt_to: vec![format!("rcpt{n}@corp.example")],
+        message_id: Some(message_id.into()),
+        subject: Some(subject.into()),
+        size_bytes: 100 + n,
+        status: LogStatus::Relayed,
+        actions: vec!["decrypted".into()],
+        smtp_code: Some(250),
+        smtp_reply: Some("250 2.0.0 ok".into()),
+        rule_id: None,
+        duration_ms: n,
+    };
+    let log = store.message_log();
+    let batch = [
+        entry(1, "first", "<1@partner.example>"),
+        entry(2, "evil\0subject", "<2\0@partner.example>"),
+        entry(3, "third", "<3@partner.example>"),
+        entry(4, &"x".repeat(5000), "<4@partner.example>"),
+    ];
+    let written = log
+        .record_all(&batch)
+        .await
+        .expect("the batch reaches the database");
+    assert_eq!(written.len(), 4);
+    assert!(written.iter().all(Result::is_ok), "{written:?}");
+    let rows = log.list(&LogFilter::default()).await.expect("list");
+    let subject = |n: i64| {
+        rows.iter()
+            .find(|r| r.received_at == 1_000 + n)
+            .unwrap_or_else(|| panic!("row {n} lost: {rows:?}"))
+            .clone()
+    };
+    assert_eq!(subject(1).subject.as_deref(), Some("first"));
+    assert_eq!(subject(3).subject.as_deref(), Some("third"));
+    let bad = subject(2);
+    assert_eq!(bad.subject.as_deref(), Some("evil\u{FFFD}subject"));
+    assert_eq!(
+        bad.message_id.as_deref(),
+        Some("<2\u{FFFD}@partner.example>")
+    );
+    assert_eq!(bad.mail_from, "sender2@partner.example");
+    let long = subject(4).subject.expect("subject");
+    assert!(long.len() <= 1000 && long.ends_with('…'), "{}", long.len());
+
+    // A row the database refuses even sanitised (here: a trigger the test installs)
+    // is lost alone.
+    for statement in poison {
+        sqlx::query(sqlx::AssertSqlSafe(*statement))
+            .execute(store.pool())
+            .await
+            .expect("install the poison trigger");
+    }
+    let batch = [
+        entry(5, "fifth", "<5@partner.example>"),
+        entry(6, "poison", "<6@partner.example>"),
+        entry(7, "seventh", "<7@partner.example>"),
+    ];
+    let written = log
+        .record_all(&batch)
+        .await
+        .expect("the batch reaches the database");
+    assert!(written[0].is_ok() && written[2].is_ok(), "{written:?}");
+    let refused = written[1]
+        .as_ref()
+        .expect_err("the poisoned row is refused");
+    assert!(refused.to_string().contains("poisoned"), "{refused}");
+    let rows = log.list(&LogFilter::default()).await.expect("list");
+    let at: Vec<i64> = rows.iter().map(|r| r.received_at).collect();
+    assert!(at.contains(&1_005) && at.contains(&1_007), "{at:?}");
+    assert!(!at.contains(&1_006), "{at:?}");
+    assert_eq!(rows.len(), 6);
+}
+
+#[tokio::test]
+async fn a_refused_log_row_fails_alone_on_sqlite() {
+    let (store, _dir) = common::sqlite_store().await;
+    log_batch_suite(
+        &store,
+        &[
+            "CREATE TRIGGER poison BEFORE INSERT ON message_log WHEN NEW.subject = 'poison' \
+           BEGIN SELECT RAISE(ABORT, 'poisoned row'); END",
+        ],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_refused_log_row_fails_alone_on_postgres() {
+    let db = common::postgres_store().await;
+    log_batch_suite(
+        &db.store,
+        &[
+            "CREATE FUNCTION poison() RETURNS trigger AS $$ BEGIN \
+             IF NEW.subject = 'poison' THEN RAISE EXCEPTION 'poisoned row'; END IF; \
+             RETURN NEW; END; $$ LANGUAGE plpgsql",
+            "CREATE TRIGGER poison BEFORE INSERT ON message_log \
+             FOR EACH ROW EXECUTE FUNCTION poison()",
+        ],
+    )
+    .await;
+    db.drop_database().await;
 }

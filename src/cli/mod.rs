@@ -7,6 +7,7 @@ mod relay;
 mod rules;
 mod serve;
 mod smime_bench;
+mod submitters;
 mod token;
 
 use std::path::PathBuf;
@@ -80,6 +81,9 @@ pub enum Command {
     /// Networks allowed to relay outbound mail through the gateway.
     #[command(subcommand)]
     Network(relay::NetworkCommand),
+    /// SMTP AUTH accounts of the submission listener.
+    #[command(subcommand)]
+    Submitter(submitters::SubmitterCommand),
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -330,6 +334,7 @@ pub async fn run(
         Command::Log(args) => relay::log(args, &settings).await,
         Command::Smarthost(cmd) => relay::smarthost(cmd, &settings).await,
         Command::Network(cmd) => relay::network(cmd, &settings).await,
+        Command::Submitter(cmd) => submitters::run(cmd, &settings).await,
     }
 }
 

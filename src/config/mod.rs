@@ -155,6 +155,8 @@ pub struct DatabaseConfig {
     pub url: String,
     pub max_connections: u32,
     pub connect_timeout_secs: u64,
+    /// PostgreSQL: seconds one statement may run before the server cancels it; 0: none.
+    pub statement_timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -210,6 +212,7 @@ impl Default for DatabaseConfig {
             url: "sqlite:smimegate.db".into(),
             max_connections: 8,
             connect_timeout_secs: 10,
+            statement_timeout_secs: crate::store::DEFAULT_STATEMENT_TIMEOUT.as_secs(),
         }
     }
 }

@@ -3,6 +3,8 @@
 //! repeats a check or forgets the audit row. Each returns [`OpError`], which maps to
 //! one CLI exit code (and, later, one HTTP status).
 
+pub mod password;
+pub mod submitters;
 pub mod trust;
 
 use crate::app::Actor;

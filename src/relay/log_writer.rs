@@ -1,6 +1,8 @@
 //! Writes message-log rows with group commit: a session hands its row over and waits
 //! until it is committed (so the reply to the client still follows the log row), but
-//! rows of sessions finishing at the same time share one database commit.
+//! rows of sessions finishing at the same time share one database commit. A row the
+//! database refuses is lost alone (the store retries the group row by row) and named
+//! at WARN; a database that cannot be used at all loses the group, logged at ERROR.
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -31,9 +33,7 @@ impl LogWriter {
                 }
                 let (entries, waiters): (Vec<LogEntry>, Vec<oneshot::Sender<()>>) =
                     batch.into_iter().unzip();
-                if let Err(e) = store.message_log().record_all(&entries).await {
-                    tracing::error!(error = %e, rows = entries.len(), "could not write the message log");
-                }
+                write(&store, &entries).await;
                 for waiter in waiters {
                     let _ = waiter.send(());
                 }
@@ -50,5 +50,130 @@ impl LogWriter {
             return;
         }
         let _ = committed.await;
+    }
+}
+
+/// Writes one group and logs what was lost.
+async fn write(store: &Store, entries: &[LogEntry]) {
+    match store.message_log().record_all(entries).await {
+        Ok(outcomes) => {
+            for (entry, outcome) in entries.iter().zip(outcomes) {
+                if let Err(e) = outcome {
+                    // Which transaction, not its content (the subject may be what the
+                    // database refused).
+                    tracing::warn!(
+                        error = %e,
+                        received_at = entry.received_at,
+                        direction = entry.direction.as_str(),
+                        status = entry.status.as_str(),
+                        smtp_code = entry.smtp_code,
+                        "message log row lost"
+                    );
+                }
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, rows = entries.len(), "could not write the message log");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::policy::Direction;
+    use crate::store::{LogFilter, LogStatus};
+
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("lock").extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn entry(n: i64, subject: &str) -> LogEntry {
+        LogEntry {
+            id: 0,
+            received_at: n,
+            node: "node1".into(),
+            direction: Direction::Inbound,
+            mail_from: format!("s{n}@partner.example"),
+            rcpt_to: vec!["r@corp.example".into()],
+            message_id: Some(format!("<{n}\0@partner.example>")),
+            subject: Some(subject.into()),
+            size_bytes: 1,
+            status: LogStatus::Relayed,
+            actions: vec![],
+            smtp_code: Some(250),
+            smtp_reply: None,
+            rule_id: None,
+            duration_ms: 1,
+        }
+    }
+
+    /// Sessions finishing together share a commit; the one row the database refuses
+    /// is lost alone and named at WARN (without its subject), the others are written.
+    #[tokio::test]
+    async fn a_refused_row_is_lost_alone_and_logged() {
+        let dir = tempfile::tempdir().expect("dir");
+        let url = format!("sqlite://{}", dir.path().join("log.db").display());
+        let store = Store::connect(&url, 2, std::time::Duration::from_secs(5))
+            .await
+            .expect("store");
+        sqlx::query(
+            "CREATE TRIGGER poison BEFORE INSERT ON message_log WHEN NEW.subject = 'poison' \
+             BEGIN SELECT RAISE(ABORT, 'poisoned row'); END",
+        )
+        .execute(store.pool())
+        .await
+        .expect("trigger");
+        let captured = Captured::default();
+        let sink = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || sink.clone())
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+
+        let writer = LogWriter::start(store.clone());
+        tokio::join!(
+            writer.record(entry(1, "one\0")),
+            writer.record(entry(2, "poison")),
+            writer.record(entry(3, "three")),
+        );
+        let rows = store
+            .message_log()
+            .list(&LogFilter::default())
+            .await
+            .expect("list");
+        let mut at: Vec<i64> = rows.iter().map(|r| r.received_at).collect();
+        at.sort();
+        assert_eq!(at, [1, 3]);
+        assert!(
+            rows.iter()
+                .any(|r| r.subject.as_deref() == Some("one\u{FFFD}"))
+        );
+        let logged = String::from_utf8(captured.0.lock().expect("lock").clone()).expect("utf-8");
+        // One group, refused, then retried row by row.
+        assert!(logged.contains("rows=3"), "{logged}");
+        assert!(logged.contains("writing its rows one by one"), "{logged}");
+        assert!(logged.contains("WARN"), "{logged}");
+        assert!(logged.contains("message log row lost"), "{logged}");
+        assert!(logged.contains("received_at=2"), "{logged}");
+        assert!(!logged.contains("poison\""), "{logged}");
+        assert_eq!(
+            logged.matches("message log row lost").count(),
+            1,
+            "{logged}"
+        );
     }
 }

@@ -10,6 +10,7 @@ mod mailboxes;
 mod message_log;
 mod relay_settings;
 mod rules;
+mod submitters;
 mod trust;
 
 use std::time::Duration;
@@ -27,6 +28,7 @@ pub use mailboxes::{MailboxRow, MailboxState, Mailboxes};
 pub use message_log::{LogEntry, LogFilter, LogStatus, MessageLog};
 pub use relay_settings::{NetworkRow, RelaySettings};
 pub use rules::{NewRule, Rules};
+pub use submitters::{NewSubmitter, Submitter, SubmitterCredentials, Submitters};
 pub use trust::{TrustAnchorRow, TrustAnchorStore};
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
@@ -61,23 +63,52 @@ pub enum StoreError {
     Refused(String),
     #[error("stored data is inconsistent: {0}")]
     Corrupt(String),
+    /// Busy or interrupted beside the database (e.g. every password-hashing slot in
+    /// use): try again later.
+    #[error("temporarily unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl StoreError {
-    /// True when a retry later may succeed (the database is unreachable or busy).
+    /// True when a retry later may succeed: the database is unreachable, busy, or
+    /// cancelled the statement (PostgreSQL's statement timeout), not the data wrong.
     pub fn is_transient(&self) -> bool {
         match self {
-            StoreError::Connect { .. } => true,
-            StoreError::Query { source, .. } => matches!(
-                source,
+            StoreError::Connect { .. } | StoreError::Unavailable(_) => true,
+            StoreError::Query { source, .. } => match source {
                 sqlx::Error::Io(_)
-                    | sqlx::Error::PoolTimedOut
-                    | sqlx::Error::PoolClosed
-                    | sqlx::Error::Tls(_)
-            ),
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::WorkerCrashed => true,
+                sqlx::Error::Database(db) => transient_database_error(db.as_ref()),
+                _ => false,
+            },
             _ => false,
         }
     }
+}
+
+/// Database errors that say "not now" rather than "never". PostgreSQL SQLSTATEs:
+/// class 08 (connection), 53 (insufficient resources), 57 (operator intervention:
+/// 57014 is a statement timeout or cancel, 57P01 a shutdown), 40001 (serialization),
+/// 40P01 (deadlock), 55P03 (lock not available). SQLite: SQLITE_BUSY (5) and
+/// SQLITE_LOCKED (6), with their extended codes.
+fn transient_database_error(db: &dyn sqlx::error::DatabaseError) -> bool {
+    if let Some(pg) = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+        let code = pg.code();
+        return code.starts_with("08")
+            || code.starts_with("53")
+            || code.starts_with("57")
+            || matches!(code, "40001" | "40P01" | "55P03");
+    }
+    if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+        return db
+            .code()
+            .and_then(|c| c.parse::<i32>().ok())
+            .is_some_and(|extended| matches!(extended & 0xff, 5 | 6));
+    }
+    false
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -113,9 +144,47 @@ pub struct Store {
     backend: Backend,
 }
 
+/// How [`Store::connect_with`] connects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectOptions {
+    /// Largest number of pooled connections (SQLite: at most 4; 1 in memory).
+    pub max_connections: u32,
+    /// How long to wait for a connection (pooled or new) before failing.
+    pub acquire_timeout: Duration,
+    /// PostgreSQL only: the longest one statement may run before the server cancels
+    /// it (SQLSTATE 57014, a transient error), so a stuck database (a lock held
+    /// elsewhere, a runaway query) is an error, never a hang. `None` or zero: no limit.
+    /// Migrations run without it. SQLite waits for locks `busy_timeout` (5 s) instead.
+    pub statement_timeout: Option<Duration>,
+}
+
+/// The statement timeout of [`Store::connect`] (and the `[database]` default).
+pub const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
+
 impl Store {
-    /// Connects (creating a SQLite file if missing) and applies pending migrations.
+    /// Connects (creating a SQLite file if missing) and applies pending migrations,
+    /// with the [`DEFAULT_STATEMENT_TIMEOUT`].
     pub async fn connect(url: &str, max_connections: u32, timeout: Duration) -> Result<Store> {
+        Self::connect_with(
+            url,
+            &ConnectOptions {
+                max_connections,
+                acquire_timeout: timeout,
+                statement_timeout: Some(DEFAULT_STATEMENT_TIMEOUT),
+            },
+        )
+        .await
+    }
+
+    /// Connects as `options` say and applies pending migrations.
+    pub async fn connect_with(url: &str, options: &ConnectOptions) -> Result<Store> {
+        let max_connections = options.max_connections;
+        let timeout = options.acquire_timeout;
+        // Whole milliseconds, at least 1 when set (0 would mean "no limit").
+        let statement_timeout_ms = options
+            .statement_timeout
+            .filter(|t| !t.is_zero())
+            .map(|t| t.as_millis().clamp(1, i32::MAX as u128));
         install_default_drivers();
         let (backend, url_to_use) = if url.starts_with("sqlite:") {
             let with_mode = if url.contains("mode=") {
@@ -160,6 +229,12 @@ impl Store {
                         ] {
                             sqlx::query(pragma).execute(&mut *conn).await?;
                         }
+                    } else if let Some(ms) = statement_timeout_ms {
+                        // Every statement on this connection: the server cancels it
+                        // past the limit. (SET takes no bind parameter; ms is a number.)
+                        sqlx::query(sqlx::AssertSqlSafe(format!("SET statement_timeout = {ms}")))
+                            .execute(&mut *conn)
+                            .await?;
                     }
                     Ok(())
                 })
@@ -178,7 +253,18 @@ impl Store {
     async fn migrate(&self) -> Result<()> {
         match self.backend {
             Backend::Sqlite => SQLITE_MIGRATIONS.run(&self.pool).await?,
-            Backend::Postgres => POSTGRES_MIGRATIONS.run(&self.pool).await?,
+            Backend::Postgres => {
+                // A migration may rewrite or index a large table (the message log), and
+                // waits for another node's migration lock: no statement timeout for it.
+                // The connection is closed afterwards, never pooled without the limit.
+                let mut conn = self.pool.acquire().await.map_err(db("migrating"))?;
+                conn.close_on_drop();
+                sqlx::query("SET statement_timeout = 0")
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(db("migrating"))?;
+                POSTGRES_MIGRATIONS.run(&mut *conn).await?;
+            }
         }
         Ok(())
     }
@@ -246,6 +332,10 @@ impl Store {
 
     pub fn trust_anchors(&self) -> TrustAnchorStore<'_> {
         TrustAnchorStore { pool: &self.pool }
+    }
+
+    pub fn submitters(&self) -> Submitters<'_> {
+        Submitters { pool: &self.pool }
     }
 
     pub fn audit(&self) -> AuditLog<'_> {

@@ -130,6 +130,11 @@ pub async fn postgres_store() -> PgDatabase {
 }
 
 impl PgDatabase {
+    /// The URL of this database (to open another store on it).
+    pub fn url(&self) -> String {
+        replace_database(&self.admin_url, &self.name)
+    }
+
     pub async fn drop_database(self) {
         use sqlx::Connection;
         self.store.close().await;
