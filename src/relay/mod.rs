@@ -7,6 +7,7 @@
 pub mod directory;
 pub mod explain;
 pub mod headers;
+pub mod hops;
 pub mod inbound;
 pub mod log_writer;
 pub mod network;
