@@ -386,6 +386,44 @@ async fn a_hop_refusing_mail_is_passed_on_and_the_connection_pooled() {
     assert_eq!(pool.idle_count(&hop), 1, "RSET and kept");
 }
 
+#[tokio::test]
+async fn copies_with_their_own_envelopes_go_on_one_connection_or_a_fresh_one() {
+    // The first connection closes after its first message.
+    let peer = Peer::start(Script {
+        hook: peer::hook(|ctx, line| {
+            (ctx.connection == 1 && line == ".")
+                .then(|| Act::ReplyAndClose("250 2.0.0 Ok: queued\r\n".into()))
+        }),
+        ..Script::default()
+    })
+    .await;
+    let hop = peer.hop();
+    let pool = HopPool::default();
+    let config = client();
+    let mut conn = None;
+    for copy in ["to@corp.example", "bcc1@corp.example", "bcc2@corp.example"] {
+        let (reply, left) = pool
+            .send_transaction(&config, &hop, conn.take(), &envelope(&[copy]), MESSAGE)
+            .await;
+        assert_code(&reply, 250);
+        conn = left;
+    }
+    let rcpts: Vec<Vec<String>> = peer.messages().into_iter().map(|m| m.rcpts).collect();
+    assert_eq!(
+        rcpts,
+        [
+            ["to@corp.example"],
+            ["bcc1@corp.example"],
+            ["bcc2@corp.example"]
+        ]
+    );
+    assert_eq!(
+        peer.connections(),
+        2,
+        "the second copy needed a fresh connection, the third reused it"
+    );
+}
+
 // ---- item 4: out-of-sequence replies are a 4xx, never a 250 or a made-up 5xx ----
 
 async fn open(peer: &Peer) -> Connection {

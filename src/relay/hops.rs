@@ -18,7 +18,8 @@
 //! - at the first RCPT of a transaction: [`HopPool::begin`] (or at a later RCPT after
 //!   the connection was lost: [`HopPool::add_recipient`] does that for you);
 //! - at later RCPTs: [`HopPool::add_recipient`];
-//! - at the end of DATA: [`HopPool::send_message`] (DATA with one replay);
+//! - at the end of DATA: [`HopPool::send_message`] (DATA with one replay), and for
+//!   each further Bcc copy with its own envelope: [`HopPool::send_transaction`];
 //! - when the transaction ends: [`HopPool::put_back`] with whatever connection is left.
 
 use std::collections::HashMap;
@@ -302,6 +303,65 @@ impl HopPool {
         }
         .instrument(span)
         .await
+    }
+
+    /// One more whole transaction (the envelope, then the message) for `hop`: for the
+    /// Bcc copies of one message, each with its own envelope, after the first was
+    /// delivered on `conn`. Uses `conn` when it is usable (RSET first if it is inside a
+    /// transaction), else a pooled or fresh connection, and the replay rules of
+    /// [`HopPool::send_message`]. Every recipient of `envelope` must be accepted, or
+    /// the answer is a safe `4xx` and nothing is sent.
+    ///
+    /// Returns the reply (the hop's, or a safe `4xx`) and the connection left, for
+    /// the next copy or [`HopPool::put_back`].
+    pub async fn send_transaction(
+        &self,
+        config: &ClientConfig,
+        hop: &str,
+        conn: Option<Connection>,
+        envelope: &Envelope,
+        message: &[u8],
+    ) -> (Reply, Option<Connection>) {
+        let usable = match conn {
+            Some(mut c) if !c.is_broken() => {
+                if c.is_idle() || c.reset().await.is_ok() {
+                    Some(c)
+                } else {
+                    None
+                }
+            }
+            _ => None,
+        };
+        let conn = match usable {
+            Some(c) => Some(c),
+            None => self.take_alive(hop).await,
+        };
+        let recipients: Vec<(&str, &RcptParams)> = envelope
+            .recipients
+            .iter()
+            .map(|(to, p)| (to.as_str(), p))
+            .collect();
+        let conn = match conn {
+            None => None,
+            Some(mut c) => match send_envelope(&mut c, envelope, &recipients).await {
+                Ok(replies) => {
+                    let refusal = std::iter::once(&replies.mail)
+                        .chain(&replies.rcpts)
+                        .find(|r| r.code / 100 != 2);
+                    if let Some(refusal) = refusal {
+                        tracing::warn!(hop = %hop, reply = %refusal, "next hop refused a copy's envelope");
+                        self.put_back(c).await;
+                        return (envelope_changed(), None);
+                    }
+                    Some(c)
+                }
+                // Lost before anything was handed over: send_message replays.
+                Err(e) if e.is_connection_lost() => None,
+                Err(e) => return (Reply::from(&e), None),
+            },
+        };
+        self.send_message(config, hop, conn, envelope, message)
+            .await
     }
 
     /// Keeps a connection that is between transactions (after the hop's final reply to

@@ -171,7 +171,7 @@ impl HopError {
     }
 
     /// The reply for our sender, without any internal detail. Pure: see
-    /// [`From<&HopError> for Reply`], which also logs.
+    /// `From<&HopError> for Reply`, which also logs.
     pub fn safe_reply(&self) -> Reply {
         let enhanced = match self.kind.as_ref() {
             // RFC 3463: X.4.1 no answer from host, X.4.2 bad connection.

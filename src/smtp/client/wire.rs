@@ -11,7 +11,7 @@ use crate::smtp::Reply;
 pub const MAX_LINE: usize = 4096;
 /// Most lines of one reply (an EHLO reply has one per extension).
 pub const MAX_LINES: usize = 200;
-/// Characters of one line of text passed on: code, enhanced code and text then fit
+/// Bytes of one line of text passed on: code, enhanced code and text then fit
 /// the 512-octet reply line of RFC 5321 §4.5.3.1.5.
 pub const MAX_TEXT: usize = 480;
 
@@ -62,13 +62,18 @@ impl ReplyParser {
 }
 
 /// The text of one line as we may pass it on: valid UTF-8, control characters (bare
-/// CR, NUL, TAB, ESC …) turned into spaces, at most [`MAX_TEXT`] characters.
+/// CR, NUL, TAB, ESC …) turned into spaces, at most [`MAX_TEXT`] bytes (whole
+/// characters).
 pub fn clean_text(raw: &[u8]) -> String {
-    String::from_utf8_lossy(raw)
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .take(MAX_TEXT)
-        .collect()
+    let mut text = String::new();
+    for c in String::from_utf8_lossy(raw).chars() {
+        let c = if c.is_control() { ' ' } else { c };
+        if text.len() + c.len_utf8() > MAX_TEXT {
+            break;
+        }
+        text.push(c);
+    }
+    text
 }
 
 /// Splits an RFC 3463 enhanced status code off the text when its class matches the
@@ -163,6 +168,9 @@ mod tests {
         assert_eq!(r.lines[0].len(), MAX_TEXT);
         let r = parse(&[b"550 5.1.1 caf\xc3\xa9 \xff"]).expect("reply");
         assert_eq!(r.lines, ["café \u{fffd}"]);
+        let wide = format!("550 {}", "é".repeat(400));
+        let r = parse(&[wide.as_bytes()]).expect("reply");
+        assert_eq!(r.lines[0].len(), MAX_TEXT);
     }
 
     #[test]
