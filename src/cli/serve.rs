@@ -74,12 +74,12 @@ pub async fn serve(settings: Settings, args: ServeArgs) -> Result<()> {
         .map(|n| Network::parse(n))
         .collect::<Result<Vec<_>, _>>()
         .context("[relay].internal_networks")?;
-    let client = ClientConfig::new(
+    let client = ClientConfig::from_relay_config(
         settings.config.gateway.hostname.clone(),
-        Duration::from_secs(relay_config.connect_timeout_secs),
-        Duration::from_secs(relay_config.reply_timeout_secs),
-        relay_config.next_hop_tls,
-    )?;
+        &relay_config,
+        &settings.data_dir,
+    )
+    .context("[relay] next-hop TLS")?;
     let node = settings.config.gateway.node_name.clone();
     let limits = settings.config.limits.mime();
     let app = Arc::new(App::open(settings).await?);

@@ -2,6 +2,7 @@
 //! in [`TEMPLATE`] beside its key. Secrets (the token PIN) never live in this file:
 //! they come from a file or an environment variable named here.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -84,19 +85,95 @@ pub struct RelayConfig {
     pub internal_networks: Vec<String>,
     pub connect_timeout_secs: u64,
     pub reply_timeout_secs: u64,
+    /// TLS towards every next hop without its own `[relay.hop."…"]` section.
     pub next_hop_tls: NextHopTls,
+    /// PEM bundle of trusted CAs for `verify` when a hop names none: Debian's system
+    /// roots by default.
+    pub next_hop_ca_file: PathBuf,
+    /// Per next hop (`"HOST:PORT"`, or `"HOST"` for every port): its TLS settings.
+    pub hop: BTreeMap<String, HopConfig>,
 }
 
-/// STARTTLS towards a next hop.
+/// STARTTLS towards a next hop (RFC 3207; RFC 7435 for the opportunistic case).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum NextHopTls {
     /// Never.
     Off,
-    /// When offered; a failed handshake is a temporary failure.
+    /// When offered, with any certificate; a failed handshake is a temporary failure.
     Opportunistic,
-    /// Always; a next hop without it is a temporary failure.
+    /// Always, with any certificate; a next hop without STARTTLS is a temporary failure.
     Required,
+    /// Always, and the certificate must chain to a trusted CA and carry the hop's name.
+    Verify,
+    /// Always, and the end-entity certificate's SHA-256 fingerprint must be a pinned one.
+    Pin,
+}
+
+impl NextHopTls {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NextHopTls::Off => "off",
+            NextHopTls::Opportunistic => "opportunistic",
+            NextHopTls::Required => "required",
+            NextHopTls::Verify => "verify",
+            NextHopTls::Pin => "pin",
+        }
+    }
+}
+
+/// `[relay.hop."HOST:PORT"]`: TLS settings of one next hop (the smarthost, or a
+/// domain's inbound route), overriding `[relay].next_hop_tls`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HopConfig {
+    /// The TLS level for this hop; unset: `[relay].next_hop_tls`.
+    pub tls: Option<NextHopTls>,
+    /// PEM bundle of CAs trusted for this hop under `verify`; unset:
+    /// `[relay].next_hop_ca_file`.
+    pub ca_file: Option<PathBuf>,
+    /// The name the certificate must carry under `verify`; unset: the hop's host
+    /// (set it when the hop is written as an IP address).
+    pub server_name: Option<String>,
+    /// Under `pin`: SHA-256 fingerprints of accepted end-entity certificates (hex,
+    /// colons allowed; several for a certificate change).
+    pub pin_sha256: Vec<String>,
+}
+
+/// Splits a next hop as written (`host:port`, `[v6]:port`, `host`, `[v6]`) into its host
+/// (without brackets) and port; `None` when it is malformed.
+pub fn split_hop(hop: &str) -> Option<(&str, Option<u16>)> {
+    let port = |p: &str| p.parse::<u16>().ok().filter(|p| *p > 0);
+    let (host, port) = if let Some(rest) = hop.strip_prefix('[') {
+        let (host, after) = rest.split_once(']')?;
+        match after {
+            "" => (host, None),
+            _ => (host, Some(port(after.strip_prefix(':')?)?)),
+        }
+    } else {
+        match hop.split_once(':') {
+            Some((host, p)) if !p.contains(':') => (host, Some(port(p)?)),
+            // A bare IPv6 address.
+            Some(_) => (hop, None),
+            None => (hop, None),
+        }
+    };
+    (!host.is_empty()).then_some((host, port))
+}
+
+/// A SHA-256 fingerprint as written in the configuration (`AB:CD:…`, `abcd…`, or
+/// openssl's `sha256 Fingerprint=AB:CD:…`).
+pub fn parse_fingerprint(text: &str) -> Option<[u8; 32]> {
+    // Also as openssl prints it: "sha256 Fingerprint=AB:CD:…".
+    let text = text.rsplit('=').next().unwrap_or(text);
+    let hex_digits: String = text
+        .trim()
+        .trim_start_matches("sha256:")
+        .chars()
+        .filter(|c| *c != ':')
+        .collect();
+    let bytes = hex::decode(hex_digits).ok()?;
+    bytes.try_into().ok()
 }
 
 impl Default for RelayConfig {
@@ -107,7 +184,58 @@ impl Default for RelayConfig {
             connect_timeout_secs: 30,
             reply_timeout_secs: 300,
             next_hop_tls: NextHopTls::Opportunistic,
+            next_hop_ca_file: PathBuf::from("/etc/ssl/certs/ca-certificates.crt"),
+            hop: BTreeMap::new(),
         }
+    }
+}
+
+impl RelayConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.next_hop_tls == NextHopTls::Pin {
+            return Err(ConfigError::Invalid {
+                key: "relay.next_hop_tls",
+                message: "\"pin\" needs fingerprints: set it per hop in [relay.hop.\"HOST:PORT\"]"
+                    .into(),
+            });
+        }
+        for (hop, settings) in &self.hop {
+            let invalid = |message: String| ConfigError::Invalid {
+                key: "relay.hop",
+                message: format!("[relay.hop.\"{hop}\"]: {message}"),
+            };
+            let (host, _) = split_hop(hop).ok_or_else(|| {
+                invalid("write the hop as \"HOST:PORT\", \"[IPv6]:PORT\" or \"HOST\"".into())
+            })?;
+            if rustls_pki_types::ServerName::try_from(host).is_err() {
+                return Err(invalid(format!("\"{host}\" is not a host name or address")));
+            }
+            for pin in &settings.pin_sha256 {
+                if parse_fingerprint(pin).is_none() {
+                    return Err(invalid(format!(
+                        "pin_sha256 \"{pin}\" is not a SHA-256 fingerprint (64 hex digits)"
+                    )));
+                }
+            }
+            let level = settings.tls.unwrap_or(self.next_hop_tls);
+            if level == NextHopTls::Pin && settings.pin_sha256.is_empty() {
+                return Err(invalid("tls = \"pin\" needs pin_sha256".into()));
+            }
+            if level != NextHopTls::Pin && !settings.pin_sha256.is_empty() {
+                return Err(invalid(format!(
+                    "pin_sha256 is only used with tls = \"pin\" (this hop has \"{}\")",
+                    level.as_str()
+                )));
+            }
+            if let Some(name) = &settings.server_name
+                && rustls_pki_types::ServerName::try_from(name.as_str()).is_err()
+            {
+                return Err(invalid(format!(
+                    "server_name \"{name}\" is not a host name"
+                )));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -331,7 +459,7 @@ impl Config {
                 message: "must be at least 1".into(),
             });
         }
-        Ok(())
+        self.relay.validate()
     }
 }
 

@@ -12,6 +12,7 @@ use crate::smtp::server::SessionInfo;
 use super::actions::LogAction;
 use super::directory::{PartnerCertificate, Snapshot};
 use super::error::RelayError;
+use super::hops::Envelope;
 use super::transaction::{self, Class, Routed, State, Transaction};
 use super::{Relay, headers, inbound, outbound, received};
 
@@ -67,7 +68,7 @@ impl Relay {
             ));
         }
         let single = (routed.recipients.len() == 1).then(|| routed.recipients[0].envelope.as_str());
-        let trace = received::field(session, &self.hostname, &tx.envelope.id, single);
+        let trace = received::field(session, &self.hostname, &tx.mail.id, single);
         let message = [trace.as_bytes(), &message].concat();
         match routed.class.clone() {
             Class::Inbound { .. } => {
@@ -78,7 +79,7 @@ impl Relay {
                     .collect();
                 let processed = inbound::process(
                     self.app.clone(),
-                    tx.envelope.snapshot.clone(),
+                    tx.mail.snapshot.clone(),
                     &self.limits,
                     &routed.selection,
                     &recipients,
@@ -97,14 +98,17 @@ impl Relay {
                     }
                 };
                 actions.extend(processed.actions);
-                Ok(routed.link.data(&self.client, &processed.message).await)
+                Ok(routed
+                    .link
+                    .data(&self.hops, &self.client, &processed.message)
+                    .await)
             }
             Class::Outbound { transform, .. } => {
-                let sender = tx.envelope.sender.as_ref();
-                let may_send_as = self.may_send_as(session, &tx.envelope.snapshot);
+                let sender = tx.mail.sender.as_ref();
+                let may_send_as = self.may_send_as(session, &tx.mail.snapshot);
                 let transform =
                     signing_identity(sender, &may_send_as, routed, transform, &message, actions)?;
-                let snapshot = tx.envelope.snapshot.clone();
+                let snapshot = tx.mail.snapshot.clone();
                 self.send_outbound(sender, &snapshot, routed, transform, message, actions)
                     .await
             }
@@ -176,7 +180,9 @@ impl Relay {
             });
         }
         match outputs.as_slice() {
-            [only] if groups.len() == 1 => Ok(routed.link.data(&self.client, only).await),
+            [only] if groups.len() == 1 => {
+                Ok(routed.link.data(&self.hops, &self.client, only).await)
+            }
             _ => Ok(self.send_groups(routed, &groups, &outputs).await),
         }
     }
@@ -249,77 +255,34 @@ impl Relay {
         groups: &[Vec<usize>],
         outputs: &[Vec<u8>],
     ) -> Reply {
-        let Some(mut conn) = routed.link.take_connection() else {
-            return lost();
-        };
-        if !conn.rset().await {
-            conn.quit().await;
-            return lost();
-        }
         let mut delivered = 0usize;
         let mut last = Reply::new(250, "2.0.0", "OK");
         for (group, output) in groups.iter().zip(outputs) {
-            let result = self.send_group(&mut conn, routed, group, output).await;
-            match result {
-                Ok(reply) => {
-                    delivered += 1;
-                    last = reply;
-                }
-                Err(reply) if delivered == 0 => {
-                    routed.link.restore_connection(conn);
-                    return reply;
-                }
-                Err(reply) => {
-                    tracing::warn!(delivered, reply = %reply, "a Bcc copy failed after others were delivered");
-                    routed.link.restore_connection(conn);
-                    return Reply::new(
-                        451,
-                        "4.4.1",
-                        "Part of the message was delivered, the rest could not be; try again later",
-                    );
-                }
+            let envelope = Envelope {
+                size: Some(output.len() as u64),
+                recipients: transaction::group_recipients(&routed.recipients, group)
+                    .map(|r| (r.envelope.clone(), r.params.clone()))
+                    .collect(),
+                ..routed.link.envelope.clone()
+            };
+            let reply = routed
+                .link
+                .copy(&self.hops, &self.client, &envelope, output)
+                .await;
+            if reply.is_positive() {
+                delivered += 1;
+                last = reply;
+            } else if delivered == 0 {
+                return reply;
+            } else {
+                tracing::warn!(delivered, reply = %reply, "a Bcc copy failed after others were delivered");
+                return Reply::new(
+                    451,
+                    "4.4.1",
+                    "Part of the message was delivered, the rest could not be; try again later",
+                );
             }
         }
-        routed.link.restore_connection(conn);
         last
     }
-
-    async fn send_group(
-        &self,
-        conn: &mut crate::smtp::client::Connection,
-        routed: &Routed,
-        group: &[usize],
-        output: &[u8],
-    ) -> Result<Reply, Reply> {
-        let mail = conn
-            .mail(
-                &routed.link.from,
-                &routed.link.params,
-                Some(output.len() as u64),
-            )
-            .await?;
-        if !mail.is_positive() {
-            return Err(mail);
-        }
-        for r in transaction::group_recipients(&routed.recipients, group) {
-            let reply = conn.rcpt(&r.envelope, &r.params).await?;
-            if !reply.is_positive() {
-                return Err(reply);
-            }
-        }
-        let reply = conn.data(output).await?;
-        if reply.is_positive() {
-            Ok(reply)
-        } else {
-            Err(reply)
-        }
-    }
-}
-
-fn lost() -> Reply {
-    Reply::new(
-        451,
-        "4.4.1",
-        "Connection to the next hop lost; try again later",
-    )
 }

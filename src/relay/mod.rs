@@ -15,6 +15,7 @@ pub mod directory;
 pub mod error;
 pub mod explain;
 pub mod headers;
+pub mod hops;
 pub mod inbound;
 pub mod log_writer;
 pub mod network;
@@ -26,10 +27,12 @@ pub mod transaction;
 use std::sync::Arc;
 use std::time::Instant;
 
+pub use hops::HopPool;
+
 use crate::app::App;
 use crate::pki::address::Address;
 use crate::smtp::Reply;
-use crate::smtp::client::{ClientConfig, Connection};
+use crate::smtp::client::ClientConfig;
 use crate::smtp::command::{MailParams, RcptParams};
 use crate::smtp::server::{Handler, Listener, SessionInfo};
 use crate::store::{LogEntry, LogStatus};
@@ -38,7 +41,7 @@ use actions::LogAction;
 use directory::{Snapshot, SnapshotCache};
 use error::RelayError;
 use network::Network;
-use transaction::{Envelope, State, Transaction};
+use transaction::{Mail, State, Transaction};
 
 pub struct Relay {
     pub app: Arc<App>,
@@ -98,10 +101,10 @@ impl Relay {
         rcpt_to.extend(tx.refused.iter().map(|(r, _)| r.clone()));
         let entry = LogEntry {
             id: 0,
-            received_at: tx.envelope.received_at,
+            received_at: tx.mail.received_at,
             node: self.node.clone(),
             direction,
-            mail_from: tx.envelope.from.clone(),
+            mail_from: tx.mail.from.clone(),
             rcpt_to,
             message_id: header.and_then(|m| headers::value(m, "Message-ID")),
             subject: header.and_then(|m| headers::value(m, "Subject")),
@@ -111,57 +114,15 @@ impl Relay {
             smtp_code: Some(i64::from(reply.code)),
             smtp_reply: Some(reply.to_string()),
             rule_id,
-            duration_ms: tx.envelope.started.elapsed().as_millis() as i64,
+            duration_ms: tx.mail.started.elapsed().as_millis() as i64,
         };
         self.log_writer.record(entry).await;
     }
 
     /// Ends the transaction's link to the next hop.
-    async fn finish(&self, tx: Transaction, completed: bool) {
+    async fn finish(&self, tx: Transaction) {
         if let State::Routed(routed) = tx.state {
-            routed.link.finish(&self.hops, completed).await;
-        }
-    }
-}
-
-/// Idle next-hop connections, per hop, reused while younger than [`HopPool::MAX_IDLE`].
-#[derive(Default)]
-pub struct HopPool {
-    idle: std::sync::Mutex<std::collections::HashMap<String, Vec<(Connection, Instant)>>>,
-}
-
-impl HopPool {
-    const MAX_IDLE: std::time::Duration = std::time::Duration::from_secs(20);
-    const MAX_PER_HOP: usize = 64;
-
-    fn take(&self, hop: &str) -> Option<Connection> {
-        let mut idle = self.idle.lock().ok()?;
-        let list = idle.get_mut(hop)?;
-        while let Some((conn, since)) = list.pop() {
-            if since.elapsed() < Self::MAX_IDLE {
-                return Some(conn);
-            }
-        }
-        None
-    }
-
-    /// Keeps a connection that is between transactions.
-    fn keep(&self, conn: Connection) {
-        if let Ok(mut idle) = self.idle.lock() {
-            let list = idle.entry(conn.hop.clone()).or_default();
-            list.retain(|(_, since)| since.elapsed() < Self::MAX_IDLE);
-            if list.len() < Self::MAX_PER_HOP {
-                list.push((conn, Instant::now()));
-            }
-        }
-    }
-
-    /// Ends the transaction on a connection (RSET) and keeps it if the hop agrees.
-    async fn put_back(&self, mut conn: Connection) {
-        if conn.rset().await {
-            self.keep(conn);
-        } else {
-            conn.quit().await;
+            routed.link.finish(&self.hops).await;
         }
     }
 }
@@ -209,7 +170,7 @@ impl Handler for Relay {
             return Err(Reply::new(530, "5.7.0", "Authentication required"));
         }
         Ok(Transaction {
-            envelope: Envelope {
+            mail: Mail {
                 started: Instant::now(),
                 received_at: crate::store::unix_now(),
                 from: from.to_string(),
@@ -250,7 +211,7 @@ impl Handler for Relay {
             State::Routed(r) => r.recipients.len(),
             State::Open => 0,
         };
-        let span = tracing::info_span!("message", id = %tx.envelope.id, from = %tx.envelope.from, recipients, size = message.len());
+        let span = tracing::info_span!("message", id = %tx.mail.id, from = %tx.mail.from, recipients, size = message.len());
         tx.size = message.len();
         let outcome = self
             .deliver(session, &mut tx, message)
@@ -265,7 +226,7 @@ impl Handler for Relay {
             Some(&outcome.header),
         )
         .await;
-        self.finish(tx, outcome.reply.is_positive()).await;
+        self.finish(tx).await;
         outcome.reply
     }
 
@@ -289,6 +250,6 @@ impl Handler for Relay {
             }
             None => {}
         }
-        self.finish(tx, false).await;
+        self.finish(tx).await;
     }
 }

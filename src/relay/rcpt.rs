@@ -14,6 +14,7 @@ use crate::smtp::server::{Listener, SessionInfo};
 use super::Relay;
 use super::directory::{Directory, NULL_SENDER, PartnerCertificate, Route, party};
 use super::error::RelayError;
+use super::hops::Envelope;
 use super::transaction::{self, AcceptedRecipient, Class, HopLink, Routed, State, Transaction};
 
 /// A recipient's class and what goes with it.
@@ -40,13 +41,13 @@ impl Relay {
         tx: &mut Transaction,
         recipient: &Address,
     ) -> Result<Decided, RelayError> {
-        let snapshot = tx.envelope.snapshot.clone();
+        let snapshot = tx.mail.snapshot.clone();
         let directory = Directory::new(&self.app.store, snapshot.clone());
         let route = directory.route(recipient);
         tx.direction = Some(route.direction());
         let null_sender = Address::from_envelope(NULL_SENDER)
             .map_err(|e| RelayError::gateway("naming the null sender", e))?;
-        let sender = tx.envelope.sender.as_ref().unwrap_or(&null_sender);
+        let sender = tx.mail.sender.as_ref().unwrap_or(&null_sender);
         match route {
             Route::Inbound {
                 next_hop,
@@ -69,7 +70,7 @@ impl Relay {
                 })?;
                 // Anyone on the internet can write our addresses into MAIL FROM.
                 let sender_managed = session.listener == Listener::Submission
-                    && tx.envelope.sender.is_some()
+                    && tx.mail.sender.is_some()
                     && directory.is_managed(sender);
                 let selection = policy::select(
                     &snapshot.rules,
@@ -166,49 +167,52 @@ impl Relay {
                         format!("<{address}>: send this recipient in a separate transaction"),
                     ));
                 }
-                let reply = routed.link.rcpt(&self.client, to, params).await;
+                let reply = routed.link.rcpt(&self.hops, &self.client, to, params).await;
                 if reply.is_positive() {
                     routed.recipients.push(accepted(decided.partner));
                 }
                 Ok(reply)
             }
             State::Open => {
-                let size = transaction::announced_size(&tx.envelope.params, &decided.class);
-                let mail = transaction::MailCommand {
-                    from: &tx.envelope.from,
-                    params: &tx.envelope.params,
-                    size,
+                let envelope = Envelope {
+                    from: tx.mail.from.clone(),
+                    params: tx.mail.params.clone(),
+                    size: transaction::announced_size(&tx.mail.params, &decided.class),
+                    recipients: Vec::new(),
+                    xforward: Some(xforward(session)),
                 };
-                let begun = transaction::begin(
-                    &self.hops,
-                    &self.client,
-                    decided.class.hop(),
-                    &mail,
-                    to,
-                    params,
-                )
-                .await;
-                let (conn, reply) = begun.map_err(RelayError::NextHop)?;
+                let hop = decided.class.hop().to_string();
+                let (conn, reply) = self
+                    .hops
+                    .begin(&self.client, &hop, &envelope, to, params)
+                    .await
+                    .map_err(RelayError::NextHop)?;
                 if !reply.is_positive() {
                     // Nobody was accepted: the connection goes back, the state stays.
                     self.hops.put_back(conn).await;
                     return Ok(reply);
                 }
-                let link = HopLink::new(
-                    conn,
-                    &tx.envelope.from,
-                    &tx.envelope.params,
-                    size,
-                    (to, params),
-                );
+                let mut envelope = envelope;
+                envelope.recipients.push((to.to_string(), params.clone()));
                 tx.state = State::Routed(Box::new(Routed {
                     class: decided.class,
                     selection: decided.selection,
-                    link,
+                    link: HopLink::new(conn, &hop, envelope),
                     recipients: vec![accepted(decided.partner)],
                 }));
                 Ok(reply)
             }
         }
+    }
+}
+
+/// What a Postfix next hop offering XFORWARD is told about the real client, so it can
+/// still check it (SPF, DNSBL) behind the gateway.
+fn xforward(session: &SessionInfo) -> crate::smtp::client::XforwardAttrs {
+    crate::smtp::client::XforwardAttrs {
+        name: None,
+        addr: Some(session.peer.ip()),
+        proto: Some("ESMTP".to_string()),
+        helo: (!session.helo.is_empty()).then(|| session.helo.clone()),
     }
 }

@@ -1,105 +1,100 @@
 //! The SMTP client side: one connection to a next hop (the internal server inbound,
-//! the smarthost outbound), with STARTTLS (opportunistic or required), the ESMTP
-//! parameters passed on when the hop offers them, and its replies kept as they are so
-//! the relay can hand them back to the sender (its 4xx stays 4xx, its 5xx stays 5xx).
+//! the smarthost outbound), with STARTTLS at the hop's level (`tls`), the ESMTP
+//! parameters passed on when the hop offers them, PIPELINING (RFC 2920) for the
+//! envelope, and XFORWARD for a Postfix hop.
+//!
+//! The hop's replies are kept as they are (its 4xx stays 4xx, its 5xx stays 5xx: they
+//! are its verdict), only sanitised (`wire`). Everything else — a failed connection,
+//! a reply out of sequence, an unsolicited line, a TLS level not met — is a typed
+//! [`HopError`] / [`DataError`] whose one mapping to a [`Reply`] is a `4xx` that names
+//! nothing internal (`error`). A [`Connection`] knows whether it is between
+//! transactions, inside one, or broken, so the pool never reuses a broken one.
+//!
+//! The connection pool and the envelope replay that use this are in
+//! [`crate::relay::hops`].
 
+mod error;
+mod legacy;
+pub mod tls;
+mod wire;
+mod xforward;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{
-    AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf,
+    AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader,
+    ReadBuf,
 };
 use tokio::net::TcpStream;
 
+pub use error::{DataError, HopError, HopErrorKind, ProtocolError, Stage, UNAVAILABLE};
+pub use tls::{HopTls, TlsConfigError, TlsPolicies};
+pub use xforward::XforwardAttrs;
+
 use super::command::{MailParams, RcptParams};
 use super::reply::Reply;
-use crate::config::NextHopTls;
+use crate::config::{NextHopTls, RelayConfig};
 
+/// How to reach next hops: our EHLO name, timeouts, and each hop's TLS settings.
 #[derive(Clone)]
 pub struct ClientConfig {
     /// Name sent in EHLO.
     pub hostname: String,
     pub connect_timeout: Duration,
+    /// For each reply, and for each 64 KiB of a message written.
     pub reply_timeout: Duration,
-    pub tls: NextHopTls,
-    pub tls_config: Arc<rustls::ClientConfig>,
+    tls: Arc<TlsPolicies>,
 }
 
 impl ClientConfig {
-    /// TLS towards next hops encrypts but does not authenticate the hop (RFC 7435
-    /// opportunistic security; "required" requires encryption): internal servers and
-    /// smarthosts commonly present self-signed certificates.
+    /// One TLS level for every hop (`verify` trusts Debian's system roots). For
+    /// per-hop settings use [`ClientConfig::from_relay_config`].
     pub fn new(
         hostname: String,
         connect_timeout: Duration,
         reply_timeout: Duration,
         tls: NextHopTls,
-    ) -> Result<Self, rustls::Error> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let tls_config = rustls::ClientConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()?
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(OpportunisticVerifier(provider)))
-            .with_no_client_auth();
+    ) -> Result<Self, TlsConfigError> {
+        let defaults = RelayConfig::default();
         Ok(ClientConfig {
             hostname,
             connect_timeout,
             reply_timeout,
-            tls,
-            tls_config: Arc::new(tls_config),
+            tls: Arc::new(TlsPolicies::uniform(tls, &defaults.next_hop_ca_file)?),
         })
     }
-}
 
-/// Accepts any server certificate (opportunistic STARTTLS, RFC 7435) but checks the
-/// handshake signatures, so the session is at least encrypted to whoever answered.
-#[derive(Debug)]
-struct OpportunisticVerifier(Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for OpportunisticVerifier {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &rustls_pki_types::CertificateDer<'_>,
-        _intermediates: &[rustls_pki_types::CertificateDer<'_>],
-        _server_name: &rustls_pki_types::ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: rustls_pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    /// From `[relay]`: timeouts, `next_hop_tls`, `next_hop_ca_file` and every
+    /// `[relay.hop."…"]` section. Relative CA paths resolve against `data_dir`. A CA
+    /// file that cannot be read is an error here, at start-up, not per message.
+    pub fn from_relay_config(
+        hostname: String,
+        relay: &RelayConfig,
+        data_dir: &Path,
+    ) -> Result<Self, TlsConfigError> {
+        let resolve = |p: &Path| -> PathBuf {
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                data_dir.join(p)
+            }
+        };
+        Ok(ClientConfig {
+            hostname,
+            connect_timeout: Duration::from_secs(relay.connect_timeout_secs),
+            reply_timeout: Duration::from_secs(relay.reply_timeout_secs),
+            tls: Arc::new(TlsPolicies::from_config(relay, &resolve)?),
+        })
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls_pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls_pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
+    /// The TLS settings that apply to `hop`.
+    pub fn tls_for(&self, hop: &str) -> &HopTls {
+        self.tls.for_hop(hop)
     }
 }
 
@@ -148,7 +143,7 @@ impl AsyncWrite for Stream {
     }
 }
 
-/// What the next hop offered in its EHLO reply.
+/// What the next hop offered in its EHLO reply (RFC 5321 §4.1.1.1).
 #[derive(Debug, Clone, Default)]
 pub struct Extensions {
     pub pipelining: bool,
@@ -157,6 +152,8 @@ pub struct Extensions {
     pub smtputf8: bool,
     pub dsn: bool,
     pub starttls: bool,
+    /// The attributes offered after XFORWARD (upper case); empty: not offered.
+    pub xforward: Vec<String>,
 }
 
 impl Extensions {
@@ -172,6 +169,7 @@ impl Extensions {
                 "SMTPUTF8" => ext.smtputf8 = true,
                 "DSN" => ext.dsn = true,
                 "STARTTLS" => ext.starttls = true,
+                "XFORWARD" => ext.xforward = words.map(|w| w.to_ascii_uppercase()).collect(),
                 _ => {}
             }
         }
@@ -179,227 +177,448 @@ impl Extensions {
     }
 }
 
+/// Where a connection stands (RFC 5321 §3.3: a transaction runs from MAIL to the
+/// reply to the final `.`, or to RSET).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Greeted, between transactions: may be reused.
+    Idle,
+    /// After an accepted MAIL: needs the end of data or RSET before reuse.
+    InTransaction,
+    /// A failure left it in an unknown state: only to be dropped.
+    Broken,
+}
+
+/// Replies to one envelope sent with [`Connection::envelope`].
+#[derive(Debug, Clone)]
+pub struct EnvelopeReplies {
+    /// The reply to MAIL (or our own refusal when the hop lacks SMTPUTF8).
+    pub mail: Reply,
+    /// One reply per recipient, in order; empty when MAIL was refused and the
+    /// recipients were not sent.
+    pub rcpts: Vec<Reply>,
+}
+
+/// Bytes written per timed write: a hop that stops reading fails within one reply
+/// timeout per chunk, and a large message is not bound by one timeout in all.
+const WRITE_CHUNK: usize = 64 * 1024;
+
 /// An open, greeted connection to a next hop.
 pub struct Connection {
     io: BufReader<Stream>,
+    /// The hop as configured (`host:port`).
     pub hop: String,
+    /// The address connected to.
+    pub addr: SocketAddr,
     pub extensions: Extensions,
+    /// STARTTLS is in force.
     pub tls: bool,
     reply_timeout: Duration,
-}
-
-/// A reply made up by us for a failure to talk to the next hop: always temporary, so
-/// the sender keeps the message and retries.
-fn hop_failure(hop: &str, what: &str) -> Reply {
-    Reply::new(
-        451,
-        "4.4.1",
-        format!("Next hop {hop} {what}; try again later"),
-    )
+    phase: Phase,
 }
 
 impl Connection {
-    /// Connects, reads the greeting, says EHLO, and starts TLS as configured.
-    pub async fn open(config: &ClientConfig, hop: &str) -> Result<Connection, Reply> {
+    /// Connects, reads the greeting (RFC 5321 §3.1), says EHLO (HELO when refused),
+    /// and starts TLS at the hop's level (RFC 3207), then says EHLO again.
+    pub async fn connect(config: &ClientConfig, hop: &str) -> Result<Connection, HopError> {
+        let fail = |kind| HopError {
+            hop: hop.to_string(),
+            addr: None,
+            stage: Stage::Connect,
+            kind: Box::new(kind),
+        };
         let tcp = tokio::time::timeout(config.connect_timeout, TcpStream::connect(hop))
             .await
-            .map_err(|_| hop_failure(hop, "did not answer in time"))?
-            .map_err(|e| hop_failure(hop, &format!("is unreachable ({e})")))?;
+            .map_err(|_| fail(HopErrorKind::Timeout))?
+            .map_err(|e| fail(HopErrorKind::Connect(e)))?;
         let _ = tcp.set_nodelay(true);
+        let addr = tcp
+            .peer_addr()
+            .map_err(|e| fail(HopErrorKind::Connect(e)))?;
         let mut conn = Connection {
             io: BufReader::new(Stream::Plain(tcp)),
             hop: hop.to_string(),
+            addr,
             extensions: Extensions::default(),
             tls: false,
             reply_timeout: config.reply_timeout,
+            phase: Phase::Idle,
         };
-        let greeting = conn.read_reply().await?;
-        if greeting.code != 220 {
-            return Err(greeting);
+        let greeting = conn.read_reply(Stage::Greeting).await?;
+        match greeting.code {
+            220 => {}
+            421 => return Err(conn.fail(Stage::Greeting, HopErrorKind::ServiceClosing(greeting))),
+            // RFC 5321 §3.1: 554 means "no service here" (for us, not for the message).
+            400..600 => return Err(conn.fail(Stage::Greeting, HopErrorKind::Refused(greeting))),
+            _ => return Err(conn.out_of_sequence(Stage::Greeting, "the greeting", greeting)),
         }
+        conn.ensure_quiet(Stage::Greeting)?;
         conn.ehlo(&config.hostname).await?;
-        let want_tls = match config.tls {
+        let tls = config.tls_for(hop);
+        let want_tls = match tls.level {
             NextHopTls::Off => false,
             NextHopTls::Opportunistic => conn.extensions.starttls,
-            NextHopTls::Required => {
+            level @ (NextHopTls::Required | NextHopTls::Verify | NextHopTls::Pin) => {
                 if !conn.extensions.starttls {
-                    return Err(hop_failure(
-                        hop,
-                        "does not offer STARTTLS, which is required",
+                    return Err(conn.fail(
+                        Stage::StartTls,
+                        HopErrorKind::TlsNotOffered {
+                            level: level.as_str(),
+                        },
                     ));
                 }
                 true
             }
         };
         if want_tls {
-            let reply = conn.command("STARTTLS").await?;
-            if reply.code != 220 {
-                return Err(hop_failure(hop, &format!("refused STARTTLS ({reply})")));
-            }
-            let Stream::Plain(tcp) = conn.io.into_inner() else {
-                return Err(hop_failure(hop, "is in TLS already"));
-            };
-            let host = hop.rsplit_once(':').map_or(hop, |(h, _)| h);
-            let host = host.trim_start_matches('[').trim_end_matches(']');
-            let name = rustls_pki_types::ServerName::try_from(host.to_string())
-                .map_err(|_| hop_failure(hop, "has a name TLS cannot use"))?;
-            let connector = tokio_rustls::TlsConnector::from(config.tls_config.clone());
-            let tls = tokio::time::timeout(config.connect_timeout, connector.connect(name, tcp))
-                .await
-                .map_err(|_| hop_failure(hop, "TLS handshake timed out"))?
-                .map_err(|e| hop_failure(hop, &format!("TLS handshake failed ({e})")))?;
-            conn = Connection {
-                io: BufReader::new(Stream::Tls(Box::new(tls))),
-                hop: hop.to_string(),
-                extensions: Extensions::default(),
-                tls: true,
-                reply_timeout: config.reply_timeout,
-            };
+            conn = conn.start_tls(config, tls).await?;
             conn.ehlo(&config.hostname).await?;
         }
+        tracing::debug!(hop = %conn.hop, addr = %conn.addr, tls = conn.tls, "next hop connected");
         Ok(conn)
     }
 
-    async fn ehlo(&mut self, hostname: &str) -> Result<(), Reply> {
-        let reply = self.command(&format!("EHLO {hostname}")).await?;
-        if reply.code == 250 {
-            self.extensions = Extensions::parse(&reply);
+    async fn start_tls(mut self, config: &ClientConfig, tls: &HopTls) -> Result<Self, HopError> {
+        let reply = self.command(Stage::StartTls, "STARTTLS").await?;
+        if reply.code != 220 {
+            return Err(self.fail(Stage::StartTls, HopErrorKind::Refused(reply)));
+        }
+        // Anything after the 220 would be read as if it came over TLS (RFC 3207 §4.2
+        // discards it; we drop the connection: plaintext injection).
+        self.ensure_quiet(Stage::StartTls)?;
+        let Some(name) = tls::server_name(&self.hop, tls) else {
+            return Err(self.fail(Stage::StartTls, HopErrorKind::TlsName));
+        };
+        let (hop, addr) = (self.hop.clone(), self.addr);
+        let fail = |kind| HopError {
+            hop: hop.clone(),
+            addr: Some(addr),
+            stage: Stage::StartTls,
+            kind: Box::new(kind),
+        };
+        let Stream::Plain(tcp) = self.io.into_inner() else {
+            return Err(fail(HopErrorKind::Refused(reply)));
+        };
+        let connector = tokio_rustls::TlsConnector::from(tls.rustls());
+        let stream = tokio::time::timeout(config.connect_timeout, connector.connect(name, tcp))
+            .await
+            .map_err(|_| fail(HopErrorKind::Timeout))?
+            .map_err(|e| fail(HopErrorKind::Tls(e)))?;
+        Ok(Connection {
+            io: BufReader::new(Stream::Tls(Box::new(stream))),
+            hop: self.hop,
+            addr,
+            extensions: Extensions::default(),
+            tls: true,
+            reply_timeout: self.reply_timeout,
+            phase: Phase::Idle,
+        })
+    }
+
+    async fn ehlo(&mut self, hostname: &str) -> Result<(), HopError> {
+        let reply = self
+            .command(Stage::Ehlo, &format!("EHLO {hostname}"))
+            .await?;
+        match reply.code {
+            250 => {
+                self.extensions = Extensions::parse(&reply);
+                return Ok(());
+            }
+            421 => return Err(self.fail(Stage::Ehlo, HopErrorKind::ServiceClosing(reply))),
+            400..600 => {}
+            _ => return Err(self.out_of_sequence(Stage::Ehlo, "EHLO", reply)),
+        }
+        // RFC 5321 §3.2: a server that does not know EHLO gets HELO.
+        let reply = self
+            .command(Stage::Ehlo, &format!("HELO {hostname}"))
+            .await?;
+        match reply.code {
+            250 => {
+                self.extensions = Extensions::default();
+                Ok(())
+            }
+            421 => Err(self.fail(Stage::Ehlo, HopErrorKind::ServiceClosing(reply))),
+            400..600 => Err(self.fail(Stage::Ehlo, HopErrorKind::Refused(reply))),
+            _ => Err(self.out_of_sequence(Stage::Ehlo, "HELO", reply)),
+        }
+    }
+
+    /// Marks the connection broken and makes the error.
+    fn fail(&mut self, stage: Stage, kind: HopErrorKind) -> HopError {
+        self.phase = Phase::Broken;
+        HopError {
+            hop: self.hop.clone(),
+            addr: Some(self.addr),
+            stage,
+            kind: Box::new(kind),
+        }
+    }
+
+    fn out_of_sequence(&mut self, stage: Stage, command: &'static str, reply: Reply) -> HopError {
+        self.fail(
+            stage,
+            HopErrorKind::Protocol(ProtocolError::OutOfSequence { command, reply }),
+        )
+    }
+
+    /// True between transactions, when the connection may go back to the pool.
+    pub fn is_idle(&self) -> bool {
+        self.phase == Phase::Idle
+    }
+
+    /// True when a failure left the connection unusable.
+    pub fn is_broken(&self) -> bool {
+        self.phase == Phase::Broken
+    }
+
+    /// Nothing must have been read beyond the replies asked for: more means the hop
+    /// answered a command never sent (or injected text before TLS).
+    fn ensure_quiet(&mut self, stage: Stage) -> Result<(), HopError> {
+        if self.io.buffer().is_empty() {
             return Ok(());
         }
-        let reply = self.command(&format!("HELO {hostname}")).await?;
-        if reply.code != 250 {
-            return Err(reply);
+        let reply = wire::clean_text(&self.io.buffer()[..self.io.buffer().len().min(80)]);
+        Err(self.fail(
+            stage,
+            HopErrorKind::Protocol(ProtocolError::Unsolicited { reply }),
+        ))
+    }
+
+    /// Checks, without waiting, that the hop sent nothing since its last reply. An idle
+    /// connection the hop has closed shows EOF here, or a `421` it sent before
+    /// closing (Postfix: "421 4.4.2 … Error: timeout exceeded"); any other input is a
+    /// reply to a command never sent. Use before reusing a pooled connection.
+    pub async fn probe(&mut self, stage: Stage) -> Result<(), HopError> {
+        if self.phase == Phase::Broken {
+            return Err(self.fail(stage, HopErrorKind::Closed));
         }
-        self.extensions = Extensions::default();
-        Ok(())
-    }
-
-    /// Sends one command line and reads its reply. An I/O failure is a made-up 451.
-    pub async fn command(&mut self, line: &str) -> Result<Reply, Reply> {
-        let mut bytes = line.as_bytes().to_vec();
-        bytes.extend_from_slice(b"\r\n");
-        self.write(&bytes).await?;
-        self.read_reply().await
-    }
-
-    async fn write(&mut self, bytes: &[u8]) -> Result<(), Reply> {
-        let hop = self.hop.clone();
-        let stream = self.io.get_mut();
-        tokio::time::timeout(self.reply_timeout, async {
-            stream.write_all(bytes).await?;
-            stream.flush().await
+        let ready = std::future::poll_fn(|cx| {
+            Poll::Ready(match Pin::new(&mut self.io).poll_fill_buf(cx) {
+                Poll::Ready(Ok(buf)) => Some(Ok(buf.len())),
+                Poll::Ready(Err(e)) => Some(Err(e)),
+                Poll::Pending => None,
+            })
         })
-        .await
-        .map_err(|_| hop_failure(&hop, "stopped reading"))?
-        .map_err(|e| hop_failure(&hop, &format!("connection failed ({e})")))
+        .await;
+        match ready {
+            None => Ok(()),
+            Some(Ok(0)) => Err(self.fail(stage, HopErrorKind::Closed)),
+            Some(Err(e)) => Err(self.fail(stage, HopErrorKind::Io(e))),
+            Some(Ok(_)) => {
+                let reply = self.read_reply(stage).await?;
+                if reply.code == 421 {
+                    return Err(self.fail(stage, HopErrorKind::ServiceClosing(reply)));
+                }
+                Err(self.fail(
+                    stage,
+                    HopErrorKind::Protocol(ProtocolError::Unsolicited {
+                        reply: reply.to_string(),
+                    }),
+                ))
+            }
+        }
     }
 
-    /// Reads one (possibly multi-line) reply.
-    pub async fn read_reply(&mut self) -> Result<Reply, Reply> {
-        let mut lines = Vec::new();
-        let mut code = 0u16;
-        let mut line = Vec::new();
+    async fn write(&mut self, stage: Stage, bytes: &[u8]) -> Result<(), HopError> {
+        let timeout = self.reply_timeout;
+        for chunk in bytes.chunks(WRITE_CHUNK) {
+            let stream = self.io.get_mut();
+            let written = tokio::time::timeout(timeout, stream.write_all(chunk)).await;
+            match written {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(self.fail(stage, HopErrorKind::Io(e))),
+                Err(_) => return Err(self.fail(stage, HopErrorKind::Timeout)),
+            }
+        }
+        let stream = self.io.get_mut();
+        match tokio::time::timeout(timeout, stream.flush()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(self.fail(stage, HopErrorKind::Io(e))),
+            Err(_) => Err(self.fail(stage, HopErrorKind::Timeout)),
+        }
+    }
+
+    /// Reads one (possibly multi-line) reply, strictly and sanitised (`wire`).
+    async fn read_reply(&mut self, stage: Stage) -> Result<Reply, HopError> {
+        let mut parser = wire::ReplyParser::default();
+        let mut line = Vec::with_capacity(128);
         loop {
             line.clear();
-            let read = tokio::time::timeout(self.reply_timeout, async {
-                let mut limited = (&mut self.io).take(4096);
+            let timeout = self.reply_timeout;
+            let read = tokio::time::timeout(timeout, async {
+                let mut limited = (&mut self.io).take(wire::MAX_LINE as u64);
                 limited.read_until(b'\n', &mut line).await
             })
-            .await
-            .map_err(|_| hop_failure(&self.hop, "did not reply in time"))?
-            .map_err(|e| hop_failure(&self.hop, &format!("connection failed ({e})")))?;
-            if read == 0 {
-                return Err(hop_failure(&self.hop, "closed the connection"));
+            .await;
+            match read {
+                Err(_) => return Err(self.fail(stage, HopErrorKind::Timeout)),
+                Ok(Err(e)) => return Err(self.fail(stage, HopErrorKind::Io(e))),
+                Ok(Ok(0)) => return Err(self.fail(stage, HopErrorKind::Closed)),
+                Ok(Ok(_)) if line.last() != Some(&b'\n') => {
+                    // Cut off by the limit, or by the end of the connection.
+                    let kind = if line.len() >= wire::MAX_LINE {
+                        HopErrorKind::Protocol(ProtocolError::LineTooLong {
+                            limit: wire::MAX_LINE,
+                        })
+                    } else {
+                        HopErrorKind::Closed
+                    };
+                    return Err(self.fail(stage, kind));
+                }
+                Ok(Ok(_)) => {}
             }
-            let text = String::from_utf8_lossy(&line);
-            let text = text.trim_end_matches(['\r', '\n']);
-            let this_code: u16 = text
-                .get(..3)
-                .and_then(|c| c.parse().ok())
-                .filter(|c| (200..600).contains(c))
-                .ok_or_else(|| hop_failure(&self.hop, "sent a malformed reply"))?;
-            if code != 0 && this_code != code {
-                return Err(hop_failure(&self.hop, "sent a malformed reply"));
-            }
-            code = this_code;
-            let more = text.as_bytes().get(3) == Some(&b'-');
-            lines.push(text.get(4..).unwrap_or("").to_string());
-            if !more {
-                break;
-            }
-            if lines.len() > 200 {
-                return Err(hop_failure(&self.hop, "sent an endless reply"));
+            match parser.push(&line) {
+                Ok(Some(reply)) => return Ok(reply),
+                Ok(None) => {}
+                Err(e) => return Err(self.fail(stage, HopErrorKind::Protocol(e))),
             }
         }
-        // Split off an enhanced status code at the start of the first line.
-        let enhanced = lines
-            .first()
-            .and_then(|l| l.split_whitespace().next())
-            .filter(|w| {
-                let parts: Vec<&str> = w.split('.').collect();
-                parts.len() == 3
-                    && parts
-                        .iter()
-                        .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
-            })
-            .map(str::to_string)
+    }
+
+    /// Sends one command line and reads its reply, after checking that the hop sent
+    /// nothing unasked ([`Connection::probe`]).
+    async fn command(&mut self, stage: Stage, line: &str) -> Result<Reply, HopError> {
+        self.probe(stage).await?;
+        let mut bytes = Vec::with_capacity(line.len() + 2);
+        bytes.extend_from_slice(line.as_bytes());
+        bytes.extend_from_slice(b"\r\n");
+        self.write(stage, &bytes).await?;
+        self.read_reply(stage).await
+    }
+
+    /// A reply to MAIL, RCPT, RSET or XFORWARD: `2xx`, `4xx` or `5xx` (RFC 5321
+    /// §4.3.2). `421` means the hop is closing; `3xx` is out of sequence.
+    fn completion(&mut self, stage: Stage, reply: Reply) -> Result<Reply, HopError> {
+        match reply.code {
+            421 => Err(self.fail(stage, HopErrorKind::ServiceClosing(reply))),
+            300..400 => Err(self.out_of_sequence(stage, stage.as_str(), reply)),
+            _ => Ok(reply),
+        }
+    }
+
+    /// XFORWARD with the attributes the hop offers (before MAIL, never inside a
+    /// transaction). `Ok(None)` when the hop offers no XFORWARD; a refusal is
+    /// returned, not an error (the attributes only inform the hop's logs and checks).
+    pub async fn xforward(&mut self, attrs: &XforwardAttrs) -> Result<Option<Reply>, HopError> {
+        let mut last = None;
+        for line in attrs.commands(&self.extensions.xforward) {
+            let reply = self.command(Stage::Xforward, &line).await?;
+            let reply = self.completion(Stage::Xforward, reply)?;
+            if reply.code != 250 {
+                tracing::info!(hop = %self.hop, reply = %reply, "next hop refused XFORWARD");
+                return Ok(Some(reply));
+            }
+            last = Some(reply);
+        }
+        Ok(last)
+    }
+
+    /// The envelope in one go: XFORWARD (when given and offered), MAIL, and each
+    /// recipient, pipelined when the hop offers PIPELINING (RFC 2920: one round trip),
+    /// otherwise one command at a time (no RCPT after a refused MAIL). `size` is the
+    /// size of what will be sent (the transformed message may be larger).
+    pub async fn envelope(
+        &mut self,
+        xforward: Option<&XforwardAttrs>,
+        from: &str,
+        params: &MailParams,
+        size: Option<u64>,
+        recipients: &[(&str, &RcptParams)],
+    ) -> Result<EnvelopeReplies, HopError> {
+        let mail = match self.mail_line(from, params, size) {
+            Ok(line) => line,
+            Err(refusal) => {
+                return Ok(EnvelopeReplies {
+                    mail: refusal,
+                    rcpts: Vec::new(),
+                });
+            }
+        };
+        let xforward = xforward
+            .map(|x| x.commands(&self.extensions.xforward))
             .unwrap_or_default();
-        if !enhanced.is_empty() {
-            for l in lines.iter_mut() {
-                if let Some(rest) = l.strip_prefix(&enhanced) {
-                    *l = rest.trim_start().to_string();
+        let rcpts: Vec<String> = recipients
+            .iter()
+            .map(|(to, p)| self.rcpt_line(to, p))
+            .collect();
+        if !self.extensions.pipelining {
+            for line in &xforward {
+                let reply = self.command(Stage::Xforward, line).await?;
+                self.completion(Stage::Xforward, reply)?;
+            }
+            let mail = self.command(Stage::Mail, &mail).await?;
+            let mail = self.mail_reply(mail)?;
+            let mut replies = Vec::new();
+            if mail.code / 100 == 2 {
+                for line in &rcpts {
+                    let reply = self.command(Stage::Rcpt, line).await?;
+                    replies.push(self.completion(Stage::Rcpt, reply)?);
                 }
             }
+            return Ok(EnvelopeReplies {
+                mail,
+                rcpts: replies,
+            });
         }
-        Ok(Reply {
-            code,
-            enhanced,
-            lines,
+        self.probe(Stage::Mail).await?;
+        let mut group = String::new();
+        for line in xforward.iter().chain([&mail]).chain(&rcpts) {
+            group.push_str(line);
+            group.push_str("\r\n");
+        }
+        self.write(Stage::Mail, group.as_bytes()).await?;
+        for _ in &xforward {
+            let reply = self.read_reply(Stage::Xforward).await?;
+            let reply = self.completion(Stage::Xforward, reply)?;
+            if reply.code != 250 {
+                tracing::info!(hop = %self.hop, reply = %reply, "next hop refused XFORWARD");
+            }
+        }
+        let mail = self.read_reply(Stage::Mail).await?;
+        let mail = self.mail_reply(mail)?;
+        let mut replies = Vec::with_capacity(rcpts.len());
+        for _ in &rcpts {
+            let reply = self.read_reply(Stage::Rcpt).await?;
+            replies.push(self.completion(Stage::Rcpt, reply)?);
+        }
+        self.ensure_quiet(Stage::Rcpt)?;
+        Ok(EnvelopeReplies {
+            mail,
+            rcpts: replies,
         })
     }
 
-    /// MAIL FROM with the parameters the hop understands. `size` is the size of what
-    /// will be sent (the transformed message may be larger than the original).
-    pub async fn mail(
+    fn mail_reply(&mut self, reply: Reply) -> Result<Reply, HopError> {
+        let reply = self.completion(Stage::Mail, reply)?;
+        if reply.code / 100 == 2 {
+            self.phase = Phase::InTransaction;
+        }
+        Ok(reply)
+    }
+
+    /// MAIL FROM with the parameters the hop understands (RFC 5321 §4.1.1.2). A refusal
+    /// is `Ok`: the hop's reply, or ours when the hop lacks SMTPUTF8 (RFC 6531 §3.4).
+    pub async fn send_mail(
         &mut self,
         from: &str,
         params: &MailParams,
         size: Option<u64>,
-    ) -> Result<Reply, Reply> {
+    ) -> Result<Reply, HopError> {
         match self.mail_line(from, params, size) {
-            Ok(line) => self.command(&line).await,
+            Ok(line) => {
+                let reply = self.command(Stage::Mail, &line).await?;
+                self.mail_reply(reply)
+            }
             Err(refusal) => Ok(refusal),
         }
     }
 
-    /// MAIL FROM and the first RCPT TO, in one write when the hop offers PIPELINING
-    /// (RFC 2920): one round trip instead of two. Both replies are returned.
-    pub async fn mail_and_rcpt(
-        &mut self,
-        from: &str,
-        params: &MailParams,
-        size: Option<u64>,
-        to: &str,
-        rcpt_params: &RcptParams,
-    ) -> Result<(Reply, Option<Reply>), Reply> {
-        let mail = match self.mail_line(from, params, size) {
-            Ok(line) => line,
-            Err(refusal) => return Ok((refusal, None)),
-        };
-        let rcpt = self.rcpt_line(to, rcpt_params);
-        if !self.extensions.pipelining {
-            let mail_reply = self.command(&mail).await?;
-            if !mail_reply.is_positive() {
-                return Ok((mail_reply, None));
-            }
-            let rcpt_reply = self.command(&rcpt).await?;
-            return Ok((mail_reply, Some(rcpt_reply)));
-        }
-        self.write(format!("{mail}\r\n{rcpt}\r\n").as_bytes())
-            .await?;
-        let mail_reply = self.read_reply().await?;
-        let rcpt_reply = self.read_reply().await?;
-        Ok((mail_reply, Some(rcpt_reply)))
+    /// RCPT TO with the DSN parameters when offered (RFC 5321 §4.1.1.3, RFC 3461). A
+    /// refusal is `Ok` (the hop's verdict on this recipient).
+    pub async fn send_rcpt(&mut self, to: &str, params: &RcptParams) -> Result<Reply, HopError> {
+        let line = self.rcpt_line(to, params);
+        let reply = self.command(Stage::Rcpt, &line).await?;
+        self.completion(Stage::Rcpt, reply)
     }
 
     fn mail_line(
@@ -422,10 +641,7 @@ impl Connection {
                 return Err(Reply::new(
                     553,
                     "5.6.7",
-                    format!(
-                        "Next hop {} does not support SMTPUTF8, which this message needs",
-                        self.hop
-                    ),
+                    "The next hop does not support SMTPUTF8, which this message needs",
                 ));
             }
             line.push_str(" SMTPUTF8");
@@ -454,47 +670,154 @@ impl Connection {
         line
     }
 
-    pub async fn rcpt(&mut self, to: &str, params: &RcptParams) -> Result<Reply, Reply> {
-        let line = self.rcpt_line(to, params);
-        self.command(&line).await
-    }
-
-    /// DATA, the message (dot-stuffed, CRLF lines), and the final reply.
-    pub async fn data(&mut self, message: &[u8]) -> Result<Reply, Reply> {
-        let go = self.command("DATA").await?;
-        if go.code != 354 {
-            return Ok(go);
-        }
-        self.message(message).await
-    }
-
-    /// After the hop's 354: the message (dot-stuffed, CRLF lines), the end marker, and
-    /// the final reply.
-    pub async fn message(&mut self, message: &[u8]) -> Result<Reply, Reply> {
-        let mut out = Vec::with_capacity(message.len() + message.len() / 50 + 5);
-        for line in message.split_inclusive(|&b| b == b'\n') {
-            let content = line
-                .strip_suffix(b"\n")
-                .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
-                .unwrap_or(line);
-            if content.first() == Some(&b'.') {
-                out.push(b'.');
+    /// DATA, the message (dot-stuffed, CRLF lines, RFC 5321 §4.5.2), and the final
+    /// reply (RFC 5321 §4.1.1.4).
+    ///
+    /// `Ok(reply)` is the hop's verdict: its refusal of DATA (`4xx`/`5xx`, the
+    /// transaction still open) or its final reply to the message (the transaction
+    /// over). A `421` after the `.` (not accepted, the hop is closing) comes back as a
+    /// `451` with the hop's text, since our session is not closing. Failures say
+    /// whether the message may have been handed over ([`DataError`]).
+    pub async fn send_data(&mut self, message: &[u8]) -> Result<Reply, DataError> {
+        let lost_before = |e: HopError| {
+            if e.is_connection_lost() {
+                DataError::NotHandedOver(e)
+            } else {
+                DataError::Protocol(e)
             }
-            out.extend_from_slice(content);
-            out.extend_from_slice(b"\r\n");
+        };
+        let go = self
+            .command(Stage::Data, "DATA")
+            .await
+            .map_err(lost_before)?;
+        match go.code {
+            354 => {}
+            421 => {
+                let e = self.fail(Stage::Data, HopErrorKind::ServiceClosing(go));
+                return Err(DataError::NotHandedOver(e));
+            }
+            400..600 => return Ok(go),
+            // A 2xx here would claim a message that was never sent (issue 9, 4).
+            _ => {
+                return Err(DataError::Protocol(self.out_of_sequence(
+                    Stage::Data,
+                    "DATA",
+                    go,
+                )));
+            }
         }
-        out.extend_from_slice(b".\r\n");
-        self.write(&out).await?;
-        self.read_reply().await
+        if let Err(e) = self.ensure_quiet(Stage::Data) {
+            return Err(DataError::Protocol(e));
+        }
+        // The final "." is in the last bytes written: if any write fails, it did not
+        // go out, and the hop must not deliver an unterminated message.
+        let out = dot_stuff(message);
+        self.write(Stage::Message, &out)
+            .await
+            .map_err(DataError::NotHandedOver)?;
+        let reply = match self.read_reply(Stage::EndOfData).await {
+            Ok(reply) => reply,
+            Err(e) if e.is_connection_lost() => return Err(DataError::Unknown(e)),
+            Err(e) => return Err(DataError::Protocol(e)),
+        };
+        match reply.code {
+            421 => {
+                self.phase = Phase::Broken;
+                tracing::warn!(hop = %self.hop, addr = %self.addr, reply = %reply, "next hop closed at the end of data");
+                Ok(Reply {
+                    code: 451,
+                    enhanced: if reply.enhanced.is_empty() {
+                        "4.4.2".into()
+                    } else {
+                        reply.enhanced
+                    },
+                    lines: reply.lines,
+                })
+            }
+            300..400 => Err(DataError::Protocol(self.out_of_sequence(
+                Stage::EndOfData,
+                "the end of data",
+                reply,
+            ))),
+            _ => {
+                self.phase = Phase::Idle;
+                if !self.io.buffer().is_empty() {
+                    // More than the one reply: answer with it, but never reuse.
+                    let _ = self.ensure_quiet(Stage::EndOfData);
+                }
+                Ok(reply)
+            }
+        }
     }
 
-    /// Ends a transaction so the connection can be used again.
-    pub async fn rset(&mut self) -> bool {
-        matches!(self.command("RSET").await, Ok(r) if r.code == 250)
+    /// RSET (RFC 5321 §4.1.1.5): ends a transaction so the connection can be reused.
+    pub async fn reset(&mut self) -> Result<(), HopError> {
+        let reply = self.command(Stage::Rset, "RSET").await?;
+        let reply = self.completion(Stage::Rset, reply)?;
+        if reply.code != 250 {
+            // Still connected: the caller may QUIT politely.
+            return Err(HopError {
+                hop: self.hop.clone(),
+                addr: Some(self.addr),
+                stage: Stage::Rset,
+                kind: Box::new(HopErrorKind::Refused(reply)),
+            });
+        }
+        self.phase = Phase::Idle;
+        Ok(())
     }
 
+    /// QUIT (RFC 5321 §4.1.1.10) when the connection is usable, then closes it.
     pub async fn quit(mut self) {
-        let _ = self.command("QUIT").await;
+        if self.phase != Phase::Broken {
+            let _ = self.command(Stage::Quit, "QUIT").await;
+        }
         let _ = self.io.get_mut().shutdown().await;
+    }
+}
+
+/// The message as DATA carries it: CRLF line ends, a leading "." doubled (RFC 5321
+/// §4.5.2), and the terminating `.` line.
+fn dot_stuff(message: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(message.len() + message.len() / 50 + 5);
+    for line in message.split_inclusive(|&b| b == b'\n') {
+        let content = line
+            .strip_suffix(b"\n")
+            .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+            .unwrap_or(line);
+        if content.first() == Some(&b'.') {
+            out.push(b'.');
+        }
+        out.extend_from_slice(content);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b".\r\n");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dot_stuffing_and_line_ends() {
+        assert_eq!(dot_stuff(b"a\n.b\r\n..c"), b"a\r\n..b\r\n...c\r\n.\r\n");
+        assert_eq!(dot_stuff(b""), b".\r\n");
+    }
+
+    #[test]
+    fn xforward_attributes_are_read_from_ehlo() {
+        let reply = Reply::multiline(
+            250,
+            "",
+            vec![
+                "mx".into(),
+                "XFORWARD NAME addr PROTO HELO".into(),
+                "PIPELINING".into(),
+            ],
+        );
+        let ext = Extensions::parse(&reply);
+        assert!(ext.pipelining);
+        assert_eq!(ext.xforward, ["NAME", "ADDR", "PROTO", "HELO"]);
     }
 }
