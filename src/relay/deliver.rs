@@ -106,8 +106,14 @@ impl Relay {
             Class::Outbound { transform, .. } => {
                 let sender = tx.mail.sender.as_ref();
                 let may_send_as = self.may_send_as(session, &tx.mail.snapshot);
-                let transform =
-                    signing_identity(sender, &may_send_as, routed, transform, &message, actions)?;
+                let transform = signing_identity(
+                    sender,
+                    may_send_as.as_deref(),
+                    routed,
+                    transform,
+                    &message,
+                    actions,
+                )?;
                 let snapshot = tx.mail.snapshot.clone();
                 self.send_outbound(sender, &snapshot, routed, transform, message, actions)
                     .await
@@ -189,12 +195,12 @@ impl Relay {
 }
 
 /// Who the message is signed as: the mailbox in its header From, and only when that
-/// is the envelope sender or an address the authenticated submitter may send as
-/// (DESIGN §2). Otherwise it leaves unsigned — refused where the rule requires a
-/// signature — and the log says why.
+/// is the envelope sender — and, for an authenticated submitter, an address it may
+/// send as (`None`: not authenticated) (DESIGN §2). Otherwise it leaves unsigned —
+/// refused where the rule requires a signature — and the log says why.
 fn signing_identity(
     sender: Option<&Address>,
-    may_send_as: &[String],
+    may_send_as: Option<&[String]>,
     routed: &Routed,
     transform: Transform,
     message: &[u8],
@@ -207,8 +213,8 @@ fn signing_identity(
     let why = match (&from, sender) {
         (FromField::One(author), Some(sender))
             if author.eq_ignore_ascii_case(sender.as_str())
-                && (may_send_as.is_empty()
-                    || may_send_as.iter().any(|a| a.eq_ignore_ascii_case(author))) =>
+                && may_send_as
+                    .is_none_or(|list| list.iter().any(|a| a.eq_ignore_ascii_case(author))) =>
         {
             return Ok(transform);
         }

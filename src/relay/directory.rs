@@ -66,6 +66,8 @@ pub struct Snapshot {
     pub smarthost: Option<String>,
     /// What inbound signatures are verified against, and each anchor's domains.
     pub trust: Arc<crate::pki::trust::TrustAnchors>,
+    /// Enabled SMTP AUTH submitters and the addresses each may send as.
+    submitters: HashMap<String, Vec<String>>,
     /// Filled on first use: which keys the token holds for which recipient ids.
     keys: tokio::sync::OnceCell<Arc<crate::smime::layers::KeyDirectory>>,
     /// Filled on first use: whether a mailbox can sign.
@@ -119,6 +121,14 @@ impl Snapshot {
                         other => StoreError::Corrupt(format!("trust anchors: {other}")),
                     })?,
             ),
+            submitters: store
+                .submitters()
+                .list()
+                .await?
+                .into_iter()
+                .filter(|s| !s.disabled)
+                .map(|s| (s.name.to_ascii_lowercase(), s.may_send_as))
+                .collect(),
             keys: tokio::sync::OnceCell::new(),
             signing: Mutex::new(HashMap::new()),
             partners: Mutex::new(HashMap::new()),
@@ -126,10 +136,13 @@ impl Snapshot {
         })
     }
 
-    /// The addresses submitter `name` may send as (empty: no restriction beyond the
-    /// envelope sender).
-    pub fn submitter_may_send_as(&self, _name: &str) -> Vec<String> {
-        Vec::new()
+    /// The addresses submitter `name` may send as (none for an unknown or disabled
+    /// submitter: it vouches for nobody).
+    pub fn submitter_may_send_as(&self, name: &str) -> Vec<String> {
+        self.submitters
+            .get(&name.to_ascii_lowercase())
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Whether `domain` is one of ours (has an inbound route).

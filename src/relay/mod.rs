@@ -69,14 +69,13 @@ fn transaction_id() -> String {
 }
 
 impl Relay {
-    /// The addresses the session's authenticated submitter may send as (empty: not
-    /// authenticated, or no restriction beyond the envelope sender).
-    fn may_send_as(&self, session: &SessionInfo, snapshot: &Snapshot) -> Vec<String> {
+    /// The addresses the session's authenticated submitter may send as; `None` when
+    /// the session did not authenticate (a client of an internal network).
+    fn may_send_as(&self, session: &SessionInfo, snapshot: &Snapshot) -> Option<Vec<String>> {
         session
             .authenticated
             .as_deref()
             .map(|name| snapshot.submitter_may_send_as(name))
-            .unwrap_or_default()
     }
 
     async fn log(
