@@ -406,14 +406,16 @@ async fn relay_suite(store: &Store) {
         Some("relay.example:587")
     );
     settings
-        .allow_network("10.0.0.0/8", "office")
+        .allow_network("10.0.0.0/8", "office", true)
         .await
         .expect("allow");
     assert!(matches!(
-        settings.allow_network("10.0.0.0/8", "").await,
+        settings.allow_network("10.0.0.0/8", "", false).await,
         Err(StoreError::Conflict(_))
     ));
-    assert_eq!(settings.networks().await.expect("networks").len(), 1);
+    let networks = settings.networks().await.expect("networks");
+    assert_eq!(networks.len(), 1);
+    assert!(networks[0].require_auth, "the flag is stored");
     settings.remove_network("10.0.0.0/8").await.expect("remove");
     assert!(settings.remove_network("10.0.0.0/8").await.is_err());
 

@@ -46,6 +46,9 @@ pub enum NetworkCommand {
         cidr: String,
         #[arg(long, default_value = "")]
         comment: String,
+        /// Clients on this network must still authenticate (SMTP AUTH) to submit.
+        #[arg(long)]
+        require_auth: bool,
     },
     /// List the allowed networks.
     List,
@@ -152,25 +155,45 @@ pub async fn smarthost(cmd: SmarthostCommand, settings: &Settings) -> Result<()>
 pub async fn network(cmd: NetworkCommand, settings: &Settings) -> Result<()> {
     let store = app::open_store(settings).await?;
     match cmd {
-        NetworkCommand::Allow { cidr, comment } => {
+        NetworkCommand::Allow {
+            cidr,
+            comment,
+            require_auth,
+        } => {
             let network = Network::parse(&cidr)?;
             store
                 .relay_settings()
-                .allow_network(&network.to_string(), &comment)
+                .allow_network(&network.to_string(), &comment, require_auth)
                 .await?;
             audit(
                 &store,
                 &Actor::cli(),
                 "network.allow",
                 &network.to_string(),
-                &comment,
+                &format!(
+                    "{comment}{}",
+                    if require_auth {
+                        " (authentication required)"
+                    } else {
+                        ""
+                    }
+                ),
             )
             .await?;
-            println!("{network} may now relay outbound mail");
+            if require_auth {
+                println!("{network} may now submit outbound mail as an authenticated submitter");
+            } else {
+                println!("{network} may now relay outbound mail");
+            }
         }
         NetworkCommand::List => {
             for n in store.relay_settings().networks().await? {
-                println!("{:<40} {}", n.cidr, n.comment);
+                let auth = if n.require_auth {
+                    "  (authentication required)"
+                } else {
+                    ""
+                };
+                println!("{:<40} {}{auth}", n.cidr, n.comment);
             }
             for n in &settings.config.relay.internal_networks {
                 println!("{n:<40} (from the configuration file)");

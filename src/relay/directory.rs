@@ -62,7 +62,8 @@ pub struct Snapshot {
     pub rules: Vec<Rule>,
     domains: HashMap<String, DomainRow>,
     mailboxes: HashMap<String, MailboxRow>,
-    pub networks: Vec<Network>,
+    /// Networks that may submit, and whether each still requires SMTP AUTH.
+    pub networks: Vec<(Network, bool)>,
     pub smarthost: Option<String>,
     /// What inbound signatures are verified against, and each anchor's domains.
     pub trust: Arc<crate::pki::trust::TrustAnchors>,
@@ -86,7 +87,7 @@ impl Snapshot {
             .await?
             .into_iter()
             .filter_map(|n| match Network::parse(&n.cidr) {
-                Ok(net) => Some(net),
+                Ok(net) => Some((net, n.require_auth)),
                 Err(e) => {
                     tracing::warn!(error = %e, "stored network ignored");
                     None

@@ -25,13 +25,17 @@ pub struct Decided {
 }
 
 impl Relay {
-    /// Whether the session's client may relay mail out: an internal network, or an
-    /// authenticated submitter.
+    /// Whether the session's client may submit: an authenticated submitter, or a client
+    /// on an internal network that does not require authentication (the configuration
+    /// file's networks, and `smimegate network allow` without `--require-auth`).
     pub(super) fn may_submit(&self, session: &SessionInfo, snapshot: &super::Snapshot) -> bool {
         let ip = session.peer.ip();
         session.authenticated.is_some()
             || self.config_networks.iter().any(|n| n.contains(ip))
-            || snapshot.networks.iter().any(|n| n.contains(ip))
+            || snapshot
+                .networks
+                .iter()
+                .any(|(n, require_auth)| !require_auth && n.contains(ip))
     }
 
     /// The class of one recipient, or the error refusing it.

@@ -14,6 +14,8 @@ pub struct NetworkRow {
     pub id: i64,
     pub cidr: String,
     pub comment: String,
+    /// Clients on this network must authenticate (SMTP AUTH) to submit.
+    pub require_auth: bool,
 }
 
 const SMARTHOST: &str = "smarthost";
@@ -51,27 +53,34 @@ impl RelaySettings<'_> {
     }
 
     pub async fn networks(&self) -> Result<Vec<NetworkRow>> {
-        let rows = sqlx::query("SELECT id, cidr, comment FROM relay_networks ORDER BY id")
-            .fetch_all(self.pool)
-            .await
-            .map_err(db("listing networks"))?;
+        let rows =
+            sqlx::query("SELECT id, cidr, comment, require_auth FROM relay_networks ORDER BY id")
+                .fetch_all(self.pool)
+                .await
+                .map_err(db("listing networks"))?;
         rows.iter()
             .map(|row| {
+                let require_auth: i64 = row.try_get("require_auth")?;
                 Ok(NetworkRow {
                     id: row.try_get("id")?,
                     cidr: row.try_get("cidr")?,
                     comment: row.try_get("comment")?,
+                    require_auth: require_auth != 0,
                 })
             })
             .collect::<std::result::Result<_, sqlx::Error>>()
             .map_err(db("listing networks"))
     }
 
-    /// Adds a network (already validated and written canonically by the caller).
-    pub async fn allow_network(&self, cidr: &str, comment: &str) -> Result<()> {
-        sqlx::query("INSERT INTO relay_networks (cidr, comment, created_at) VALUES ($1, $2, $3)")
+    /// Adds a network (already validated and written canonically by the caller);
+    /// `require_auth`: its clients must still authenticate to submit.
+    pub async fn allow_network(&self, cidr: &str, comment: &str, require_auth: bool) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO relay_networks (cidr, comment, require_auth, created_at) VALUES ($1, $2, $3, $4)",
+        )
             .bind(cidr)
             .bind(comment)
+            .bind(i64::from(require_auth))
             .bind(now())
             .execute(self.pool)
             .await
