@@ -374,6 +374,16 @@ impl Handler for Relay {
         reply
     }
 
+    /// SMTP AUTH: refused until the submitter store is wired in (issue 9, item 10).
+    async fn authenticate(
+        &self,
+        _session: &SessionInfo,
+        _user: &str,
+        _password: &secrecy::SecretString,
+    ) -> Result<String, Reply> {
+        Err(crate::smtp::server::invalid_credentials())
+    }
+
     async fn abandon(&self, _session: &SessionInfo, mut tx: Transaction, reply: Option<&Reply>) {
         if let Some(conn) = tx.connection.take() {
             self.hops.put_back(conn).await;

@@ -104,14 +104,15 @@ fn hostile_input_gets_clear_replies_and_no_smuggled_message() {
     assert_eq!(client.command("MAIL FROM:<no-brackets@x>").0, 250);
     assert_eq!(client.command("RSET").0, 250);
     assert_eq!(client.command("MAIL FROM:not-bracketed").0, 501);
-    // SMTP smuggling: a bare-LF dot line is data, not the end of the message.
+    // SMTP smuggling: a bare-LF dot line is data, not the end of the message; nor is
+    // `.<CRLF>` after a bare LF (only the last `<CRLF>.<CRLF>` ends it).
     let (code, _) = client.command(&format!("MAIL FROM:<{ALICE}>"));
     assert_eq!(code, 250);
     assert_eq!(client.command("RCPT TO:<bob@partner.example>").0, 250);
     assert_eq!(client.command("DATA").0, 354);
     client.send_raw(
         format!(
-            "From: {ALICE}\r\nSubject: first\r\n\r\nbody\n.\nMAIL FROM:<ceo@corp.example>\nRCPT TO:<victim@partner.example>\nDATA\nSubject: smuggled\n\n.\r\n"
+            "From: {ALICE}\r\nSubject: first\r\n\r\nbody\n.\nMAIL FROM:<ceo@corp.example>\nRCPT TO:<victim@partner.example>\nDATA\nSubject: smuggled\n\n.\r\n\r\n.\r\n"
         )
         .as_bytes(),
     );
@@ -306,4 +307,186 @@ s.quit()
     );
     assert_eq!(t.rcpts[0].0, 451, "{t:?}");
     assert!(t.rcpts[0].1.contains("STARTTLS"), "{t:?}");
+}
+
+/// A plain or TLS SMTP conversation over a real socket, reading replies line by line.
+struct Wire<S: std::io::Read + std::io::Write> {
+    stream: std::io::BufReader<S>,
+}
+
+impl<S: std::io::Read + std::io::Write> Wire<S> {
+    fn reply(&mut self) -> (u16, String) {
+        use std::io::BufRead;
+        let mut text = Vec::new();
+        loop {
+            let mut line = String::new();
+            let n = self.stream.read_line(&mut line).expect("read reply");
+            assert!(n > 0, "connection closed while waiting for a reply");
+            let code: u16 = line[..3].parse().expect("reply code");
+            text.push(line[4..].trim_end().to_string());
+            if line.as_bytes()[3] == b' ' {
+                return (code, text.join("\n"));
+            }
+        }
+    }
+
+    fn send(&mut self, bytes: &[u8]) {
+        use std::io::Write;
+        let stream = self.stream.get_mut();
+        stream.write_all(bytes).expect("write");
+        stream.flush().expect("flush");
+    }
+
+    fn command(&mut self, line: &str) -> (u16, String) {
+        self.send(format!("{line}\r\n").as_bytes());
+        self.reply()
+    }
+}
+
+/// Accepts the gateway's certificate from its built-in CA (the one `init` issued).
+fn tls_client_config(ca_pem: &str) -> std::sync::Arc<rustls::ClientConfig> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca_pem).expect("CA file") {
+        roots.add(cert.expect("CA")).expect("add CA");
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    std::sync::Arc::new(
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    )
+}
+
+/// Opens a session (EHLO done), over STARTTLS when `tls` names the CA file.
+fn open_wire(port: u16, tls: Option<&str>) -> Wire<Box<dyn ReadWrite>> {
+    let tcp = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    tcp.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .expect("timeout");
+    let mut wire: Wire<Box<dyn ReadWrite>> = Wire {
+        stream: std::io::BufReader::new(Box::new(tcp.try_clone().expect("clone"))),
+    };
+    assert_eq!(wire.reply().0, 220);
+    assert_eq!(wire.command("EHLO client.test").0, 250);
+    let Some(ca) = tls else { return wire };
+    assert_eq!(wire.command("STARTTLS").0, 220);
+    let name = rustls_pki_types::ServerName::try_from("localhost").expect("name");
+    let conn = rustls::ClientConnection::new(tls_client_config(ca), name).expect("client");
+    let mut wire: Wire<Box<dyn ReadWrite>> = Wire {
+        stream: std::io::BufReader::new(Box::new(rustls::StreamOwned::new(conn, tcp))),
+    };
+    let (code, ehlo) = wire.command("EHLO client.test");
+    assert_eq!(code, 250, "{ehlo}");
+    assert!(!ehlo.contains("STARTTLS"), "{ehlo}");
+    wire
+}
+
+trait ReadWrite: std::io::Read + std::io::Write {}
+impl<T: std::io::Read + std::io::Write> ReadWrite for T {}
+
+/// Only `<CRLF>.<CRLF>` ends DATA (the CVE-2023-51764 pattern): a dot line after a
+/// bare LF, a dot line ending in a bare LF, or a bare CR before the dot is data, so no
+/// second message can hide behind the first. A bare LF ends a line for storage (kept
+/// as CRLF); a bare CR anywhere refuses the message with 550 5.6.0 after its end.
+/// Checked in plaintext and after STARTTLS, over real sockets, with the next command
+/// read as a command only when DATA really ended.
+#[test]
+fn only_crlf_dot_crlf_ends_data_before_and_after_starttls() {
+    let gw = Gateway::start(|d| mailbox(d, ALICE));
+    let ca = gw.ca_pem(ALICE);
+    const SMUGGLED: &str = "MAIL FROM:<ceo@corp.example>\r\nRCPT TO:<victim@corp.example>\r\nDATA\r\nSubject: smuggled\r\n\r\nevil\r\n.\r\n";
+    // (what follows "body", whether the message must be refused for a bare CR)
+    let variants: [(&str, bool); 6] = [
+        ("\n.\r\n", false),
+        ("\r.\r\n", true),
+        ("\r\n.\n", false),
+        ("\n.\n", false),
+        ("\n..\r\n", false),
+        ("\rmid-line\r\n", true),
+    ];
+    let mut delivered = 0;
+    for tls in [None, Some(ca.as_str())] {
+        let mut wire = open_wire(gw.inbound, tls);
+        for (i, (variant, bare_cr)) in variants.iter().enumerate() {
+            let subject = format!("v{i}-{}", tls.is_some());
+            assert_eq!(wire.command("MAIL FROM:<bob@partner.example>").0, 250);
+            assert_eq!(wire.command(&format!("RCPT TO:<{ALICE}>")).0, 250);
+            assert_eq!(wire.command("DATA").0, 354);
+            wire.send(
+                format!(
+                    "From: bob@partner.example\r\nSubject: {subject}\r\n\r\nbody{variant}{SMUGGLED}"
+                )
+                .as_bytes(),
+            );
+            let (code, text) = wire.reply();
+            if *bare_cr {
+                assert_eq!(code, 550, "{variant:?}: {text}");
+                assert!(text.contains("5.6.0"), "{variant:?}: {text}");
+            } else {
+                assert_eq!(code, 250, "{variant:?}: {text}");
+                delivered += 1;
+            }
+            // The next command is read as a command: its own reply, not one of the
+            // smuggled transaction's.
+            let (code, text) = wire.command("NOOP");
+            assert_eq!((code, text.as_str()), (250, "2.0.0 OK"), "{variant:?}");
+            let messages = gw.sink.messages();
+            assert_eq!(
+                messages.len(),
+                delivered,
+                "{variant:?}: exactly one message"
+            );
+            assert!(
+                messages
+                    .iter()
+                    .all(|m| m.envelope_to.iter().all(|e| !e.contains("victim"))),
+                "{variant:?}: smuggled"
+            );
+            if !*bare_cr {
+                let text = messages[delivered - 1].text();
+                assert!(text.contains(&format!("Subject: {subject}")), "{text}");
+                assert!(
+                    text.contains("Subject: smuggled"),
+                    "{variant:?}: the rest is data: {text}"
+                );
+                assert!(
+                    !text.contains('\r') || !text.replace("\r\n", "").contains('\r'),
+                    "{text:?}"
+                );
+                assert!(
+                    !text.replace("\r\n", "").contains('\n'),
+                    "bare LF stored: {text:?}"
+                );
+            }
+        }
+        // A dot at the very start ends an empty message; dot-stuffed lines lose one dot.
+        assert_eq!(wire.command("MAIL FROM:<bob@partner.example>").0, 250);
+        assert_eq!(wire.command(&format!("RCPT TO:<{ALICE}>")).0, 250);
+        assert_eq!(wire.command("DATA").0, 354);
+        wire.send(
+            b"From: bob@partner.example\r\nSubject: stuffed\r\n\r\n..\r\n..hidden\r\n...\r\n.\r\n",
+        );
+        assert_eq!(wire.reply().0, 250);
+        delivered += 1;
+        let text = gw.sink.messages()[delivered - 1].text();
+        assert!(text.contains("\r\n\r\n.\r\n.hidden\r\n..\r\n"), "{text:?}");
+        assert_eq!(wire.command("MAIL FROM:<bob@partner.example>").0, 250);
+        assert_eq!(wire.command(&format!("RCPT TO:<{ALICE}>")).0, 250);
+        assert_eq!(wire.command("DATA").0, 354);
+        wire.send(b".\r\nNOOP\r\n");
+        let (code, _) = wire.reply();
+        if code == 250 {
+            delivered += 1;
+        }
+        assert_eq!(
+            wire.reply(),
+            (250, "2.0.0 OK".to_string()),
+            "NOOP after an empty message"
+        );
+        assert_eq!(wire.command("QUIT").0, 221);
+    }
+    assert_eq!(gw.sink.messages().len(), delivered);
 }
