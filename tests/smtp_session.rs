@@ -5,6 +5,9 @@
 //! discarded), AUTH, abandoned transactions, the smuggling variants, the byte budget,
 //! write timeouts, and the shutdown phases.
 
+#[path = "common/mod.rs"]
+mod common;
+
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -820,4 +823,103 @@ async fn the_per_address_limit_refuses_only_that_client() {
     }
     let (_, again) = connect("127.0.0.2").await;
     assert_eq!(again.0, 220);
+}
+
+/// A certificate chain for a P-256 key in this process's test token (CA in the token
+/// too), as a server configuration signing with the token, and a client trusting it.
+fn token_tls(dir: &std::path::Path) -> (Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>) {
+    use smimegate::hsm::{KeyAlgorithm, KeyRole};
+    use smimegate::pki::ca::{self, CaIdentity};
+    let hsm = &common::token().hsm;
+    let ca_key = hsm
+        .generate_key_pair(KeyAlgorithm::P256, KeyRole::CertificateAuthority, "tls-test CA")
+        .expect("CA key");
+    let ca = CaIdentity {
+        key_id: ca_key.id.clone(),
+        algorithm: KeyAlgorithm::P256,
+        certificate: ca::create_ca_certificate(hsm, &ca_key, "CN=tls test CA", 2)
+            .expect("CA certificate"),
+    };
+    let key = hsm
+        .generate_key_pair(KeyAlgorithm::P256, KeyRole::TlsServer, "tls-test")
+        .expect("TLS key");
+    let leaf = ca::issue_tls_certificate(hsm, &ca, &["localhost".into()], &key, 2)
+        .expect("TLS certificate");
+    let pem = |c: &x509_cert::Certificate| {
+        der::EncodePem::to_pem(c, der::pem::LineEnding::LF).expect("PEM")
+    };
+    let chain = dir.join("chain.pem");
+    std::fs::write(&chain, format!("{}{}", pem(&leaf), pem(&ca.certificate))).expect("write");
+    let server = smimegate::smtp::tls::server_config(&chain, smimegate::smtp::tls::TlsKey::Token(hsm))
+        .expect("server config");
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls_pki_types::CertificateDer::from(
+            der::Encode::to_der(&ca.certificate).expect("DER"),
+        ))
+        .expect("root");
+    let client = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    (server, Arc::new(client))
+}
+
+/// The STARTTLS handshake signature is a job in the token's worker queue
+/// (`Hsm::call`, with its limits and timeouts): while every worker is busy the
+/// handshake waits, and once one is free it completes. (Signing beside the queue, as
+/// the former `block_in_place` did, finishes at once.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starttls_handshake_signatures_wait_in_the_token_worker_queue() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (server, client) = token_tls(dir.path());
+    let hsm = common::token().hsm.clone();
+    let gate = Arc::new(Mutex::new(()));
+    let closed = gate.lock().expect("gate");
+    let mut blockers = Vec::new();
+    // The test token has eight sessions, so eight workers.
+    for _ in 0..8 {
+        let gate = gate.clone();
+        let hsm = hsm.clone();
+        blockers.push(tokio::spawn(async move {
+            hsm.call("occupy a worker", move |_| {
+                drop(gate.lock());
+                Ok(())
+            })
+            .await
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let h = Harness::new(Listener::Submission, Some(server), limits());
+    let (mut c, _task) = h.connect(64 * 1024);
+    c.greeted().await;
+    c.cmd("STARTTLS", 220).await;
+    let handshake = tokio::spawn(starttls(c, client));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !handshake.is_finished(),
+        "the signature did not wait for the token's workers"
+    );
+    drop(closed);
+    let mut c = tokio::time::timeout(Duration::from_secs(20), handshake)
+        .await
+        .expect("handshake in time")
+        .expect("task");
+    assert!(c.cmd("EHLO client.test", 250).await.contains("AUTH PLAIN LOGIN"));
+    for blocker in blockers {
+        blocker.await.expect("task").expect("blocker");
+    }
+    // A token key in a handshake not run by smtp::tls::accept fails rather than
+    // blocking a runtime worker.
+    let (server, client) = token_tls(dir.path());
+    let (client_side, server_side) = tokio::io::duplex(16 * 1024);
+    let connected = tokio::spawn(async move {
+        let name = rustls_pki_types::ServerName::try_from("localhost").expect("name");
+        tokio_rustls::TlsConnector::from(client).connect(name, client_side).await
+    });
+    assert!(tokio_rustls::TlsAcceptor::from(server).accept(server_side).await.is_err());
+    assert!(connected.await.expect("task").is_err());
 }

@@ -222,3 +222,4 @@ impl rustls::sign::Signer for TokenTlsSigner {
         rustls::SignatureScheme::ECDSA_NISTP256_SHA256
     }
 }
+
