@@ -832,7 +832,11 @@ fn token_tls(dir: &std::path::Path) -> (Arc<rustls::ServerConfig>, Arc<rustls::C
     use smimegate::pki::ca::{self, CaIdentity};
     let hsm = &common::token().hsm;
     let ca_key = hsm
-        .generate_key_pair(KeyAlgorithm::P256, KeyRole::CertificateAuthority, "tls-test CA")
+        .generate_key_pair(
+            KeyAlgorithm::P256,
+            KeyRole::CertificateAuthority,
+            "tls-test CA",
+        )
         .expect("CA key");
     let ca = CaIdentity {
         key_id: ca_key.id.clone(),
@@ -850,8 +854,9 @@ fn token_tls(dir: &std::path::Path) -> (Arc<rustls::ServerConfig>, Arc<rustls::C
     };
     let chain = dir.join("chain.pem");
     std::fs::write(&chain, format!("{}{}", pem(&leaf), pem(&ca.certificate))).expect("write");
-    let server = smimegate::smtp::tls::server_config(&chain, smimegate::smtp::tls::TlsKey::Token(hsm))
-        .expect("server config");
+    let server =
+        smimegate::smtp::tls::server_config(&chain, smimegate::smtp::tls::TlsKey::Token(hsm))
+            .expect("server config");
     let mut roots = rustls::RootCertStore::empty();
     roots
         .add(rustls_pki_types::CertificateDer::from(
@@ -908,7 +913,11 @@ async fn starttls_handshake_signatures_wait_in_the_token_worker_queue() {
         .await
         .expect("handshake in time")
         .expect("task");
-    assert!(c.cmd("EHLO client.test", 250).await.contains("AUTH PLAIN LOGIN"));
+    assert!(
+        c.cmd("EHLO client.test", 250)
+            .await
+            .contains("AUTH PLAIN LOGIN")
+    );
     for blocker in blockers {
         blocker.await.expect("task").expect("blocker");
     }
@@ -918,8 +927,15 @@ async fn starttls_handshake_signatures_wait_in_the_token_worker_queue() {
     let (client_side, server_side) = tokio::io::duplex(16 * 1024);
     let connected = tokio::spawn(async move {
         let name = rustls_pki_types::ServerName::try_from("localhost").expect("name");
-        tokio_rustls::TlsConnector::from(client).connect(name, client_side).await
+        tokio_rustls::TlsConnector::from(client)
+            .connect(name, client_side)
+            .await
     });
-    assert!(tokio_rustls::TlsAcceptor::from(server).accept(server_side).await.is_err());
+    assert!(
+        tokio_rustls::TlsAcceptor::from(server)
+            .accept(server_side)
+            .await
+            .is_err()
+    );
     assert!(connected.await.expect("task").is_err());
 }

@@ -222,4 +222,3 @@ impl rustls::sign::Signer for TokenTlsSigner {
         rustls::SignatureScheme::ECDSA_NISTP256_SHA256
     }
 }
-

@@ -490,3 +490,301 @@ fn only_crlf_dot_crlf_ends_data_before_and_after_starttls() {
     }
     assert_eq!(gw.sink.messages().len(), delivered);
 }
+
+/// Rewrites keys of the gateway's configuration file (`from` → `to`, each present).
+fn edit_config(data: &std::path::Path, edits: &[(&str, &str)]) {
+    let config = data.join("smimegate.toml");
+    let mut text = std::fs::read_to_string(&config).expect("config");
+    for (from, to) in edits {
+        assert!(text.contains(from), "{from} not in the configuration");
+        text = text.replace(from, to);
+    }
+    std::fs::write(&config, text).expect("config");
+}
+
+/// A plain client connecting from `source` (another loopback address than the
+/// gateway's internal network 127.0.0.1/32).
+fn connect_from(source: &str, port: u16) -> Wire<std::net::TcpStream> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .expect("runtime");
+    let stream = runtime.block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind(format!("{source}:0").parse().expect("source"))
+            .expect("bind source");
+        socket
+            .connect(format!("127.0.0.1:{port}").parse().expect("target"))
+            .await
+            .expect("connect")
+    });
+    let stream = stream.into_std().expect("std stream");
+    stream.set_nonblocking(false).expect("blocking");
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .expect("timeout");
+    Wire {
+        stream: std::io::BufReader::new(stream),
+    }
+}
+
+/// Issue 9 item 12, measured: idle connections from one address made every other
+/// client get `421 4.3.2`. Now that address alone is refused (`421 4.7.0`); refused
+/// recipients are capped per transaction; the byte budget answers `452 4.3.1`; a
+/// client that never reads its replies is dropped after the command timeout.
+#[test]
+fn limits_per_client_address_refused_recipients_byte_budget_and_write_timeout() {
+    let gw = Gateway::start(|d| {
+        edit_config(
+            d,
+            &[
+                ("max_connections_per_ip = 20", "max_connections_per_ip = 3"),
+                ("max_refused_recipients = 20", "max_refused_recipients = 4"),
+                ("command_timeout_secs = 300", "command_timeout_secs = 3"),
+                ("max_message_bytes = 52428800", "max_message_bytes = 100000"),
+                (
+                    "message_budget_bytes = 268435456",
+                    "message_budget_bytes = 100000",
+                ),
+                (
+                    "internal_networks = [\"127.0.0.0/8\", \"::1/128\"]",
+                    "internal_networks = [\"127.0.0.1/32\"]",
+                ),
+            ],
+        );
+        mailbox(d, ALICE);
+    });
+    // Three sessions from 127.0.0.2; the fourth is refused, and only that address.
+    let mut held: Vec<_> = (0..3)
+        .map(|_| {
+            let mut w = connect_from("127.0.0.2", gw.inbound);
+            assert_eq!(w.reply().0, 220);
+            w
+        })
+        .collect();
+    let mut refused = connect_from("127.0.0.2", gw.inbound);
+    let (code, text) = refused.reply();
+    assert_eq!(code, 421, "{text}");
+    assert!(text.starts_with("4.7.0"), "{text}");
+    let mut other = connect_from("127.0.0.3", gw.inbound);
+    assert_eq!(other.reply().0, 220, "another address is served");
+    let mut internal = Client::connect(gw.inbound);
+    assert_eq!(
+        internal.command("NOOP").0,
+        250,
+        "the internal network is not counted"
+    );
+
+    // Refused recipients: four answered, the fifth ends the session.
+    let w = &mut held[0];
+    assert_eq!(w.command("EHLO outside.test").0, 250);
+    assert_eq!(w.command("MAIL FROM:<x@partner.example>").0, 250);
+    for i in 0..4 {
+        assert_eq!(
+            w.command(&format!("RCPT TO:<nobody{i}@corp.example>")).0,
+            550
+        );
+    }
+    let (code, text) = w.command("RCPT TO:<nobody4@corp.example>");
+    assert_eq!((code, &text[..5]), (421, "4.7.0"), "{text}");
+
+    // The byte budget (100 kB, one message of the declared size): a second DATA
+    // declaring as much waits with 452 4.3.1 until the first is done.
+    let mut first = Client::connect(gw.inbound);
+    let mut second = Client::connect(gw.inbound);
+    for c in [&mut first, &mut second] {
+        assert_eq!(c.command("MAIL FROM:<x@partner.example> SIZE=90000").0, 250);
+        assert_eq!(c.command(&format!("RCPT TO:<{ALICE}>")).0, 250);
+    }
+    assert_eq!(first.command("DATA").0, 354);
+    let (code, text) = second.command("DATA");
+    assert_eq!(code, 452, "{text}");
+    assert!(text.starts_with("4.3.1"), "{text}");
+    first.send_raw(&dot_stuff(&message(
+        "x@partner.example",
+        ALICE,
+        "budget",
+        "x",
+    )));
+    assert_eq!(first.reply().0, 250);
+    assert_eq!(second.command("RSET").0, 250);
+    let t = second.send(
+        "x@partner.example",
+        &[ALICE],
+        &message("x@partner.example", ALICE, "after", "x"),
+    );
+    assert_eq!(t.data.map(|d| d.0), Some(250), "budget given back");
+
+    // A client that pipelines commands and never reads the replies is dropped after
+    // the command timeout (3 s here), however much it still sends.
+    let mut reader_less = connect_from("127.0.0.3", gw.inbound);
+    let stream = reader_less.stream.get_mut();
+    stream
+        .set_write_timeout(Some(std::time::Duration::from_millis(500)))
+        .expect("timeout");
+    let started = std::time::Instant::now();
+    let burst = "NOOP\r\n".repeat(10_000);
+    let dropped = loop {
+        use std::io::Write;
+        match stream.write(burst.as_bytes()) {
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => break true,
+        }
+        if started.elapsed() > std::time::Duration::from_secs(20) {
+            break false;
+        }
+    };
+    assert!(dropped, "the gateway kept a client that never reads");
+    assert!(
+        gw.log().contains("does not read its replies"),
+        "{}",
+        gw.log()
+    );
+}
+
+fn pid_of_serve(data: &std::path::Path) -> String {
+    let pid = std::fs::read_to_string(data.join("smimegate.lock")).expect("lock file with the pid");
+    pid.trim().to_string()
+}
+
+fn signal(pid: &str, name: &str) {
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{name}"), pid])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+}
+
+/// Running (a process that exited but was not yet reaped by the harness is a zombie).
+fn alive(pid: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| stat.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z')))
+        .unwrap_or(false)
+}
+
+/// Issue 9 item 14: a second `serve` on the same data directory is refused; SIGHUP
+/// reloads the limits (and no longer kills the process); SIGTERM stops accepting,
+/// tells idle sessions `421 4.3.2` at once, lets a transaction in flight finish, and
+/// after the grace time tells the rest.
+#[test]
+fn one_serve_per_data_directory_sighup_reloads_and_sigterm_drains() {
+    let gw = Gateway::start(|d| {
+        edit_config(
+            d,
+            &[("shutdown_grace_secs = 30", "shutdown_grace_secs = 4")],
+        );
+        mailbox(d, ALICE);
+    });
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_smimegate"))
+        .arg("--data-dir")
+        .arg(gw.data())
+        .args([
+            "serve",
+            "--inbound",
+            "127.0.0.1:0",
+            "--submission",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("second serve");
+    let started = std::time::Instant::now();
+    let mut out = out;
+    let status = loop {
+        if let Some(status) = out.try_wait().expect("wait") {
+            break Some(status);
+        }
+        if started.elapsed() > std::time::Duration::from_secs(20) {
+            let _ = out.kill();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let mut stderr = String::new();
+    use std::io::Read;
+    let _ = out
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut stderr);
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "a second serve ran: {stderr}"
+    );
+    assert!(
+        stderr.contains("another smimegate serve is running"),
+        "{stderr}"
+    );
+
+    let pid = pid_of_serve(gw.data());
+    let before = Client::connect(gw.inbound);
+    assert!(before.ehlo.contains("SIZE 52428800"), "{}", before.ehlo);
+    edit_config(
+        gw.data(),
+        &[("max_message_bytes = 52428800", "max_message_bytes = 30000")],
+    );
+    signal(&pid, "HUP");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !gw.log().contains("SIGHUP: configuration reloaded") {
+        assert!(alive(&pid), "SIGHUP killed the gateway");
+        assert!(std::time::Instant::now() < deadline, "{}", gw.log());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let after = Client::connect(gw.inbound);
+    assert!(after.ehlo.contains("SIZE 30000"), "{}", after.ehlo);
+
+    // SIGTERM with one idle session, one in a transaction that finishes, one in a
+    // transaction that does not.
+    let mut idle = Client::connect(gw.submission);
+    let mut busy = Client::connect(gw.submission);
+    let mut stuck = Client::connect(gw.submission);
+    for c in [&mut busy, &mut stuck] {
+        assert_eq!(c.command(&format!("MAIL FROM:<{ALICE}>")).0, 250);
+        assert_eq!(c.command("RCPT TO:<bob@partner.example>").0, 250);
+    }
+    signal(&pid, "TERM");
+    let (code, text) = idle.reply();
+    assert_eq!(code, 421, "{text}");
+    assert!(
+        text.starts_with("4.3.2") && text.contains("shutting down"),
+        "{text}"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", gw.submission)).is_err(),
+        "still accepting"
+    );
+    assert_eq!(busy.command("DATA").0, 354);
+    busy.send_raw(&dot_stuff(&message(
+        ALICE,
+        "bob@partner.example",
+        "in-flight",
+        "x",
+    )));
+    assert_eq!(busy.reply().0, 250, "the transaction in flight finished");
+    assert_eq!(busy.reply().0, 421, "then told at once");
+    let (code, _) = stuck.reply();
+    assert_eq!(code, 421, "told when the grace time is over");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while alive(&pid) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the gateway did not stop"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(gw.log().contains("stopped"), "{}", gw.log());
+    let delivered = gw.sink.messages();
+    assert_eq!(delivered.len(), 1);
+    assert!(delivered[0].text().contains("Subject: in-flight"));
+}
