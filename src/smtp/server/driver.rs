@@ -87,7 +87,7 @@ macro_rules! until_closing {
 }
 
 /// Drives `session` over `io` until it closes (`None`) or asks for TLS (the stream).
-async fn drive<S, H>(
+pub(crate) async fn drive<S, H>(
     mut io: Io<S>,
     session: &mut Session<'_, H>,
     phase: &mut watch::Receiver<Phase>,

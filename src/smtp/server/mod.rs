@@ -27,6 +27,8 @@ mod budget;
 mod control;
 mod data;
 mod driver;
+#[doc(hidden)]
+pub mod fuzzing;
 mod io;
 mod listener;
 mod session;
