@@ -6,11 +6,12 @@
 //!
 //! The rustls `Signer` API is synchronous, but a token signature must go through the
 //! token's worker queue ([`Hsm::call`]: its session limit and timeouts) and must not
-//! block a runtime worker. So [`accept`] runs each handshake on a blocking-pool thread
-//! (`spawn_blocking` + `Handle::block_on`), and the token signer, called there,
-//! submits the signature to `Hsm::call` as a task and waits for its answer on a
-//! channel. Only that thread ever waits; a token key used by a handshake anywhere
-//! else fails instead of blocking the runtime.
+//! block a runtime worker. So [`accept`] reads the ClientHello on the runtime, then
+//! runs the rest of the handshake (where the server signs) on a blocking-pool thread
+//! (`spawn_blocking` + `Handle::block_on`); the token signer, called there, submits
+//! the signature to `Hsm::call` as a task and waits for its answer on a channel. Only
+//! that thread ever waits; a token key used by a handshake anywhere else fails
+//! instead of blocking the runtime.
 
 use std::cell::Cell;
 use std::path::Path;
@@ -53,8 +54,10 @@ thread_local! {
 }
 
 /// The server side of a TLS handshake over `stream` (after `220 Ready to start TLS`),
-/// run on a blocking-pool thread so that a token signature may wait for the token's
-/// worker queue; bounded by `timeout`.
+/// bounded by `timeout`. The ClientHello is read on the runtime (a client that never
+/// sends one holds no thread); the rest of the handshake, where the server signs, runs
+/// on a blocking-pool thread so that a token signature may wait for the token's
+/// worker queue.
 pub async fn accept<S>(
     config: Arc<rustls::ServerConfig>,
     stream: S,
@@ -63,11 +66,18 @@ pub async fn accept<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let started = std::time::Instant::now();
+    let hello = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream);
+    let start = match tokio::time::timeout(timeout, hello).await {
+        Ok(Ok(start)) => start,
+        Ok(Err(e)) => return Err(HandshakeError::Failed(e)),
+        Err(_) => return Err(HandshakeError::Timeout),
+    };
+    let remaining = timeout.saturating_sub(started.elapsed());
     let runtime = tokio::runtime::Handle::current();
-    let acceptor = tokio_rustls::TlsAcceptor::from(config);
     let handshake = tokio::task::spawn_blocking(move || {
         HANDSHAKE_THREAD.with(|on| on.set(true));
-        let result = runtime.block_on(tokio::time::timeout(timeout, acceptor.accept(stream)));
+        let result = runtime.block_on(tokio::time::timeout(remaining, start.into_stream(config)));
         HANDSHAKE_THREAD.with(|on| on.set(false));
         result
     });

@@ -129,7 +129,11 @@ async fn run(bytes: &[u8], tls: bool) {
     let serve = async {
         let mut session = Session::new(info, &config, &limits, &control, &Accepting);
         session.greet();
-        let io = Io::new(server, limits.command_timeout, Instant::now() + limits.session_deadline);
+        let io = Io::new(
+            server,
+            limits.command_timeout,
+            Instant::now() + limits.session_deadline,
+        );
         let mut phase = control.subscribe();
         let _ = drive(io, &mut session, &mut phase).await;
         session.abandon(None).await;
