@@ -878,6 +878,8 @@ fn token_tls(dir: &std::path::Path) -> (Arc<rustls::ServerConfig>, Arc<rustls::C
 /// handshake waits, and once one is free it completes. (Signing beside the queue, as
 /// the former `block_in_place` did, finishes at once.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// The held std mutex is the point: it keeps the token's worker threads busy.
+#[allow(clippy::await_holding_lock)]
 async fn starttls_handshake_signatures_wait_in_the_token_worker_queue() {
     let dir = tempfile::tempdir().expect("dir");
     let (server, client) = token_tls(dir.path());

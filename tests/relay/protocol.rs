@@ -331,7 +331,6 @@ impl<S: std::io::Read + std::io::Write> Wire<S> {
     }
 
     fn send(&mut self, bytes: &[u8]) {
-        use std::io::Write;
         let stream = self.stream.get_mut();
         stream.write_all(bytes).expect("write");
         stream.flush().expect("flush");
