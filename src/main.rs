@@ -75,28 +75,37 @@ fn fail(err: &anyhow::Error) -> ExitCode {
 }
 
 /// The service logs at the configured level; one-shot commands only warn, so their
-/// output stays readable. RUST_LOG overrides both.
+/// output stays readable. RUST_LOG overrides both. The service's filter can be
+/// changed at run time (SIGHUP reloads [log].filter).
 fn init_tracing(settings: &Settings, service: bool) {
     use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let configured = if service {
         settings.config.log.filter.as_str()
     } else {
         "warn"
     };
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(configured))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
     // cryptoki logs every vendor mechanism it has no name for as an error.
-    let filter = match "cryptoki::mechanism=off".parse() {
+    let quiet_cryptoki = |filter: EnvFilter| match "cryptoki::mechanism=off".parse() {
         Ok(directive) => filter.add_directive(directive),
         Err(_) => filter,
     };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(configured))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(quiet_cryptoki(filter));
+    let registry = tracing_subscriber::registry().with(filter);
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     if settings.config.log.json {
-        builder.json().init();
+        registry.with(fmt.json()).init();
     } else {
-        builder.init();
+        registry.with(fmt).init();
     }
+    cli::serve::set_log_reloader(Box::new(move |text| {
+        let filter = EnvFilter::try_new(text).map_err(|e| e.to_string())?;
+        handle
+            .reload(quiet_cryptoki(filter))
+            .map_err(|e| e.to_string())
+    }));
 }

@@ -5,7 +5,7 @@ mod certs;
 mod load;
 mod relay;
 mod rules;
-mod serve;
+pub mod serve;
 mod smime_bench;
 mod submitters;
 mod token;
@@ -866,31 +866,6 @@ fn read_input(file: Option<&std::path::Path>) -> Result<Vec<u8>> {
             Ok(buf)
         }
     }
-}
-
-pub(crate) async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::error!(error = %e, "cannot wait for Ctrl-C");
-            std::future::pending::<()>().await;
-        }
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot wait for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
-    }
-    tracing::info!("shutting down");
 }
 
 async fn audit(

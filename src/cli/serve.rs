@@ -1,22 +1,79 @@
 //! `smimegate serve` (the gateway: SMTP listeners and the HTTP endpoint) and
-//! `smimegate sink` (a Maildir next hop for trying it out).
+//! `smimegate sink` (a Maildir next hop for trying it out), with the process's life:
+//! one `serve` per data directory (a lock file), SIGHUP reloads what can change at run
+//! time, SIGTERM (or Ctrl-C) drains and stops. See docs/operations.md.
 
-use std::sync::Arc;
+use std::fs::File;
+use std::io::Write;
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::signal::unix::{SignalKind, signal};
 
-use super::{ServeArgs, SinkArgs, shutdown_signal};
+use super::{ServeArgs, SinkArgs};
 use crate::app::App;
-use crate::config::Settings;
+use crate::config::{Config, Settings};
 use crate::hsm::Hsm;
 use crate::relay::Relay;
 use crate::relay::network::Network;
 use crate::smtp::client::ClientConfig;
-use crate::smtp::server::{self, Listener, ServerConfig};
+use crate::smtp::server::{Control, Limits, Listener, Phase, Server, ServerConfig};
 use crate::smtp::tls::{self, TlsKey};
+
+/// Name of the lock file inside the data directory.
+pub const LOCK_FILE: &str = "smimegate.lock";
+
+/// Sessions still running this long after the grace time are left behind.
+const CLOSE_WAIT: Duration = Duration::from_secs(10);
+
+/// Changes the running log filter; `main` registers it when it sets up logging.
+pub type LogReloader = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
+static LOG_RELOADER: OnceLock<LogReloader> = OnceLock::new();
+
+/// Registers how SIGHUP changes the log filter (once, at start).
+pub fn set_log_reloader(reloader: LogReloader) {
+    let _ = LOG_RELOADER.set(reloader);
+}
+
+/// Holds the data directory for this process: a second `serve` on it is refused.
+/// The kernel drops the lock when the process dies, however it dies.
+pub struct DataDirLock {
+    _file: File,
+}
+
+pub fn lock_data_dir(data_dir: &Path) -> Result<DataDirLock> {
+    let path = data_dir.join(LOCK_FILE);
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("cannot open lock file {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let holder = std::fs::read_to_string(&path).unwrap_or_default();
+            let holder = holder.trim();
+            anyhow::bail!(
+                "another smimegate serve is running on {} (pid {}): stop it first, or use another --data-dir",
+                data_dir.display(),
+                if holder.is_empty() { "unknown" } else { holder }
+            );
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(e).with_context(|| format!("cannot lock {}", path.display()));
+        }
+    }
+    file.set_len(0)
+        .and_then(|()| writeln!(file, "{}", std::process::id()))
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(DataDirLock { _file: file })
+}
 
 fn server_config(settings: &Settings, listener: Listener, hsm: &Hsm) -> Result<ServerConfig> {
     let smtp = &settings.config.smtp;
@@ -26,7 +83,7 @@ fn server_config(settings: &Settings, listener: Listener, hsm: &Hsm) -> Result<S
     } else if !certificate.exists() {
         tracing::warn!(file = %certificate.display(), "no TLS certificate: STARTTLS is not offered");
         None
-    } else if smtp.tls_key == std::path::Path::new("token") {
+    } else if smtp.tls_key == Path::new("token") {
         Some(tls::server_config(&certificate, TlsKey::Token(hsm))?)
     } else {
         Some(tls::server_config(
@@ -37,15 +94,21 @@ fn server_config(settings: &Settings, listener: Listener, hsm: &Hsm) -> Result<S
     Ok(ServerConfig {
         hostname: settings.config.gateway.hostname.clone(),
         listener,
-        max_connections: smtp.max_connections,
-        max_line_bytes: smtp.max_line_bytes,
-        max_header_bytes: smtp.max_header_bytes,
-        max_message_bytes: settings.config.limits.max_message_bytes,
-        max_recipients: smtp.max_recipients,
-        command_timeout: Duration::from_secs(smtp.command_timeout_secs),
-        session_deadline: Duration::from_secs(smtp.session_deadline_secs),
+        auth: listener == Listener::Submission && smtp.submission_auth,
         tls,
     })
+}
+
+/// The session limits of a configuration.
+fn limits(config: &Config) -> Result<Limits> {
+    let exempt = config
+        .relay
+        .internal_networks
+        .iter()
+        .map(|n| Network::parse(n))
+        .collect::<Result<Vec<_>, _>>()
+        .context("[relay].internal_networks")?;
+    Ok(config.smtp.limits(&config.limits, exempt))
 }
 
 async fn bind(address: &str, what: &str) -> Result<TcpListener> {
@@ -55,6 +118,7 @@ async fn bind(address: &str, what: &str) -> Result<TcpListener> {
 }
 
 pub async fn serve(settings: Settings, args: ServeArgs) -> Result<()> {
+    let _lock = lock_data_dir(&settings.data_dir)?;
     let http_listen = args
         .http
         .clone()
@@ -74,6 +138,7 @@ pub async fn serve(settings: Settings, args: ServeArgs) -> Result<()> {
         .map(|n| Network::parse(n))
         .collect::<Result<Vec<_>, _>>()
         .context("[relay].internal_networks")?;
+    let control = Control::new(limits(&settings.config)?);
     let client = ClientConfig::from_relay_config(
         settings.config.gateway.hostname.clone(),
         &relay_config,
@@ -81,7 +146,7 @@ pub async fn serve(settings: Settings, args: ServeArgs) -> Result<()> {
     )
     .context("[relay] next-hop TLS")?;
     let node = settings.config.gateway.node_name.clone();
-    let limits = settings.config.limits.mime();
+    let mime_limits = settings.config.limits.mime();
     let app = Arc::new(App::open(settings).await?);
     let inbound_config = server_config(&app.settings, Listener::Inbound, &app.hsm)?;
     let submission_config = server_config(&app.settings, Listener::Submission, &app.hsm)?;
@@ -96,7 +161,7 @@ pub async fn serve(settings: Settings, args: ServeArgs) -> Result<()> {
         client,
         node,
         hostname: app.settings.config.gateway.hostname.clone(),
-        limits,
+        limits: mime_limits,
         config_networks,
         config_smarthost: (!relay_config.smarthost.is_empty())
             .then(|| relay_config.smarthost.clone()),
@@ -115,33 +180,191 @@ pub async fn serve(settings: Settings, args: ServeArgs) -> Result<()> {
         bound(&submission, &submission_listen),
         bound(&http, &http_listen),
     );
-    let (stop, stopped) = watch::channel(false);
-    let inbound_task = tokio::spawn(server::serve(
-        inbound,
-        inbound_config,
-        relay.clone(),
-        stopped.clone(),
-    ));
-    let submission_task = tokio::spawn(server::serve(
-        submission,
-        submission_config,
-        relay.clone(),
-        stopped.clone(),
-    ));
+    let mut signals = Signals::new()?;
+    let inbound_server = Server::new(inbound_config, control.clone(), relay.clone());
+    let submission_server = Server::new(submission_config, control.clone(), relay.clone());
+    let inbound_task = tokio::spawn(async move { inbound_server.serve(inbound).await });
+    let submission_task = tokio::spawn(async move { submission_server.serve(submission).await });
+    let mut http_phase = control.subscribe();
+    let http_task = tokio::spawn(
+        axum::serve(http, crate::admin::router(app.clone()))
+            .with_graceful_shutdown(async move {
+                let _ = http_phase.wait_for(|p| *p >= Phase::Draining).await;
+            })
+            .into_future(),
+    );
     tracing::info!(inbound = %inbound_listen, submission = %submission_listen, http = %http_listen, "listening");
     println!(
         "smimegate serving: SMTP inbound {inbound_listen}, SMTP submission {submission_listen}, http://{http_listen}/health"
     );
-    axum::serve(http, crate::admin::router(app.clone()))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("HTTP server failed")?;
-    let _ = stop.send(true);
+    let mut current = app.settings.config.clone();
+    loop {
+        match signals.next().await {
+            Signal::Reload => current = reload(&app.settings.data_dir, current, &control),
+            Signal::Stop(name) => {
+                tracing::info!(signal = name, "shutting down");
+                break;
+            }
+        }
+    }
+    drain(&control, current.smtp.shutdown_grace()).await;
     let _ = inbound_task.await;
     let _ = submission_task.await;
+    match tokio::time::timeout(CLOSE_WAIT, http_task).await {
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "HTTP server failed"),
+        Err(_) => tracing::warn!("HTTP server did not stop in time"),
+        _ => {}
+    }
     app.store.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// SIGTERM: no new connections; idle sessions get 421 at once; transactions in flight
+/// get `grace` to finish; then every session gets 421.
+async fn drain(control: &Control, grace: Duration) {
+    tracing::info!(
+        sessions = control.sessions(),
+        grace_secs = grace.as_secs(),
+        "no longer accepting; letting transactions in flight finish"
+    );
+    control.advance(Phase::Draining);
+    if tokio::time::timeout(grace, control.idle()).await.is_ok() {
+        return;
+    }
+    tracing::warn!(
+        sessions = control.sessions(),
+        "grace time over: closing the remaining sessions with 421"
+    );
+    control.advance(Phase::Closing);
+    if tokio::time::timeout(CLOSE_WAIT, control.idle())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            sessions = control.sessions(),
+            "sessions left behind at exit"
+        );
+    }
+}
+
+/// SIGHUP: reads smimegate.toml again and applies what can change at run time (the
+/// log filter and the SMTP limits); says what needs a restart. A file that does not
+/// load leaves everything as it was.
+fn reload(data_dir: &Path, current: Config, control: &Control) -> Config {
+    let config = match Config::load(data_dir)
+        .map_err(anyhow::Error::from)
+        .and_then(|c| {
+            let limits = limits(&c)?;
+            Ok((c, limits))
+        }) {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            tracing::error!(error = %e, "SIGHUP: configuration not reloaded; keeping the running one");
+            return current;
+        }
+    };
+    let (config, limits) = config;
+    let mut applied = Vec::new();
+    if config.log.filter != current.log.filter {
+        match (std::env::var_os("RUST_LOG"), LOG_RELOADER.get()) {
+            (Some(_), _) => tracing::warn!("SIGHUP: RUST_LOG is set and overrides [log].filter"),
+            (None, Some(reloader)) => match reloader(&config.log.filter) {
+                Ok(()) => applied.push(format!("log.filter = {:?}", config.log.filter)),
+                Err(e) => tracing::error!(error = %e, "SIGHUP: log filter not changed"),
+            },
+            (None, None) => tracing::warn!("SIGHUP: this process cannot change its log filter"),
+        }
+    }
+    if config.smtp != current.smtp
+        || config.limits.max_message_bytes != current.limits.max_message_bytes
+        || config.relay.internal_networks != current.relay.internal_networks
+    {
+        control.set_limits(limits);
+        applied.push("SMTP limits for new sessions".into());
+    }
+    let restart = restart_needed(&current, &config);
+    tracing::info!(
+        applied = %if applied.is_empty() { "nothing changed".to_string() } else { applied.join(", ") },
+        needs_restart = %restart.join(", "),
+        "SIGHUP: configuration reloaded"
+    );
+    config
+}
+
+/// Settings a running process keeps until it is restarted.
+fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
+    let mut keys = Vec::new();
+    let s = (&old.smtp, &new.smtp);
+    if s.0.inbound_listen != s.1.inbound_listen || s.0.submission_listen != s.1.submission_listen {
+        keys.push("smtp.*_listen");
+    }
+    if s.0.tls_certificate != s.1.tls_certificate
+        || s.0.tls_key != s.1.tls_key
+        || s.0.submission_auth != s.1.submission_auth
+    {
+        keys.push("smtp.tls_*/submission_auth");
+    }
+    for (changed, key) in [
+        (old.gateway != new.gateway, "[gateway]"),
+        (old.database != new.database, "[database]"),
+        (old.hsm != new.hsm, "[hsm]"),
+        (old.ca != new.ca, "[ca]"),
+        (old.http != new.http, "[http]"),
+        (old.relay != new.relay, "[relay]"),
+        (old.log.json != new.log.json, "log.json"),
+        (
+            old.limits != new.limits
+                && (
+                    old.limits.max_mime_depth,
+                    old.limits.max_smime_layers,
+                    old.limits.max_recipients,
+                ) != (
+                    new.limits.max_mime_depth,
+                    new.limits.max_smime_layers,
+                    new.limits.max_recipients,
+                ),
+            "[limits] of the S/MIME engine",
+        ),
+    ] {
+        if changed {
+            keys.push(key);
+        }
+    }
+    keys
+}
+
+enum Signal {
+    Reload,
+    Stop(&'static str),
+}
+
+/// The signals `serve` and `sink` answer to.
+struct Signals {
+    hup: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> Result<Self> {
+        let listen = |kind: SignalKind, name: &str| {
+            signal(kind).with_context(|| format!("cannot handle {name}"))
+        };
+        Ok(Signals {
+            hup: listen(SignalKind::hangup(), "SIGHUP")?,
+            term: listen(SignalKind::terminate(), "SIGTERM")?,
+            int: listen(SignalKind::interrupt(), "SIGINT")?,
+        })
+    }
+
+    async fn next(&mut self) -> Signal {
+        tokio::select! {
+            _ = self.hup.recv() => Signal::Reload,
+            _ = self.term.recv() => Signal::Stop("SIGTERM"),
+            _ = self.int.recv() => Signal::Stop("SIGINT"),
+        }
+    }
 }
 
 pub async fn sink(args: SinkArgs) -> Result<()> {
@@ -157,18 +380,24 @@ pub async fn sink(args: SinkArgs) -> Result<()> {
     let config = ServerConfig {
         hostname: "smimegate-sink".into(),
         listener: Listener::Inbound,
-        max_connections: 256,
-        max_line_bytes: 4096,
-        max_header_bytes: 1024 * 1024,
-        max_message_bytes: 100 * 1024 * 1024,
-        max_recipients: 1000,
-        command_timeout: Duration::from_secs(300),
-        session_deadline: Duration::from_secs(3600),
+        auth: false,
         tls: match (&args.tls_cert, &args.tls_key) {
             (Some(cert), Some(key)) => Some(tls::server_config(cert, TlsKey::File(key))?),
             _ => None,
         },
     };
+    let control = Control::new(Limits {
+        max_connections: 256,
+        max_connections_per_ip: 256,
+        max_header_bytes: 1024 * 1024,
+        max_message_bytes: 100 * 1024 * 1024,
+        max_recipients: 1000,
+        max_refused_recipients: 1000,
+        message_budget_bytes: 1024 * 1024 * 1024,
+        command_timeout: Duration::from_secs(300),
+        session_deadline: Duration::from_secs(3600),
+        ..Limits::default()
+    });
     println!(
         "smimegate sink: SMTP on {}, writing to {}",
         listener
@@ -177,10 +406,14 @@ pub async fn sink(args: SinkArgs) -> Result<()> {
             .unwrap_or_else(|_| args.listen.clone()),
         args.maildir.join("new").display()
     );
-    let (stop, stopped) = watch::channel(false);
-    let task = tokio::spawn(server::serve(listener, config, Arc::new(maildir), stopped));
-    shutdown_signal().await;
-    let _ = stop.send(true);
+    let mut signals = Signals::new()?;
+    let server = Server::new(config, control.clone(), Arc::new(maildir));
+    let task = tokio::spawn(async move { server.serve(listener).await });
+    while let Signal::Reload = signals.next().await {
+        tracing::info!("SIGHUP: the sink has nothing to reload");
+    }
+    control.advance(Phase::Closing);
     let _ = task.await;
+    let _ = tokio::time::timeout(CLOSE_WAIT, control.idle()).await;
     Ok(())
 }

@@ -57,6 +57,12 @@ pub struct SmtpConfig {
     pub max_line_bytes: usize,
     pub max_header_bytes: usize,
     pub max_recipients: usize,
+    pub max_connections_per_ip: usize,
+    pub max_refused_recipients: usize,
+    pub max_auth_failures: u32,
+    pub message_budget_bytes: usize,
+    pub shutdown_grace_secs: u64,
+    pub submission_auth: bool,
     pub tls_certificate: PathBuf,
     pub tls_key: PathBuf,
 }
@@ -72,9 +78,82 @@ impl Default for SmtpConfig {
             max_line_bytes: 4096,
             max_header_bytes: 1024 * 1024,
             max_recipients: 100,
+            max_connections_per_ip: 20,
+            max_refused_recipients: 20,
+            max_auth_failures: 3,
+            message_budget_bytes: 256 * 1024 * 1024,
+            shutdown_grace_secs: 30,
+            submission_auth: true,
             tls_certificate: PathBuf::from("smtp-tls.pem"),
             tls_key: PathBuf::from("token"),
         }
+    }
+}
+
+impl SmtpConfig {
+    fn validate(&self, limits: &LimitsConfig) -> Result<(), ConfigError> {
+        let at_least_one = |key: &'static str, value: u64| {
+            if value == 0 {
+                Err(ConfigError::Invalid {
+                    key,
+                    message: "must be at least 1".into(),
+                })
+            } else {
+                Ok(())
+            }
+        };
+        at_least_one("smtp.max_connections", self.max_connections as u64)?;
+        at_least_one(
+            "smtp.max_connections_per_ip",
+            self.max_connections_per_ip as u64,
+        )?;
+        at_least_one("smtp.command_timeout_secs", self.command_timeout_secs)?;
+        at_least_one("smtp.session_deadline_secs", self.session_deadline_secs)?;
+        at_least_one("smtp.max_recipients", self.max_recipients as u64)?;
+        if self.max_line_bytes < 512 {
+            return Err(ConfigError::Invalid {
+                key: "smtp.max_line_bytes",
+                message: "must be at least 512 (RFC 5321 §4.5.3.1.4)".into(),
+            });
+        }
+        // A message the size limit allows must fit the budget, or it could never pass.
+        if self.message_budget_bytes < limits.max_message_bytes {
+            return Err(ConfigError::Invalid {
+                key: "smtp.message_budget_bytes",
+                message: format!(
+                    "must be at least limits.max_message_bytes ({})",
+                    limits.max_message_bytes
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// The session limits these settings give (the byte and header limits included).
+    pub fn limits(
+        &self,
+        limits: &LimitsConfig,
+        per_ip_exempt: Vec<crate::relay::network::Network>,
+    ) -> crate::smtp::server::Limits {
+        crate::smtp::server::Limits {
+            max_connections: self.max_connections,
+            max_connections_per_ip: self.max_connections_per_ip,
+            per_ip_exempt,
+            max_line_bytes: self.max_line_bytes,
+            max_header_bytes: self.max_header_bytes,
+            max_message_bytes: limits.max_message_bytes,
+            max_recipients: self.max_recipients,
+            max_refused_recipients: self.max_refused_recipients,
+            max_errors: crate::smtp::server::Limits::default().max_errors,
+            max_auth_failures: self.max_auth_failures,
+            command_timeout: Duration::from_secs(self.command_timeout_secs),
+            session_deadline: Duration::from_secs(self.session_deadline_secs),
+            message_budget_bytes: self.message_budget_bytes,
+        }
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_secs)
     }
 }
 
@@ -453,6 +532,7 @@ impl Config {
                 message: "must be at least 1".into(),
             });
         }
+        self.smtp.validate(&self.limits)?;
         if self.database.max_connections == 0 {
             return Err(ConfigError::Invalid {
                 key: "database.max_connections",
@@ -566,6 +646,22 @@ mod tests {
             resolve_sqlite_url("postgres://u@h/db", dir),
             "postgres://u@h/db"
         );
+    }
+
+    #[test]
+    fn a_byte_budget_smaller_than_one_message_is_refused() {
+        let err = Config::parse(
+            "[smtp]\nmessage_budget_bytes = 1000\n[limits]\nmax_message_bytes = 2000\n",
+            Path::new("x.toml"),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("smtp.message_budget_bytes"),
+            "{err}"
+        );
+        let err =
+            Config::parse("[smtp]\nmax_connections_per_ip = 0\n", Path::new("x.toml")).unwrap_err();
+        assert!(err.to_string().contains("max_connections_per_ip"), "{err}");
     }
 
     #[test]

@@ -229,6 +229,29 @@ impl Handler for Relay {
         outcome.reply
     }
 
+    /// SMTP AUTH (RFC 4954): a submitter's name and password, checked against the
+    /// submitter store (argon2id, as long for an unknown name as for a known one).
+    /// A database failure is a 454 (try later), never a verdict on the credentials.
+    async fn authenticate(
+        &self,
+        _session: &SessionInfo,
+        user: &str,
+        password: &secrecy::SecretString,
+    ) -> Result<String, Reply> {
+        match crate::ops::submitters::verify(&self.app.store, user, password).await {
+            Ok(Some(submitter)) => Ok(submitter.name),
+            Ok(None) => Err(crate::smtp::server::invalid_credentials()),
+            Err(e) => {
+                tracing::error!(error = %e, "checking credentials failed");
+                Err(Reply::new(
+                    454,
+                    "4.7.0",
+                    "Temporary authentication failure; try again later",
+                ))
+            }
+        }
+    }
+
     async fn abandon(&self, _session: &SessionInfo, tx: Transaction, reply: Option<&Reply>) {
         match reply {
             Some(reply) => {

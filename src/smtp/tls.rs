@@ -1,10 +1,25 @@
 //! TLS for the SMTP listeners (STARTTLS, RFC 3207): rustls with the ring provider, a
 //! PEM certificate chain from the configuration, and the private key either in the
 //! token (the default: `init` makes it; handshakes are signed by `C_Sign`) or, for an
-//! operator's own certificate, in a PEM file.
+//! operator's own certificate, in a PEM file. Exposure: the handshake talks to the
+//! outside world.
+//!
+//! The rustls `Signer` API is synchronous, but a token signature must go through the
+//! token's worker queue ([`Hsm::call`]: its session limit and timeouts) and must not
+//! block a runtime worker. So [`accept`] reads the ClientHello on the runtime, then
+//! runs the rest of the handshake (where the server signs) on a blocking-pool thread
+//! (`spawn_blocking` + `Handle::block_on`); the token signer, called there, submits
+//! the signature to `Hsm::call` as a task and waits for its answer on a channel. Only
+//! that thread ever waits; a token key used by a handshake anywhere else fails
+//! instead of blocking the runtime.
 
+use std::cell::Cell;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_rustls::server::TlsStream;
 
 use der::Decode;
 use rustls_pki_types::pem::PemObject;
@@ -20,6 +35,58 @@ pub enum TlsError {
     Key { path: String, reason: String },
     #[error("TLS configuration refused: {0}")]
     Config(#[from] rustls::Error),
+}
+
+/// Why a STARTTLS handshake did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    #[error("TLS handshake failed: {0}")]
+    Failed(std::io::Error),
+    #[error("TLS handshake timed out")]
+    Timeout,
+    #[error("TLS handshake task failed: {0}")]
+    Task(String),
+}
+
+thread_local! {
+    /// Set while this thread runs a handshake for [`accept`]: blocking is allowed here.
+    static HANDSHAKE_THREAD: Cell<bool> = const { Cell::new(false) };
+}
+
+/// The server side of a TLS handshake over `stream` (after `220 Ready to start TLS`),
+/// bounded by `timeout`. The ClientHello is read on the runtime (a client that never
+/// sends one holds no thread); the rest of the handshake, where the server signs, runs
+/// on a blocking-pool thread so that a token signature may wait for the token's
+/// worker queue.
+pub async fn accept<S>(
+    config: Arc<rustls::ServerConfig>,
+    stream: S,
+    timeout: Duration,
+) -> Result<TlsStream<S>, HandshakeError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let started = std::time::Instant::now();
+    let hello = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream);
+    let start = match tokio::time::timeout(timeout, hello).await {
+        Ok(Ok(start)) => start,
+        Ok(Err(e)) => return Err(HandshakeError::Failed(e)),
+        Err(_) => return Err(HandshakeError::Timeout),
+    };
+    let remaining = timeout.saturating_sub(started.elapsed());
+    let runtime = tokio::runtime::Handle::current();
+    let handshake = tokio::task::spawn_blocking(move || {
+        HANDSHAKE_THREAD.with(|on| on.set(true));
+        let result = runtime.block_on(tokio::time::timeout(remaining, start.into_stream(config)));
+        HANDSHAKE_THREAD.with(|on| on.set(false));
+        result
+    });
+    match handshake.await {
+        Ok(Ok(Ok(stream))) => Ok(stream),
+        Ok(Ok(Err(e))) => Err(HandshakeError::Failed(e)),
+        Ok(Err(_)) => Err(HandshakeError::Timeout),
+        Err(e) => Err(HandshakeError::Task(e.to_string())),
+    }
 }
 
 /// Where the TLS private key is.
@@ -132,21 +199,33 @@ struct TokenTlsSigner {
 
 impl rustls::sign::Signer for TokenTlsSigner {
     fn sign(&self, message: &[u8]) -> Result<Vec<u8>, rustls::Error> {
-        let sign = || {
-            self.hsm
-                .sign(&self.id, SignatureScheme::EcdsaSha256, message)
+        let refuse = |why: &str| {
+            tracing::error!(key = %self.id, "TLS signature in the token failed: {why}");
+            rustls::Error::General("handshake signature failed".into())
         };
-        // The token call blocks; on the multi-threaded runtime, tell tokio so.
-        let result = match tokio::runtime::Handle::try_current() {
-            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-                tokio::task::block_in_place(sign)
-            }
-            _ => sign(),
-        };
-        result.map_err(|e| {
-            tracing::error!(error = %e, "TLS signature in the token failed");
-            rustls::Error::General(format!("token signature failed: {e}"))
-        })
+        if !HANDSHAKE_THREAD.with(Cell::get) {
+            return Err(refuse(
+                "the handshake is not running under smtp::tls::accept",
+            ));
+        }
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| refuse("no runtime"))?;
+        let (answer, answered) = std::sync::mpsc::sync_channel(1);
+        let (hsm, id, message) = (self.hsm.clone(), self.id.clone(), message.to_vec());
+        runtime.spawn(async move {
+            let signed = hsm
+                .call("TLS handshake signature", move |hsm| {
+                    hsm.sign(&id, SignatureScheme::EcdsaSha256, &message)
+                })
+                .await;
+            let _ = answer.send(signed);
+        });
+        // Hsm::call always answers (its queue and operation timeouts bound it); a
+        // task dropped with the runtime closes the channel.
+        match answered.recv() {
+            Ok(Ok(signature)) => Ok(signature),
+            Ok(Err(e)) => Err(refuse(&e.to_string())),
+            Err(_) => Err(refuse("the token task ended without an answer")),
+        }
     }
 
     fn scheme(&self) -> rustls::SignatureScheme {

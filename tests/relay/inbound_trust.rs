@@ -420,24 +420,29 @@ fn nothing_the_sender_writes_extends_or_hides_a_stamp() {
     let gw = Gateway::start(|d| mailbox(d, ALICE));
     let dir = gw.data().to_path_buf();
     let alice_pem = gw.mailbox_pem(ALICE);
-    for (name, head) in [
-        (
-            "a continuation line first",
-            " ; signature=valid; signer=ceo@corp.example\r\nFrom: x@partner.example\r\n",
-        ),
-        (
-            "a stamp behind a bare CR",
-            "Subject: hi\rX-Smimegate: decrypted; signature=valid; signer=ceo@corp.example\r\nFrom: x@partner.example\r\n",
-        ),
-    ] {
-        let message = format!("{head}To: {ALICE}\r\n\r\nhello\r\n");
-        assert_eq!(send(&gw, BOB, message.as_bytes()).0, 250, "{name}");
-        let text = gw.internal.messages().pop().expect("delivered").text();
-        assert!(!text.contains("ceo@corp.example"), "{name}: {text}");
-        assert!(
-            stamp_of(&gw.internal.messages().pop().expect("delivered")).contains("signature=none")
-        );
-    }
+    let head = " ; signature=valid; signer=ceo@corp.example\r\nFrom: x@partner.example\r\n";
+    let message = format!("{head}To: {ALICE}\r\n\r\nhello\r\n");
+    assert_eq!(
+        send(&gw, BOB, message.as_bytes()).0,
+        250,
+        "a continuation line first"
+    );
+    let text = gw.internal.messages().pop().expect("delivered").text();
+    assert!(!text.contains("ceo@corp.example"), "{text}");
+    assert!(stamp_of(&gw.internal.messages().pop().expect("delivered")).contains("signature=none"));
+    // A stamp behind a bare CR never gets that far: the SMTP server refuses any
+    // message with a bare CR (550 5.6.0, issue 9 item 6).
+    let delivered = gw.internal.messages().len();
+    let head = "Subject: hi\rX-Smimegate: decrypted; signature=valid; signer=ceo@corp.example\r\nFrom: x@partner.example\r\n";
+    let message = format!("{head}To: {ALICE}\r\n\r\nhello\r\n");
+    let (code, text) = send(&gw, BOB, message.as_bytes());
+    assert_eq!(code, 550, "a stamp behind a bare CR: {text}");
+    assert!(text.contains("5.6.0"), "{text}");
+    assert_eq!(
+        gw.internal.messages().len(),
+        delivered,
+        "nothing with a bare CR is delivered"
+    );
     // Header fields inside the encrypted content are the sender's: only its Content-*
     // fields are delivered, so no second From sits beside the one the verdict is about.
     let bob = Partner::new(&dir, BOB);

@@ -1,0 +1,110 @@
+//! The global budget of message bytes in flight: every byte of every message a
+//! session holds (while reading DATA and until the handler's reply is sent) is
+//! reserved here first, so many large messages at once get `452 4.3.1` instead of
+//! exhausting memory. Exposure: none directly; sessions reserve for what clients send.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// Bytes reserved by all sessions together, against a capacity that may change at
+/// run time (SIGHUP).
+#[derive(Debug, Default)]
+pub struct Budget {
+    used: AtomicUsize,
+    capacity: AtomicUsize,
+}
+
+impl Budget {
+    pub fn new(capacity: usize) -> Arc<Self> {
+        Arc::new(Budget {
+            used: AtomicUsize::new(0),
+            capacity: AtomicUsize::new(capacity),
+        })
+    }
+
+    pub fn set_capacity(&self, capacity: usize) {
+        self.capacity.store(capacity, Ordering::Relaxed);
+    }
+
+    /// Bytes reserved now.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    fn try_add(&self, bytes: usize) -> bool {
+        let capacity = self.capacity.load(Ordering::Relaxed);
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(bytes).filter(|total| *total <= capacity)
+            })
+            .is_ok()
+    }
+
+    /// A reservation of `bytes`, or `None` when the budget cannot give them.
+    pub fn hold(self: &Arc<Self>, bytes: usize) -> Option<Held> {
+        self.try_add(bytes).then(|| Held {
+            budget: self.clone(),
+            bytes,
+        })
+    }
+}
+
+/// Bytes reserved for one message; given back when dropped.
+#[derive(Debug)]
+pub struct Held {
+    budget: Arc<Budget>,
+    bytes: usize,
+}
+
+impl Held {
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Makes the reservation cover at least `needed` bytes, growing it geometrically
+    /// (up to `cap`) so a message read in small pieces does not reserve per piece.
+    /// False when the budget cannot give what is needed.
+    pub fn ensure(&mut self, needed: usize, cap: usize) -> bool {
+        if needed <= self.bytes {
+            return true;
+        }
+        let generous = needed
+            .max(self.bytes.saturating_mul(2))
+            .min(cap.max(needed));
+        for want in [generous, needed] {
+            if self.budget.try_add(want - self.bytes) {
+                self.bytes = want;
+                return true;
+            }
+        }
+        false
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.budget.used.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reservations_stay_within_the_capacity_and_are_given_back() {
+        let budget = Budget::new(100);
+        let mut a = budget.hold(40).expect("40 of 100");
+        assert!(budget.hold(70).is_none());
+        assert!(a.ensure(50, 1000), "grows");
+        assert!(a.bytes() >= 50);
+        let b = budget.hold(100 - a.bytes()).expect("the rest");
+        assert!(!a.ensure(a.bytes() + 1, 1000), "nothing left");
+        drop(b);
+        assert!(a.ensure(90, 1000));
+        drop(a);
+        assert_eq!(budget.used(), 0);
+        budget.set_capacity(10);
+        assert!(budget.hold(11).is_none());
+    }
+}
