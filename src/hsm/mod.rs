@@ -279,7 +279,24 @@ impl Hsm {
     }
 }
 
+/// The module at `path`, loaded and initialised once per process. Every `Hsm` and the
+/// provisioning code share that one context, and it is never dropped: when the last
+/// `Pkcs11` handle of a module goes away the library is unloaded (`dlclose`) without
+/// `C_Finalize`, SoftHSM2's static state is destroyed under whatever the next handle
+/// loads again, and the process can die with a double free — `smimegate init` opens the
+/// token more than once. Keeping the context for the life of the process avoids both the
+/// unload and a `C_Finalize` on some unrelated thread; the operating system reclaims it.
 fn load_module(path: &Path) -> Result<Pkcs11> {
+    static LOADED: std::sync::OnceLock<Mutex<HashMap<PathBuf, Pkcs11>>> =
+        std::sync::OnceLock::new();
+    let loaded = LOADED.get_or_init(|| Mutex::new(HashMap::new()));
+    let mut loaded = loaded.lock().map_err(|_| HsmError::Library {
+        operation: "load module",
+        reason: "the module table is poisoned".into(),
+    })?;
+    if let Some(ctx) = loaded.get(path) {
+        return Ok(ctx.clone());
+    }
     if !path.exists() {
         return Err(HsmError::ModuleLoad {
             path: path.to_path_buf(),
@@ -291,7 +308,10 @@ fn load_module(path: &Path) -> Result<Pkcs11> {
         reason: e.to_string(),
     })?;
     match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
-        Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => Ok(ctx),
+        Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {
+            loaded.insert(path.to_path_buf(), ctx.clone());
+            Ok(ctx)
+        }
         Err(e) => Err(HsmError::ModuleLoad {
             path: path.to_path_buf(),
             reason: format!("C_Initialize failed: {}", describe(&e)),
