@@ -2,6 +2,7 @@
 //! verify, decrypt, bench): a message on stdin or in a file, the result on stdout,
 //! one verdict line on stderr.
 
+use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
@@ -104,197 +105,233 @@ impl From<CipherArg> for crate::smime::encrypt::ContentCipher {
 }
 
 pub async fn run(cmd: SmimeCommand, settings: Settings) -> Result<()> {
-    let limits = settings.config.limits.mime();
     match cmd {
-        SmimeCommand::Sign { from, opaque, file } => {
-            let address = Address::parse(&from)?;
-            let message = read_input(file.as_deref())?;
-            let app = App::open(settings).await?;
-            let signer = app.signer_for(&address).await?;
-            let serial = hex::encode(
-                signer
-                    .certificate
-                    .tbs_certificate()
-                    .serial_number()
-                    .as_bytes(),
-            );
-            let signed = app
-                .hsm
-                .call("sign message", move |hsm| {
-                    (if opaque {
-                        crate::smime::sign_opaque
-                    } else {
-                        crate::smime::sign_detached
-                    })(hsm, &signer, &message, &limits)
-                    .map_err(|e| match e {
-                        crate::smime::SmimeError::Token(t) => t,
-                        other => crate::hsm::HsmError::Encoding(other.to_string()),
-                    })
-                })
-                .await?;
-            use std::io::Write;
-            std::io::stdout().write_all(&signed)?;
-            eprintln!("signed by {address} (certificate serial {serial})");
-            Ok(())
-        }
+        SmimeCommand::Sign { from, opaque, file } => sign(settings, &from, opaque, file).await,
         SmimeCommand::Bench(args) => smime_bench::run(App::open(settings).await?, args).await,
         SmimeCommand::Encrypt {
             to,
             cipher,
             oaep,
             file,
-        } => {
-            use crate::smime::encrypt::encrypt_message;
-            let message = read_input(file.as_deref())?;
-            let recipients = load_recipients(&to, oaep, &[])?;
-            let out = encrypt_message(
-                &message,
-                &recipients,
-                cipher.into(),
-                &crate::mime::Limits::default(),
-            )?;
-            use std::io::Write;
-            std::io::stdout().write_all(&out)?;
-            eprintln!("encrypted to {} recipient(s)", recipients.len());
-            Ok(())
-        }
+        } => encrypt(&to, cipher, oaep, file),
         SmimeCommand::SignEncrypt {
             from,
             to,
             cipher,
             oaep,
             file,
-        } => {
-            use crate::smime::encrypt::encrypt_message_owned;
-            let address = Address::parse(&from)?;
-            let message = read_input(file.as_deref())?;
-            let app = App::open(settings).await?;
-            let signer = app.signer_for(&address).await?;
-            let own = signer.certificate.clone();
-            let signed = app
-                .hsm
-                .call("sign message", move |hsm| {
-                    crate::smime::sign_detached(hsm, &signer, &message, &limits).map_err(
-                        |e| match e {
-                            crate::smime::SmimeError::Token(t) => t,
-                            other => crate::hsm::HsmError::Encoding(other.to_string()),
-                        },
-                    )
-                })
-                .await?;
-            let recipients = load_recipients(&to, oaep, &[own])?;
-            let out = encrypt_message_owned(signed, &recipients, cipher.into(), &limits)?;
-            use std::io::Write;
-            std::io::stdout().write_all(&out)?;
-            eprintln!(
-                "signed by {address}, encrypted to {} recipient(s)",
-                recipients.len()
-            );
-            Ok(())
-        }
+        } => sign_encrypt(settings, &from, &to, cipher, oaep, file).await,
         SmimeCommand::Verify {
             from,
             json,
             crls,
             file,
-        } => {
-            use crate::smime::verify::{self, FromField, Verdict, VerifyContext};
-            let message = read_input(file.as_deref())?;
-            let store = app::open_store(&settings).await?;
-            let trust = app::trust_anchors(&store).await?;
-            let from = match from {
-                Some(f) => FromField::given(&f),
-                None => FromField::of_message(&message),
-            };
-            let crls = crls
-                .iter()
-                .map(|path| {
-                    let bytes = std::fs::read(path)
-                        .with_context(|| format!("cannot read {}", path.display()))?;
-                    if bytes.starts_with(b"-----BEGIN") {
-                        let (_, der) = der::pem::decode_vec(&bytes).map_err(|e| {
-                            anyhow::anyhow!("{}: not a PEM CRL ({e})", path.display())
-                        })?;
-                        Ok(der)
-                    } else {
-                        Ok(bytes)
-                    }
-                })
-                .collect::<Result<Vec<_>>>()?;
-            let result = verify::verify(
-                &message,
-                &from,
-                &VerifyContext {
-                    trust: &trust,
-                    crls: &crls,
-                    now: std::time::SystemTime::now(),
-                    limits: &limits,
-                },
-            );
-            if let Some(content) = &result.content {
-                use std::io::Write;
-                std::io::stdout().write_all(content)?;
-            }
-            let signer = result
-                .signer()
-                .and_then(|s| s.certificate.as_ref())
-                .map(|c| c.tbs_certificate().subject().to_string())
-                .unwrap_or_default();
-            if json {
-                let signers: Vec<serde_json::Value> = result
-                    .signers
-                    .iter()
-                    .map(|s| {
-                        serde_json::json!({
-                            "verdict": s.verdict,
-                            "detail": s.detail,
-                            "addresses": s.addresses,
-                            "subject": s.certificate.as_ref().map(|c| c.tbs_certificate().subject().to_string()),
-                        })
-                    })
-                    .collect();
-                eprintln!(
-                    "{}",
-                    serde_json::json!({
-                        "verdict": result.verdict,
-                        "detail": result.detail,
-                        "signer": signer,
-                        "from": from.address(),
-                        "signers": signers,
-                    })
-                );
+        } => verify(&settings, from, json, &crls, file).await,
+        SmimeCommand::Decrypt { json, file } => decrypt(settings, json, file).await,
+    }
+}
+
+async fn sign(settings: Settings, from: &str, opaque: bool, file: Option<PathBuf>) -> Result<()> {
+    let address = Address::parse(from)?;
+    let message = read_input(file.as_deref())?;
+    let limits = settings.config.limits.mime();
+    let app = App::open(settings).await?;
+    let signer = app.signer_for(&address).await?;
+    let serial = hex::encode(
+        signer
+            .certificate
+            .tbs_certificate()
+            .serial_number()
+            .as_bytes(),
+    );
+    let signed = sign_in_token(&app, signer, message, limits, opaque).await?;
+    std::io::stdout().write_all(&signed)?;
+    eprintln!("signed by {address} (certificate serial {serial})");
+    Ok(())
+}
+
+/// `message` signed by `signer` (detached, or opaque) in the token's worker threads.
+async fn sign_in_token(
+    app: &App,
+    signer: crate::smime::SignerIdentity,
+    message: Vec<u8>,
+    limits: crate::mime::Limits,
+    opaque: bool,
+) -> Result<Vec<u8>> {
+    let signed = app
+        .hsm
+        .call("sign message", move |hsm| {
+            (if opaque {
+                crate::smime::sign_opaque
             } else {
-                eprintln!("signature={}; {}", result.verdict.as_str(), result.detail);
-                if result.signers.len() > 1 {
-                    for s in &result.signers {
-                        eprintln!(
-                            "  signer {}: {}; {}",
-                            s.name(),
-                            s.verdict.as_str(),
-                            s.detail
-                        );
-                    }
-                }
+                crate::smime::sign_detached
+            })(hsm, &signer, &message, &limits)
+            .map_err(|e| match e {
+                crate::smime::SmimeError::Token(t) => t,
+                other => crate::hsm::HsmError::Encoding(other.to_string()),
+            })
+        })
+        .await?;
+    Ok(signed)
+}
+
+fn encrypt(to: &[PathBuf], cipher: CipherArg, oaep: bool, file: Option<PathBuf>) -> Result<()> {
+    use crate::smime::encrypt::encrypt_message;
+    let message = read_input(file.as_deref())?;
+    let recipients = load_recipients(to, oaep, &[])?;
+    let out = encrypt_message(
+        &message,
+        &recipients,
+        cipher.into(),
+        &crate::mime::Limits::default(),
+    )?;
+    std::io::stdout().write_all(&out)?;
+    eprintln!("encrypted to {} recipient(s)", recipients.len());
+    Ok(())
+}
+
+async fn sign_encrypt(
+    settings: Settings,
+    from: &str,
+    to: &[PathBuf],
+    cipher: CipherArg,
+    oaep: bool,
+    file: Option<PathBuf>,
+) -> Result<()> {
+    use crate::smime::encrypt::encrypt_message_owned;
+    let address = Address::parse(from)?;
+    let message = read_input(file.as_deref())?;
+    let limits = settings.config.limits.mime();
+    let app = App::open(settings).await?;
+    let signer = app.signer_for(&address).await?;
+    let own = signer.certificate.clone();
+    let signed = sign_in_token(&app, signer, message, limits, false).await?;
+    let recipients = load_recipients(to, oaep, &[own])?;
+    let out = encrypt_message_owned(signed, &recipients, cipher.into(), &limits)?;
+    std::io::stdout().write_all(&out)?;
+    eprintln!(
+        "signed by {address}, encrypted to {} recipient(s)",
+        recipients.len()
+    );
+    Ok(())
+}
+
+async fn verify(
+    settings: &Settings,
+    from: Option<String>,
+    json: bool,
+    crl_files: &[PathBuf],
+    file: Option<PathBuf>,
+) -> Result<()> {
+    use crate::smime::verify::{self, FromField, Verdict, VerifyContext};
+    let limits = settings.config.limits.mime();
+    let message = read_input(file.as_deref())?;
+    let store = app::open_store(settings).await?;
+    let trust = app::trust_anchors(&store).await?;
+    let from = match from {
+        Some(f) => FromField::given(&f),
+        None => FromField::of_message(&message),
+    };
+    let crls = read_crls(crl_files)?;
+    let result = verify::verify(
+        &message,
+        &from,
+        &VerifyContext {
+            trust: &trust,
+            crls: &crls,
+            now: std::time::SystemTime::now(),
+            limits: &limits,
+        },
+    );
+    if let Some(content) = &result.content {
+        std::io::stdout().write_all(content)?;
+    }
+    if json {
+        eprintln!("{}", verdict_json(&result, &from));
+    } else {
+        print_verdict(&result);
+    }
+    if result.verdict != Verdict::Valid {
+        anyhow::bail!("signature is {}", result.verdict.as_str());
+    }
+    Ok(())
+}
+
+/// CRLs from files, DER or PEM.
+fn read_crls(files: &[PathBuf]) -> Result<Vec<Vec<u8>>> {
+    files
+        .iter()
+        .map(|path| {
+            let bytes =
+                std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+            if bytes.starts_with(b"-----BEGIN") {
+                let (_, der) = der::pem::decode_vec(&bytes)
+                    .map_err(|e| anyhow::anyhow!("{}: not a PEM CRL ({e})", path.display()))?;
+                Ok(der)
+            } else {
+                Ok(bytes)
             }
-            if result.verdict != Verdict::Valid {
-                anyhow::bail!("signature is {}", result.verdict.as_str());
-            }
-            Ok(())
-        }
-        SmimeCommand::Decrypt { json, file } => {
-            let message = read_input(file.as_deref())?;
-            let outcome = match decrypt_prepare(&message, &limits) {
-                Ok((der, outer)) => {
-                    drop(message);
-                    decrypt_in_token(settings, der, limits)
-                        .await
-                        .map(|done| (done, outer))
-                }
-                Err(failure) => Err(failure),
-            };
-            decrypt_report(outcome, json)
+        })
+        .collect()
+}
+
+fn verdict_json(
+    result: &crate::smime::verify::Verification,
+    from: &crate::smime::verify::FromField,
+) -> serde_json::Value {
+    let signer = result
+        .signer()
+        .and_then(|s| s.certificate.as_ref())
+        .map(|c| c.tbs_certificate().subject().to_string())
+        .unwrap_or_default();
+    let signers: Vec<serde_json::Value> = result
+        .signers
+        .iter()
+        .map(|s| {
+            serde_json::json!({
+                "verdict": s.verdict,
+                "detail": s.detail,
+                "addresses": s.addresses,
+                "subject": s.certificate.as_ref().map(|c| c.tbs_certificate().subject().to_string()),
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "verdict": result.verdict,
+        "detail": result.detail,
+        "signer": signer,
+        "from": from.address(),
+        "signers": signers,
+    })
+}
+
+fn print_verdict(result: &crate::smime::verify::Verification) {
+    eprintln!("signature={}; {}", result.verdict.as_str(), result.detail);
+    if result.signers.len() > 1 {
+        for s in &result.signers {
+            eprintln!(
+                "  signer {}: {}; {}",
+                s.name(),
+                s.verdict.as_str(),
+                s.detail
+            );
         }
     }
+}
+
+async fn decrypt(settings: Settings, json: bool, file: Option<PathBuf>) -> Result<()> {
+    let limits = settings.config.limits.mime();
+    let message = read_input(file.as_deref())?;
+    let outcome = match decrypt_prepare(&message, &limits) {
+        Ok((der, outer)) => {
+            drop(message);
+            decrypt_in_token(settings, der, limits)
+                .await
+                .map(|done| (done, outer))
+        }
+        Err(failure) => Err(failure),
+    };
+    decrypt_report(outcome, json)
 }
 
 /// Why `smime decrypt` failed: the class (see `smime::decrypt::FailureClass`) and
