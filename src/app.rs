@@ -1,5 +1,6 @@
-//! The running gateway's handles (configuration, database, token) and the operations
-//! that need more than one of them: loading the CA, activating a mailbox.
+//! The running gateway's handles (configuration, database, token) and what the relay
+//! and the operations read through more than one of them: the CA, a mailbox's signing
+//! identity, the key directory, the trust anchors. Operator actions live in `ops`.
 
 use std::time::Duration;
 
@@ -8,13 +9,11 @@ use secrecy::SecretString;
 use x509_cert::certificate::Certificate;
 
 use crate::config::Settings;
-use crate::hsm::{Hsm, HsmConfig, HsmError, KeyAlgorithm, KeyRole};
+use crate::hsm::{Hsm, HsmConfig, HsmError};
 use crate::pki::address::Address;
 use crate::pki::ca::{self, CaIdentity, IssueError};
 use crate::pki::trust::{DomainPattern, Scope, TrustAnchor, TrustAnchors};
-use crate::store::{
-    CertificateSource, KeyPurpose, MailboxState, Store, StoreError, StoredCertificate,
-};
+use crate::store::{CertificateSource, KeyPurpose, MailboxState, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -79,26 +78,6 @@ pub async fn open_hsm(settings: &Settings) -> Result<Hsm, HsmError> {
         .map_err(|e| HsmError::Task(e.to_string()))?
 }
 
-/// Who did something, for the audit log.
-#[derive(Debug, Clone)]
-pub struct Actor {
-    pub name: String,
-    pub origin: String,
-}
-
-impl Actor {
-    /// The local user running a CLI command.
-    pub fn cli() -> Self {
-        let user = std::env::var("SUDO_USER")
-            .or_else(|_| std::env::var("USER"))
-            .unwrap_or_else(|_| "unknown".into());
-        Actor {
-            name: format!("cli:{user}"),
-            origin: "cli".into(),
-        }
-    }
-}
-
 pub struct App {
     pub settings: Settings,
     pub store: Store,
@@ -119,124 +98,6 @@ impl App {
     /// The CA key reference and certificate from the database.
     pub async fn ca(&self) -> Result<CaIdentity, AppError> {
         load_ca(&self.store).await?.ok_or(AppError::NoCa)
-    }
-
-    /// Generates a key for `address` in the token and issues its certificate:
-    /// `inactive → pending → active`. On failure the mailbox returns to `inactive`
-    /// and any key already generated is recorded as retired (it stays traceable).
-    pub async fn activate_mailbox(
-        &self,
-        address: &Address,
-        algorithm: Option<KeyAlgorithm>,
-        actor: &Actor,
-    ) -> Result<StoredCertificate, AppError> {
-        let mailbox = self.store.mailboxes().require(address).await?;
-        let domain = self
-            .store
-            .domains()
-            .list()
-            .await?
-            .into_iter()
-            .find(|d| d.name == mailbox.domain);
-        if domain.as_ref().is_some_and(|d| d.next_hop.is_none()) {
-            return Err(AppError::Refused(format!(
-                "domain {} has no inbound route (next hop); set one with `smimegate domain add {} --next-hop HOST:PORT`",
-                mailbox.domain, mailbox.domain
-            )));
-        }
-        let ca = self.ca().await?;
-        let algorithm = algorithm.unwrap_or(self.settings.config.ca.mailbox_key);
-        self.store
-            .mailboxes()
-            .transition(address, MailboxState::Inactive, MailboxState::Pending)
-            .await?;
-        match self.issue(address, mailbox.id, algorithm, &ca).await {
-            Ok(cert) => {
-                self.store
-                    .mailboxes()
-                    .transition(address, MailboxState::Pending, MailboxState::Active)
-                    .await?;
-                self.store
-                    .audit()
-                    .append(
-                        &actor.name,
-                        &actor.origin,
-                        "mailbox.activate",
-                        address.as_str(),
-                        &format!("{algorithm}; certificate serial {}", cert.record.serial),
-                    )
-                    .await?;
-                Ok(cert)
-            }
-            Err(e) => {
-                tracing::error!(%address, error = %e, "activation failed");
-                if let Err(revert) = self
-                    .store
-                    .mailboxes()
-                    .transition(address, MailboxState::Pending, MailboxState::Inactive)
-                    .await
-                {
-                    tracing::error!(%address, error = %revert, "could not return mailbox to inactive");
-                }
-                Err(e)
-            }
-        }
-    }
-
-    async fn issue(
-        &self,
-        address: &Address,
-        mailbox_id: i64,
-        algorithm: KeyAlgorithm,
-        ca: &CaIdentity,
-    ) -> Result<StoredCertificate, AppError> {
-        let label = address.to_string();
-        let key = self
-            .hsm
-            .call_keygen(move |hsm| hsm.generate_key_pair(algorithm, KeyRole::Mailbox, &label))
-            .await?;
-        let key_row = self
-            .store
-            .keys()
-            .insert(&key.id, algorithm, KeyPurpose::Mailbox, Some(mailbox_id))
-            .await?;
-        let ca_config = self.settings.config.ca.clone();
-        let (ca_for_task, address_for_task, key_for_task) =
-            (ca.clone(), address.clone(), key.clone());
-        let issued = self
-            .hsm
-            .call("issue certificate", move |hsm| {
-                ca::issue_mailbox_certificate(
-                    hsm,
-                    &ca_for_task,
-                    &address_for_task,
-                    &key_for_task,
-                    ca_config.mailbox_validity_days,
-                    &ca_config.crl_url,
-                )
-                .map_err(|e| match e {
-                    IssueError::Token(h) => h,
-                    other => HsmError::Encoding(other.to_string()),
-                })
-            })
-            .await;
-        let cert = match issued {
-            Ok(cert) => cert,
-            Err(e) => {
-                self.store.keys().retire(key_row.id).await?;
-                return Err(e.into());
-            }
-        };
-        Ok(self
-            .store
-            .certificates()
-            .insert(
-                &cert,
-                CertificateSource::Issued,
-                Some(address.as_str()),
-                Some(key_row.id),
-            )
-            .await?)
     }
 }
 

@@ -55,15 +55,7 @@ fn main() -> ExitCode {
 
 /// One line on stderr, no backtrace.
 fn fail(err: &anyhow::Error) -> ExitCode {
-    let mut line = err.to_string();
-    for cause in err.chain().skip(1) {
-        let cause = cause.to_string();
-        if !line.contains(&cause) {
-            line.push_str(": ");
-            line.push_str(&cause);
-        }
-    }
-    eprintln!("smimegate: error: {}", line.replace('\n', " "));
+    eprintln!("smimegate: error: {}", cli::error_line(err));
     // An operation the operator can correct in the command line exits 2.
     match err
         .chain()

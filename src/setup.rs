@@ -9,10 +9,11 @@ use std::path::{Path, PathBuf};
 
 use secrecy::ExposeSecret;
 
-use crate::app::{self, Actor, AppError};
+use crate::app::{self, AppError};
 use crate::config::{CONFIG_FILE, Settings, TEMPLATE};
 use crate::hsm::HsmError;
 use crate::hsm::provision::{self, TokenInit};
+use crate::ops::Actor;
 use crate::pki::ca;
 use crate::store::{CertificateSource, KeyPurpose};
 

@@ -941,3 +941,148 @@ fn submitters_are_added_listed_changed_and_removed() {
     let json = smimegate_ok(&data, &["submitter", "list", "--json"]);
     assert_eq!(json.trim(), "[]");
 }
+
+/// The audit log of the data directory's database, oldest first.
+fn audit_rows(data: &Path) -> Vec<smimegate::store::AuditEntry> {
+    let url = format!("sqlite://{}", data.join("smimegate.db").display());
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let store = smimegate::store::Store::connect(&url, 1, std::time::Duration::from_secs(5))
+            .await
+            .expect("database");
+        let mut rows = store.audit().recent(1000).await.expect("audit log");
+        store.close().await;
+        rows.reverse();
+        rows
+    })
+}
+
+/// Commands run on one data directory, each with the audit row it must leave.
+struct Audited<'a> {
+    data: &'a Path,
+    expected: Vec<(String, String)>,
+}
+
+impl Audited<'_> {
+    fn run(&mut self, args: &[&str], action: &str, target: &str) {
+        smimegate_ok(self.data, args);
+        self.expected.push((action.into(), target.into()));
+    }
+
+    /// `rule add` with these arguments; the new rule's id.
+    fn add_rule(&mut self, args: &[&str]) -> String {
+        let out = smimegate_ok(self.data, &[&["rule", "add"][..], args].concat());
+        let id = out
+            .strip_prefix("added rule ")
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no rule id in: {out}"))
+            .to_string();
+        self.expected.push(("rule.add".into(), id.clone()));
+        id
+    }
+}
+
+#[test]
+fn every_state_changing_command_leaves_its_audit_row() {
+    let (_dir, data) = config_only_dir();
+    let mut cli = Audited {
+        data: &data,
+        expected: Vec::new(),
+    };
+    cli.run(
+        &["domain", "add", "corp.example", "--next-hop", "10.0.0.5:25"],
+        "domain.add",
+        "corp.example",
+    );
+    cli.run(
+        &["domain", "add", "old.example"],
+        "domain.add",
+        "old.example",
+    );
+    for address in ["alice@corp.example", "bob@corp.example"] {
+        cli.run(&["mailbox", "add", address], "mailbox.add", address);
+    }
+    let first = cli.add_rule(&[
+        "--direction",
+        "outbound",
+        "--from",
+        "anyone",
+        "--to",
+        "domain:partner.example",
+        "--action",
+        "encrypt-enforced",
+    ]);
+    let second = cli.add_rule(&[
+        "--direction",
+        "inbound",
+        "--from",
+        "anyone",
+        "--to",
+        "managed",
+        "--action",
+        "decrypt-always",
+    ]);
+    cli.run(
+        &["rule", "move", &first, "--priority", "1"],
+        "rule.move",
+        &first,
+    );
+    cli.run(&["rule", "disable", &second], "rule.disable", &second);
+    cli.run(&["rule", "enable", &second], "rule.enable", &second);
+    cli.run(&["rule", "remove", &second], "rule.remove", &second);
+    cli.run(
+        &["network", "allow", "10.1.0.0/16", "--comment", "office"],
+        "network.allow",
+        "10.1.0.0/16",
+    );
+    cli.run(
+        &["network", "remove", "10.1.0.0/16"],
+        "network.remove",
+        "10.1.0.0/16",
+    );
+    cli.run(
+        &["smarthost", "set", "relay.example:587"],
+        "smarthost.set",
+        "relay.example:587",
+    );
+    cli.run(
+        &["mailbox", "remove", "bob@corp.example"],
+        "mailbox.remove",
+        "bob@corp.example",
+    );
+    cli.run(
+        &["domain", "remove", "old.example"],
+        "domain.remove",
+        "old.example",
+    );
+
+    // Reads and refusals write nothing.
+    for args in [
+        &["domain", "list"][..],
+        &["mailbox", "list", "--json"],
+        &["rule", "list"],
+        &[
+            "rule",
+            "explain",
+            "alice@corp.example",
+            "bob@partner.example",
+        ],
+        &["network", "list"],
+        &["smarthost", "show"],
+    ] {
+        smimegate_ok(&data, args);
+    }
+    let refused = smimegate(&data, &["domain", "add", "corp.example"]);
+    assert_clean_failure(&refused, "domain corp.example already exists");
+
+    let rows = audit_rows(&data);
+    let actual: Vec<(String, String)> = rows
+        .iter()
+        .map(|r| (r.action.clone(), r.target.clone()))
+        .collect();
+    assert_eq!(actual, cli.expected);
+    for row in &rows {
+        assert_eq!(row.origin, "cli", "{row:?}");
+        assert!(row.actor.starts_with("cli:"), "{row:?}");
+    }
+}

@@ -1,6 +1,8 @@
-//! `smimegate cert show`: a mailbox's public certificate chain.
+//! `smimegate cert …`: public certificates (never private keys); `cert show` prints a
+//! mailbox's certificate chain.
 
 use anyhow::{Result, bail};
+use clap::Subcommand;
 use const_oid::db::DB;
 use der::{Decode, EncodePem};
 use x509_cert::certificate::Certificate;
@@ -8,10 +10,31 @@ use x509_cert::ext::pkix::name::GeneralName;
 use x509_cert::ext::pkix::{ExtendedKeyUsage, KeyUsage, SubjectAltName};
 
 use crate::app;
+use crate::config::Settings;
 use crate::pki::address::Address;
 use crate::store::{CertificateSource, Store};
 
-pub async fn show(store: &Store, address: &Address, pem: bool) -> Result<()> {
+#[derive(Subcommand, Debug)]
+pub enum CertCommand {
+    /// The mailbox's certificate chain and its details.
+    Show {
+        address: String,
+        /// Print the chain as PEM (leaf first) instead of details.
+        #[arg(long)]
+        pem: bool,
+    },
+}
+
+pub async fn run(cmd: CertCommand, settings: &Settings) -> Result<()> {
+    match cmd {
+        CertCommand::Show { address, pem } => {
+            let store = app::open_store(settings).await?;
+            show(&store, &Address::parse(&address)?, pem).await
+        }
+    }
+}
+
+async fn show(store: &Store, address: &Address, pem: bool) -> Result<()> {
     let certs = store.certificates().for_owner(address.as_str()).await?;
     let current = store
         .certificates()

@@ -1,13 +1,15 @@
-//! `smimegate log`, `smarthost`, `network`: the message log and the relay settings.
+//! `smimegate log`, `smarthost`, `network`: the message log and the relay settings
+//! (`ops::relay_settings`).
 
 use anyhow::Result;
 use clap::{Args, Subcommand};
 
-use super::{audit, validate_host_port};
-use crate::app::{self, Actor};
+use super::exit_status_1;
+use crate::app;
 use crate::config::Settings;
+use crate::ops::relay_settings::{self, AllowNetwork, Source};
+use crate::ops::{Actor, Ops};
 use crate::policy::Direction;
-use crate::relay::network::Network;
 use crate::store::{LogFilter, LogStatus};
 
 #[derive(Args, Debug)]
@@ -133,61 +135,74 @@ fn parse_since(text: &str) -> Result<i64> {
 
 pub async fn smarthost(cmd: SmarthostCommand, settings: &Settings) -> Result<()> {
     let store = app::open_store(settings).await?;
+    let ctx = Ops::new(settings, &store);
     match cmd {
         SmarthostCommand::Set { host_port } => {
-            validate_host_port(&host_port)?;
-            store.relay_settings().set_smarthost(&host_port).await?;
-            audit(&store, &Actor::cli(), "smarthost.set", &host_port, "").await?;
-            println!("outbound mail now goes to {host_port}");
+            set_smarthost(&ctx, &host_port).await.map_err(exit_status_1)
         }
-        SmarthostCommand::Show => match store.relay_settings().smarthost().await? {
-            Some(host) => println!("{host}"),
-            None if !settings.config.relay.smarthost.is_empty() => println!(
-                "{} (from the configuration file)",
-                settings.config.relay.smarthost
-            ),
-            None => println!("no smarthost: outbound mail is deferred until one is set"),
-        },
+        SmarthostCommand::Show => show_smarthost(&ctx).await.map_err(exit_status_1),
+    }
+}
+
+async fn set_smarthost(ctx: &Ops<'_>, host_port: &str) -> Result<()> {
+    let set = relay_settings::set_smarthost(ctx, &Actor::cli(), host_port).await?;
+    println!(
+        "outbound mail now goes to {}",
+        set.host_port.as_deref().unwrap_or(host_port)
+    );
+    Ok(())
+}
+
+async fn show_smarthost(ctx: &Ops<'_>) -> Result<()> {
+    let shown = relay_settings::smarthost(ctx).await?;
+    match (shown.host_port, shown.source) {
+        (Some(host), Some(Source::Configuration)) => {
+            println!("{host} (from the configuration file)")
+        }
+        (Some(host), _) => println!("{host}"),
+        (None, _) => println!("no smarthost: outbound mail is deferred until one is set"),
     }
     Ok(())
 }
 
 pub async fn network(cmd: NetworkCommand, settings: &Settings) -> Result<()> {
     let store = app::open_store(settings).await?;
+    let ctx = Ops::new(settings, &store);
     match cmd {
         NetworkCommand::Allow {
             cidr,
             comment,
             require_auth,
         } => {
-            let network = Network::parse(&cidr)?;
-            store
-                .relay_settings()
-                .allow_network(&network.to_string(), &comment, require_auth)
-                .await?;
-            audit(
-                &store,
-                &Actor::cli(),
-                "network.allow",
-                &network.to_string(),
-                &format!(
-                    "{comment}{}",
-                    if require_auth {
-                        " (authentication required)"
-                    } else {
-                        ""
-                    }
-                ),
-            )
-            .await?;
-            if require_auth {
-                println!("{network} may now submit outbound mail as an authenticated submitter");
-            } else {
-                println!("{network} may now relay outbound mail");
-            }
+            let input = AllowNetwork {
+                cidr,
+                comment,
+                require_auth,
+            };
+            allow_network(&ctx, input).await.map_err(exit_status_1)
         }
-        NetworkCommand::List => {
-            for n in store.relay_settings().networks().await? {
+        NetworkCommand::List => list_networks(&ctx).await.map_err(exit_status_1),
+        NetworkCommand::Remove { cidr } => remove_network(&ctx, &cidr).await.map_err(exit_status_1),
+    }
+}
+
+async fn allow_network(ctx: &Ops<'_>, input: AllowNetwork) -> Result<()> {
+    let allowed = relay_settings::allow_network(ctx, &Actor::cli(), input).await?;
+    if allowed.require_auth {
+        println!(
+            "{} may now submit outbound mail as an authenticated submitter",
+            allowed.cidr
+        );
+    } else {
+        println!("{} may now relay outbound mail", allowed.cidr);
+    }
+    Ok(())
+}
+
+async fn list_networks(ctx: &Ops<'_>) -> Result<()> {
+    for n in relay_settings::networks(ctx).await? {
+        match n.source {
+            Source::Database => {
                 let auth = if n.require_auth {
                     "  (authentication required)"
                 } else {
@@ -195,26 +210,14 @@ pub async fn network(cmd: NetworkCommand, settings: &Settings) -> Result<()> {
                 };
                 println!("{:<40} {}{auth}", n.cidr, n.comment);
             }
-            for n in &settings.config.relay.internal_networks {
-                println!("{n:<40} (from the configuration file)");
-            }
-        }
-        NetworkCommand::Remove { cidr } => {
-            let network = Network::parse(&cidr)?;
-            store
-                .relay_settings()
-                .remove_network(&network.to_string())
-                .await?;
-            audit(
-                &store,
-                &Actor::cli(),
-                "network.remove",
-                &network.to_string(),
-                "",
-            )
-            .await?;
-            println!("{network} removed");
+            Source::Configuration => println!("{:<40} (from the configuration file)", n.cidr),
         }
     }
+    Ok(())
+}
+
+async fn remove_network(ctx: &Ops<'_>, cidr: &str) -> Result<()> {
+    let removed = relay_settings::remove_network(ctx, &Actor::cli(), cidr).await?;
+    println!("{removed} removed");
     Ok(())
 }

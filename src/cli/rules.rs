@@ -1,14 +1,15 @@
-//! `smimegate rule …`: the policy rules, and `rule explain`.
+//! `smimegate rule …`: the policy rules, and `rule explain` (`ops::rules`).
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Subcommand;
 
-use super::audit;
-use crate::app::{self, Actor};
+use super::exit_status_1;
+use crate::app;
 use crate::config::Settings;
-use crate::pki::address::Address;
-use crate::policy::{Action, Direction, Matcher};
-use crate::store::{NewRule, Store};
+use crate::ops::rules::{self, AddRule, Explain, MoveRule};
+use crate::ops::{Actor, Ops};
+use crate::policy::{Direction, Rule};
+use crate::relay::explain::Explanation;
 
 #[derive(Subcommand, Debug)]
 pub enum RuleCommand {
@@ -57,6 +58,7 @@ pub enum RuleCommand {
 
 pub async fn run(cmd: RuleCommand, settings: &Settings) -> Result<()> {
     let store = app::open_store(settings).await?;
+    let ctx = Ops::new(settings, &store);
     let actor = Actor::cli();
     match cmd {
         RuleCommand::Add {
@@ -66,202 +68,175 @@ pub async fn run(cmd: RuleCommand, settings: &Settings) -> Result<()> {
             action,
             comment,
         } => {
-            let direction = Direction::parse(&direction)?;
-            let rule = NewRule {
+            let input = AddRule {
                 direction,
-                sender: matcher(&store, &from).await?,
-                recipient: matcher(&store, &to).await?,
-                action: Action::parse(&action, direction)?,
+                from,
+                to,
+                action,
                 comment,
             };
-            let added = store.rules().add(&rule).await?;
-            audit(
-                &store,
-                &actor,
-                "rule.add",
-                &added.id.to_string(),
-                &describe(&added),
-            )
-            .await?;
-            println!(
-                "added rule {} at priority 1: {}",
-                added.id,
-                describe(&added)
-            );
+            add(&ctx, &actor, input).await.map_err(exit_status_1)
         }
-        RuleCommand::List { json } => {
-            let rules = store.rules().list().await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&rules)?);
-            } else {
-                println!(
-                    "{:>4} {:>4} {:<9} {:<32} {:<32} {:<17} {:<3} COMMENT",
-                    "PRIO", "ID", "DIRECTION", "FROM", "TO", "ACTION", "ON"
-                );
-                for r in rules {
-                    println!(
-                        "{:>4} {:>4} {:<9} {:<32} {:<32} {:<17} {:<3} {}",
-                        r.priority,
-                        r.id,
-                        r.direction.as_str(),
-                        r.sender.to_string(),
-                        r.recipient.to_string(),
-                        r.action.as_str(),
-                        if r.enabled { "yes" } else { "no" },
-                        r.comment
-                    );
-                }
-            }
-        }
-        RuleCommand::Move { id, priority } => {
-            let moved = store.rules().move_to(id, priority).await?;
-            audit(
-                &store,
-                &actor,
-                "rule.move",
-                &id.to_string(),
-                &format!("priority={}", moved.priority),
-            )
-            .await?;
-            println!("rule {id} is now at priority {}", moved.priority);
-        }
-        RuleCommand::Remove { id } => {
-            let removed = store.rules().remove(id).await?;
-            audit(
-                &store,
-                &actor,
-                "rule.remove",
-                &id.to_string(),
-                &describe(&removed),
-            )
-            .await?;
-            println!("removed rule {id}");
-        }
-        RuleCommand::Enable { id } | RuleCommand::Disable { id } => {
-            let enable = matches!(cmd, RuleCommand::Enable { .. });
-            store.rules().set_enabled(id, enable).await?;
-            let what = if enable {
-                "rule.enable"
-            } else {
-                "rule.disable"
-            };
-            audit(&store, &actor, what, &id.to_string(), "").await?;
-            println!("rule {id} {}", if enable { "enabled" } else { "disabled" });
-        }
-        RuleCommand::Explain { from, to, json } => {
-            let sender = Address::parse(&from)?;
-            let recipient = Address::parse(&to)?;
-            let e = crate::relay::explain::explain(&store, &sender, &recipient).await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&e)?);
-                return Ok(());
-            }
-            let yes_no = |b: Option<bool>| match b {
-                Some(true) => "yes",
-                Some(false) => "no",
-                None => "-",
-            };
-            println!(
-                "direction: {} ({} {} a managed domain)",
-                e.direction,
-                e.recipient,
-                if e.direction == Direction::Inbound {
-                    "is in"
-                } else {
-                    "is not in"
-                }
-            );
-            println!(
-                "sender:    {} ({}{})",
-                e.sender,
-                if e.sender_managed {
-                    "managed mailbox"
-                } else {
-                    "not a managed mailbox"
-                },
-                match e.sender_can_sign {
-                    Some(_) => format!(", active certificate: {}", yes_no(e.sender_can_sign)),
-                    None => String::new(),
-                }
-            );
-            println!(
-                "recipient: {} ({}{})",
-                e.recipient,
-                if e.recipient_managed {
-                    "managed mailbox"
-                } else {
-                    "not a managed mailbox"
-                },
-                match e.recipient_has_certificate {
-                    Some(_) => format!(
-                        ", valid certificate known: {}",
-                        yes_no(e.recipient_has_certificate)
-                    ),
-                    None => String::new(),
-                }
-            );
-            println!("rules walked ({}):", e.direction);
-            if e.selection.considered.is_empty() {
-                println!("  (no {} rules)", e.direction);
-            }
-            for c in &e.selection.considered {
-                println!(
-                    "  priority {:>3}, rule {:>4}: {}",
-                    c.priority, c.rule_id, c.outcome
-                );
-            }
-            match e.selection.rule_id {
-                Some(id) => println!("action:    {} (rule {id})", e.selection.action),
-                None => println!(
-                    "action:    {} (default: no rule decided)",
-                    e.selection.action
-                ),
-            }
-            for outcome in &e.outcomes {
-                println!("outcome:   {outcome}");
-            }
-            for note in &e.notes {
-                println!("note:      {note}");
-            }
-        }
+        RuleCommand::List { json } => list(&ctx, json).await.map_err(exit_status_1),
+        RuleCommand::Move { id, priority } => move_to(&ctx, &actor, MoveRule { id, priority })
+            .await
+            .map_err(exit_status_1),
+        RuleCommand::Remove { id } => remove(&ctx, &actor, id).await.map_err(exit_status_1),
+        RuleCommand::Enable { id } => set_enabled(&ctx, &actor, id, true)
+            .await
+            .map_err(exit_status_1),
+        RuleCommand::Disable { id } => set_enabled(&ctx, &actor, id, false)
+            .await
+            .map_err(exit_status_1),
+        RuleCommand::Explain { from, to, json } => explain(&ctx, Explain { from, to }, json)
+            .await
+            .map_err(exit_status_1),
+    }
+}
+
+async fn add(ctx: &Ops<'_>, actor: &Actor, input: AddRule) -> Result<()> {
+    let added = rules::add(ctx, actor, input).await?;
+    println!(
+        "added rule {} at priority 1: {}",
+        added.id,
+        rules::describe(&added)
+    );
+    Ok(())
+}
+
+async fn list(ctx: &Ops<'_>, json: bool) -> Result<()> {
+    let rules = rules::list(ctx).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rules)?);
+    } else {
+        print_table(&rules);
     }
     Ok(())
 }
 
-/// A matcher from the command line; a bare address means the managed mailbox when
-/// there is one, else the external address.
-async fn matcher(store: &Store, text: &str) -> Result<Matcher> {
-    if !text.contains(':') && text.contains('@') && !text.starts_with('@') {
-        let address = Address::parse(text)?;
-        let managed = store.mailboxes().get(&address).await?.is_some();
-        return Ok(if managed {
-            Matcher::Mailbox(address)
-        } else {
-            Matcher::Address(address)
-        });
+fn print_table(rules: &[Rule]) {
+    println!(
+        "{:>4} {:>4} {:<9} {:<32} {:<32} {:<17} {:<3} COMMENT",
+        "PRIO", "ID", "DIRECTION", "FROM", "TO", "ACTION", "ON"
+    );
+    for r in rules {
+        println!(
+            "{:>4} {:>4} {:<9} {:<32} {:<32} {:<17} {:<3} {}",
+            r.priority,
+            r.id,
+            r.direction.as_str(),
+            r.sender.to_string(),
+            r.recipient.to_string(),
+            r.action.as_str(),
+            if r.enabled { "yes" } else { "no" },
+            r.comment
+        );
     }
-    let matcher = Matcher::parse(text)?;
-    if let Matcher::Mailbox(address) = &matcher {
-        store.mailboxes().get(address).await?.with_context(|| {
-            format!(
-                "{address} is not a managed mailbox; use address:{address} for an external address"
-            )
-        })?;
-    }
-    Ok(matcher)
 }
 
-fn describe(rule: &crate::policy::Rule) -> String {
-    format!(
-        "{} from {} to {}: {}{}",
-        rule.direction,
-        rule.sender,
-        rule.recipient,
-        rule.action,
-        if rule.comment.is_empty() {
-            String::new()
+async fn move_to(ctx: &Ops<'_>, actor: &Actor, input: MoveRule) -> Result<()> {
+    let moved = rules::move_to(ctx, actor, input).await?;
+    println!("rule {} is now at priority {}", moved.id, moved.priority);
+    Ok(())
+}
+
+async fn remove(ctx: &Ops<'_>, actor: &Actor, id: i64) -> Result<()> {
+    let removed = rules::remove(ctx, actor, id).await?;
+    println!("removed rule {}", removed.id);
+    Ok(())
+}
+
+async fn set_enabled(ctx: &Ops<'_>, actor: &Actor, id: i64, enable: bool) -> Result<()> {
+    let rule = if enable {
+        rules::enable(ctx, actor, id).await?
+    } else {
+        rules::disable(ctx, actor, id).await?
+    };
+    let state = if rule.enabled { "enabled" } else { "disabled" };
+    println!("rule {} {state}", rule.id);
+    Ok(())
+}
+
+async fn explain(ctx: &Ops<'_>, input: Explain, json: bool) -> Result<()> {
+    let e = rules::explain(ctx, input).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&e)?);
+    } else {
+        print_explanation(&e);
+    }
+    Ok(())
+}
+
+fn print_explanation(e: &Explanation) {
+    let yes_no = |b: Option<bool>| match b {
+        Some(true) => "yes",
+        Some(false) => "no",
+        None => "-",
+    };
+    println!(
+        "direction: {} ({} {} a managed domain)",
+        e.direction,
+        e.recipient,
+        if e.direction == Direction::Inbound {
+            "is in"
         } else {
-            format!(" ({})", rule.comment)
+            "is not in"
         }
-    )
+    );
+    println!(
+        "sender:    {} ({}{})",
+        e.sender,
+        if e.sender_managed {
+            "managed mailbox"
+        } else {
+            "not a managed mailbox"
+        },
+        match e.sender_can_sign {
+            Some(_) => format!(", active certificate: {}", yes_no(e.sender_can_sign)),
+            None => String::new(),
+        }
+    );
+    println!(
+        "recipient: {} ({}{})",
+        e.recipient,
+        if e.recipient_managed {
+            "managed mailbox"
+        } else {
+            "not a managed mailbox"
+        },
+        match e.recipient_has_certificate {
+            Some(_) => format!(
+                ", valid certificate known: {}",
+                yes_no(e.recipient_has_certificate)
+            ),
+            None => String::new(),
+        }
+    );
+    print_walk(e);
+}
+
+fn print_walk(e: &Explanation) {
+    println!("rules walked ({}):", e.direction);
+    if e.selection.considered.is_empty() {
+        println!("  (no {} rules)", e.direction);
+    }
+    for c in &e.selection.considered {
+        println!(
+            "  priority {:>3}, rule {:>4}: {}",
+            c.priority, c.rule_id, c.outcome
+        );
+    }
+    match e.selection.rule_id {
+        Some(id) => println!("action:    {} (rule {id})", e.selection.action),
+        None => println!(
+            "action:    {} (default: no rule decided)",
+            e.selection.action
+        ),
+    }
+    for outcome in &e.outcomes {
+        println!("outcome:   {outcome}");
+    }
+    for note in &e.notes {
+        println!("note:      {note}");
+    }
 }

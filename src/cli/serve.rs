@@ -5,15 +5,15 @@
 
 use std::fs::File;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use clap::Args;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 
-use super::{ServeArgs, SinkArgs};
 use crate::app::App;
 use crate::config::{Config, Settings};
 use crate::hsm::Hsm;
@@ -22,6 +22,42 @@ use crate::relay::network::Network;
 use crate::smtp::client::ClientConfig;
 use crate::smtp::server::{Control, Limits, Listener, Phase, Server, ServerConfig};
 use crate::smtp::tls::{self, TlsKey};
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Override [http].listen.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub http: Option<String>,
+    /// Override [smtp].inbound_listen (mail from the internet).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub inbound: Option<String>,
+    /// Override [smtp].submission_listen (mail from the internal servers).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub submission: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct SinkArgs {
+    /// Where to listen.
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:2526")]
+    pub listen: String,
+    /// Maildir to write messages to (created if missing).
+    #[arg(long)]
+    pub maildir: PathBuf,
+    /// Accept and drop messages instead of writing them (for benchmarks).
+    #[arg(long)]
+    pub discard: bool,
+    /// Refuse this recipient at RCPT with 550 5.1.1, as a mail server that does not
+    /// know the mailbox (repeat for several).
+    #[arg(long = "unknown-recipient", value_name = "ADDRESS")]
+    pub unknown_recipients: Vec<String>,
+    /// PEM certificate chain to offer STARTTLS with (needs --tls-key).
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for STARTTLS.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+}
 
 /// Name of the lock file inside the data directory.
 pub const LOCK_FILE: &str = "smimegate.lock";

@@ -11,11 +11,11 @@ use clap::Subcommand;
 use secrecy::SecretString;
 use zeroize::Zeroizing;
 
-use crate::app::{self, Actor};
+use crate::app;
 use crate::config::Settings;
-use crate::ops::OpError;
 use crate::ops::password::MAX_PASSWORD_BYTES;
 use crate::ops::submitters::{self, AddSubmitter, SubmitterView};
+use crate::ops::{Actor, OpError, Ops};
 
 #[derive(Subcommand, Debug)]
 pub enum SubmitterCommand {
@@ -68,7 +68,7 @@ pub async fn run(cmd: SubmitterCommand, settings: &Settings) -> Result<()> {
             let password = read_password(password_file.as_deref(), &name)?;
             let store = app::open_store(settings).await?;
             let added = submitters::add(
-                &store,
+                &Ops::new(settings, &store),
                 &actor,
                 AddSubmitter {
                     name,
@@ -86,12 +86,12 @@ pub async fn run(cmd: SubmitterCommand, settings: &Settings) -> Result<()> {
         }
         SubmitterCommand::Remove { name } => {
             let store = app::open_store(settings).await?;
-            let removed = submitters::remove(&store, &actor, &name).await?;
+            let removed = submitters::remove(&Ops::new(settings, &store), &actor, &name).await?;
             println!("removed submitter {}", removed.name);
         }
         SubmitterCommand::List { json } => {
             let store = app::open_store(settings).await?;
-            let rows = submitters::list(&store).await?;
+            let rows = submitters::list(&Ops::new(settings, &store)).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
@@ -105,17 +105,21 @@ pub async fn run(cmd: SubmitterCommand, settings: &Settings) -> Result<()> {
             let name = submitters::normalise_name(&name)?;
             let password = read_password(password_file.as_deref(), &name)?;
             let store = app::open_store(settings).await?;
-            let row = submitters::set_password(&store, &actor, &name, password).await?;
+            let row =
+                submitters::set_password(&Ops::new(settings, &store), &actor, &name, password)
+                    .await?;
             println!("changed the password of submitter {}", row.name);
         }
         SubmitterCommand::Disable { name } => {
             let store = app::open_store(settings).await?;
-            let row = submitters::set_disabled(&store, &actor, &name, true).await?;
+            let row =
+                submitters::set_disabled(&Ops::new(settings, &store), &actor, &name, true).await?;
             println!("disabled submitter {}", row.name);
         }
         SubmitterCommand::Enable { name } => {
             let store = app::open_store(settings).await?;
-            let row = submitters::set_disabled(&store, &actor, &name, false).await?;
+            let row =
+                submitters::set_disabled(&Ops::new(settings, &store), &actor, &name, false).await?;
             println!("enabled submitter {}", row.name);
         }
     }

@@ -1,11 +1,29 @@
 //! `smimegate token status|custody|bench`.
 
 use anyhow::{Result, bail};
+use clap::Subcommand;
 
-use super::TokenCommand;
+use super::bench;
 use crate::app;
 use crate::config::Settings;
 use crate::hsm::CustodyCheck;
+
+#[derive(Subcommand, Debug)]
+pub enum TokenCommand {
+    /// Module, slot, label, sessions in use/free, mechanisms.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// For every private key: its protection attributes and the token's refusal of
+    /// each way out (read, wrap, relax). Exits 1 if any key could leave the token.
+    Custody {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Sign operations per second through the session pool and on one bare session.
+    Bench(bench::BenchArgs),
+}
 
 pub async fn run(cmd: TokenCommand, settings: Settings) -> Result<()> {
     let hsm = app::open_hsm(&settings).await?;

@@ -12,8 +12,7 @@ use secrecy::{ExposeSecret, SecretString};
 use zeroize::Zeroizing;
 
 use super::password::{self, MAX_PASSWORD_BYTES};
-use super::{OpError, audit};
-use crate::app::Actor;
+use super::{Actor, OpError, Ops, audit};
 use crate::pki::address::Address;
 use crate::store::{NewSubmitter, Store, StoreError, Submitter};
 
@@ -65,10 +64,11 @@ impl From<Submitter> for SubmitterView {
 /// Adds a submitter. Refuses, before hashing or writing anything, an invalid name,
 /// password, address or comment; a name already taken is a conflict.
 pub async fn add(
-    store: &Store,
+    ctx: &Ops<'_>,
     actor: &Actor,
     input: AddSubmitter,
 ) -> Result<SubmitterView, OpError> {
+    let store = ctx.store;
     let name = normalise_name(&input.name)?;
     let may_send_as = addresses(&input.may_send_as)?;
     let comment = comment(&input.comment)?;
@@ -98,7 +98,8 @@ pub async fn add(
 }
 
 /// Removes a submitter: it cannot authenticate any more.
-pub async fn remove(store: &Store, actor: &Actor, name: &str) -> Result<SubmitterView, OpError> {
+pub async fn remove(ctx: &Ops<'_>, actor: &Actor, name: &str) -> Result<SubmitterView, OpError> {
+    let store = ctx.store;
     let name = normalise_name(name)?;
     let row = store.submitters().remove(&name).await?;
     audit(store, actor, "submitter.remove", &name, "").await?;
@@ -106,8 +107,9 @@ pub async fn remove(store: &Store, actor: &Actor, name: &str) -> Result<Submitte
 }
 
 /// Every submitter, by name.
-pub async fn list(store: &Store) -> Result<Vec<SubmitterView>, OpError> {
-    Ok(store
+pub async fn list(ctx: &Ops<'_>) -> Result<Vec<SubmitterView>, OpError> {
+    Ok(ctx
+        .store
         .submitters()
         .list()
         .await?
@@ -118,11 +120,12 @@ pub async fn list(store: &Store) -> Result<Vec<SubmitterView>, OpError> {
 
 /// Replaces a submitter's password.
 pub async fn set_password(
-    store: &Store,
+    ctx: &Ops<'_>,
     actor: &Actor,
     name: &str,
     new_password: SecretString,
 ) -> Result<SubmitterView, OpError> {
+    let store = ctx.store;
     let name = normalise_name(name)?;
     let secret = valid_password(&new_password)?;
     if store.submitters().get(&name).await?.is_none() {
@@ -139,11 +142,12 @@ pub async fn set_password(
 
 /// Disables (or enables again) a submitter without forgetting it.
 pub async fn set_disabled(
-    store: &Store,
+    ctx: &Ops<'_>,
     actor: &Actor,
     name: &str,
     disabled: bool,
 ) -> Result<SubmitterView, OpError> {
+    let store = ctx.store;
     let name = normalise_name(name)?;
     let row = store.submitters().set_disabled(&name, disabled).await?;
     let action = if disabled {
@@ -279,6 +283,13 @@ mod tests {
         (store, dir)
     }
 
+    fn settings() -> crate::config::Settings {
+        crate::config::Settings {
+            data_dir: std::path::PathBuf::from("."),
+            config: crate::config::Config::default(),
+        }
+    }
+
     fn secret(s: &str) -> SecretString {
         SecretString::from(s.to_string())
     }
@@ -293,8 +304,10 @@ mod tests {
     #[tokio::test]
     async fn a_wrong_password_and_an_unknown_name_fail_on_the_same_path() {
         let (store, _dir) = store().await;
+        let settings = settings();
+        let ctx = Ops::new(&settings, &store);
         add(
-            &store,
+            &ctx,
             &actor(),
             AddSubmitter {
                 name: "App-Server".into(),
@@ -335,7 +348,7 @@ mod tests {
         );
 
         // Disabled: the right password no longer authenticates, on the same path.
-        set_disabled(&store, &actor(), "APP-SERVER", true)
+        set_disabled(&ctx, &actor(), "APP-SERVER", true)
             .await
             .expect("disable");
         let (disabled, disabled_trace) =
@@ -349,6 +362,8 @@ mod tests {
     #[tokio::test]
     async fn invalid_input_is_refused_before_anything_is_written() {
         let (store, _dir) = store().await;
+        let settings = settings();
+        let ctx = Ops::new(&settings, &store);
         let attempt = |name: &str, password: &str, may: &[&str], comment: &str| AddSubmitter {
             name: name.into(),
             password: secret(password),
@@ -371,12 +386,12 @@ mod tests {
                 "control",
             ),
         ] {
-            let err = add(&store, &actor(), input).await.expect_err(expected);
+            let err = add(&ctx, &actor(), input).await.expect_err(expected);
             assert!(matches!(err, OpError::Invalid(_)), "{err}");
             assert!(err.to_string().contains(expected), "{err} lacks {expected}");
             assert!(!err.to_string().contains("long enough"), "{err}");
         }
-        assert!(list(&store).await.expect("list").is_empty());
+        assert!(list(&ctx).await.expect("list").is_empty());
         assert!(store.audit().recent(10).await.expect("audit").is_empty());
     }
 }

@@ -2,13 +2,13 @@
 
 use x509_cert::certificate::Certificate;
 
-use super::{OpError, audit};
-use crate::app::Actor;
+use super::{Actor, OpError, Ops, audit};
 use crate::pki::trust::DomainPattern;
-use crate::store::{Store, TrustAnchorRow};
+use crate::store::TrustAnchorRow;
 
 /// `trust add`: every certificate of a PEM bundle, vouching for `domains` (patterns;
 /// none: any domain except the managed ones).
+#[derive(Debug, Clone)]
 pub struct AddTrust {
     pub pem: Vec<u8>,
     pub domains: Vec<String>,
@@ -18,10 +18,11 @@ pub struct AddTrust {
 /// no certificate, a certificate that is not a CA, a domain pattern that does not
 /// parse, and one of our managed domains (only the built-in CA vouches for those).
 pub async fn add(
-    store: &Store,
+    ctx: &Ops<'_>,
     actor: &Actor,
     input: AddTrust,
 ) -> Result<Vec<TrustAnchorRow>, OpError> {
+    let store = ctx.store;
     let certificates = Certificate::load_pem_chain(&input.pem)
         .map_err(|e| OpError::Invalid(format!("not a PEM certificate bundle: {e}")))?;
     if certificates.is_empty() {
@@ -76,10 +77,11 @@ pub async fn add(
 
 /// Removes the anchor with this SHA-256 fingerprint (hex, colons allowed).
 pub async fn remove(
-    store: &Store,
+    ctx: &Ops<'_>,
     actor: &Actor,
     fingerprint: &str,
 ) -> Result<TrustAnchorRow, OpError> {
+    let store = ctx.store;
     let row = store.trust_anchors().remove(fingerprint).await?;
     audit(
         store,
@@ -92,8 +94,8 @@ pub async fn remove(
     Ok(row)
 }
 
-pub async fn list(store: &Store) -> Result<Vec<TrustAnchorRow>, OpError> {
-    Ok(store.trust_anchors().list().await?)
+pub async fn list(ctx: &Ops<'_>) -> Result<Vec<TrustAnchorRow>, OpError> {
+    Ok(ctx.store.trust_anchors().list().await?)
 }
 
 /// What an anchor vouches for, as the operator reads it.

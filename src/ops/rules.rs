@@ -1,0 +1,172 @@
+//! Policy rules (DESIGN §3): add (at priority 1), move, remove, enable, disable,
+//! list, and `explain` (read only: which rule decides for a sender and a recipient,
+//! and why).
+
+use super::input::{self, invalid};
+use super::{Actor, OpError, Ops, audit};
+use crate::policy::{Action, Direction, Matcher, Rule};
+use crate::relay::explain::Explanation;
+use crate::store::{NewRule, Store};
+
+/// `rule add`: the matchers and the action as an operator writes them.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+pub struct AddRule {
+    /// `inbound` or `outbound`.
+    pub direction: String,
+    /// Sender matcher: `anyone`, `managed`, `mailbox:ADDRESS`, `address:ADDRESS`,
+    /// `domain:DOMAIN`; a bare address is the managed mailbox when there is one, else
+    /// the external address.
+    pub from: String,
+    /// Recipient matcher (same forms).
+    pub to: String,
+    /// An action of the direction (or `undefined`).
+    pub action: String,
+    #[serde(default)]
+    pub comment: String,
+}
+
+/// `rule move`.
+#[derive(Debug, Clone, Copy, serde::Deserialize)]
+pub struct MoveRule {
+    pub id: i64,
+    /// 1 is the highest; beyond the last rule means last.
+    pub priority: i64,
+}
+
+/// `rule explain`.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+pub struct Explain {
+    pub from: String,
+    pub to: String,
+}
+
+/// Adds a rule at priority 1 (the others move down one). Refuses an unknown
+/// direction or action, an action of the other direction, a matcher that does not
+/// parse, and `mailbox:` naming an address that is not a managed mailbox.
+pub async fn add(ctx: &Ops<'_>, actor: &Actor, input: AddRule) -> Result<Rule, OpError> {
+    let direction = Direction::parse(&input.direction).map_err(invalid)?;
+    let rule = NewRule {
+        direction,
+        sender: matcher(ctx.store, &input.from).await?,
+        recipient: matcher(ctx.store, &input.to).await?,
+        action: Action::parse(&input.action, direction).map_err(invalid)?,
+        comment: input.comment,
+    };
+    let added = ctx.store.rules().add(&rule).await?;
+    audit(
+        ctx.store,
+        actor,
+        "rule.add",
+        &added.id.to_string(),
+        &describe(&added),
+    )
+    .await?;
+    Ok(added)
+}
+
+/// Moves a rule to another priority (clamped to 1..=number of rules).
+pub async fn move_to(ctx: &Ops<'_>, actor: &Actor, input: MoveRule) -> Result<Rule, OpError> {
+    let moved = ctx.store.rules().move_to(input.id, input.priority).await?;
+    let detail = format!("priority={}", moved.priority);
+    audit(
+        ctx.store,
+        actor,
+        "rule.move",
+        &moved.id.to_string(),
+        &detail,
+    )
+    .await?;
+    Ok(moved)
+}
+
+/// Removes a rule; the lower ones move up one.
+pub async fn remove(ctx: &Ops<'_>, actor: &Actor, id: i64) -> Result<Rule, OpError> {
+    let removed = ctx.store.rules().remove(id).await?;
+    audit(
+        ctx.store,
+        actor,
+        "rule.remove",
+        &id.to_string(),
+        &describe(&removed),
+    )
+    .await?;
+    Ok(removed)
+}
+
+/// Puts a disabled rule back in force.
+pub async fn enable(ctx: &Ops<'_>, actor: &Actor, id: i64) -> Result<Rule, OpError> {
+    set_enabled(ctx, actor, id, true).await
+}
+
+/// Keeps a rule but skips it.
+pub async fn disable(ctx: &Ops<'_>, actor: &Actor, id: i64) -> Result<Rule, OpError> {
+    set_enabled(ctx, actor, id, false).await
+}
+
+async fn set_enabled(
+    ctx: &Ops<'_>,
+    actor: &Actor,
+    id: i64,
+    enabled: bool,
+) -> Result<Rule, OpError> {
+    let rule = ctx.store.rules().set_enabled(id, enabled).await?;
+    let action = if enabled {
+        "rule.enable"
+    } else {
+        "rule.disable"
+    };
+    audit(ctx.store, actor, action, &id.to_string(), "").await?;
+    Ok(rule)
+}
+
+/// Every rule, highest priority first.
+pub async fn list(ctx: &Ops<'_>) -> Result<Vec<Rule>, OpError> {
+    Ok(ctx.store.rules().list().await?)
+}
+
+/// Which rule decides for `from → to`, what happens and why, from the data and code
+/// the relay uses.
+pub async fn explain(ctx: &Ops<'_>, input: Explain) -> Result<Explanation, OpError> {
+    let sender = input::address(&input.from)?;
+    let recipient = input::address(&input.to)?;
+    Ok(crate::relay::explain::explain(ctx.store, &sender, &recipient).await?)
+}
+
+/// A rule in one line, as the audit log and the CLI show it.
+pub fn describe(rule: &Rule) -> String {
+    format!(
+        "{} from {} to {}: {}{}",
+        rule.direction,
+        rule.sender,
+        rule.recipient,
+        rule.action,
+        if rule.comment.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", rule.comment)
+        }
+    )
+}
+
+/// A matcher as an operator writes it; a bare address means the managed mailbox when
+/// there is one, else the external address.
+async fn matcher(store: &Store, text: &str) -> Result<Matcher, OpError> {
+    if !text.contains(':') && text.contains('@') && !text.starts_with('@') {
+        let address = input::address(text)?;
+        let managed = store.mailboxes().get(&address).await?.is_some();
+        return Ok(if managed {
+            Matcher::Mailbox(address)
+        } else {
+            Matcher::Address(address)
+        });
+    }
+    let matcher = Matcher::parse(text).map_err(invalid)?;
+    if let Matcher::Mailbox(address) = &matcher
+        && store.mailboxes().get(address).await?.is_none()
+    {
+        return Err(OpError::Invalid(format!(
+            "{address} is not a managed mailbox; use address:{address} for an external address"
+        )));
+    }
+    Ok(matcher)
+}
