@@ -386,7 +386,7 @@ pub struct CaConfig {
     pub subject: String,
     pub key: KeyAlgorithm,
     pub validity_days: u32,
-    pub crl_url: String,
+    pub public_url: String,
     pub mailbox_key: KeyAlgorithm,
     pub mailbox_validity_days: u32,
 }
@@ -446,7 +446,7 @@ impl Default for CaConfig {
             subject: "CN=smimegate CA,O=smimegate".into(),
             key: KeyAlgorithm::Rsa3072,
             validity_days: 3650,
-            crl_url: "http://localhost:8080/crl/ca.crl".into(),
+            public_url: "http://localhost:8080".into(),
             mailbox_key: KeyAlgorithm::Rsa2048,
             mailbox_validity_days: 365,
         }
@@ -516,10 +516,10 @@ impl Config {
                 message: "must be at least 1".into(),
             });
         }
-        if !(self.ca.crl_url.starts_with("http://") || self.ca.crl_url.starts_with("https://")) {
+        if let Err(e) = crate::pki::urls::PkiUrls::new(&self.ca.public_url) {
             return Err(ConfigError::Invalid {
-                key: "ca.crl_url",
-                message: "must be an http:// or https:// URL".into(),
+                key: "ca.public_url",
+                message: e.to_string(),
             });
         }
         if self.limits.max_message_bytes == 0

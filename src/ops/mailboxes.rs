@@ -161,6 +161,9 @@ pub(crate) async fn issue(
         .insert(&key.id, algorithm, KeyPurpose::Mailbox, Some(mailbox_id))
         .await?;
     let ca_config = app.settings.config.ca.clone();
+    let crl_url = crate::pki::urls::PkiUrls::new(&ca_config.public_url)
+        .map_err(|e| OpError::Invalid(format!("[ca].public_url: {e}")))?
+        .issuing_crl();
     let (ca, address_for_task) = (ca.clone(), address.clone());
     let issued = app
         .hsm
@@ -171,7 +174,7 @@ pub(crate) async fn issue(
                 &address_for_task,
                 &key,
                 ca_config.mailbox_validity_days,
-                &ca_config.crl_url,
+                &crl_url,
             )
             .map_err(|e| match e {
                 IssueError::Token(h) => h,

@@ -3,3 +3,4 @@ pub mod ca;
 pub mod crl;
 pub mod profile;
 pub mod trust;
+pub mod urls;
