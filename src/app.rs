@@ -102,8 +102,9 @@ impl App {
 }
 
 impl App {
-    /// The signing identity of an active mailbox: its current certificate, the key
-    /// behind it and the CA chain.
+    /// The signing identity of an active mailbox: its current certificate (the newest
+    /// valid one with a key in the token, issued by our CA or uploaded), the key behind
+    /// it and its chain.
     pub async fn signer_for(
         &self,
         address: &Address,
@@ -118,7 +119,7 @@ impl App {
         let cert = self
             .store
             .certificates()
-            .current(address.as_str(), CertificateSource::Issued)
+            .current_signing(address.as_str())
             .await?
             .ok_or_else(|| {
                 AppError::Refused(format!("mailbox {address} has no valid certificate"))
@@ -134,13 +135,28 @@ impl App {
             .ok_or_else(|| StoreError::Corrupt(format!("key of {address} is not recorded")))?;
         let certificate = Certificate::from_der(&cert.record.der)
             .map_err(|e| StoreError::Corrupt(format!("certificate of {address}: {e}")))?;
-        let ca = self.ca().await?;
+        // Issued: our CA. Uploaded: the chain that came with it, as far as stored.
+        let chain = if cert.source == CertificateSource::Issued {
+            vec![self.ca().await?.certificate]
+        } else {
+            self.store
+                .certificates()
+                .chain_of(&cert)
+                .await?
+                .iter()
+                .map(|c| {
+                    Certificate::from_der(&c.record.der).map_err(|e| {
+                        StoreError::Corrupt(format!("chain certificate {}: {e}", c.id))
+                    })
+                })
+                .collect::<Result<_, _>>()?
+        };
         Ok(crate::smime::SignerIdentity {
             key_id: key.key_id()?,
             key_algorithm: key.algorithm,
             scheme: ca::default_scheme(key.algorithm),
             certificate,
-            chain: vec![ca.certificate],
+            chain,
         })
     }
 }

@@ -6,10 +6,12 @@
 mod bench;
 mod certs;
 mod domains;
+mod identities;
 mod load;
 mod mailboxes;
 mod relay;
 mod rules;
+mod secrets;
 pub mod serve;
 mod smime;
 mod smime_bench;

@@ -33,7 +33,9 @@
 //!   for the CLI and the console.
 
 mod actor;
+pub mod certs;
 pub mod domains;
+pub mod identities;
 pub mod input;
 pub mod mailboxes;
 pub mod password;

@@ -253,6 +253,19 @@ impl Verification {
     }
 }
 
+/// Checks a partner's certificate for receiving encrypted mail, as the harvester
+/// accepts one from a signed message: a path through `carried` to an anchor whose
+/// scope covers every address it certifies, valid now, not revoked by the context's
+/// CRLs, emailProtection if it names extended usages, a key usage for encryption.
+/// Returns the SHA-256 fingerprint of the anchor that vouched, or the verdict and why.
+pub fn check_partner_certificate(
+    cert: &Certificate,
+    carried: &[Certificate],
+    ctx: &VerifyContext<'_>,
+) -> Result<String, (Verdict, String)> {
+    chain::check(cert, carried, None, chain::Purpose::Encryption, ctx)
+}
+
 /// Whether `message` claims to be signed (top-level multipart/signed or opaque
 /// signed-data); it may still turn out malformed.
 pub fn claims_signed(message: &[u8]) -> bool {

@@ -1,0 +1,809 @@
+//! Identities from elsewhere, through the binary as an operator uses it: PKCS#12 files
+//! made by openssl 3 (default and `-legacy`) imported, then signing (checked by
+//! `openssl cms -verify`) and decrypting (mail encrypted by `openssl cms -encrypt`);
+//! the imported key's custody (the token's own report and pkcs11-tool); refused
+//! imports leaving nothing behind; the external-CA path (`mailbox csr`, an openssl
+//! CA, `mailbox import --certificate`); partners' certificates imported from PEM, DER
+//! and .p7c, listed and removed.
+
+mod common;
+
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use common::{OpensslCa, run, run_ok, smimegate, smimegate_ok};
+
+const IDENTITY_EXT: &str = "basicConstraints=CA:FALSE\n\
+keyUsage=critical,digitalSignature,keyEncipherment\n\
+extendedKeyUsage=emailProtection\n";
+
+fn initialised(dir: &Path) -> PathBuf {
+    let data = dir.join("var");
+    let out = smimegate_ok(&data, &["init"]);
+    assert!(out.contains("created CA"), "{out}");
+    smimegate_ok(
+        &data,
+        &[
+            "domain",
+            "add",
+            "corp.example",
+            "--next-hop",
+            "127.0.0.1:2525",
+        ],
+    );
+    data
+}
+
+fn p(path: &Path) -> String {
+    path.display().to_string()
+}
+
+/// An identity for `address` from `ca`: (key file, certificate file).
+fn identity(ca: &OpensslCa, name: &str, address: &str, eku: &str) -> (String, String) {
+    let ext =
+        IDENTITY_EXT.replace("emailProtection", eku) + &format!("subjectAltName=email:{address}\n");
+    ca.issue(name, "rsa:2048", &ext)
+}
+
+/// `openssl pkcs12 -export` of key, certificate and the CA as chain.
+fn pkcs12(
+    dir: &Path,
+    name: &str,
+    key: &str,
+    cert: &str,
+    ca: &OpensslCa,
+    password: &str,
+    legacy: bool,
+) -> PathBuf {
+    let out = dir.join(format!("{name}.p12"));
+    let pass = format!("pass:{password}");
+    let mut args = vec![
+        "pkcs12",
+        "-export",
+        "-inkey",
+        key,
+        "-in",
+        cert,
+        "-certfile",
+        &ca.cert,
+        "-passout",
+        &pass,
+    ];
+    let out_s = p(&out);
+    args.extend(["-out", &out_s]);
+    if legacy {
+        args.push("-legacy");
+    }
+    run_ok("openssl", &args);
+    out
+}
+
+fn private_file(path: &Path, text: &str) {
+    std::fs::write(path, text).expect("write");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+}
+
+fn smimegate_stdin(data: &Path, args: &[&str], input: &[u8]) -> std::process::Output {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_smimegate"))
+        .arg("--data-dir")
+        .arg(data)
+        .args(args)
+        .env_remove("SMIMEGATE_HSM_PIN")
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run smimegate");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input)
+        .expect("write stdin");
+    child.wait_with_output().expect("wait")
+}
+
+/// An operator's mistake: exit 2, one line on stderr naming `expected`.
+fn assert_refused(out: &std::process::Output, expected: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "expected one line, got: {stderr}");
+    assert!(
+        lines[0].contains(expected),
+        "expected '{expected}' in: {stderr}"
+    );
+}
+
+/// (keys, certificates, audit rows) in the database.
+fn rows(data: &Path) -> (i64, i64, i64) {
+    let url = format!("sqlite://{}", data.join("smimegate.db").display());
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let store = smimegate::store::Store::connect(&url, 1, std::time::Duration::from_secs(5))
+            .await
+            .expect("database");
+        let count = |table: &str| {
+            let sql = format!("SELECT COUNT(*) FROM {table}");
+            let pool = store.pool().clone();
+            async move {
+                sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql))
+                    .fetch_one(&pool)
+                    .await
+                    .expect("count")
+            }
+        };
+        let counts = (
+            count("keys").await,
+            count("certificates").await,
+            count("audit_log").await,
+        );
+        store.close().await;
+        counts
+    })
+}
+
+/// `pkcs11-tool --list-objects` (every object) on the data directory's token.
+fn token_objects(data: &Path) -> String {
+    let pin = std::fs::read_to_string(data.join("hsm-user.pin")).expect("pin");
+    let out = std::process::Command::new("pkcs11-tool")
+        .env("SOFTHSM2_CONF", data.join("softhsm2.conf"))
+        .args([
+            "--module",
+            &common::module().display().to_string(),
+            "--token-label",
+            "smimegate",
+            "--login",
+            "--pin",
+            pin.trim(),
+            "--list-objects",
+        ])
+        .output()
+        .expect("pkcs11-tool (opensc)");
+    let listing = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{listing}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    listing
+}
+
+fn count_objects(listing: &str) -> usize {
+    listing.matches("Private Key Object").count() + listing.matches("Public Key Object").count()
+}
+
+fn mailbox_state(data: &Path, address: &str) -> String {
+    let list = smimegate_ok(data, &["mailbox", "list", "--json"]);
+    let rows: serde_json::Value = serde_json::from_str(&list).expect("json");
+    rows.as_array()
+        .expect("array")
+        .iter()
+        .find(|m| m["address"] == address)
+        .map(|m| m["state"].as_str().expect("state").to_string())
+        .expect("mailbox listed")
+}
+
+/// Signs a message as `address` through the binary and has openssl verify it against
+/// `ca` (the CA of the imported identity).
+fn assert_signs(data: &Path, dir: &Path, address: &str, ca: &str) {
+    let message = dir.join(format!("{address}.eml"));
+    std::fs::write(
+        &message,
+        format!("From: {address}\r\nTo: partner@partner.example\r\nSubject: signed\r\nContent-Type: text/plain\r\n\r\nSigned by {address}.\r\n"),
+    )
+    .expect("write");
+    let signed = smimegate_ok(data, &["smime", "sign", "--from", address, &p(&message)]);
+    let signed_path = dir.join(format!("{address}.signed.eml"));
+    std::fs::write(&signed_path, &signed).expect("write");
+    let signer = dir.join(format!("{address}.signer.pem"));
+    let (ok, stdout, stderr) = run(
+        "openssl",
+        &[
+            "cms",
+            "-verify",
+            "-purpose",
+            "smimesign",
+            "-CAfile",
+            ca,
+            "-in",
+            &p(&signed_path),
+            "-signer",
+            &p(&signer),
+            "-out",
+            "/dev/null",
+        ],
+    );
+    assert!(ok, "openssl cms -verify: {stderr}{stdout}");
+    assert!(stderr.contains("Verification successful"), "{stderr}");
+    let text = run_ok(
+        "openssl",
+        &[
+            "x509",
+            "-in",
+            &p(&signer),
+            "-noout",
+            "-ext",
+            "subjectAltName",
+        ],
+    );
+    assert!(text.contains(&format!("email:{address}")), "{text}");
+}
+
+/// Mail encrypted by openssl to `cert` decrypts through the binary.
+fn assert_decrypts(data: &Path, dir: &Path, address: &str, cert: &str) {
+    let plain = dir.join(format!("{address}.plain"));
+    let secret = format!("For {address} only.");
+    std::fs::write(
+        &plain,
+        format!("Content-Type: text/plain\r\n\r\n{secret}\r\n"),
+    )
+    .expect("write");
+    let enc = dir.join(format!("{address}.enc.eml"));
+    run_ok(
+        "openssl",
+        &[
+            "cms",
+            "-encrypt",
+            "-binary",
+            "-aes256",
+            "-in",
+            &p(&plain),
+            "-out",
+            &p(&enc),
+            "-recip",
+            cert,
+        ],
+    );
+    let out = smimegate_ok(data, &["smime", "decrypt", &p(&enc)]);
+    assert!(out.contains(&secret), "{out}");
+}
+
+#[test]
+fn openssl_pkcs12_default_and_legacy_import_sign_and_decrypt_with_a_custodial_key() {
+    let dir = tempfile::tempdir().expect("dir");
+    let data = initialised(dir.path());
+    let ca = OpensslCa::new(dir.path(), "external");
+    let before = rows(&data);
+    let objects_before = count_objects(&token_objects(&data));
+
+    for (local, legacy) in [("alice", false), ("bob", true)] {
+        let address = format!("{local}@corp.example");
+        smimegate_ok(&data, &["mailbox", "add", &address]);
+        let (key, cert) = identity(&ca, local, &address, "emailProtection");
+        let file = pkcs12(dir.path(), local, &key, &cert, &ca, "Geheim 123", legacy);
+        let out = if legacy {
+            // The password as one line of stdin.
+            smimegate_stdin(
+                &data,
+                &[
+                    "mailbox",
+                    "import",
+                    &address,
+                    "--pkcs12",
+                    &p(&file),
+                    "--json",
+                ],
+                b"Geheim 123\n",
+            )
+        } else {
+            let pw = dir.path().join("pw");
+            private_file(&pw, "Geheim 123\n");
+            smimegate_stdin(
+                &data,
+                &[
+                    "mailbox",
+                    "import",
+                    &address,
+                    "--pkcs12",
+                    &p(&file),
+                    "--password-file",
+                    &p(&pw),
+                    "--json",
+                ],
+                b"",
+            )
+        };
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(!stdout.contains("PRIVATE"), "{stdout}");
+        let imported: serde_json::Value = serde_json::from_str(&stdout).expect("json");
+        assert_eq!(imported["state"], "active");
+        assert_eq!(imported["certificate"]["source"], "uploaded");
+        assert_eq!(imported["chain"], 1, "{imported}");
+        assert_eq!(mailbox_state(&data, &address), "active");
+
+        // The key: sensitive, not extractable, its secret refused: the token's
+        // own report, and pkcs11-tool as an outside witness.
+        let key_id = imported["key_id"].as_str().expect("key id").to_string();
+        let custody = smimegate_ok(&data, &["token", "custody", "--json"]);
+        let custody: serde_json::Value = serde_json::from_str(&custody).expect("json");
+        let report = custody["keys"]
+            .as_array()
+            .expect("keys")
+            .iter()
+            .find(|k| k["id"] == key_id.as_str())
+            .unwrap_or_else(|| panic!("key {key_id} not in custody report"));
+        assert_eq!(report["sensitive"], true, "{report}");
+        assert_eq!(report["extractable"], false, "{report}");
+        assert_eq!(report["private"], true, "{report}");
+        assert_eq!(report["local"], false, "imported, not generated: {report}");
+        assert_eq!(report["read_secret"]["outcome"], "refused", "{report}");
+        let listing = token_objects(&data);
+        let entry = listing
+            .split("Private Key Object")
+            .find(|k| k.contains(&key_id))
+            .unwrap_or_else(|| panic!("no private key {key_id}: {listing}"));
+        assert!(entry.contains("Access:     sensitive"), "{entry}");
+        assert!(
+            !entry.contains(" extractable") || entry.contains("never extractable"),
+            "{entry}"
+        );
+
+        assert_signs(&data, dir.path(), &address, &ca.cert);
+        assert_decrypts(&data, dir.path(), &address, &cert);
+        // What cert show prints: the uploaded leaf and its chain, nothing private.
+        let pem = smimegate_ok(&data, &["cert", "show", &address, "--pem"]);
+        assert_eq!(pem.matches("BEGIN CERTIFICATE").count(), 2, "{pem}");
+        assert!(!pem.contains("PRIVATE"), "{pem}");
+    }
+
+    let after = rows(&data);
+    // Two keys, two leaves and the one chain certificate they share; two audit rows
+    // (mailbox.add is audited too).
+    assert_eq!(after.0, before.0 + 2);
+    assert_eq!(after.1, before.1 + 3);
+    assert_eq!(count_objects(&token_objects(&data)), objects_before + 4);
+    let managed = smimegate_ok(&data, &["cert", "list", "--managed", "--json"]);
+    let managed: serde_json::Value = serde_json::from_str(&managed).expect("json");
+    let uploaded: Vec<&serde_json::Value> = managed
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter(|c| c["source"] == "uploaded" && c["kind"] == "managed")
+        .collect();
+    assert_eq!(uploaded.len(), 2, "{managed}");
+    // Importing the same file again is refused; nothing changes.
+    let pw = dir.path().join("pw");
+    let again = smimegate(
+        &data,
+        &[
+            "mailbox",
+            "import",
+            "alice@corp.example",
+            "--pkcs12",
+            &p(&dir.path().join("alice.p12")),
+            "--password-file",
+            &p(&pw),
+        ],
+    );
+    assert_refused(&again, "already exists");
+    assert_eq!(rows(&data).0, after.0);
+}
+
+#[test]
+fn refused_imports_say_why_in_one_line_and_leave_nothing_behind() {
+    let dir = tempfile::tempdir().expect("dir");
+    let data = initialised(dir.path());
+    let ca = OpensslCa::new(dir.path(), "external");
+    smimegate_ok(&data, &["mailbox", "add", "alice@corp.example"]);
+    let pw = dir.path().join("pw");
+    private_file(&pw, "right password\n");
+    let wrong_pw = dir.path().join("wrong");
+    private_file(&wrong_pw, "wrong password\n");
+
+    let (key, cert) = identity(&ca, "alice", "alice@corp.example", "emailProtection");
+    let good = pkcs12(
+        dir.path(),
+        "alice",
+        &key,
+        &cert,
+        &ca,
+        "right password",
+        false,
+    );
+    let good_legacy = pkcs12(
+        dir.path(),
+        "alice-legacy",
+        &key,
+        &cert,
+        &ca,
+        "right password",
+        true,
+    );
+    let (key, cert) = identity(&ca, "carol", "carol@corp.example", "emailProtection");
+    let other_address = pkcs12(
+        dir.path(),
+        "carol",
+        &key,
+        &cert,
+        &ca,
+        "right password",
+        false,
+    );
+    let (key, cert) = identity(&ca, "tls", "alice@corp.example", "clientAuth");
+    let not_email = pkcs12(dir.path(), "tls", &key, &cert, &ca, "right password", false);
+    let corrupt = dir.path().join("corrupt.p12");
+    let mut bytes = std::fs::read(&good).expect("read");
+    bytes.truncate(bytes.len() / 2);
+    std::fs::write(&corrupt, &bytes).expect("write");
+    let flipped = dir.path().join("flipped.p12");
+    let mut bytes = std::fs::read(&good).expect("read");
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x55;
+    std::fs::write(&flipped, &bytes).expect("write");
+
+    let before = rows(&data);
+    let objects_before = count_objects(&token_objects(&data));
+    for (file, password, expected) in [
+        (&good, &wrong_pw, "wrong password"),
+        (&good_legacy, &wrong_pw, "wrong password"),
+        (&other_address, &pw, "not for alice@corp.example"),
+        (&not_email, &pw, "not for email protection"),
+        (&corrupt, &pw, "not a readable PKCS#12 file"),
+        (&flipped, &pw, "PKCS#12"),
+    ] {
+        let out = smimegate(
+            &data,
+            &[
+                "mailbox",
+                "import",
+                "alice@corp.example",
+                "--pkcs12",
+                &p(file),
+                "--password-file",
+                &p(password),
+            ],
+        );
+        assert_refused(&out, expected);
+        assert_eq!(
+            rows(&data),
+            before,
+            "rows left behind by {}",
+            file.display()
+        );
+        assert_eq!(
+            count_objects(&token_objects(&data)),
+            objects_before,
+            "token objects left behind by {}",
+            file.display()
+        );
+        assert_eq!(mailbox_state(&data, "alice@corp.example"), "inactive");
+    }
+    // The certificate path refuses a certificate no request was made for.
+    let out = smimegate(
+        &data,
+        &[
+            "mailbox",
+            "import",
+            "alice@corp.example",
+            "--certificate",
+            &cert,
+        ],
+    );
+    assert_refused(&out, "mailbox csr");
+    assert_eq!(rows(&data), before);
+    // And the right password still works afterwards.
+    smimegate_ok(
+        &data,
+        &[
+            "mailbox",
+            "import",
+            "alice@corp.example",
+            "--pkcs12",
+            &p(&good),
+            "--password-file",
+            &p(&pw),
+        ],
+    );
+    assert_eq!(mailbox_state(&data, "alice@corp.example"), "active");
+}
+
+#[test]
+fn a_request_signed_in_the_token_certified_by_an_external_ca_imports_and_signs() {
+    let dir = tempfile::tempdir().expect("dir");
+    let data = initialised(dir.path());
+    let ca = OpensslCa::new(dir.path(), "external");
+    smimegate_ok(&data, &["mailbox", "add", "dave@corp.example"]);
+    let objects_before = count_objects(&token_objects(&data));
+
+    let csr = smimegate_ok(&data, &["mailbox", "csr", "dave@corp.example"]);
+    assert!(
+        csr.starts_with("-----BEGIN CERTIFICATE REQUEST-----"),
+        "{csr}"
+    );
+    assert!(!csr.contains("PRIVATE"), "{csr}");
+    assert_eq!(mailbox_state(&data, "dave@corp.example"), "pending");
+    assert_eq!(count_objects(&token_objects(&data)), objects_before + 2);
+    let csr_path = dir.path().join("dave.csr");
+    std::fs::write(&csr_path, &csr).expect("write");
+    // openssl checks the request's signature (made in the token) and reads it.
+    let (ok, stdout, stderr) = run(
+        "openssl",
+        &["req", "-in", &p(&csr_path), "-verify", "-noout", "-text"],
+    );
+    assert!(ok, "{stderr}");
+    assert!(
+        stderr.contains("verify OK") || stdout.contains("verify OK"),
+        "{stderr}{stdout}"
+    );
+    assert!(stdout.contains("email:dave@corp.example"), "{stdout}");
+    assert!(stdout.contains("E-mail Protection"), "{stdout}");
+
+    // The external CA certifies it (its own choice of extensions).
+    let ext = dir.path().join("dave.ext");
+    std::fs::write(
+        &ext,
+        format!("{IDENTITY_EXT}subjectAltName=email:dave@corp.example\n"),
+    )
+    .expect("write");
+    let cert = dir.path().join("dave.pem");
+    run_ok(
+        "openssl",
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &p(&csr_path),
+            "-CA",
+            &ca.cert,
+            "-CAkey",
+            &ca.key,
+            "-CAcreateserial",
+            "-days",
+            "10",
+            "-out",
+            &p(&cert),
+            "-extfile",
+            &p(&ext),
+        ],
+    );
+    // A certificate for another key is refused: the request's key is the only one.
+    let (_, stranger) = identity(&ca, "stranger", "dave@corp.example", "emailProtection");
+    let out = smimegate(
+        &data,
+        &[
+            "mailbox",
+            "import",
+            "dave@corp.example",
+            "--certificate",
+            &stranger,
+        ],
+    );
+    assert_refused(&out, "does not match a key requested");
+    assert_eq!(mailbox_state(&data, "dave@corp.example"), "pending");
+
+    // The certificate and the CA as chain, in one PEM file.
+    let bundle = dir.path().join("dave-bundle.pem");
+    let text = std::fs::read_to_string(&cert).expect("read")
+        + &std::fs::read_to_string(&ca.cert).expect("read");
+    std::fs::write(&bundle, text).expect("write");
+    let out = smimegate_ok(
+        &data,
+        &[
+            "mailbox",
+            "import",
+            "dave@corp.example",
+            "--certificate",
+            &p(&bundle),
+        ],
+    );
+    assert!(out.contains("imported dave@corp.example"), "{out}");
+    assert!(out.contains("1 chain certificate"), "{out}");
+    assert_eq!(mailbox_state(&data, "dave@corp.example"), "active");
+    // No further key: the one made for the request signs.
+    assert_eq!(count_objects(&token_objects(&data)), objects_before + 2);
+    assert_signs(&data, dir.path(), "dave@corp.example", &ca.cert);
+    assert_decrypts(&data, dir.path(), "dave@corp.example", &p(&cert));
+    // Generated in the token: always sensitive, never extractable.
+    let listing = token_objects(&data);
+    let entry = listing
+        .split("Private Key Object")
+        .find(|k| k.contains("dave@corp.example"))
+        .expect("dave's key");
+    assert!(
+        entry.contains("Access:     sensitive, always sensitive, never extractable"),
+        "{entry}"
+    );
+}
+
+#[test]
+fn partner_certificates_import_from_pem_der_and_p7c_list_and_remove() {
+    let dir = tempfile::tempdir().expect("dir");
+    let data = initialised(dir.path());
+    let partner = OpensslCa::new(dir.path(), "partner");
+    let stranger = OpensslCa::new(dir.path(), "stranger");
+    let out = smimegate_ok(
+        &data,
+        &["trust", "add", &partner.cert, "--domain", "partner.example"],
+    );
+    assert!(out.contains("partner"), "{out}");
+    let partner_ext = |address: &str| {
+        format!(
+            "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=emailProtection\nsubjectAltName=email:{address}\n"
+        )
+    };
+    let (_, p1) = partner.issue("p1", "rsa:2048", &partner_ext("p1@partner.example"));
+    let (_, p2) = partner.issue("p2", "rsa:2048", &partner_ext("p2@partner.example"));
+    let (_, p3) = partner.issue("p3", "rsa:2048", &partner_ext("p3@partner.example"));
+    let (_, p4) = partner.issue("p4", "rsa:2048", &partner_ext("p4@partner.example"));
+    let p2_der = dir.path().join("p2.der");
+    run_ok(
+        "openssl",
+        &["x509", "-in", &p2, "-outform", "DER", "-out", &p(&p2_der)],
+    );
+    let bundle = dir.path().join("p34.p7c");
+    run_ok(
+        "openssl",
+        &[
+            "crl2pkcs7",
+            "-nocrl",
+            "-certfile",
+            &p3,
+            "-certfile",
+            &p4,
+            "-certfile",
+            &partner.cert,
+            "-outform",
+            "DER",
+            "-out",
+            &p(&bundle),
+        ],
+    );
+
+    let out = smimegate_ok(&data, &["cert", "import", &p1]);
+    assert!(
+        out.starts_with("imported") && out.contains("p1@partner.example"),
+        "{out}"
+    );
+    let out = smimegate_ok(&data, &["cert", "import", &p(&p2_der)]);
+    assert!(out.contains("p2@partner.example"), "{out}");
+    let out = smimegate_ok(&data, &["cert", "import", &p(&bundle), "--json"]);
+    let outcomes: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let outcomes = outcomes.as_array().expect("array");
+    assert_eq!(outcomes.len(), 3, "{out}");
+    assert_eq!(
+        outcomes
+            .iter()
+            .filter(|o| o["outcome"] == "imported")
+            .count(),
+        2,
+        "{out}"
+    );
+    assert_eq!(
+        outcomes
+            .iter()
+            .filter(|o| o["outcome"] == "skipped")
+            .count(),
+        1,
+        "{out}"
+    );
+    // Again: known, nothing added.
+    let out = smimegate_ok(&data, &["cert", "import", &p1]);
+    assert!(out.starts_with("known"), "{out}");
+
+    // Refused: a CA nobody trusts; a trusted partner CA certifying a managed address
+    // or an address outside its scope; a file that is no certificate.
+    let before = rows(&data);
+    let (_, untrusted) = stranger.issue("x", "rsa:2048", &partner_ext("x@partner.example"));
+    assert_refused(
+        &smimegate(&data, &["cert", "import", &untrusted]),
+        "untrusted",
+    );
+    let (_, ours) = partner.issue("ours", "rsa:2048", &partner_ext("alice@corp.example"));
+    assert_refused(
+        &smimegate(&data, &["cert", "import", &ours]),
+        "managed domain",
+    );
+    let (_, elsewhere) = partner.issue("else", "rsa:2048", &partner_ext("x@other.example"));
+    assert_refused(
+        &smimegate(&data, &["cert", "import", &elsewhere]),
+        "not trusted for other.example",
+    );
+    let junk = dir.path().join("junk.pem");
+    std::fs::write(
+        &junk,
+        "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+    )
+    .expect("write");
+    assert_refused(
+        &smimegate(&data, &["cert", "import", &p(&junk)]),
+        "only public certificates",
+    );
+    assert_eq!(rows(&data), before);
+
+    // Listing and filters.
+    let list = |args: &[&str]| -> Vec<serde_json::Value> {
+        let mut all = vec!["cert", "list", "--json"];
+        all.extend_from_slice(args);
+        let out = smimegate_ok(&data, &all);
+        serde_json::from_str::<serde_json::Value>(&out)
+            .expect("json")
+            .as_array()
+            .expect("array")
+            .clone()
+    };
+    let partners = list(&["--partner"]);
+    assert_eq!(partners.len(), 4, "{partners:?}");
+    assert!(
+        partners
+            .iter()
+            .all(|c| c["source"] == "uploaded" && c["revoked"] == false)
+    );
+    let managed = list(&["--managed"]);
+    assert!(
+        managed.iter().all(|c| c["kind"] != "partner"),
+        "{managed:?}"
+    );
+    assert!(managed.iter().any(|c| c["source"] == "ca"), "{managed:?}");
+    let p1_rows = list(&["--address", "p1@partner.example"]);
+    assert_eq!(p1_rows.len(), 1, "{p1_rows:?}");
+    let table = smimegate_ok(&data, &["cert", "list", "--partner"]);
+    assert!(
+        table.contains("p3@partner.example") && table.contains("4 certificate(s)"),
+        "{table}"
+    );
+
+    // Remove: a partner's certificate goes; ours and the trust anchor stay.
+    let fingerprint = p1_rows[0]["fingerprint"].as_str().expect("fp").to_string();
+    let out = smimegate_ok(&data, &["cert", "remove", &fingerprint]);
+    assert!(out.contains("p1@partner.example"), "{out}");
+    assert_eq!(list(&["--partner"]).len(), 3);
+    assert_refused(
+        &smimegate(&data, &["cert", "remove", &fingerprint]),
+        "no certificate",
+    );
+    let ca_fp = managed
+        .iter()
+        .find(|c| c["source"] == "ca")
+        .and_then(|c| c["fingerprint"].as_str())
+        .expect("CA fingerprint")
+        .to_string();
+    assert_refused(
+        &smimegate(&data, &["cert", "remove", &ca_fp]),
+        "only partners' certificates",
+    );
+    let anchor = list(&[])
+        .into_iter()
+        .find(|c| c["kind"] == "trust-anchor")
+        .expect("anchor");
+    assert_refused(
+        &smimegate(
+            &data,
+            &[
+                "cert",
+                "remove",
+                anchor["fingerprint"].as_str().expect("fp"),
+            ],
+        ),
+        "only partners' certificates",
+    );
+    // Audit: two imports per command that imported, one removal.
+    let url = format!("sqlite://{}", data.join("smimegate.db").display());
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let actions: Vec<String> = runtime.block_on(async {
+        let store = smimegate::store::Store::connect(&url, 1, std::time::Duration::from_secs(5))
+            .await
+            .expect("database");
+        let rows = store.audit().recent(100).await.expect("audit");
+        store.close().await;
+        rows.into_iter().map(|r| r.action).collect()
+    });
+    assert_eq!(
+        actions.iter().filter(|a| *a == "cert.import").count(),
+        4,
+        "{actions:?}"
+    );
+    assert_eq!(
+        actions.iter().filter(|a| *a == "cert.remove").count(),
+        1,
+        "{actions:?}"
+    );
+}
