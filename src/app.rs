@@ -135,21 +135,11 @@ impl App {
             .ok_or_else(|| StoreError::Corrupt(format!("key of {address} is not recorded")))?;
         let certificate = Certificate::from_der(&cert.record.der)
             .map_err(|e| StoreError::Corrupt(format!("certificate of {address}: {e}")))?;
-        // Issued: our CA. Uploaded: the chain that came with it, as far as stored.
+        // Issued: our CA. Uploaded: the chain that came with it.
         let chain = if cert.source == CertificateSource::Issued {
             vec![self.ca().await?.certificate]
         } else {
-            self.store
-                .certificates()
-                .chain_of(&cert)
-                .await?
-                .iter()
-                .map(|c| {
-                    Certificate::from_der(&c.record.der).map_err(|e| {
-                        StoreError::Corrupt(format!("chain certificate {}: {e}", c.id))
-                    })
-                })
-                .collect::<Result<_, _>>()?
+            self.store.certificates().chain_of(&cert).await?
         };
         Ok(crate::smime::SignerIdentity {
             key_id: key.key_id()?,

@@ -153,9 +153,7 @@ async fn show(store: &Store, address: &Address, pem: bool) -> Result<()> {
     };
     let mut chain = vec![Certificate::from_der(&leaf.record.der)?];
     if leaf.source == CertificateSource::Uploaded {
-        for c in store.certificates().chain_of(&leaf).await? {
-            chain.push(Certificate::from_der(&c.record.der)?);
-        }
+        chain.extend(store.certificates().chain_of(&leaf).await?);
     } else if let Some(ca) = app::load_ca(store)
         .await?
         .filter(|ca| leaf.record.issuer == ca.certificate.tbs_certificate().subject().to_string())

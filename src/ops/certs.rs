@@ -28,7 +28,7 @@ pub enum Kind {
     #[default]
     All,
     /// Ours: the CA's, managed mailboxes' (issued or uploaded, with a key in the
-    /// token), and the chain certificates uploaded with them.
+    /// token).
     Managed,
     /// Partners': harvested from signed mail or imported with `cert import`.
     Partner,
@@ -49,7 +49,7 @@ pub struct CertificateView {
     pub fingerprint: String,
     pub address: Option<String>,
     pub source: CertificateSource,
-    /// `managed`, `chain`, `partner` or `trust-anchor`.
+    /// `managed`, `partner` or `trust-anchor`.
     pub kind: &'static str,
     pub subject: String,
     pub issuer: String,
@@ -74,7 +74,6 @@ fn kind_of(cert: &StoredCertificate) -> &'static str {
         CertificateSource::TrustAnchor => "trust-anchor",
         CertificateSource::Ca | CertificateSource::Issued => "managed",
         _ if cert.key_id.is_some() => "managed",
-        CertificateSource::Uploaded if cert.owner_address.is_none() => "chain",
         _ => "partner",
     }
 }
@@ -94,7 +93,7 @@ pub async fn list(
         .into_iter()
         .filter(|c| match filter.kind {
             Kind::All => true,
-            Kind::Managed => matches!(kind_of(c), "managed" | "chain"),
+            Kind::Managed => kind_of(c) == "managed",
             Kind::Partner => kind_of(c) == "partner",
         })
         .map(|c| CertificateView {
@@ -231,7 +230,7 @@ fn check_partner(
 }
 
 /// Removes a partner's certificate by its SHA-256 fingerprint (hex; colons and case
-/// ignored). Never one of ours, a chain certificate or a trust anchor.
+/// ignored). Never one of ours or a trust anchor.
 pub async fn remove(
     ctx: &Ops<'_>,
     actor: &Actor,

@@ -391,8 +391,7 @@ pub struct NewIdentity<'a> {
     pub key: IdentityKey<'a>,
     pub certificate: &'a Certificate,
     pub source: CertificateSource,
-    /// CA certificates sent with it (kept to send in signed mail); ones known already
-    /// are left as they are.
+    /// CA certificates sent with it, nearest first (kept with it, sent in signed mail).
     pub chain: &'a [Certificate],
     /// The mailbox must be in `from`; it ends in `to` (may be the same).
     pub from: super::MailboxState,
@@ -463,38 +462,18 @@ impl Certificates<'_> {
             format!("certificate {}", record.fingerprint_sha256)
         }))?;
         let stored = row_to_certificate(&row)?;
-        for ca in identity.chain {
-            let chain = CertificateRecord::from_certificate(ca)?;
-            let known: Option<i64> = sqlx::query_scalar(
-                "SELECT id FROM certificates WHERE fingerprint_sha256 = $1 OR (issuer = $2 AND serial = $3)",
-            )
-            .bind(&chain.fingerprint_sha256)
-            .bind(&chain.issuer)
-            .bind(&chain.serial)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(db("looking up a chain certificate"))?;
-            if known.is_some() {
-                continue;
-            }
-            sqlx::query(
-                "INSERT INTO certificates (der, subject, issuer, serial, not_before, not_after, fingerprint_sha256, \
-                 source, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-            )
-            .bind(chain.der.clone())
-            .bind(chain.subject.clone())
-            .bind(chain.issuer.clone())
-            .bind(chain.serial.clone())
-            .bind(chain.not_before)
-            .bind(chain.not_after)
-            .bind(chain.fingerprint_sha256.clone())
-            .bind(identity.source.as_str())
-            .bind(at)
-            .execute(&mut *tx)
-            .await
-            .map_err(query_error("storing a chain certificate", || {
-                format!("certificate {}", chain.fingerprint_sha256)
-            }))?;
+        if !identity.chain.is_empty() {
+            let chain = identity
+                .chain
+                .to_vec()
+                .to_der()
+                .map_err(|e| StoreError::Corrupt(format!("chain does not encode: {e}")))?;
+            sqlx::query("UPDATE certificates SET chain = $1 WHERE id = $2")
+                .bind(chain)
+                .bind(stored.id)
+                .execute(&mut *tx)
+                .await
+                .map_err(db("storing the chain"))?;
         }
         let moved = sqlx::query(
             "UPDATE mailboxes SET state = $1, \
@@ -587,33 +566,22 @@ impl Certificates<'_> {
         row.as_ref().map(row_to_certificate).transpose()
     }
 
-    /// The CA certificates above `cert` as far as they are stored (uploaded with an
-    /// identity, trust anchors, the built-in CA), found by issuer name, nearest first;
-    /// stops at a self-signed certificate.
-    pub async fn chain_of(&self, cert: &StoredCertificate) -> Result<Vec<StoredCertificate>> {
-        let mut chain: Vec<StoredCertificate> = Vec::new();
-        let mut issuer = cert.record.issuer.clone();
-        let mut subject = cert.record.subject.clone();
-        while issuer != subject && chain.len() < 5 {
-            let row = sqlx::query(AssertSqlSafe(format!(
-                "SELECT {COLUMNS} FROM certificates WHERE subject = $1 \
-                 AND source IN ('uploaded', 'trust-anchor', 'ca') AND owner_address IS NULL \
-                 ORDER BY not_after DESC, id DESC LIMIT 1"
-            )))
-            .bind(&issuer)
-            .fetch_optional(self.pool)
-            .await
-            .map_err(db("reading a chain certificate"))?;
-            let Some(row) = row else { break };
-            let next = row_to_certificate(&row)?;
-            if chain.iter().any(|c| c.id == next.id) {
-                break;
-            }
-            issuer = next.record.issuer.clone();
-            subject = next.record.subject.clone();
-            chain.push(next);
+    /// The CA certificates uploaded with identity `cert`, nearest first (none for
+    /// issued certificates and partners').
+    pub async fn chain_of(&self, cert: &StoredCertificate) -> Result<Vec<Certificate>> {
+        use der::Decode;
+        let chain: Option<Vec<u8>> =
+            sqlx::query_scalar("SELECT chain FROM certificates WHERE id = $1")
+                .bind(cert.id)
+                .fetch_optional(self.pool)
+                .await
+                .map_err(db("reading the chain"))?
+                .flatten();
+        match chain {
+            None => Ok(Vec::new()),
+            Some(der) => Vec::<Certificate>::from_der(&der)
+                .map_err(|e| StoreError::Corrupt(format!("chain of certificate {}: {e}", cert.id))),
         }
-        Ok(chain)
     }
 
     /// The certificate with this SHA-256 fingerprint (hex, lower case).
