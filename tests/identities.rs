@@ -46,6 +46,18 @@ fn identity(ca: &OpensslCa, name: &str, address: &str, eku: &str) -> (String, St
     ca.issue(name, "rsa:2048", &ext)
 }
 
+/// A P-256 identity (key agreement) for `address` from `ca`.
+fn p256_identity(dir: &Path, ca: &OpensslCa, name: &str, address: &str) -> (String, String) {
+    let params = dir.join("p256.param");
+    run_ok(
+        "openssl",
+        &["ecparam", "-name", "prime256v1", "-out", &p(&params)],
+    );
+    let ext = IDENTITY_EXT.replace("keyEncipherment", "keyAgreement")
+        + &format!("subjectAltName=email:{address}\n");
+    ca.issue(name, &format!("ec:{}", p(&params)), &ext)
+}
+
 /// `openssl pkcs12 -export` of key, certificate and the CA as chain.
 fn pkcs12(
     dir: &Path,
@@ -172,6 +184,32 @@ fn token_objects(data: &Path) -> String {
     listing
 }
 
+/// The private key object of a pkcs11-tool listing that mentions `needle` (its ID or
+/// label). Objects start at lines without indentation, in whatever order the token
+/// lists them.
+fn private_key_entry(listing: &str, needle: &str) -> String {
+    let mut objects: Vec<String> = Vec::new();
+    for line in listing.lines() {
+        if !line.starts_with(' ') && !line.trim().is_empty() {
+            objects.push(String::new());
+        }
+        if let Some(object) = objects.last_mut() {
+            object.push_str(line);
+            object.push('\n');
+        }
+    }
+    let found: Vec<String> = objects
+        .into_iter()
+        .filter(|o| o.starts_with("Private Key Object") && o.contains(needle))
+        .collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "one private key with {needle} expected: {listing}"
+    );
+    found.into_iter().next().unwrap_or_default()
+}
+
 fn count_objects(listing: &str) -> usize {
     listing.matches("Private Key Object").count() + listing.matches("Public Key Object").count()
 }
@@ -270,10 +308,14 @@ fn openssl_pkcs12_default_and_legacy_import_sign_and_decrypt_with_a_custodial_ke
     let before = rows(&data);
     let objects_before = count_objects(&token_objects(&data));
 
-    for (local, legacy) in [("alice", false), ("bob", true)] {
+    for (local, legacy) in [("alice", false), ("bob", true), ("erin", false)] {
         let address = format!("{local}@corp.example");
         smimegate_ok(&data, &["mailbox", "add", &address]);
-        let (key, cert) = identity(&ca, local, &address, "emailProtection");
+        let (key, cert) = if local == "erin" {
+            p256_identity(dir.path(), &ca, local, &address)
+        } else {
+            identity(&ca, local, &address, "emailProtection")
+        };
         let file = pkcs12(dir.path(), local, &key, &cert, &ca, "Geheim 123", legacy);
         let out = if legacy {
             // The password as one line of stdin.
@@ -316,6 +358,8 @@ fn openssl_pkcs12_default_and_legacy_import_sign_and_decrypt_with_a_custodial_ke
         assert!(!stdout.contains("PRIVATE"), "{stdout}");
         let imported: serde_json::Value = serde_json::from_str(&stdout).expect("json");
         assert_eq!(imported["state"], "active");
+        let algorithm = if local == "erin" { "p256" } else { "rsa2048" };
+        assert_eq!(imported["key"], algorithm, "{imported}");
         assert_eq!(imported["certificate"]["source"], "uploaded");
         assert_eq!(imported["chain"], 1, "{imported}");
         assert_eq!(mailbox_state(&data, &address), "active");
@@ -337,10 +381,7 @@ fn openssl_pkcs12_default_and_legacy_import_sign_and_decrypt_with_a_custodial_ke
         assert_eq!(report["local"], false, "imported, not generated: {report}");
         assert_eq!(report["read_secret"]["outcome"], "refused", "{report}");
         let listing = token_objects(&data);
-        let entry = listing
-            .split("Private Key Object")
-            .find(|k| k.contains(&key_id))
-            .unwrap_or_else(|| panic!("no private key {key_id}: {listing}"));
+        let entry = private_key_entry(&listing, &key_id);
         assert!(entry.contains("Access:     sensitive"), "{entry}");
         assert!(
             !entry.contains(" extractable") || entry.contains("never extractable"),
@@ -356,10 +397,10 @@ fn openssl_pkcs12_default_and_legacy_import_sign_and_decrypt_with_a_custodial_ke
     }
 
     let after = rows(&data);
-    // Two keys and two certificates (the chain is kept with each).
-    assert_eq!(after.0, before.0 + 2);
-    assert_eq!(after.1, before.1 + 2);
-    assert_eq!(count_objects(&token_objects(&data)), objects_before + 4);
+    // Three keys and three certificates (the chain is kept with each).
+    assert_eq!(after.0, before.0 + 3);
+    assert_eq!(after.1, before.1 + 3);
+    assert_eq!(count_objects(&token_objects(&data)), objects_before + 6);
     let managed = smimegate_ok(&data, &["cert", "list", "--managed", "--json"]);
     let managed: serde_json::Value = serde_json::from_str(&managed).expect("json");
     let uploaded: Vec<&serde_json::Value> = managed
@@ -368,7 +409,7 @@ fn openssl_pkcs12_default_and_legacy_import_sign_and_decrypt_with_a_custodial_ke
         .iter()
         .filter(|c| c["source"] == "uploaded" && c["kind"] == "managed")
         .collect();
-    assert_eq!(uploaded.len(), 2, "{managed}");
+    assert_eq!(uploaded.len(), 3, "{managed}");
     // Importing the same file again is refused; nothing changes.
     let pw = dir.path().join("pw");
     let again = smimegate(
@@ -603,10 +644,7 @@ fn a_request_signed_in_the_token_certified_by_an_external_ca_imports_and_signs()
     assert_decrypts(&data, dir.path(), "dave@corp.example", &p(&cert));
     // Generated in the token: always sensitive, never extractable.
     let listing = token_objects(&data);
-    let entry = listing
-        .split("Private Key Object")
-        .find(|k| k.contains("dave@corp.example"))
-        .expect("dave's key");
+    let entry = private_key_entry(&listing, "dave@corp.example");
     assert!(
         entry.contains("Access:     sensitive, always sensitive, never extractable"),
         "{entry}"
@@ -884,6 +922,37 @@ async fn identity_suite(store: &Store) {
             .await
             .expect("mailbox");
     }
+    // Like activation, a domain without an inbound route is refused, before the
+    // token or the database is touched.
+    domains::add(
+        &app.ops(),
+        &actor,
+        AddDomain {
+            name: "noroute.example".into(),
+            next_hop: None,
+            wildcard: false,
+        },
+    )
+    .await
+    .expect("domain without a route");
+    mailboxes::add(&app.ops(), &actor, "erin@noroute.example")
+        .await
+        .expect("mailbox");
+    let before = table_rows(store).await;
+    let refused = identities::request_certificate(
+        &app,
+        &actor,
+        RequestCertificate {
+            address: "erin@noroute.example".into(),
+            key: None,
+        },
+    )
+    .await;
+    assert!(
+        matches!(refused, Err(OpError::Invalid(ref m)) if m.contains("no inbound route")),
+        "{refused:?}"
+    );
+    assert_eq!(table_rows(store).await, before);
     let ca = OpensslCa::new(dir.path(), "external");
 
     // PKCS#12 (legacy): a wrong password changes nothing, the right one imports.

@@ -95,6 +95,7 @@ pub struct CertificateRequest {
 /// How a mailbox's state changes when it gets an identity from elsewhere, or why it
 /// may not. The one place the import's state change is decided (the seat check
 /// belongs here: an inactive mailbox that becomes pending or active takes a seat).
+/// Like activation, the callers also refuse a domain without an inbound route.
 fn identity_state_change(
     mailbox: &MailboxRow,
     target: MailboxState,
@@ -124,6 +125,7 @@ pub async fn import_pkcs12(
     let address = input::address(&request.address)?;
     let mailbox = app.store.mailboxes().require(&address).await?;
     let (from, to) = identity_state_change(&mailbox, MailboxState::Active)?;
+    super::mailboxes::require_inbound_route(app, &mailbox).await?;
     let contents = pkcs12::parse(&request.file, &request.password)
         .map_err(|e| OpError::Invalid(e.to_string()))?;
     drop(request.file);
@@ -226,6 +228,7 @@ pub async fn request_certificate(
     let address = input::address(&request.address)?;
     let mailbox = app.store.mailboxes().require(&address).await?;
     let (from, to) = identity_state_change(&mailbox, MailboxState::Pending)?;
+    super::mailboxes::require_inbound_route(app, &mailbox).await?;
     let algorithm = request.key.unwrap_or(app.settings.config.ca.mailbox_key);
     let label = address.to_string();
     let key = app
@@ -317,6 +320,7 @@ pub async fn import_certificate(
     let address = input::address(&request.address)?;
     let mailbox = app.store.mailboxes().require(&address).await?;
     let (from, to) = identity_state_change(&mailbox, MailboxState::Active)?;
+    super::mailboxes::require_inbound_route(app, &mailbox).await?;
     let mut certificates = super::certs::read_bundle(&request.file)?;
     let keys = app.store.keys().for_mailbox(mailbox.id).await?;
     let with_certificates: Vec<i64> = app

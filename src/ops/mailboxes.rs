@@ -129,7 +129,7 @@ pub async fn activate(app: &App, actor: &Actor, input: Activate) -> Result<Activ
 }
 
 /// Refuses a mailbox of a domain without a next hop: mail to it could not be delivered.
-async fn require_inbound_route(app: &App, mailbox: &MailboxRow) -> Result<(), OpError> {
+pub(crate) async fn require_inbound_route(app: &App, mailbox: &MailboxRow) -> Result<(), OpError> {
     let domain = input::domain(&mailbox.domain)?;
     let route = app.store.domains().get(&domain).await?;
     if route.is_some_and(|d| d.next_hop.is_none()) {
