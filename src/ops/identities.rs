@@ -92,14 +92,18 @@ pub struct CertificateRequest {
     pub pem: String,
 }
 
-/// How a mailbox's state changes when it gets an identity from elsewhere, or why it
-/// may not. The one place the import's state change is decided (the seat check
-/// belongs here: an inactive mailbox that becomes pending or active takes a seat).
-/// Like activation, the callers also refuse a domain without an inbound route.
-fn identity_state_change(
+/// How a mailbox's state changes when it gets an identity from elsewhere (`target`:
+/// pending for a request, active for a certificate), or why it may not: the one place
+/// the imports and the request decide it, before the file is read or the token
+/// touched. Like activation, a domain without an inbound route is refused. (The seat
+/// check belongs here too: an inactive mailbox that becomes pending or active takes a
+/// seat.)
+async fn identity_state_change(
+    app: &App,
     mailbox: &MailboxRow,
     target: MailboxState,
 ) -> Result<(MailboxState, MailboxState), OpError> {
+    super::mailboxes::require_inbound_route(app, mailbox).await?;
     match mailbox.state {
         MailboxState::Inactive => Ok((MailboxState::Inactive, target)),
         MailboxState::Pending if target == MailboxState::Pending => {
@@ -124,8 +128,7 @@ pub async fn import_pkcs12(
 ) -> Result<Imported, OpError> {
     let address = input::address(&request.address)?;
     let mailbox = app.store.mailboxes().require(&address).await?;
-    let (from, to) = identity_state_change(&mailbox, MailboxState::Active)?;
-    super::mailboxes::require_inbound_route(app, &mailbox).await?;
+    let (from, to) = identity_state_change(app, &mailbox, MailboxState::Active).await?;
     let contents = pkcs12::parse(&request.file, &request.password)
         .map_err(|e| OpError::Invalid(e.to_string()))?;
     drop(request.file);
@@ -227,8 +230,7 @@ pub async fn request_certificate(
 ) -> Result<CertificateRequest, OpError> {
     let address = input::address(&request.address)?;
     let mailbox = app.store.mailboxes().require(&address).await?;
-    let (from, to) = identity_state_change(&mailbox, MailboxState::Pending)?;
-    super::mailboxes::require_inbound_route(app, &mailbox).await?;
+    let (from, to) = identity_state_change(app, &mailbox, MailboxState::Pending).await?;
     let algorithm = request.key.unwrap_or(app.settings.config.ca.mailbox_key);
     let label = address.to_string();
     let key = app
@@ -319,8 +321,7 @@ pub async fn import_certificate(
 ) -> Result<Imported, OpError> {
     let address = input::address(&request.address)?;
     let mailbox = app.store.mailboxes().require(&address).await?;
-    let (from, to) = identity_state_change(&mailbox, MailboxState::Active)?;
-    super::mailboxes::require_inbound_route(app, &mailbox).await?;
+    let (from, to) = identity_state_change(app, &mailbox, MailboxState::Active).await?;
     let mut certificates = super::certs::read_bundle(&request.file)?;
     let keys = app.store.keys().for_mailbox(mailbox.id).await?;
     let with_certificates: Vec<i64> = app

@@ -50,7 +50,7 @@ const SHA512: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.16.840.1.101.3.
 const MAX_DEPTH: usize = 32;
 /// Iteration counts above this are refused (a file could otherwise keep the CPU busy
 /// for hours); OpenSSL writes 2048, Windows 2000–10000.
-const MAX_ITERATIONS: u32 = 10_000_000;
+const MAX_ITERATIONS: u32 = 1_000_000;
 /// Bags of one file, all levels: far more than any identity needs.
 const MAX_BAGS: usize = 64;
 
