@@ -725,6 +725,24 @@ fn partner_certificates_import_from_pem_der_and_p7c_list_and_remove() {
     // Again: known, nothing added.
     let out = smimegate_ok(&data, &["cert", "import", &p1]);
     assert!(out.starts_with("known"), "{out}");
+    // A PEM PKCS7 bundle (openssl's default output) is read too: held already.
+    let pem_bundle = dir.path().join("p3.p7b");
+    run_ok(
+        "openssl",
+        &[
+            "crl2pkcs7",
+            "-nocrl",
+            "-certfile",
+            &p3,
+            "-out",
+            &p(&pem_bundle),
+        ],
+    );
+    let out = smimegate_ok(&data, &["cert", "import", &p(&pem_bundle)]);
+    assert!(
+        out.starts_with("known") && out.contains("p3@partner.example"),
+        "{out}"
+    );
 
     // Refused: a CA nobody trusts; a trusted partner CA certifying a managed address
     // or an address outside its scope; a file that is no certificate.
