@@ -2,7 +2,7 @@
 //! mailbox's certificate chain; `cert import`, `cert list`, `cert remove` manage
 //! partners' certificates (`ops::certs`).
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use clap::Subcommand;
 use const_oid::db::DB;
 use der::{Decode, EncodePem};
@@ -59,8 +59,7 @@ pub async fn run(cmd: CertCommand, settings: &Settings) -> Result<()> {
             show(&store, &Address::parse(&address)?, pem).await
         }
         CertCommand::Import { file, json } => {
-            let bytes =
-                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let bytes = super::identities::read_file(&file)?;
             let store = app::open_store(settings).await?;
             let outcomes =
                 ops::certs::import(&Ops::new(settings, &store), &Actor::cli(), &bytes).await?;

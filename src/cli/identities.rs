@@ -95,7 +95,7 @@ pub async fn csr(settings: Settings, address: String, key: Option<KeyAlgorithm>)
 }
 
 /// A file an operator named, at most 1 MiB (an identity or a certificate is a few KiB).
-fn read_file(path: &Path) -> Result<Vec<u8>> {
+pub(super) fn read_file(path: &Path) -> Result<Vec<u8>> {
     const MAX: u64 = 1 << 20;
     let len = std::fs::metadata(path)
         .with_context(|| format!("cannot read {}", path.display()))?

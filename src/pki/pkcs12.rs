@@ -19,7 +19,7 @@ use cms::content_info::ContentInfo;
 use cms::encrypted_data::EncryptedData;
 use const_oid::ObjectIdentifier;
 use der::asn1::OctetString;
-use der::{Any, Decode, Encode, Sequence};
+use der::{AnyRef, Decode, Encode, Sequence};
 use hmac::{KeyInit, Mac};
 use secrecy::{ExposeSecret, SecretString};
 use sha2::Digest;
@@ -115,12 +115,14 @@ struct DigestInfo {
     digest: OctetString,
 }
 
+/// Borrowed from the (zeroised) plaintext it is decoded from: a key bag's contents
+/// are never copied into a buffer that is not wiped.
 #[derive(Sequence)]
-struct SafeBag {
+struct SafeBag<'a> {
     bag_id: ObjectIdentifier,
     #[asn1(context_specific = "0", tag_mode = "EXPLICIT")]
-    bag_value: Any,
-    bag_attributes: Option<Any>,
+    bag_value: AnyRef<'a>,
+    bag_attributes: Option<AnyRef<'a>>,
 }
 
 #[derive(Sequence)]
@@ -144,13 +146,20 @@ struct Pkcs12PbeParams {
 
 /// Decodes `der` (BER accepted, as Windows writes it) as `T`.
 fn decode<T: for<'a> Decode<'a, Error = der::Error>>(input: &[u8], what: &str) -> Result<T> {
-    let normalised = crate::smime::ber::to_der(input, MAX_DEPTH)
-        .map_err(|e| Pkcs12Error::Malformed(format!("{what}: {e}")))?;
+    let normalised = normalise(input, what)?;
     T::from_der(&normalised).map_err(malformed(what))
 }
 
-/// The content octets of a `data` ContentInfo.
-fn data_octets(info: &ContentInfo, what: &str) -> Result<Vec<u8>> {
+/// `input` as DER (BER accepted), in a buffer wiped when dropped: it may be plaintext.
+fn normalise(input: &[u8], what: &str) -> Result<Zeroizing<Vec<u8>>> {
+    crate::smime::ber::to_der(input, MAX_DEPTH)
+        .map(|der| Zeroizing::new(der.into_owned()))
+        .map_err(|e| Pkcs12Error::Malformed(format!("{what}: {e}")))
+}
+
+/// The content octets of a `data` ContentInfo (wiped when dropped: a safe of type
+/// data may hold an unencrypted key bag).
+fn data_octets(info: &ContentInfo, what: &str) -> Result<Zeroizing<Vec<u8>>> {
     if info.content_type != ID_DATA {
         return Err(Pkcs12Error::Malformed(format!(
             "{what} is {}, not data",
@@ -158,7 +167,7 @@ fn data_octets(info: &ContentInfo, what: &str) -> Result<Vec<u8>> {
         )));
     }
     let octets: OctetString = info.content.decode_as().map_err(malformed(what))?;
-    Ok(octets.into_bytes().into_vec())
+    Ok(Zeroizing::new(octets.into_bytes().into_vec()))
 }
 
 /// Reads a PKCS#12 file with `password`: checks its MAC, decrypts every bag, and
@@ -248,16 +257,18 @@ impl Bags {
                 "safe contents nested too deep".into(),
             ));
         }
-        let bags: Vec<SafeBag> = decode(safe_contents, "SafeContents")?;
+        let normalised = normalise(safe_contents, "SafeContents")?;
+        let bags: Vec<SafeBag<'_>> =
+            Vec::from_der(&normalised).map_err(malformed("SafeContents"))?;
         for bag in bags {
             self.seen += 1;
             if self.seen > MAX_BAGS {
                 return Err(Pkcs12Error::Malformed(format!("more than {MAX_BAGS} bags")));
             }
-            let value = bag.bag_value.to_der().map_err(malformed("bag"))?;
+            let value = Zeroizing::new(bag.bag_value.to_der().map_err(malformed("bag"))?);
             if bag.bag_id == KEY_BAG {
                 // An unencrypted PKCS#8 key (the MAC still vouched for it).
-                self.keys.push(Zeroizing::new(value));
+                self.keys.push(value);
             } else if bag.bag_id == SHROUDED_KEY_BAG {
                 let shrouded: ShroudedKey = decode(&value, "shrouded key bag")?;
                 let key = decrypt(&shrouded.algorithm, shrouded.data.as_bytes(), password)?;
