@@ -1193,3 +1193,61 @@ async fn identity_operations_on_postgres() {
     identity_suite(&db.store).await;
     db.drop_database().await;
 }
+
+#[test]
+fn pkcs12_files_in_every_mode_openssl_writes_are_read_and_a_wrong_password_is_named() {
+    use smimegate::pki::pkcs12::{self, Pkcs12Error};
+    let dir = tempfile::tempdir().expect("dir");
+    let ca = OpensslCa::new(dir.path(), "external");
+    let (key, cert) = identity(&ca, "alice", "alice@corp.example", "emailProtection");
+    let modes: &[(&str, &[&str])] = &[
+        ("default", &[]),
+        ("legacy", &["-legacy"]),
+        (
+            "3des",
+            &["-keypbe", "PBE-SHA1-3DES", "-certpbe", "PBE-SHA1-3DES"],
+        ),
+        (
+            "aes128",
+            &["-keypbe", "AES-128-CBC", "-certpbe", "AES-128-CBC"],
+        ),
+        ("sha512-mac", &["-macalg", "sha512"]),
+        ("sha1-mac", &["-macalg", "sha1"]),
+        ("unencrypted", &["-keypbe", "NONE", "-certpbe", "NONE"]),
+        ("no-mac", &["-nomac"]),
+    ];
+    let expected_key = std::fs::read_to_string(&key).expect("key");
+    for (name, extra) in modes {
+        let out = dir.path().join(format!("{name}.p12"));
+        let mut args = vec![
+            "pkcs12",
+            "-export",
+            "-inkey",
+            &key,
+            "-in",
+            &cert,
+            "-certfile",
+            &ca.cert,
+            "-passout",
+            "pass:s3cret",
+        ];
+        let out_s = p(&out);
+        args.extend(["-out", &out_s]);
+        args.extend_from_slice(extra);
+        run_ok("openssl", &args);
+        let file = std::fs::read(&out).expect("read");
+        let contents = pkcs12::parse(&file, &SecretString::from("s3cret"))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(contents.certificates.len(), 2, "{name}");
+        // The key is the one openssl was given (PKCS#8 DER vs the PEM file).
+        use der::EncodePem;
+        let info = pkcs8::PrivateKeyInfoRef::try_from(&contents.key[..]).expect("PKCS#8");
+        let pem = info.to_pem(der::pem::LineEnding::LF).expect("pem");
+        assert_eq!(pem.as_str(), expected_key.as_str(), "{name}");
+        // (Without a MAC a wrong password shows only as undecryptable bags.)
+        if *name != "no-mac" {
+            let wrong = pkcs12::parse(&file, &SecretString::from("s3cre7"));
+            assert_eq!(wrong.err(), Some(Pkcs12Error::WrongPassword), "{name}");
+        }
+    }
+}
