@@ -129,18 +129,16 @@ pub async fn refresh_if_due(
         .latest(&ca_fingerprint(ca)?)
         .await?;
     let issuer = ca.certificate.tbs_certificate().subject().to_string();
-    let newest_revocation = app
+    let revoked = app
         .store
         .certificates()
         .revoked_by_issuer(&issuer)
         .await?
-        .iter()
-        .filter_map(|(c, _)| c.revoked_at)
-        .max();
+        .len() as i64;
     let due = match &latest {
         None => true,
-        // A revocation the newest CRL does not list yet (its signing failed earlier).
-        Some(crl) if newest_revocation.is_some_and(|r| r >= crl.this_update) => true,
+        // A revocation the newest CRL does not list (its signing failed earlier).
+        Some(crl) if crl.entries != revoked => true,
         Some(crl) => at >= crl.this_update + (crl.next_update - crl.this_update) / 2,
     };
     if !due {
