@@ -472,3 +472,33 @@ async fn renewal_keeps_every_key_on_postgres() {
     renewal(&db.store).await;
     db.drop_database().await;
 }
+
+/// Two activations racing for the last seat (two nodes on one database): one gets it.
+#[tokio::test]
+async fn the_last_seat_goes_to_one_of_two_racing_activations_on_postgres() {
+    let db = common::postgres_store().await;
+    let app = app_on(&db.store).await;
+    fixture(&app).await;
+    set_licence(&app, 1, 10, None).await;
+    for _ in 0..5 {
+        let (a, b) = (
+            Address::parse("a@corp.example").expect("a"),
+            Address::parse("b@corp.example").expect("b"),
+        );
+        let mailboxes = db.store.mailboxes();
+        let (got_a, got_b) = tokio::join!(
+            mailboxes.take_seat(&a, Some(1)),
+            mailboxes.take_seat(&b, Some(1)),
+        );
+        let taken = [got_a.expect("a"), got_b.expect("b")];
+        assert_eq!(taken.iter().filter(|t| **t).count(), 1, "{taken:?}");
+        for address in [&a, &b] {
+            let _ = db
+                .store
+                .mailboxes()
+                .transition(address, MailboxState::Pending, MailboxState::Inactive)
+                .await;
+        }
+    }
+    db.drop_database().await;
+}

@@ -165,29 +165,42 @@ impl Mailboxes<'_> {
     }
 
     /// Moves an inactive mailbox to pending when a seat is free: fewer than `seats`
-    /// mailboxes hold one (none: no limit). Checked in the same statement that takes
-    /// the seat. Ok(false): no seat was free; a mailbox that is not inactive is refused.
+    /// mailboxes hold one (none: no limit). Checked in the statement that takes the
+    /// seat, in a transaction that first locks the licence row. Ok(false): no seat was free; a mailbox that is not inactive is refused.
     pub async fn take_seat(&self, address: &Address, seats: Option<i64>) -> Result<bool> {
         let at = now();
+        let mut tx = self.pool.begin().await.map_err(db("taking a seat"))?;
         let done = match seats {
             None => sqlx::query(
                 "UPDATE mailboxes SET state = 'pending', state_changed_at = $1 \
                  WHERE address = $2 AND state = 'inactive'",
             )
             .bind(at)
-            .bind(address.as_str()),
-            Some(limit) => sqlx::query(
-                "UPDATE mailboxes SET state = 'pending', state_changed_at = $1 \
-                 WHERE address = $2 AND state = 'inactive' \
-                 AND (SELECT COUNT(*) FROM mailboxes WHERE state <> 'inactive') < $3",
-            )
-            .bind(at)
             .bind(address.as_str())
-            .bind(limit),
-        }
-        .execute(self.pool)
-        .await
-        .map_err(db("taking a seat"))?;
+            .execute(&mut *tx)
+            .await
+            .map_err(db("taking a seat"))?,
+            Some(limit) => {
+                // Seat takers queue on the licence row (PostgreSQL row lock; SQLite
+                // has one writer anyway), so two nodes cannot both take the last seat.
+                sqlx::query("UPDATE licence SET updated_at = updated_at WHERE id = 1")
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db("taking a seat"))?;
+                sqlx::query(
+                    "UPDATE mailboxes SET state = 'pending', state_changed_at = $1 \
+                     WHERE address = $2 AND state = 'inactive' \
+                     AND (SELECT COUNT(*) FROM mailboxes WHERE state <> 'inactive') < $3",
+                )
+                .bind(at)
+                .bind(address.as_str())
+                .bind(limit)
+                .execute(&mut *tx)
+                .await
+                .map_err(db("taking a seat"))?
+            }
+        };
+        tx.commit().await.map_err(db("taking a seat"))?;
         if done.rows_affected() == 1 {
             return Ok(true);
         }
