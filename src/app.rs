@@ -99,6 +99,11 @@ impl App {
     pub async fn ca(&self) -> Result<CaIdentity, AppError> {
         load_ca(&self.store).await?.ok_or(AppError::NoCa)
     }
+
+    /// The root of the built-in CA: for a single-tier CA, the CA itself.
+    pub async fn root_ca(&self) -> Result<CaIdentity, AppError> {
+        self.ca().await
+    }
 }
 
 impl App {
@@ -119,7 +124,7 @@ impl App {
         let cert = self
             .store
             .certificates()
-            .current_signing(address.as_str())
+            .signing(address.as_str(), crate::store::unix_now())
             .await?
             .ok_or_else(|| {
                 AppError::Refused(format!("mailbox {address} has no valid certificate"))

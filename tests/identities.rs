@@ -1179,6 +1179,61 @@ async fn identity_suite(store: &Store) {
     )
     .await;
     assert!(matches!(refused, Err(OpError::Invalid(_))), "{refused:?}");
+
+    // Seats: alice, carol and dave hold the three there are; frank gets none, by
+    // upload or by request, and nothing of either is left behind.
+    smimegate::ops::licence::set(
+        &app.ops(),
+        &actor,
+        smimegate::ops::licence::SetLicence {
+            smime_seats: 3,
+            mail_security_seats: 10,
+            valid_until: None,
+        },
+    )
+    .await
+    .expect("licence");
+    mailboxes::add(&app.ops(), &actor, "frank@corp.example")
+        .await
+        .expect("mailbox");
+    let (key, cert) = identity(&ca, "frank", "frank@corp.example", "emailProtection");
+    let file =
+        std::fs::read(pkcs12(dir.path(), "frank", &key, &cert, &ca, "pw", false)).expect("read");
+    let before = table_rows(store).await;
+    let keys_in_token = app.hsm.list_keys().expect("token keys").len();
+    let no_seat = identities::import_pkcs12(
+        &app,
+        &actor,
+        ImportPkcs12 {
+            address: "frank@corp.example".into(),
+            file,
+            password: SecretString::from("pw"),
+        },
+    )
+    .await;
+    assert!(matches!(no_seat, Err(OpError::NoSeat(_))), "{no_seat:?}");
+    let no_seat = identities::request_certificate(
+        &app,
+        &actor,
+        RequestCertificate {
+            address: "frank@corp.example".into(),
+            key: None,
+        },
+    )
+    .await;
+    assert!(matches!(no_seat, Err(OpError::NoSeat(_))), "{no_seat:?}");
+    assert_eq!(table_rows(store).await, before);
+    assert_eq!(
+        app.hsm.list_keys().expect("token keys").len(),
+        keys_in_token
+    );
+    let frank = app
+        .store
+        .mailboxes()
+        .require(&Address::parse("frank@corp.example").expect("address"))
+        .await
+        .expect("frank");
+    assert_eq!(frank.state, MailboxState::Inactive);
 }
 
 #[tokio::test]

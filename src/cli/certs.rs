@@ -141,7 +141,7 @@ async fn show(store: &Store, address: &Address, pem: bool) -> Result<()> {
     let certs = store.certificates().for_owner(address.as_str()).await?;
     let current = store
         .certificates()
-        .current_signing(address.as_str())
+        .signing(address.as_str(), crate::store::unix_now())
         .await?;
     let Some(leaf) = current.or_else(|| certs.into_iter().next()) else {
         let state = match store.mailboxes().get(address).await? {

@@ -92,29 +92,62 @@ pub struct CertificateRequest {
     pub pem: String,
 }
 
-/// How a mailbox's state changes when it gets an identity from elsewhere (`target`:
-/// pending for a request, active for a certificate), or why it may not: the one place
-/// the imports and the request decide it, before the file is read or the token
-/// touched. Like activation, a domain without an inbound route is refused. (The seat
-/// check belongs here too: an inactive mailbox that becomes pending or active takes a
-/// seat.)
-async fn identity_state_change(
-    app: &App,
-    mailbox: &MailboxRow,
-    target: MailboxState,
-) -> Result<(MailboxState, MailboxState), OpError> {
-    super::mailboxes::require_inbound_route(app, mailbox).await?;
-    match mailbox.state {
-        MailboxState::Inactive => Ok((MailboxState::Inactive, target)),
-        MailboxState::Pending if target == MailboxState::Pending => {
-            Ok((MailboxState::Pending, MailboxState::Pending))
+/// A mailbox on its way to an identity from elsewhere: where it was, and where it is
+/// while the identity is made (pending, holding a seat; or active, keeping its own).
+#[derive(Debug, Clone, Copy)]
+struct Claim {
+    was: MailboxState,
+    now: MailboxState,
+}
+
+/// Refuses, before anything is read or changed, a mailbox that cannot get an identity:
+/// like activation, one of a domain without an inbound route.
+async fn check_mailbox(app: &App, mailbox: &MailboxRow) -> Result<(), OpError> {
+    super::mailboxes::require_inbound_route(app, mailbox).await
+}
+
+/// The one place the imports and the request change the mailbox's state before the
+/// token is touched: an inactive mailbox takes a licence seat and becomes pending
+/// ([`OpError::NoSeat`] when none is free), a revoke-pending one becomes pending on
+/// its own seat, a pending or active one stays as it is. [`undo`] returns it when
+/// what follows fails; the final state is written with the identity.
+async fn claim(app: &App, address: &Address, state: MailboxState) -> Result<Claim, OpError> {
+    let mailboxes = app.store.mailboxes();
+    match state {
+        MailboxState::Inactive => {
+            let limit = super::licence::seat_limit(&app.ops()).await?;
+            if !mailboxes.take_seat(address, limit).await? {
+                return Err(OpError::NoSeat(super::licence::no_seat_message(
+                    limit.unwrap_or(0),
+                )));
+            }
         }
-        MailboxState::Pending => Ok((MailboxState::Pending, MailboxState::Active)),
-        MailboxState::Active => Ok((MailboxState::Active, MailboxState::Active)),
-        MailboxState::RevokePending => Err(OpError::Invalid(format!(
-            "mailbox {} is revoke-pending: wait until it is inactive",
-            mailbox.address
-        ))),
+        MailboxState::RevokePending => {
+            mailboxes
+                .transition(address, MailboxState::RevokePending, MailboxState::Pending)
+                .await?;
+        }
+        MailboxState::Pending | MailboxState::Active => {}
+    }
+    let now = match state {
+        MailboxState::Active => MailboxState::Active,
+        _ => MailboxState::Pending,
+    };
+    Ok(Claim { was: state, now })
+}
+
+/// Returns a mailbox to the state it had before [`claim`] (its seat is free again).
+async fn undo(app: &App, address: &Address, claim: Claim) {
+    if claim.now == claim.was {
+        return;
+    }
+    if let Err(error) = app
+        .store
+        .mailboxes()
+        .transition(address, claim.now, claim.was)
+        .await
+    {
+        tracing::error!(%address, %error, "could not return the mailbox to its state");
     }
 }
 
@@ -128,7 +161,7 @@ pub async fn import_pkcs12(
 ) -> Result<Imported, OpError> {
     let address = input::address(&request.address)?;
     let mailbox = app.store.mailboxes().require(&address).await?;
-    let (from, to) = identity_state_change(app, &mailbox, MailboxState::Active).await?;
+    check_mailbox(app, &mailbox).await?;
     let contents = pkcs12::parse(&request.file, &request.password)
         .map_err(|e| OpError::Invalid(e.to_string()))?;
     drop(request.file);
@@ -150,6 +183,8 @@ pub async fn import_pkcs12(
     let key_id = KeyId::for_public_key(leaf.tbs_certificate().subject_public_key_info())?;
     refuse_known(app, &leaf, &key_id).await?;
 
+    let claim = claim(app, &address, mailbox.state).await?;
+    let (from, to) = (claim.now, MailboxState::Active);
     let label = address.to_string();
     let imported = app
         .hsm
@@ -160,9 +195,17 @@ pub async fn import_pkcs12(
         .map_err(|e| match e {
             HsmError::InvalidKey(why) => OpError::Invalid(format!("the private key: {why}")),
             other => OpError::Token(other),
-        })?;
+        });
+    let imported = match imported {
+        Ok(imported) => imported,
+        Err(e) => {
+            undo(app, &address, claim).await;
+            return Err(e);
+        }
+    };
     if imported.id != key_id {
         discard(app, &imported.id).await;
+        undo(app, &address, claim).await;
         return Err(OpError::Invalid(
             "the private key does not match the certificate".into(),
         ));
@@ -189,6 +232,7 @@ pub async fn import_pkcs12(
         Ok(certificate) => certificate,
         Err(e) => {
             discard(app, &key_id).await;
+            undo(app, &address, claim).await;
             return Err(e.into());
         }
     };
@@ -198,7 +242,7 @@ pub async fn import_pkcs12(
         certificate.record.serial,
         certificate.record.issuer,
         chain.len(),
-        from.as_str(),
+        claim.was.as_str(),
         to.as_str()
     );
     audit(
@@ -230,13 +274,23 @@ pub async fn request_certificate(
 ) -> Result<CertificateRequest, OpError> {
     let address = input::address(&request.address)?;
     let mailbox = app.store.mailboxes().require(&address).await?;
-    let (from, to) = identity_state_change(app, &mailbox, MailboxState::Pending).await?;
+    check_mailbox(app, &mailbox).await?;
     let algorithm = request.key.unwrap_or(app.settings.config.ca.mailbox_key);
+    let claim = claim(app, &address, mailbox.state).await?;
+    // Pending until the certificate comes; an active mailbox keeps signing meanwhile.
+    let (from, to) = (claim.now, claim.now);
     let label = address.to_string();
-    let key = app
+    let key = match app
         .hsm
         .call_keygen(move |hsm| hsm.generate_key_pair(algorithm, KeyRole::Mailbox, &label))
-        .await?;
+        .await
+    {
+        Ok(key) => key,
+        Err(e) => {
+            undo(app, &address, claim).await;
+            return Err(e.into());
+        }
+    };
     let (key_for_task, address_for_task) = (key.clone(), address.clone());
     let built = app
         .hsm
@@ -248,6 +302,7 @@ pub async fn request_certificate(
         Ok(pem) => pem,
         Err(e) => {
             discard(app, &key.id).await;
+            undo(app, &address, claim).await;
             return Err(e.into());
         }
     };
@@ -258,12 +313,13 @@ pub async fn request_certificate(
         .await
     {
         discard(app, &key.id).await;
+        undo(app, &address, claim).await;
         return Err(e.into());
     }
     let detail = format!(
         "{algorithm}; key {}; {} -> {}",
         key.id,
-        from.as_str(),
+        claim.was.as_str(),
         to.as_str()
     );
     audit(&app.store, actor, "mailbox.csr", address.as_str(), &detail).await?;
@@ -321,7 +377,7 @@ pub async fn import_certificate(
 ) -> Result<Imported, OpError> {
     let address = input::address(&request.address)?;
     let mailbox = app.store.mailboxes().require(&address).await?;
-    let (from, to) = identity_state_change(app, &mailbox, MailboxState::Active).await?;
+    check_mailbox(app, &mailbox).await?;
     let mut certificates = super::certs::read_bundle(&request.file)?;
     let keys = app.store.keys().for_mailbox(mailbox.id).await?;
     let with_certificates: Vec<i64> = app
@@ -373,7 +429,9 @@ pub async fn import_certificate(
     {
         return Err(OpError::Conflict(format!("certificate {fingerprint}")));
     }
-    let certificate = app
+    let claim = claim(app, &address, mailbox.state).await?;
+    let (from, to) = (claim.now, MailboxState::Active);
+    let recorded = app
         .store
         .certificates()
         .record_identity(NewIdentity {
@@ -386,14 +444,21 @@ pub async fn import_certificate(
             from,
             to,
         })
-        .await?;
+        .await;
+    let certificate = match recorded {
+        Ok(certificate) => certificate,
+        Err(e) => {
+            undo(app, &address, claim).await;
+            return Err(e.into());
+        }
+    };
     let detail = format!(
         "certificate for key {key_id}; {} serial {} from {}; {} chain certificate(s); {} -> {}",
         certificate.record.fingerprint_sha256,
         certificate.record.serial,
         certificate.record.issuer,
         chain.len(),
-        from.as_str(),
+        claim.was.as_str(),
         to.as_str()
     );
     audit(

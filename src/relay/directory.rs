@@ -280,7 +280,7 @@ impl<'a> Directory<'a> {
         let can = self
             .store
             .certificates()
-            .current_signing(address.as_str())
+            .signing(address.as_str(), crate::store::unix_now())
             .await?
             .is_some();
         if let Ok(mut m) = self.snapshot.signing.lock() {

@@ -380,6 +380,70 @@ impl Certificates<'_> {
         }
         Ok(())
     }
+
+    /// The certificate a mailbox signs with at `at`: the newest unrevoked certificate
+    /// valid then whose key is in the token and not retired, issued by us or uploaded.
+    pub async fn signing(&self, address: &str, at: i64) -> Result<Option<StoredCertificate>> {
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM certificates WHERE owner_address = $1 \
+             AND source IN ('issued', 'uploaded') AND revoked_at IS NULL \
+             AND not_before <= $2 AND not_after > $2 \
+             AND key_id IN (SELECT id FROM keys WHERE retired_at IS NULL) \
+             ORDER BY not_after DESC, id DESC LIMIT 1"
+        )))
+        .bind(address)
+        .bind(at)
+        .fetch_optional(self.pool)
+        .await
+        .map_err(db("reading the signing certificate"))?;
+        row.as_ref().map(row_to_certificate).transpose()
+    }
+
+    /// Marks every unrevoked certificate with a key of mailbox `mailbox_id` as revoked
+    /// at `at` for `reason` (an RFC 5280 reason name). Returns those certificates.
+    pub async fn revoke_for_mailbox(
+        &self,
+        mailbox_id: i64,
+        at: i64,
+        reason: &str,
+    ) -> Result<Vec<StoredCertificate>> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "UPDATE certificates SET revoked_at = $1, revocation_reason = $2 \
+             WHERE revoked_at IS NULL AND source IN ('issued', 'uploaded') \
+             AND key_id IN (SELECT id FROM keys WHERE mailbox_id = $3) RETURNING {COLUMNS}"
+        )))
+        .bind(at)
+        .bind(reason)
+        .bind(mailbox_id)
+        .fetch_all(self.pool)
+        .await
+        .map_err(db("revoking certificates"))?;
+        rows.iter().map(row_to_certificate).collect()
+    }
+
+    /// Certificates issued by the CA named `issuer` (RFC 4514 text) that are revoked,
+    /// with their reason, oldest first: what that CA's CRL lists.
+    pub async fn revoked_by_issuer(
+        &self,
+        issuer: &str,
+    ) -> Result<Vec<(StoredCertificate, Option<String>)>> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {COLUMNS}, revocation_reason FROM certificates WHERE issuer = $1 \
+             AND revoked_at IS NOT NULL AND source IN ('issued', 'ca') ORDER BY revoked_at, id"
+        )))
+        .bind(issuer)
+        .fetch_all(self.pool)
+        .await
+        .map_err(db("listing revoked certificates"))?;
+        rows.iter()
+            .map(|row| {
+                let reason: Option<String> = row
+                    .try_get("revocation_reason")
+                    .map_err(db("listing revoked certificates"))?;
+                Ok((row_to_certificate(row)?, reason))
+            })
+            .collect()
+    }
 }
 
 /// A managed identity to record in one transaction (`mailbox import`): its key (new
@@ -393,7 +457,8 @@ pub struct NewIdentity<'a> {
     pub source: CertificateSource,
     /// CA certificates sent with it, nearest first (kept with it, sent in signed mail).
     pub chain: &'a [Certificate],
-    /// The mailbox must be in `from`; it ends in `to` (may be the same).
+    /// The mailbox must be in `from`; it ends in `to` (may be the same). Every other
+    /// key of the mailbox is retired from signing (it keeps decrypting).
     pub from: super::MailboxState,
     pub to: super::MailboxState,
 }
@@ -475,6 +540,16 @@ impl Certificates<'_> {
                 .await
                 .map_err(db("storing the chain"))?;
         }
+        // Only the new identity signs from now on; older keys stay for old mail.
+        sqlx::query(
+            "UPDATE keys SET retired_at = $1 WHERE mailbox_id = $2 AND id <> $3 AND retired_at IS NULL",
+        )
+        .bind(at)
+        .bind(identity.mailbox_id)
+        .bind(key_row_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("retiring older keys"))?;
         let moved = sqlx::query(
             "UPDATE mailboxes SET state = $1, \
              state_changed_at = CASE WHEN state = $1 THEN state_changed_at ELSE $2 END \
@@ -545,25 +620,6 @@ impl Certificates<'_> {
         }
         tx.commit().await.map_err(db("committing key"))?;
         Ok(key_row_id)
-    }
-
-    /// The certificate a managed mailbox signs with: the newest (by notBefore)
-    /// unrevoked certificate of `address` that names a key in the token, issued by the
-    /// built-in CA or uploaded, and is valid now.
-    pub async fn current_signing(&self, address: &str) -> Result<Option<StoredCertificate>> {
-        let at = now();
-        let row = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM certificates WHERE owner_address = $1 \
-             AND source IN ('issued', 'uploaded') AND key_id IS NOT NULL \
-             AND revoked_at IS NULL AND not_before <= $2 AND not_after > $2 \
-             ORDER BY not_before DESC, id DESC LIMIT 1"
-        )))
-        .bind(address)
-        .bind(at)
-        .fetch_optional(self.pool)
-        .await
-        .map_err(db("reading certificate"))?;
-        row.as_ref().map(row_to_certificate).transpose()
     }
 
     /// The CA certificates uploaded with identity `cert`, nearest first (none for

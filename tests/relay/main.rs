@@ -8,6 +8,7 @@ mod harness;
 mod identities;
 mod inbound_trust;
 mod interop;
+mod lifecycle;
 mod postfix;
 mod protocol;
 mod tables;
