@@ -1057,8 +1057,60 @@ async fn identity_suite(store: &Store) {
         .await
         .expect("certificates");
     assert_eq!(owned.iter().filter(|c| c.key_id.is_some()).count(), 2);
+    let retired: Vec<bool> = app
+        .store
+        .keys()
+        .list()
+        .await
+        .expect("keys")
+        .iter()
+        .filter(|k| {
+            Some(k.id)
+                == owned
+                    .iter()
+                    .find(|c| c.source == CertificateSource::Issued)
+                    .and_then(|c| c.key_id)
+        })
+        .map(|k| k.retired_at.is_some())
+        .collect();
+    assert_eq!(retired, [true], "the issued key is retired from signing");
+    let ids = smimegate::smime::decrypt::RecipientId::for_certificate(&issued.certificate);
+    let held = app
+        .key_directory()
+        .await
+        .expect("key directory")
+        .resolve(&ids);
+    assert!(
+        held.iter().any(|(_, key)| *key == issued.key_id),
+        "the issued key still decrypts"
+    );
+
+    // Deactivated (revoke-pending, holding its seat), carol can import again.
+    mailboxes::deactivate(&app, &actor, &["carol@corp.example".to_string()])
+        .await
+        .expect("deactivate");
+    let (key, cert) = identity(&ca, "carol2", "carol@corp.example", "emailProtection");
+    let file =
+        std::fs::read(pkcs12(dir.path(), "carol2", &key, &cert, &ca, "pw", false)).expect("read");
+    let again = identities::import_pkcs12(
+        &app,
+        &actor,
+        ImportPkcs12 {
+            address: "carol@corp.example".into(),
+            file,
+            password: SecretString::from("pw"),
+        },
+    )
+    .await
+    .expect("import after deactivation");
+    assert_eq!(again.state, MailboxState::Active);
+    assert_eq!(
+        app.signer_for(&carol).await.expect("signer").certificate,
+        der_of(&cert)
+    );
 
     // CSR: pending, then the external CA's certificate makes it active.
+    let audit_before = table_rows(store).await.2;
     let request = identities::request_certificate(
         &app,
         &actor,
@@ -1070,6 +1122,11 @@ async fn identity_suite(store: &Store) {
     .await
     .expect("csr");
     assert_eq!(request.state, MailboxState::Pending);
+    assert_eq!(
+        table_rows(store).await.2,
+        audit_before + 1,
+        "mailbox.csr audited"
+    );
     let csr = dir.path().join("dave.csr");
     std::fs::write(&csr, &request.pem).expect("write");
     let ext = dir.path().join("dave.ext");
