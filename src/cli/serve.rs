@@ -189,7 +189,14 @@ pub async fn serve(settings: Settings, args: ServeArgs) -> Result<()> {
     if app.ca().await.is_err() {
         tracing::warn!("the built-in CA is missing: run `smimegate init`");
     }
+    let revocation = crate::pki::revocation::Revocations::new(
+        app.store.clone(),
+        (&app.settings.config.revocation).into(),
+    );
+    // Keeps the CRLs of known partner certificates current, outside any SMTP reply.
+    let refresh_task = tokio::spawn(revocation.clone().run_refresh());
     let relay = Arc::new(Relay {
+        revocation,
         log_writer: crate::relay::log_writer::LogWriter::start(app.store.clone()),
         hops: crate::relay::HopPool::default(),
         snapshots: crate::relay::directory::SnapshotCache::new(app.store.clone()),
@@ -244,6 +251,7 @@ pub async fn serve(settings: Settings, args: ServeArgs) -> Result<()> {
         }
     }
     drain(&control, current.smtp.shutdown_grace()).await;
+    refresh_task.abort();
     let _ = inbound_task.await;
     let _ = submission_task.await;
     match tokio::time::timeout(CLOSE_WAIT, http_task).await {

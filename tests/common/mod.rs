@@ -393,6 +393,7 @@ pub fn verify_signature_with_crls(
         &VerifyContext {
             trust: &trust,
             crls,
+            revocation: None,
             now,
             limits: &smimegate::mime::Limits::default(),
         },

@@ -9,6 +9,7 @@ mod inbound_trust;
 mod interop;
 mod postfix;
 mod protocol;
+mod revocation;
 mod tables;
 
 use harness::{Client, Gateway, Partner, mailbox, openssl_decrypt, openssl_verify};

@@ -1,0 +1,677 @@
+//! Revocation checks of partner certificates (issue 10 item 7), through the relay and
+//! `smimegate smime verify`: partner CAs run by `openssl ca`, whose certificates name a
+//! CRL distribution point on a local HTTP server that serves the CRLs
+//! `openssl ca -gencrl` makes. A revoked partner is refused under encrypt-enforced
+//! (5.7.1, naming the revocation), never harvested, and its signatures are `revoked`;
+//! a status that cannot be learnt (unreachable, expired, badly signed CRL) is
+//! `revocation-unknown`: used under soft-fail, refused (4.7.0) under hard-fail — never
+//! "good".
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use super::common::{self, run_ok};
+use super::harness::{Client, Delivered, Gateway, free_port, mailbox};
+
+const ALICE: &str = "alice@corp.example";
+
+/// A small HTTP/1.1 server on 127.0.0.1 serving the files of a directory (404 for
+/// anything else), one connection at a time, counting requests.
+struct CrlServer {
+    port: u16,
+    dir: PathBuf,
+    hits: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+}
+
+impl CrlServer {
+    fn start(dir: PathBuf) -> CrlServer {
+        std::fs::create_dir_all(&dir).expect("server dir");
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (root, counter, stopped) = (dir.clone(), hits.clone(), stop.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                if stopped.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(mut stream) = stream else { continue };
+                let Ok(clone) = stream.try_clone() else {
+                    continue;
+                };
+                let mut reader = BufReader::new(clone);
+                let mut request = String::new();
+                if reader.read_line(&mut request).is_err() {
+                    continue;
+                }
+                loop {
+                    let mut line = String::new();
+                    match reader.read_line(&mut line) {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) if line == "\r\n" || line == "\n" => break,
+                        Ok(_) => {}
+                    }
+                }
+                counter.fetch_add(1, Ordering::SeqCst);
+                let path = request.split_whitespace().nth(1).unwrap_or("/");
+                let body = (!path.contains(".."))
+                    .then(|| std::fs::read(root.join(path.trim_start_matches('/'))).ok())
+                    .flatten();
+                let _ = match body {
+                    Some(body) => stream
+                        .write_all(
+                            format!(
+                                "HTTP/1.1 200 OK\r\nContent-Type: application/pkix-crl\r\n\
+                                 Content-Length: {}\r\nConnection: close\r\n\r\n",
+                                body.len()
+                            )
+                            .as_bytes(),
+                        )
+                        .and_then(|()| stream.write_all(&body)),
+                    None => stream.write_all(
+                        b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                    ),
+                };
+            }
+        });
+        CrlServer {
+            port,
+            dir,
+            hits,
+            stop,
+        }
+    }
+
+    fn url(&self, name: &str) -> String {
+        format!("http://127.0.0.1:{}/{name}", self.port)
+    }
+
+    fn publish(&self, name: &str, der: &[u8]) {
+        std::fs::write(self.dir.join(name), der).expect("publish CRL");
+    }
+
+    fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for CrlServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = std::net::TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+/// A partner CA run by `openssl ca` (index, serials, CRL numbers), whose certificates
+/// name `crl_url` as their CRL distribution point (none when `None`).
+struct CrlCa {
+    dir: PathBuf,
+    cnf: String,
+    cert: String,
+    crl_url: Option<String>,
+}
+
+/// A partner person: an S/MIME certificate and key from a [`CrlCa`].
+struct Person {
+    address: String,
+    cert: String,
+    key: String,
+}
+
+impl CrlCa {
+    fn new(base: &Path, name: &str, crl_url: Option<String>) -> CrlCa {
+        let dir = base.join(format!("ca-{name}"));
+        std::fs::create_dir_all(dir.join("newcerts")).expect("ca dir");
+        std::fs::write(dir.join("index.txt"), "").expect("index");
+        std::fs::write(dir.join("serial"), "1000\n").expect("serial");
+        std::fs::write(dir.join("crlnumber"), "1000\n").expect("crlnumber");
+        let cnf = dir.join("ca.cnf");
+        std::fs::write(
+            &cnf,
+            format!(
+                "[ca]\ndefault_ca = CA_default\n\n[CA_default]\ndir = {}\n\
+                 database = $dir/index.txt\nnew_certs_dir = $dir/newcerts\n\
+                 certificate = $dir/ca.pem\nprivate_key = $dir/ca.key\nserial = $dir/serial\n\
+                 crlnumber = $dir/crlnumber\ndefault_md = sha256\ndefault_crl_days = 7\n\
+                 policy = policy_any\nunique_subject = no\ncopy_extensions = none\n\n\
+                 [policy_any]\ncommonName = supplied\n",
+                dir.display()
+            ),
+        )
+        .expect("ca.cnf");
+        let p = |f: &str| dir.join(f).display().to_string();
+        run_ok(
+            "openssl",
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                &p("ca.key"),
+                "-out",
+                &p("ca.pem"),
+                "-days",
+                "30",
+                "-subj",
+                &format!("/CN=Revocation test CA {name}"),
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+            ],
+        );
+        CrlCa {
+            cert: p("ca.pem"),
+            cnf: cnf.display().to_string(),
+            dir,
+            crl_url,
+        }
+    }
+
+    fn issue(&self, address: &str) -> Person {
+        let name = address.replace(['@', '.'], "_");
+        let p = |suffix: &str| {
+            self.dir
+                .join(format!("{name}.{suffix}"))
+                .display()
+                .to_string()
+        };
+        let mut ext = format!(
+            "[ext]\nbasicConstraints=CA:false\nkeyUsage=critical,digitalSignature,keyEncipherment\n\
+             extendedKeyUsage=emailProtection\nsubjectAltName=email:{address}\n"
+        );
+        if let Some(url) = &self.crl_url {
+            ext.push_str(&format!("crlDistributionPoints=URI:{url}\n"));
+        }
+        std::fs::write(p("ext"), ext).expect("extensions");
+        run_ok(
+            "openssl",
+            &[
+                "req",
+                "-new",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                &p("key"),
+                "-out",
+                &p("csr"),
+                "-subj",
+                &format!("/CN={name}"),
+            ],
+        );
+        run_ok(
+            "openssl",
+            &[
+                "ca",
+                "-batch",
+                "-config",
+                &self.cnf,
+                "-in",
+                &p("csr"),
+                "-out",
+                &p("pem"),
+                "-days",
+                "10",
+                "-notext",
+                "-extfile",
+                &p("ext"),
+                "-extensions",
+                "ext",
+            ],
+        );
+        Person {
+            address: address.to_string(),
+            cert: p("pem"),
+            key: p("key"),
+        }
+    }
+
+    fn revoke(&self, person: &Person, reason: &str) {
+        run_ok(
+            "openssl",
+            &[
+                "ca",
+                "-config",
+                &self.cnf,
+                "-revoke",
+                &person.cert,
+                "-crl_reason",
+                reason,
+            ],
+        );
+    }
+
+    /// A CRL from `openssl ca -gencrl` (DER), with `extra` options (dates).
+    fn crl(&self, extra: &[&str]) -> Vec<u8> {
+        let pem = self.dir.join("crl.pem").display().to_string();
+        let der = self.dir.join("crl.der").display().to_string();
+        let mut args = vec!["ca", "-config", &self.cnf, "-gencrl", "-out", &pem];
+        args.extend_from_slice(extra);
+        run_ok("openssl", &args);
+        run_ok(
+            "openssl",
+            &["crl", "-in", &pem, "-outform", "DER", "-out", &der],
+        );
+        std::fs::read(&der).expect("CRL")
+    }
+}
+
+fn rand_id() -> String {
+    let mut b = [0u8; 6];
+    getrandom::fill(&mut b).expect("random");
+    hex::encode(b)
+}
+
+/// A message from `person` to Alice, signed by openssl as a mail client does
+/// (multipart/signed; From/To/Subject outside the signed entity).
+fn signed_by(dir: &Path, person: &Person, subject: &str) -> Vec<u8> {
+    let id = rand_id();
+    let entity = dir.join(format!("entity-{id}"));
+    let signed = dir.join(format!("signed-{id}"));
+    std::fs::write(
+        &entity,
+        format!(
+            "Content-Type: text/plain\r\n\r\n{subject}: signed by {}\r\n",
+            person.address
+        ),
+    )
+    .expect("write");
+    run_ok(
+        "openssl",
+        &[
+            "cms",
+            "-sign",
+            "-in",
+            &entity.display().to_string(),
+            "-signer",
+            &person.cert,
+            "-inkey",
+            &person.key,
+            "-out",
+            &signed.display().to_string(),
+            "-crlfeol",
+        ],
+    );
+    let outer = format!(
+        "From: {}\r\nTo: {ALICE}\r\nSubject: {subject}\r\nMessage-ID: <{id}@test>\r\n",
+        person.address
+    );
+    [outer.into_bytes(), std::fs::read(&signed).expect("signed")].concat()
+}
+
+fn plain(from: &str, to: &str, subject: &str) -> Vec<u8> {
+    format!(
+        "From: {from}\r\nTo: {to}\r\nSubject: {subject}\r\nMessage-ID: <{}@test>\r\n\
+         Content-Type: text/plain\r\n\r\nSecret for {to}.\r\n",
+        rand_id()
+    )
+    .into_bytes()
+}
+
+fn stamp_of(delivered: &Delivered) -> String {
+    delivered
+        .text()
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("x-smimegate:"))
+        .unwrap_or_else(|| panic!("no stamp: {}", delivered.text()))
+        .to_string()
+}
+
+/// Sends `message` from the internet to Alice; returns the stamp it was delivered with.
+fn inbound(gw: &Gateway, from: &str, message: &[u8]) -> String {
+    let before = gw.internal.messages().len();
+    let t = Client::connect(gw.inbound).send(from, &[ALICE], message);
+    assert_eq!(
+        t.data.as_ref().map(|d| d.0),
+        Some(250),
+        "{t:?}\n{}",
+        gw.log()
+    );
+    let delivered = gw.internal.messages();
+    assert_eq!(
+        delivered.len(),
+        before + 1,
+        "delivered to the internal server"
+    );
+    stamp_of(delivered.last().expect("delivered"))
+}
+
+/// Alice → `to` from the internal network: the RCPT reply, and DATA's when accepted.
+fn outbound(gw: &Gateway, to: &str) -> ((u16, String), Option<(u16, String)>) {
+    let t = Client::internal(gw.submission).send(ALICE, &[to], &plain(ALICE, to, "secret"));
+    (t.rcpts[0].clone(), t.data)
+}
+
+fn certificate_known(gw: &Gateway, partner: &str) -> bool {
+    let explained = gw.cli(&["rule", "explain", ALICE, partner]);
+    if explained.contains("valid certificate known: yes") {
+        true
+    } else {
+        assert!(
+            explained.contains("valid certificate known: no"),
+            "{explained}"
+        );
+        false
+    }
+}
+
+/// Sets `[revocation]` keys in the gateway's configuration (read at the next start).
+fn configure(data: &Path, mode: &str) {
+    let path = data.join("smimegate.toml");
+    let text = std::fs::read_to_string(&path).expect("configuration");
+    let text: Vec<String> = text
+        .lines()
+        .map(|l| match l {
+            l if l.starts_with("mode = ") => format!("mode = \"{mode}\""),
+            // A bound, not a timing: the local server answers at once, but the test
+            // machine may be busy.
+            l if l.starts_with("reply_wait_ms = ") => "reply_wait_ms = 20000".to_string(),
+            l => l.to_string(),
+        })
+        .collect();
+    assert!(text.iter().any(|l| *l == format!("mode = \"{mode}\"")));
+    std::fs::write(&path, text.join("\n")).expect("configuration");
+}
+
+fn decrypts_for(gw: &Gateway, message: &[u8], person: &Person) -> String {
+    let input = gw.data().join(format!("enc-{}.eml", rand_id()));
+    std::fs::write(&input, message).expect("write");
+    run_ok(
+        "openssl",
+        &[
+            "cms",
+            "-decrypt",
+            "-in",
+            &input.display().to_string(),
+            "-recip",
+            &person.cert,
+            "-inkey",
+            &person.key,
+        ],
+    )
+}
+
+#[test]
+fn a_revoked_partner_is_refused_not_harvested_and_its_signatures_are_revoked() {
+    let mut gw = Gateway::start(|d| {
+        mailbox(d, ALICE);
+        configure(d, "soft-fail");
+    });
+    let server = CrlServer::start(gw.data().join("www"));
+    let ca = CrlCa::new(gw.data(), "partner", Some(server.url("partner.crl")));
+    gw.cli(&["trust", "add", &ca.cert]);
+    gw.add_rule(
+        "outbound",
+        "managed",
+        "domain:partner.example",
+        "encrypt-enforced",
+    );
+    let bob = ca.issue("bob@partner.example");
+    let carol = ca.issue("carol@partner.example");
+    let dave = ca.issue("dave@partner.example");
+
+    // No CRL published yet (404): soft-fail. Bob's signature counts, the stamp says
+    // the status is unknown, and his certificate is harvested.
+    let stamp = inbound(&gw, &bob.address, &signed_by(gw.data(), &bob, "first"));
+    assert_eq!(
+        stamp,
+        "X-Smimegate: not-encrypted; signature=revocation-unknown; signer=bob@partner.example",
+        "{}",
+        gw.log()
+    );
+    assert!(server.hits() >= 1, "the distribution point was asked");
+    assert!(certificate_known(&gw, &bob.address));
+    let log = gw.cli(&["log", "--address", &bob.address]);
+    assert!(log.contains("revocation-unknown"), "{log}");
+
+    // Bob's key is compromised: the CA revokes him (and Dave) and publishes its CRL.
+    ca.revoke(&bob, "keyCompromise");
+    ca.revoke(&dave, "superseded");
+    server.publish("partner.crl", &ca.crl(&[]));
+    // A restart forgets the failed download at once (instead of after its back-off).
+    gw.kill();
+    gw.serve();
+
+    // Encrypt-enforced to Bob: his only certificate is revoked, and the refusal says so.
+    let (rcpt, data) = outbound(&gw, &bob.address);
+    assert_eq!(rcpt.0, 550, "{rcpt:?}");
+    assert!(
+        rcpt.1.contains("5.7.1")
+            && rcpt.1.contains("bob@partner.example")
+            && rcpt.1.contains("revoked")
+            && rcpt.1.contains("keyCompromise"),
+        "{rcpt:?}"
+    );
+    assert!(data.is_none());
+    assert!(!certificate_known(&gw, &bob.address));
+    let explained = gw.cli(&["rule", "explain", ALICE, &bob.address]);
+    assert!(explained.contains("revoked"), "{explained}");
+
+    // His signatures now verify as revoked.
+    let stamp = inbound(&gw, &bob.address, &signed_by(gw.data(), &bob, "second"));
+    assert_eq!(stamp, "X-Smimegate: not-encrypted; signature=revoked");
+
+    // Dave, revoked before we ever heard of him: his signed mail is delivered, stamped
+    // revoked, and his certificate is not harvested.
+    let stamp = inbound(&gw, &dave.address, &signed_by(gw.data(), &dave, "hello"));
+    assert_eq!(stamp, "X-Smimegate: not-encrypted; signature=revoked");
+    assert!(!certificate_known(&gw, &dave.address));
+    let log = gw.cli(&["log", "--address", &dave.address]);
+    assert!(log.contains("revoked"), "{log}");
+    assert!(!log.contains("harvested"), "{log}");
+    let (rcpt, _) = outbound(&gw, &dave.address);
+    assert_eq!(rcpt.0, 550, "{rcpt:?}");
+
+    // Carol, on the same CRL but not revoked, is unaffected.
+    let stamp = inbound(&gw, &carol.address, &signed_by(gw.data(), &carol, "hi"));
+    assert_eq!(
+        stamp,
+        "X-Smimegate: not-encrypted; signature=valid; signer=carol@partner.example"
+    );
+    let (rcpt, data) = outbound(&gw, &carol.address);
+    assert_eq!(rcpt.0, 250, "{rcpt:?}");
+    assert_eq!(data.map(|d| d.0), Some(250));
+    let out = gw.smarthost.messages().pop().expect("relayed to Carol");
+    assert!(
+        out.text().contains("application/pkcs7-mime"),
+        "{}",
+        out.text()
+    );
+    assert!(decrypts_for(&gw, &out.message, &carol).contains("Secret for carol@partner.example"));
+    assert_eq!(
+        gw.smarthost.messages().len(),
+        1,
+        "nothing went to Bob or Dave"
+    );
+}
+
+#[test]
+fn an_unreachable_crl_is_soft_fail_by_default_and_refused_for_now_under_hard_fail() {
+    // Nothing listens on this port: every download is refused at once.
+    let dead = format!("http://127.0.0.1:{}/gone.crl", free_port());
+    let mut gw = Gateway::start(|d| {
+        mailbox(d, ALICE);
+        configure(d, "soft-fail");
+    });
+    let ca = CrlCa::new(gw.data(), "unreachable", Some(dead));
+    gw.cli(&["trust", "add", &ca.cert]);
+    gw.add_rule(
+        "outbound",
+        "managed",
+        "domain:partner.example",
+        "encrypt-enforced",
+    );
+    let erin = ca.issue("erin@partner.example");
+    let frank = ca.issue("frank@partner.example");
+
+    // Soft-fail: the signature counts (stamp and log say revocation-unknown), the
+    // certificate is harvested, and mail to Erin flows, encrypted.
+    let stamp = inbound(&gw, &erin.address, &signed_by(gw.data(), &erin, "hello"));
+    assert_eq!(
+        stamp,
+        "X-Smimegate: not-encrypted; signature=revocation-unknown; signer=erin@partner.example"
+    );
+    assert!(certificate_known(&gw, &erin.address));
+    let (rcpt, data) = outbound(&gw, &erin.address);
+    assert_eq!(rcpt.0, 250, "{rcpt:?}");
+    assert_eq!(data.map(|d| d.0), Some(250));
+    let out = gw.smarthost.messages().pop().expect("relayed");
+    assert!(decrypts_for(&gw, &out.message, &erin).contains("Secret for erin@partner.example"));
+    let log = gw.cli(&["log", "--address", &erin.address]);
+    assert!(log.contains("revocation-unknown"), "{log}");
+
+    // Hard-fail: an unknown status is not valid. The signature is revocation-unknown
+    // with no signer named, a new partner is not harvested, and encryption to Erin is
+    // refused for now (4.7.0), never sent in clear instead.
+    gw.kill();
+    configure(gw.data(), "hard-fail");
+    gw.serve();
+    let stamp = inbound(&gw, &erin.address, &signed_by(gw.data(), &erin, "again"));
+    assert_eq!(
+        stamp,
+        "X-Smimegate: not-encrypted; signature=revocation-unknown"
+    );
+    let stamp = inbound(&gw, &frank.address, &signed_by(gw.data(), &frank, "hello"));
+    assert_eq!(
+        stamp,
+        "X-Smimegate: not-encrypted; signature=revocation-unknown"
+    );
+    let log = gw.cli(&["log", "--address", &frank.address]);
+    assert!(!log.contains("harvested"), "{log}");
+    let (rcpt, data) = outbound(&gw, &erin.address);
+    assert_eq!(rcpt.0, 451, "{rcpt:?}");
+    assert!(
+        rcpt.1.contains("4.7.0") && rcpt.1.contains("revocation status"),
+        "{rcpt:?}"
+    );
+    assert!(data.is_none());
+    let (rcpt, _) = outbound(&gw, &frank.address);
+    assert_eq!(
+        rcpt.0, 550,
+        "Frank's certificate was never harvested: {rcpt:?}"
+    );
+    assert_eq!(
+        gw.smarthost.messages().len(),
+        1,
+        "only the soft-fail message"
+    );
+}
+
+/// `smime verify --json` on `message`: (exit status, verdict).
+fn cli_verify(gw: &Gateway, message: &[u8], extra: &[&str]) -> (bool, String, String) {
+    let path = gw.data().join(format!("verify-{}.eml", rand_id()));
+    std::fs::write(&path, message).expect("write");
+    let path = path.display().to_string();
+    let mut args = vec!["smime", "verify", "--json"];
+    args.extend_from_slice(extra);
+    args.push(&path);
+    let out = common::smimegate(gw.data(), &args);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let json: serde_json::Value = stderr
+        .lines()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| panic!("no JSON verdict: {stderr}"));
+    (
+        out.status.success(),
+        json["verdict"].as_str().unwrap_or_default().to_string(),
+        stderr,
+    )
+}
+
+#[test]
+fn expired_and_badly_signed_crls_are_unknown_never_good() {
+    let gw = Gateway::start(|d| configure(d, "hard-fail"));
+    let server = CrlServer::start(gw.data().join("www"));
+    let expired_ca = CrlCa::new(gw.data(), "expired", Some(server.url("expired.crl")));
+    let forged_ca = CrlCa::new(gw.data(), "forged", Some(server.url("forged.crl")));
+    let good_ca = CrlCa::new(gw.data(), "good", Some(server.url("good.crl")));
+    let plain_ca = CrlCa::new(gw.data(), "nodp", None);
+    for ca in [&expired_ca, &forged_ca, &good_ca, &plain_ca] {
+        gw.cli(&["trust", "add", &ca.cert]);
+    }
+    let gina = expired_ca.issue("gina@partner.example");
+    let hugo = forged_ca.issue("hugo@partner.example");
+    let ida = good_ca.issue("ida@partner.example");
+    let jan = good_ca.issue("jan@partner.example");
+    let kim = plain_ca.issue("kim@partner.example");
+    good_ca.revoke(&jan, "keyCompromise");
+
+    // A CRL whose nextUpdate has passed.
+    server.publish(
+        "expired.crl",
+        &expired_ca.crl(&[
+            "-crl_lastupdate",
+            "20200101000000Z",
+            "-crl_nextupdate",
+            "20200108000000Z",
+        ]),
+    );
+    // A CRL whose signature does not verify: its last signature byte is changed.
+    let mut forged = forged_ca.crl(&[]);
+    let last = forged.len() - 1;
+    forged[last] ^= 0x01;
+    server.publish("forged.crl", &forged);
+    server.publish("good.crl", &good_ca.crl(&[]));
+
+    let (ok, verdict, err) = cli_verify(&gw, &signed_by(gw.data(), &gina, "x"), &[]);
+    assert_eq!(verdict, "revocation-unknown", "{err}");
+    assert!(!ok && err.contains("expired"), "{err}");
+    let (ok, verdict, err) = cli_verify(&gw, &signed_by(gw.data(), &hugo, "x"), &[]);
+    assert_eq!(verdict, "revocation-unknown", "{err}");
+    assert!(!ok && err.contains("signature"), "{err}");
+    let (ok, verdict, err) = cli_verify(&gw, &signed_by(gw.data(), &ida, "x"), &[]);
+    assert_eq!((ok, verdict.as_str()), (true, "valid"), "{err}");
+    let (ok, verdict, err) = cli_verify(&gw, &signed_by(gw.data(), &jan, "x"), &[]);
+    assert_eq!((ok, verdict.as_str()), (false, "revoked"), "{err}");
+    assert!(err.contains("keyCompromise"), "{err}");
+
+    // A certificate without a distribution point is not checked — unless a CRL of its
+    // CA is given, which then counts fully: an expired one is not ignored.
+    let (ok, verdict, err) = cli_verify(&gw, &signed_by(gw.data(), &kim, "x"), &[]);
+    assert_eq!((ok, verdict.as_str()), (true, "valid"), "{err}");
+    let stale = gw.data().join("nodp-stale.crl");
+    std::fs::write(
+        &stale,
+        plain_ca.crl(&[
+            "-crl_lastupdate",
+            "20200101000000Z",
+            "-crl_nextupdate",
+            "20200108000000Z",
+        ]),
+    )
+    .expect("write");
+    let stale = stale.display().to_string();
+    let (ok, verdict, err) = cli_verify(&gw, &signed_by(gw.data(), &kim, "x"), &["--crl", &stale]);
+    assert_eq!(
+        (ok, verdict.as_str()),
+        (false, "revocation-unknown"),
+        "{err}"
+    );
+
+    // Under soft-fail the same expired CRL leaves the signer valid, the verdict saying
+    // its status is unknown (exit 0).
+    let text = std::fs::read_to_string(gw.data().join("smimegate.toml")).expect("config");
+    std::fs::write(
+        gw.data().join("smimegate.toml"),
+        text.replace("mode = \"hard-fail\"", "mode = \"soft-fail\""),
+    )
+    .expect("config");
+    let (ok, verdict, err) = cli_verify(&gw, &signed_by(gw.data(), &gina, "x"), &[]);
+    assert_eq!(
+        (ok, verdict.as_str()),
+        (true, "revocation-unknown"),
+        "{err}"
+    );
+    let (ok, verdict, _) = cli_verify(&gw, &signed_by(gw.data(), &hugo, "x"), &[]);
+    assert_eq!((ok, verdict.as_str()), (true, "revocation-unknown"));
+    let (ok, verdict, _) = cli_verify(&gw, &signed_by(gw.data(), &jan, "x"), &[]);
+    assert_eq!((ok, verdict.as_str()), (false, "revoked"));
+}
