@@ -381,7 +381,7 @@ impl Revocations {
                 // Fresh in the database (perhaps from another node): take it.
                 if self
                     .remembered(&url)
-                    .is_none_or(|e| e.fetched_at < *fetched_at)
+                    .is_none_or(|e| e.fetched_at < *fetched_at || e.next_update != *next_update)
                     && let Ok(Some(row)) = crls.get(&url).await
                 {
                     self.remember(
