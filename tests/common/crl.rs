@@ -105,6 +105,8 @@ pub struct CrlCa {
     pub cnf: String,
     pub cert: String,
     pub crl_url: Option<String>,
+    /// A subordinate CA's own certificate, carried in its people's signatures.
+    pub carried: Option<String>,
 }
 
 /// A partner person: an S/MIME certificate and key from a [`CrlCa`].
@@ -112,30 +114,14 @@ pub struct Person {
     pub address: String,
     pub cert: String,
     pub key: String,
+    /// The CA certificate a signature carries besides the signer's (a subordinate CA).
+    pub carried: Option<String>,
 }
 
 impl CrlCa {
     pub fn new(base: &Path, name: &str, crl_url: Option<String>) -> CrlCa {
-        let dir = base.join(format!("ca-{name}"));
-        std::fs::create_dir_all(dir.join("newcerts")).expect("ca dir");
-        std::fs::write(dir.join("index.txt"), "").expect("index");
-        std::fs::write(dir.join("serial"), "1000\n").expect("serial");
-        std::fs::write(dir.join("crlnumber"), "1000\n").expect("crlnumber");
-        let cnf = dir.join("ca.cnf");
-        std::fs::write(
-            &cnf,
-            format!(
-                "[ca]\ndefault_ca = CA_default\n\n[CA_default]\ndir = {}\n\
-                 database = $dir/index.txt\nnew_certs_dir = $dir/newcerts\n\
-                 certificate = $dir/ca.pem\nprivate_key = $dir/ca.key\nserial = $dir/serial\n\
-                 crlnumber = $dir/crlnumber\ndefault_md = sha256\ndefault_crl_days = 7\n\
-                 policy = policy_any\nunique_subject = no\ncopy_extensions = none\n\n\
-                 [policy_any]\ncommonName = supplied\n",
-                dir.display()
-            ),
-        )
-        .expect("ca.cnf");
-        let p = |f: &str| dir.join(f).display().to_string();
+        let ca = CrlCa::prepare(base, name, crl_url);
+        let p = |f: &str| ca.dir.join(f).display().to_string();
         run_ok(
             "openssl",
             &[
@@ -158,11 +144,103 @@ impl CrlCa {
                 "keyUsage=critical,keyCertSign,cRLSign",
             ],
         );
+        ca
+    }
+
+    /// A subordinate CA certified by this one; its certificate names this CA's CRL
+    /// (`self.crl_url`), its people's name `crl_url`.
+    pub fn subordinate(&self, base: &Path, name: &str, crl_url: Option<String>) -> CrlCa {
+        let mut sub = CrlCa::prepare(base, name, crl_url);
+        let p = |f: &str| sub.dir.join(f).display().to_string();
+        let mut ext =
+            "[ext]\nbasicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\n"
+                .to_string();
+        if let Some(url) = &self.crl_url {
+            ext.push_str(&format!("crlDistributionPoints=URI:{url}\n"));
+        }
+        std::fs::write(p("ext"), ext).expect("extensions");
+        run_ok(
+            "openssl",
+            &[
+                "req",
+                "-new",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                &p("ca.key"),
+                "-out",
+                &p("ca.csr"),
+                "-subj",
+                &format!("/CN=Revocation test sub-CA {name}"),
+            ],
+        );
+        run_ok(
+            "openssl",
+            &[
+                "ca",
+                "-batch",
+                "-config",
+                &self.cnf,
+                "-in",
+                &p("ca.csr"),
+                "-out",
+                &p("ca.pem"),
+                "-days",
+                "20",
+                "-notext",
+                "-extfile",
+                &p("ext"),
+                "-extensions",
+                "ext",
+            ],
+        );
+        sub.carried = Some(p("ca.pem"));
+        sub
+    }
+
+    /// Revokes a subordinate CA's certificate.
+    pub fn revoke_ca(&self, sub: &CrlCa, reason: &str) {
+        run_ok(
+            "openssl",
+            &[
+                "ca",
+                "-config",
+                &self.cnf,
+                "-revoke",
+                &sub.cert,
+                "-crl_reason",
+                reason,
+            ],
+        );
+    }
+
+    fn prepare(base: &Path, name: &str, crl_url: Option<String>) -> CrlCa {
+        let dir = base.join(format!("ca-{name}"));
+        std::fs::create_dir_all(dir.join("newcerts")).expect("ca dir");
+        std::fs::write(dir.join("index.txt"), "").expect("index");
+        std::fs::write(dir.join("serial"), "1000\n").expect("serial");
+        std::fs::write(dir.join("crlnumber"), "1000\n").expect("crlnumber");
+        let cnf = dir.join("ca.cnf");
+        std::fs::write(
+            &cnf,
+            format!(
+                "[ca]\ndefault_ca = CA_default\n\n[CA_default]\ndir = {}\n\
+                 database = $dir/index.txt\nnew_certs_dir = $dir/newcerts\n\
+                 certificate = $dir/ca.pem\nprivate_key = $dir/ca.key\nserial = $dir/serial\n\
+                 crlnumber = $dir/crlnumber\ndefault_md = sha256\ndefault_crl_days = 7\n\
+                 policy = policy_any\nunique_subject = no\ncopy_extensions = none\n\n\
+                 [policy_any]\ncommonName = supplied\n",
+                dir.display()
+            ),
+        )
+        .expect("ca.cnf");
         CrlCa {
-            cert: p("ca.pem"),
+            cert: dir.join("ca.pem").display().to_string(),
             cnf: cnf.display().to_string(),
             dir,
             crl_url,
+            carried: None,
         }
     }
 
@@ -222,6 +300,7 @@ impl CrlCa {
             address: address.to_string(),
             cert: p("pem"),
             key: p("key"),
+            carried: self.carried.clone(),
         }
     }
 

@@ -35,22 +35,24 @@ fn signed_by(dir: &Path, person: &Person, subject: &str) -> Vec<u8> {
         ),
     )
     .expect("write");
-    run_ok(
-        "openssl",
-        &[
-            "cms",
-            "-sign",
-            "-in",
-            &entity.display().to_string(),
-            "-signer",
-            &person.cert,
-            "-inkey",
-            &person.key,
-            "-out",
-            &signed.display().to_string(),
-            "-crlfeol",
-        ],
-    );
+    let (entity, signed) = (entity.display().to_string(), signed.display().to_string());
+    let mut args = vec![
+        "cms",
+        "-sign",
+        "-in",
+        &entity,
+        "-signer",
+        &person.cert,
+        "-inkey",
+        &person.key,
+        "-out",
+        &signed,
+        "-crlfeol",
+    ];
+    if let Some(carried) = &person.carried {
+        args.extend_from_slice(&["-certfile", carried]);
+    }
+    run_ok("openssl", &args);
     let outer = format!(
         "From: {}\r\nTo: {ALICE}\r\nSubject: {subject}\r\nMessage-ID: <{id}@test>\r\n",
         person.address
@@ -425,4 +427,52 @@ fn expired_and_badly_signed_crls_are_unknown_never_good() {
     assert_eq!((ok, verdict.as_str()), (true, "revocation-unknown"));
     let (ok, verdict, _) = cli_verify(&gw, &signed_by(gw.data(), &jan, "x"), &[]);
     assert_eq!((ok, verdict.as_str()), (false, "revoked"));
+}
+
+#[test]
+fn a_revoked_intermediate_ca_revokes_the_partners_it_certified() {
+    let mut gw = Gateway::start(|d| {
+        mailbox(d, ALICE);
+        configure(d, "soft-fail");
+    });
+    let server = CrlServer::start(gw.data().join("www"));
+    // root (the trust anchor) → sub-CA (named in root.crl) → Leo (named in sub.crl).
+    let root = CrlCa::new(gw.data(), "root", Some(server.url("root.crl")));
+    let sub = root.subordinate(gw.data(), "sub", Some(server.url("sub.crl")));
+    gw.cli(&["trust", "add", &root.cert]);
+    gw.add_rule(
+        "outbound",
+        "managed",
+        "domain:partner.example",
+        "encrypt-enforced",
+    );
+    let leo = sub.issue("leo@partner.example");
+    server.publish("sub.crl", &sub.crl(&[]));
+
+    // The root's CRL is not published yet: the sub-CA's status is unknown, so Leo's
+    // (soft-fail); his certificate is harvested, and the sub-CA his signature carried
+    // is remembered for later checks.
+    let stamp = inbound(&gw, &leo.address, &signed_by(gw.data(), &leo, "hello"));
+    assert_eq!(
+        stamp,
+        "X-Smimegate: not-encrypted; signature=revocation-unknown; signer=leo@partner.example"
+    );
+    assert!(certificate_known(&gw, &leo.address));
+
+    // The root revokes the sub-CA. Mail to Leo is refused: no message carries the
+    // chain now, the remembered sub-CA certificate links him to the root's CRL.
+    root.revoke_ca(&sub, "cACompromise");
+    server.publish("root.crl", &root.crl(&[]));
+    gw.kill();
+    gw.serve();
+    let (rcpt, data) = outbound(&gw, &leo.address);
+    assert_eq!(rcpt.0, 550, "{rcpt:?}");
+    assert!(
+        rcpt.1.contains("5.7.1") && rcpt.1.contains("a CA certificate on its path is revoked"),
+        "{rcpt:?}"
+    );
+    assert!(data.is_none());
+    let stamp = inbound(&gw, &leo.address, &signed_by(gw.data(), &leo, "again"));
+    assert_eq!(stamp, "X-Smimegate: not-encrypted; signature=revoked");
+    assert!(gw.smarthost.messages().is_empty());
 }
