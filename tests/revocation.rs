@@ -173,3 +173,46 @@ async fn the_crl_cache_is_shared_and_refreshed_on_postgres() {
     other.close().await;
     db.drop_database().await;
 }
+
+/// RFC 5280 §5.2: a CRL with a critical extension the checker does not implement is not
+/// used at all — the status is unknown, not good; the same extension marked non-critical
+/// is ignored and the CRL counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crl_with_an_unknown_critical_extension_is_not_used() {
+    let (store, dir) = common::sqlite_store().await;
+    let server = CrlServer::start(dir.path().join("www"));
+    let critical = CrlCa::new(dir.path(), "critical", Some(server.url("critical.crl")));
+    let plain = CrlCa::new(dir.path(), "noncritical", Some(server.url("plain.crl")));
+    for (ca, flag) in [(&critical, "critical,"), (&plain, "")] {
+        let mut cnf = std::fs::read_to_string(&ca.cnf).expect("ca.cnf");
+        cnf.push_str(&format!(
+            "\n[crl_ext]\n1.3.6.1.4.1.55555.1={flag}ASN1:NULL\n"
+        ));
+        std::fs::write(&ca.cnf, cnf).expect("ca.cnf");
+    }
+    let kay = critical.issue("kay@partner.example");
+    let lou = plain.issue("lou@partner.example");
+    server.publish("critical.crl", &critical.crl(&["-crlexts", "crl_ext"]));
+    server.publish("plain.crl", &plain.crl(&["-crlexts", "crl_ext"]));
+    let revocations = Revocations::new(store.clone(), settings(Duration::from_secs(20)));
+    match revocations
+        .encryption_status(
+            &pem_certificate(&kay.cert),
+            vec![pem_certificate(&critical.cert)],
+        )
+        .await
+    {
+        Status::Unknown(why) => assert!(why.contains("CriticalExtension"), "{why}"),
+        other => panic!("a CRL with an unknown critical extension was used: {other:?}"),
+    }
+    assert_eq!(
+        revocations
+            .encryption_status(
+                &pem_certificate(&lou.cert),
+                vec![pem_certificate(&plain.cert)]
+            )
+            .await,
+        Status::Good
+    );
+    store.close().await;
+}
