@@ -246,8 +246,21 @@ impl Revocations {
                         fetched_at,
                     },
                 );
+                // A CRL that is not current is no answer: it is kept (the check says
+                // why the status is unknown) and, like a failure, not asked for again
+                // before the back-off has passed.
+                let stale = next_update.is_none_or(|n| n <= fetched_at);
                 if let Ok(mut f) = self.failures.lock() {
-                    f.remove(url);
+                    if stale {
+                        let why = match next_update {
+                            Some(n) => format!("the CRL it serves expired at {}", rfc3339(n)),
+                            None => "the CRL it serves has no nextUpdate".to_string(),
+                        };
+                        tracing::warn!(url, "{why}");
+                        f.insert(url.to_string(), (Instant::now(), why));
+                    } else {
+                        f.remove(url);
+                    }
                 }
             }
             Err(why) => {
@@ -412,6 +425,16 @@ impl Revocations {
             tokio::time::sleep(tick).await;
         }
     }
+}
+
+fn rfc3339(unix: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| unix.to_string())
 }
 
 /// Now, as webpki counts time.
