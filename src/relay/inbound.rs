@@ -73,7 +73,6 @@ impl Unwrapper for QueuedKeys {
 
 /// Decides on, opens and stamps one inbound message. `Err` is the SMTP reply that
 /// refuses it (5xx by policy, 4xx when the gateway itself failed).
-#[allow(clippy::too_many_arguments)]
 pub async fn process(
     app: Arc<App>,
     snapshot: Arc<Snapshot>,
