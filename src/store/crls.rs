@@ -72,17 +72,14 @@ impl Crls<'_> {
             .collect()
     }
 
-    /// Stores a freshly downloaded CRL for its URL, replacing what was cached.
+    /// Stores a freshly downloaded CRL for its URL, replacing what was cached (one
+    /// statement: nodes that download at once do not collide).
     pub async fn put(&self, crl: &CachedCrl) -> Result<()> {
-        let mut tx = self.pool.begin().await.map_err(db("caching a CRL"))?;
-        sqlx::query("DELETE FROM partner_crls WHERE url = $1")
-            .bind(&crl.url)
-            .execute(&mut *tx)
-            .await
-            .map_err(db("caching a CRL"))?;
         sqlx::query(
             "INSERT INTO partner_crls (url, der, issuer, this_update, next_update, fetched_at) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (url) DO UPDATE SET der = excluded.der, \
+             issuer = excluded.issuer, this_update = excluded.this_update, \
+             next_update = excluded.next_update, fetched_at = excluded.fetched_at",
         )
         .bind(&crl.url)
         .bind(crl.der.clone())
@@ -90,10 +87,10 @@ impl Crls<'_> {
         .bind(crl.this_update)
         .bind(crl.next_update)
         .bind(crl.fetched_at)
-        .execute(&mut *tx)
+        .execute(self.pool)
         .await
         .map_err(db("caching a CRL"))?;
-        tx.commit().await.map_err(db("caching a CRL"))
+        Ok(())
     }
 
     /// Remembers a CA certificate seen on a verified path (idempotent).
