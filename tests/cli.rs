@@ -159,9 +159,14 @@ fn activated_mailbox_certificate_is_accepted_for_smime_and_its_key_stays_in_the_
     let custody = smimegate_ok(&data, &["token", "custody"]);
     assert!(custody.contains("3 key(s) checked"), "{custody}");
 
-    // Activating twice is refused: one certificate per mailbox.
-    let again = smimegate(&data, &["mailbox", "activate", "alice@corp.example"]);
-    assert_clean_failure(&again, "is active, not inactive");
+    // Activating twice issues nothing: one certificate per mailbox.
+    let again = smimegate_ok(&data, &["mailbox", "activate", "alice@corp.example"]);
+    assert!(
+        again.contains("skipped alice@corp.example: active already"),
+        "{again}"
+    );
+    let show = smimegate_ok(&data, &["mailbox", "show", "alice@corp.example"]);
+    assert_eq!(show.matches("serial ").count(), 1, "{show}");
 }
 
 #[test]

@@ -236,6 +236,13 @@ pub async fn serve(settings: Settings, args: ServeArgs) -> Result<()> {
             })
             .into_future(),
     );
+    // The certificate lifecycle: at start, then every [lifecycle].interval_secs (one
+    // node at a time, by a lease in the database).
+    let (lifecycle_stop, lifecycle_stopped) = tokio::sync::watch::channel(false);
+    let lifecycle_task = tokio::spawn(crate::ops::lifecycle::run_periodically(
+        app.clone(),
+        lifecycle_stopped,
+    ));
     tracing::info!(inbound = %inbound_listen, submission = %submission_listen, http = %http_listen, "listening");
     println!(
         "smimegate serving: SMTP inbound {inbound_listen}, SMTP submission {submission_listen}, http://{http_listen}/health"
@@ -250,8 +257,15 @@ pub async fn serve(settings: Settings, args: ServeArgs) -> Result<()> {
             }
         }
     }
+    let _ = lifecycle_stop.send(true);
     drain(&control, current.smtp.shutdown_grace()).await;
     refresh_task.abort();
+    if tokio::time::timeout(CLOSE_WAIT, lifecycle_task)
+        .await
+        .is_err()
+    {
+        tracing::warn!("lifecycle run did not stop in time");
+    }
     let _ = inbound_task.await;
     let _ = submission_task.await;
     match tokio::time::timeout(CLOSE_WAIT, http_task).await {

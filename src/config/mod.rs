@@ -39,6 +39,7 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub hsm: HsmSection,
     pub ca: CaConfig,
+    pub lifecycle: LifecycleConfig,
     pub http: HttpConfig,
     pub smtp: SmtpConfig,
     pub relay: RelayConfig,
@@ -381,6 +382,59 @@ pub struct HsmSection {
     pub acquire_timeout_secs: u64,
 }
 
+/// The certificate lifecycle job: renewal, the end of deactivation, CRL re-signing.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LifecycleConfig {
+    /// A mailbox certificate is renewed this many days before it expires.
+    pub renew_before_days: u32,
+    /// A deactivated mailbox stays revoke-pending (holding its seat) this many days.
+    pub revoke_pending_days: u32,
+    /// `serve` runs the job at start and then every this many seconds.
+    pub interval_secs: u64,
+    /// The built-in CA's CRL is valid this many days (nextUpdate); it is re-signed on
+    /// every revocation and once less than half of it is left.
+    pub crl_validity_days: u32,
+}
+
+impl Default for LifecycleConfig {
+    fn default() -> Self {
+        Self {
+            renew_before_days: 30,
+            revoke_pending_days: 14,
+            interval_secs: 3600,
+            crl_validity_days: 7,
+        }
+    }
+}
+
+impl LifecycleConfig {
+    fn validate(&self, ca: &CaConfig) -> Result<(), ConfigError> {
+        if self.renew_before_days >= ca.mailbox_validity_days {
+            return Err(ConfigError::Invalid {
+                key: "lifecycle.renew_before_days",
+                message: format!(
+                    "must be less than ca.mailbox_validity_days ({}), or every run would renew",
+                    ca.mailbox_validity_days
+                ),
+            });
+        }
+        if self.interval_secs < 60 {
+            return Err(ConfigError::Invalid {
+                key: "lifecycle.interval_secs",
+                message: "must be at least 60".into(),
+            });
+        }
+        if self.crl_validity_days == 0 {
+            return Err(ConfigError::Invalid {
+                key: "lifecycle.crl_validity_days",
+                message: "must be at least 1".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CaConfig {
@@ -606,6 +660,7 @@ impl Config {
             });
         }
         self.smtp.validate(&self.limits)?;
+        self.lifecycle.validate(&self.ca)?;
         if self.database.max_connections == 0 {
             return Err(ConfigError::Invalid {
                 key: "database.max_connections",

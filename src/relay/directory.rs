@@ -367,7 +367,7 @@ impl<'a> Directory<'a> {
         let can = self
             .store
             .certificates()
-            .current(address.as_str(), CertificateSource::Issued)
+            .signing(address.as_str(), crate::store::unix_now())
             .await?
             .is_some();
         if let Ok(mut m) = self.snapshot.signing.lock() {

@@ -7,6 +7,7 @@ mod flow;
 mod harness;
 mod inbound_trust;
 mod interop;
+mod lifecycle;
 mod postfix;
 mod protocol;
 mod revocation;
