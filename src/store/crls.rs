@@ -153,24 +153,30 @@ impl Crls<'_> {
             .collect()
     }
 
-    /// The certificate with this SHA-256 fingerprint when it is one of ours (issued by
-    /// the built-in CA, or the CA's own): its revocation is what our database says.
+    /// The certificate with this SHA-256 fingerprint when our database decides its
+    /// revocation: one the built-in CA issued (or the CA's own), or an uploaded identity
+    /// of one of our mailboxes (its key in the token) that we revoked at deactivation.
+    /// An uploaded identity we did not revoke is left to its own CA's CRL (`None`).
     pub async fn own_certificate(&self, fingerprint: &str) -> Result<Option<OwnCertificate>> {
         let row = sqlx::query(
-            "SELECT revoked_at FROM certificates WHERE fingerprint_sha256 = $1 \
-             AND source IN ('issued', 'ca')",
+            "SELECT source, key_id, revoked_at FROM certificates WHERE fingerprint_sha256 = $1",
         )
         .bind(fingerprint)
         .fetch_optional(self.pool)
         .await
         .map_err(db("reading our certificate"))?;
-        row.map(|r| {
-            Ok(OwnCertificate {
-                revoked_at: r
-                    .try_get("revoked_at")
-                    .map_err(db("reading our certificate"))?,
-            })
-        })
-        .transpose()
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let read = db("reading our certificate");
+        let source: String = row.try_get("source").map_err(&read)?;
+        let key_id: Option<i64> = row.try_get("key_id").map_err(&read)?;
+        let revoked_at: Option<i64> = row.try_get("revoked_at").map_err(&read)?;
+        let ours = match source.as_str() {
+            "issued" | "ca" => true,
+            "uploaded" => key_id.is_some() && revoked_at.is_some(),
+            _ => false,
+        };
+        Ok(ours.then_some(OwnCertificate { revoked_at }))
     }
 }

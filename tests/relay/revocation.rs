@@ -476,3 +476,26 @@ fn a_revoked_intermediate_ca_revokes_the_partners_it_certified() {
     assert_eq!(stamp, "X-Smimegate: not-encrypted; signature=revoked");
     assert!(gw.smarthost.messages().is_empty());
 }
+
+/// Our own mailbox certificates are checked against our database, not over HTTP (their
+/// distribution point is this gateway's own URL): valid while active, `revoked` once
+/// the mailbox is deactivated.
+#[test]
+fn our_own_certificates_are_checked_against_our_database() {
+    let gw = Gateway::start(|d| mailbox(d, ALICE));
+    let message = gw.data().join("from-alice.eml");
+    std::fs::write(&message, plain(ALICE, "bob@partner.example", "ours")).expect("write");
+    let signed = gw.cli(&[
+        "smime",
+        "sign",
+        "--from",
+        ALICE,
+        &message.display().to_string(),
+    ]);
+    let (ok, verdict, err) = cli_verify(&gw, signed.as_bytes(), &[]);
+    assert_eq!((ok, verdict.as_str()), (true, "valid"), "{err}");
+    gw.cli(&["mailbox", "deactivate", ALICE]);
+    let (ok, verdict, err) = cli_verify(&gw, signed.as_bytes(), &[]);
+    assert_eq!((ok, verdict.as_str()), (false, "revoked"), "{err}");
+    assert!(err.contains("revoked by this gateway's CA"), "{err}");
+}
