@@ -1363,3 +1363,31 @@ fn pkcs12_files_in_every_mode_openssl_writes_are_read_and_a_wrong_password_is_na
         }
     }
 }
+
+#[test]
+fn a_revoked_partner_certificate_is_not_imported() {
+    use common::crl::{CrlCa, CrlServer};
+    let dir = tempfile::tempdir().expect("dir");
+    let data = initialised(dir.path());
+    let server = CrlServer::start(dir.path().join("www"));
+    let ca = CrlCa::new(dir.path(), "partner", Some(server.url("partner.crl")));
+    let good = ca.issue("good@partner.example");
+    let gone = ca.issue("gone@partner.example");
+    ca.revoke(&gone, "keyCompromise");
+    server.publish("partner.crl", &ca.crl(&[]));
+    smimegate_ok(
+        &data,
+        &["trust", "add", &ca.cert, "--domain", "partner.example"],
+    );
+
+    let before = rows(&data);
+    let out = smimegate(&data, &["cert", "import", &gone.cert]);
+    assert_refused(&out, "revoked");
+    assert_eq!(rows(&data), before);
+    let out = smimegate_ok(&data, &["cert", "import", &good.cert]);
+    assert!(
+        out.starts_with("imported") && out.contains("good@partner.example"),
+        "{out}"
+    );
+    assert!(server.hits() >= 1, "the CRL was fetched");
+}

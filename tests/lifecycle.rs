@@ -355,6 +355,16 @@ async fn seats_and_deactivation(store: &Store) {
             .is_some_and(|w| w.contains("the licence ended on 2020-01-31")),
         "{ended:?}"
     );
+    let report = lifecycle::run(&app, &job(), SystemTime::now())
+        .await
+        .expect("run");
+    assert!(
+        report
+            .warnings
+            .iter()
+            .any(|w| w.contains("the licence ended")),
+        "{report:?}"
+    );
 }
 
 #[tokio::test]

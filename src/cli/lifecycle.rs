@@ -57,11 +57,15 @@ pub async fn run(cmd: LifecycleCommand, settings: Settings) -> Result<()> {
         for (address, why) in &report.failed {
             println!("failed {address}: {why}");
         }
+        for warning in &report.warnings {
+            println!("warning: {warning}");
+        }
         if report.released.is_empty()
             && report.renewed.is_empty()
             && report.expiring_uploads.is_empty()
             && report.crls_signed.is_empty()
             && report.failed.is_empty()
+            && report.warnings.is_empty()
         {
             println!("nothing due");
         }

@@ -189,7 +189,14 @@ pub async fn serve(settings: Settings, args: ServeArgs) -> Result<()> {
     if app.ca().await.is_err() {
         tracing::warn!("the built-in CA is missing: run `smimegate init`");
     }
+    let revocation = crate::pki::revocation::Revocations::new(
+        app.store.clone(),
+        (&app.settings.config.revocation).into(),
+    );
+    // Keeps the CRLs of known partner certificates current, outside any SMTP reply.
+    let refresh_task = tokio::spawn(revocation.clone().run_refresh());
     let relay = Arc::new(Relay {
+        revocation,
         log_writer: crate::relay::log_writer::LogWriter::start(app.store.clone()),
         hops: crate::relay::HopPool::default(),
         snapshots: crate::relay::directory::SnapshotCache::new(app.store.clone()),
@@ -252,6 +259,7 @@ pub async fn serve(settings: Settings, args: ServeArgs) -> Result<()> {
     }
     let _ = lifecycle_stop.send(true);
     drain(&control, current.smtp.shutdown_grace()).await;
+    refresh_task.abort();
     if tokio::time::timeout(CLOSE_WAIT, lifecycle_task)
         .await
         .is_err()

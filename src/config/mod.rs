@@ -45,6 +45,7 @@ pub struct Config {
     pub relay: RelayConfig,
     pub limits: LimitsConfig,
     pub log: LogConfig,
+    pub revocation: RevocationConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -451,6 +452,78 @@ pub struct HttpConfig {
     pub listen: String,
 }
 
+/// `[revocation]`: how partner certificates are checked against their CAs' CRLs.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RevocationConfig {
+    /// What happens when a certificate's revocation status cannot be learned.
+    pub mode: RevocationMode,
+    /// Seconds one CRL download may take (connect, request and body together).
+    pub fetch_timeout_secs: u64,
+    /// Largest CRL accepted, in bytes.
+    pub max_crl_bytes: usize,
+    /// Seconds between background refreshes of a CRL (it is refreshed sooner when its
+    /// nextUpdate comes).
+    pub refresh_interval_secs: u64,
+    /// Milliseconds an SMTP reply may wait for the first download of a CRL not yet
+    /// cached; past it the status counts as unknown for that reply.
+    pub reply_wait_ms: u64,
+}
+
+/// `[revocation].mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RevocationMode {
+    /// An unknown status is noted (`revocation-unknown`) and the certificate is used.
+    SoftFail,
+    /// An unknown status makes a signature not valid and refuses encryption (4.7.x).
+    HardFail,
+}
+
+impl RevocationMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RevocationMode::SoftFail => "soft-fail",
+            RevocationMode::HardFail => "hard-fail",
+        }
+    }
+}
+
+impl Default for RevocationConfig {
+    fn default() -> Self {
+        Self {
+            mode: RevocationMode::SoftFail,
+            fetch_timeout_secs: 10,
+            max_crl_bytes: 10 * 1024 * 1024,
+            refresh_interval_secs: 3600,
+            reply_wait_ms: 2000,
+        }
+    }
+}
+
+impl RevocationConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.fetch_timeout_secs == 0
+            || self.refresh_interval_secs == 0
+            || self.max_crl_bytes == 0
+        {
+            return Err(ConfigError::Invalid {
+                key: "revocation.*",
+                message:
+                    "fetch_timeout_secs, refresh_interval_secs and max_crl_bytes must be at least 1"
+                        .into(),
+            });
+        }
+        if self.reply_wait_ms > 30_000 {
+            return Err(ConfigError::Invalid {
+                key: "revocation.reply_wait_ms",
+                message: "at most 30000: an SMTP reply must not wait longer for a CRL".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
@@ -594,6 +667,7 @@ impl Config {
                 message: "must be at least 1".into(),
             });
         }
+        self.revocation.validate()?;
         self.relay.validate()
     }
 }
@@ -717,6 +791,23 @@ mod tests {
         let err =
             Config::parse("[smtp]\nmax_connections_per_ip = 0\n", Path::new("x.toml")).unwrap_err();
         assert!(err.to_string().contains("max_connections_per_ip"), "{err}");
+    }
+
+    #[test]
+    fn revocation_settings_parse_and_are_checked() {
+        let c = Config::parse(
+            "[revocation]\nmode = \"hard-fail\"\nreply_wait_ms = 500\n",
+            Path::new("x.toml"),
+        )
+        .expect("parses");
+        assert_eq!(c.revocation.mode, RevocationMode::HardFail);
+        assert_eq!(c.revocation.reply_wait_ms, 500);
+        let err =
+            Config::parse("[revocation]\nmode = \"lenient\"\n", Path::new("x.toml")).unwrap_err();
+        assert!(err.to_string().contains("unknown variant"), "{err}");
+        let err = Config::parse("[revocation]\nreply_wait_ms = 60000\n", Path::new("x.toml"))
+            .unwrap_err();
+        assert!(err.to_string().contains("reply_wait_ms"), "{err}");
     }
 
     #[test]

@@ -120,15 +120,37 @@ pub async fn import(
 ) -> Result<Vec<ImportOutcome>, OpError> {
     let certificates = read_bundle(file)?;
     let trust = crate::app::trust_anchors(ctx.store).await?;
-    let limits = crate::mime::Limits::default();
-    let verify = VerifyContext {
-        trust: &trust,
-        crls: &[],
-        now: SystemTime::now(),
-        limits: &limits,
-    };
+    // Checked as the harvester checks: on a blocking thread, with the CRLs of the
+    // certificates' distribution points ([revocation] decides about unknown status).
+    let revocation = crate::pki::revocation::Revocations::new(
+        ctx.store.clone(),
+        (&ctx.settings.config.revocation).into(),
+    );
+    let source = revocation.blocking(tokio::runtime::Handle::current());
+    let checks = tokio::task::spawn_blocking(move || {
+        let limits = crate::mime::Limits::default();
+        let verify = VerifyContext {
+            trust: &trust,
+            crls: &[],
+            revocation: Some(&source),
+            now: SystemTime::now(),
+            limits: &limits,
+        };
+        let checks: Vec<Option<PartnerCheck>> = certificates
+            .iter()
+            .map(|cert| (!is_ca(cert)).then(|| check_partner(cert, &certificates, &trust, &verify)))
+            .collect();
+        (certificates, checks)
+    })
+    .await
+    .map_err(|e| {
+        OpError::Store(crate::store::StoreError::Unavailable(format!(
+            "the certificate check did not finish: {e}"
+        )))
+    })?;
+    let (certificates, checks) = checks;
     let mut outcomes = Vec::new();
-    for cert in &certificates {
+    for (cert, check) in certificates.iter().zip(checks) {
         let record = CertificateRecord::from_certificate(cert)?;
         let mut outcome = ImportOutcome {
             fingerprint: record.fingerprint_sha256.clone(),
@@ -137,16 +159,15 @@ pub async fn import(
             address: None,
             detail: String::new(),
         };
-        if is_ca(cert) {
-            outcome.outcome = "skipped";
-            outcome.detail =
-                "a CA certificate (used as an intermediate; `trust add` makes it an anchor)".into();
-            outcomes.push(outcome);
-            continue;
-        }
-        match check_partner(cert, &certificates, &trust, &verify) {
-            Err(why) => outcome.detail = why,
-            Ok((owner, anchor)) => {
+        match check {
+            None => {
+                outcome.outcome = "skipped";
+                outcome.detail =
+                    "a CA certificate (used as an intermediate; `trust add` makes it an anchor)"
+                        .into();
+            }
+            Some(Err(why)) => outcome.detail = why,
+            Some(Ok((owner, anchor, unknown))) => {
                 outcome.address = Some(owner.clone());
                 if ctx
                     .store
@@ -172,7 +193,12 @@ pub async fn import(
                     )
                     .await?;
                     outcome.outcome = "imported";
-                    outcome.detail = format!("vouched for by anchor {anchor}");
+                    outcome.detail = match unknown {
+                        None => format!("vouched for by anchor {anchor}"),
+                        Some(why) => {
+                            format!("vouched for by anchor {anchor}; revocation-unknown: {why}")
+                        }
+                    };
                 }
             }
         }
@@ -201,14 +227,17 @@ pub async fn import(
     Ok(outcomes)
 }
 
-/// Why a partner's certificate may not be imported, or (owner address, anchor
-/// fingerprint).
+/// (owner address, anchor fingerprint, why its revocation status is unknown under
+/// soft-fail), or why a partner's certificate may not be imported.
+type PartnerCheck = Result<(String, String, Option<String>), String>;
+
+/// Checks a partner's certificate for [`import`].
 fn check_partner(
     cert: &Certificate,
     bundle: &[Certificate],
     trust: &TrustAnchors,
     verify: &VerifyContext<'_>,
-) -> Result<(String, String), String> {
+) -> PartnerCheck {
     let addresses = certified_addresses(cert);
     let Some(owner) = addresses.first().cloned() else {
         return Err("the certificate carries no mail address".into());
@@ -224,9 +253,10 @@ fn check_partner(
     if let Some(problem) = crate::smime::encrypt::recipient_key_problem(cert) {
         return Err(problem);
     }
-    let anchor = crate::smime::verify::check_partner_certificate(cert, bundle, verify)
-        .map_err(|(verdict, detail)| format!("{}: {detail}", verdict.as_str()))?;
-    Ok((owner, anchor))
+    let (anchor, unknown) =
+        crate::smime::verify::check_partner_certificate(cert, bundle, verify)
+            .map_err(|(verdict, detail)| format!("{}: {detail}", verdict.as_str()))?;
+    Ok((owner, anchor, unknown))
 }
 
 /// Removes a partner's certificate by its SHA-256 fingerprint (hex; colons and case

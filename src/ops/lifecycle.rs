@@ -61,6 +61,8 @@ pub struct LifecycleReport {
     pub expiring_uploads: Vec<ExpiringUpload>,
     /// CRL numbers signed.
     pub crls_signed: Vec<i64>,
+    /// Things the operator should act on (e.g. the licence ended).
+    pub warnings: Vec<String>,
 }
 
 /// Renews `address`'s certificate now: a new key in the token, a new certificate from
@@ -239,6 +241,18 @@ async fn run_locked(app: &App, actor: &Actor, at: i64) -> Result<LifecycleReport
                 }
             },
         }
+    }
+
+    if let Some(licence) = app.store.licence().get().await?
+        && let Some(end) = licence.valid_until
+        && at > end
+    {
+        let warning = format!(
+            "the licence ended on {}: no new seats; renewals go on so that no mailbox stops signing",
+            super::licence::date(end)
+        );
+        tracing::warn!("{warning}");
+        report.warnings.push(warning);
     }
 
     let ca = app.ca().await?;

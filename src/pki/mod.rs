@@ -3,5 +3,6 @@ pub mod ca;
 pub mod crl;
 pub mod pkcs12;
 pub mod profile;
+pub mod revocation;
 pub mod trust;
 pub mod urls;

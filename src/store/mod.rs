@@ -4,6 +4,7 @@
 
 mod audit;
 mod certificates;
+mod crls;
 mod domains;
 mod keys;
 mod leases;
@@ -26,6 +27,7 @@ pub use certificates::{
     CertificateRecord, CertificateSource, Certificates, IdentityKey, NewIdentity, PartnerRow,
     StoredCertificate,
 };
+pub use crls::{CachedCrl, Crls, OwnCertificate};
 pub use domains::{DomainRow, Domains};
 pub use keys::{KeyPurpose, KeyRow, Keys};
 pub use leases::Leases;
@@ -307,6 +309,10 @@ impl Store {
                 operation: "ping",
                 source,
             })
+    }
+
+    pub fn crls(&self) -> Crls<'_> {
+        Crls { pool: &self.pool }
     }
 
     pub fn domains(&self) -> Domains<'_> {

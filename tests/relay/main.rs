@@ -11,6 +11,7 @@ mod interop;
 mod lifecycle;
 mod postfix;
 mod protocol;
+mod revocation;
 mod tables;
 
 use harness::{Client, Gateway, Partner, mailbox, openssl_decrypt, openssl_verify};
