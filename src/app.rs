@@ -13,7 +13,7 @@ use crate::hsm::{Hsm, HsmConfig, HsmError};
 use crate::pki::address::Address;
 use crate::pki::ca::{self, CaIdentity, IssueError};
 use crate::pki::trust::{DomainPattern, Scope, TrustAnchor, TrustAnchors};
-use crate::store::{KeyPurpose, MailboxState, Store, StoreError};
+use crate::store::{CertificateSource, KeyPurpose, MailboxState, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -107,8 +107,9 @@ impl App {
 }
 
 impl App {
-    /// The signing identity of an active mailbox: its current certificate, the key
-    /// behind it and the CA chain.
+    /// The signing identity of an active mailbox: its current certificate (the newest
+    /// valid one with a key in the token, issued by our CA or uploaded), the key behind
+    /// it and its chain.
     pub async fn signer_for(
         &self,
         address: &Address,
@@ -139,13 +140,18 @@ impl App {
             .ok_or_else(|| StoreError::Corrupt(format!("key of {address} is not recorded")))?;
         let certificate = Certificate::from_der(&cert.record.der)
             .map_err(|e| StoreError::Corrupt(format!("certificate of {address}: {e}")))?;
-        let ca = self.ca().await?;
+        // Issued: our CA. Uploaded: the chain that came with it.
+        let chain = if cert.source == CertificateSource::Issued {
+            vec![self.ca().await?.certificate]
+        } else {
+            self.store.certificates().chain_of(&cert).await?
+        };
         Ok(crate::smime::SignerIdentity {
             key_id: key.key_id()?,
             key_algorithm: key.algorithm,
             scheme: ca::default_scheme(key.algorithm),
             certificate,
-            chain: vec![ca.certificate],
+            chain,
         })
     }
 }

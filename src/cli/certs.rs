@@ -1,5 +1,6 @@
 //! `smimegate cert …`: public certificates (never private keys); `cert show` prints a
-//! mailbox's certificate chain.
+//! mailbox's certificate chain; `cert import`, `cert list`, `cert remove` manage
+//! partners' certificates (`ops::certs`).
 
 use anyhow::{Result, bail};
 use clap::Subcommand;
@@ -11,8 +12,10 @@ use x509_cert::ext::pkix::{ExtendedKeyUsage, KeyUsage, SubjectAltName};
 
 use crate::app;
 use crate::config::Settings;
+use crate::ops::certs::{Kind, ListCertificates};
+use crate::ops::{self, Actor, Ops};
 use crate::pki::address::Address;
-use crate::store::Store;
+use crate::store::{CertificateSource, Store};
 
 #[derive(Subcommand, Debug)]
 pub enum CertCommand {
@@ -23,6 +26,30 @@ pub enum CertCommand {
         #[arg(long)]
         pem: bool,
     },
+    /// Import partners' public certificates: PEM, DER or a .p7c (PKCS#7) bundle. Each
+    /// is checked as a harvested one (a trust anchor whose scope covers its address,
+    /// valid, emailProtection, never a managed domain).
+    Import {
+        file: std::path::PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every certificate the gateway holds: fingerprint, address, source, expiry.
+    List {
+        /// Only ours (the CA, managed mailboxes, their chains).
+        #[arg(long, conflicts_with = "partner")]
+        managed: bool,
+        /// Only partners' (harvested or imported).
+        #[arg(long)]
+        partner: bool,
+        /// Only certificates of this address.
+        #[arg(long)]
+        address: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a partner's certificate (never one of ours).
+    Remove { fingerprint: String },
 }
 
 pub async fn run(cmd: CertCommand, settings: &Settings) -> Result<()> {
@@ -30,6 +57,82 @@ pub async fn run(cmd: CertCommand, settings: &Settings) -> Result<()> {
         CertCommand::Show { address, pem } => {
             let store = app::open_store(settings).await?;
             show(&store, &Address::parse(&address)?, pem).await
+        }
+        CertCommand::Import { file, json } => {
+            let bytes = super::identities::read_file(&file)?;
+            let store = app::open_store(settings).await?;
+            let outcomes =
+                ops::certs::import(&Ops::new(settings, &store), &Actor::cli(), &bytes).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&outcomes)?);
+                return Ok(());
+            }
+            for o in &outcomes {
+                println!(
+                    "{:<8} {} {} ({}){}",
+                    o.outcome,
+                    o.fingerprint,
+                    o.address.as_deref().unwrap_or("-"),
+                    o.subject,
+                    if o.detail.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {}", o.detail)
+                    }
+                );
+            }
+            Ok(())
+        }
+        CertCommand::List {
+            managed,
+            partner,
+            address,
+            json,
+        } => {
+            let store = app::open_store(settings).await?;
+            let kind = match (managed, partner) {
+                (true, _) => Kind::Managed,
+                (_, true) => Kind::Partner,
+                _ => Kind::All,
+            };
+            let rows = ops::certs::list(
+                &Ops::new(settings, &store),
+                ListCertificates { kind, address },
+            )
+            .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+                return Ok(());
+            }
+            println!(
+                "{:<64} {:<36} {:<12} {:<12} {:<20} REVOKED",
+                "SHA-256", "ADDRESS", "SOURCE", "KIND", "NOT AFTER"
+            );
+            for c in &rows {
+                println!(
+                    "{:<64} {:<36} {:<12} {:<12} {:<20} {}",
+                    c.fingerprint,
+                    c.address.as_deref().unwrap_or("-"),
+                    c.source.as_str(),
+                    c.kind,
+                    format_time(c.not_after),
+                    if c.revoked { "yes" } else { "no" }
+                );
+            }
+            println!("{} certificate(s)", rows.len());
+            Ok(())
+        }
+        CertCommand::Remove { fingerprint } => {
+            let store = app::open_store(settings).await?;
+            let removed =
+                ops::certs::remove(&Ops::new(settings, &store), &Actor::cli(), &fingerprint)
+                    .await?;
+            println!(
+                "removed the certificate of {} ({})",
+                removed.address.as_deref().unwrap_or("-"),
+                removed.fingerprint
+            );
+            Ok(())
         }
     }
 }
@@ -48,7 +151,9 @@ async fn show(store: &Store, address: &Address, pem: bool) -> Result<()> {
         bail!("no certificate for {address} ({state})");
     };
     let mut chain = vec![Certificate::from_der(&leaf.record.der)?];
-    if let Some(ca) = app::load_ca(store)
+    if leaf.source == CertificateSource::Uploaded {
+        chain.extend(store.certificates().chain_of(&leaf).await?);
+    } else if let Some(ca) = app::load_ca(store)
         .await?
         .filter(|ca| leaf.record.issuer == ca.certificate.tbs_certificate().subject().to_string())
     {

@@ -58,6 +58,36 @@ pub enum MailboxCommand {
     /// Renew a mailbox's certificate now (new key in the token; older keys keep
     /// decrypting). The lifecycle job does this by itself before expiry.
     Renew { address: String },
+    /// Import an existing identity: a PKCS#12 file (key into the token, never
+    /// extractable), or the certificate an external CA issued for `mailbox csr`.
+    Import {
+        address: String,
+        /// PKCS#12 file (.p12/.pfx); its password is prompted for (no echo), read as
+        /// one line of stdin, or read from --password-file.
+        #[arg(
+            long,
+            required_unless_present = "certificate",
+            conflicts_with = "certificate"
+        )]
+        pkcs12: Option<std::path::PathBuf>,
+        /// The certificate (PEM or DER; extra PEM blocks: its chain) for the key
+        /// `mailbox csr` made.
+        #[arg(long)]
+        certificate: Option<std::path::PathBuf>,
+        /// A file holding the PKCS#12 password (mode 0600 or stricter; one line).
+        #[arg(long, requires = "pkcs12")]
+        password_file: Option<std::path::PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make a key in the token and print a certificate request (PEM) for an
+    /// external CA; the mailbox is pending until `mailbox import --certificate`.
+    Csr {
+        address: String,
+        /// Key type; default from [ca].mailbox_key.
+        #[arg(long, value_enum)]
+        key: Option<KeyAlgorithm>,
+    },
 }
 
 pub async fn run(cmd: MailboxCommand, settings: Settings) -> Result<()> {
@@ -89,6 +119,19 @@ pub async fn run(cmd: MailboxCommand, settings: Settings) -> Result<()> {
             deactivate(settings, &addresses, json).await
         }
         MailboxCommand::Renew { address } => renew(settings, &address).await,
+        MailboxCommand::Import {
+            address,
+            pkcs12,
+            certificate,
+            password_file,
+            json,
+        } => {
+            super::identities::import(settings, address, pkcs12, certificate, password_file, json)
+                .await
+        }
+        MailboxCommand::Csr { address, key } => {
+            super::identities::csr(settings, address, key).await
+        }
     }
 }
 

@@ -6,12 +6,14 @@
 mod bench;
 mod certs;
 mod domains;
+mod identities;
 mod licence;
 mod lifecycle;
 mod load;
 mod mailboxes;
 mod relay;
 mod rules;
+mod secrets;
 pub mod serve;
 mod smime;
 mod smime_bench;

@@ -319,6 +319,35 @@ impl Hsm {
         }
     }
 
+    /// Destroys both halves of a key pair that was made or imported moments ago and
+    /// could not be recorded in the database: no certificate names it and nothing was
+    /// ever encrypted to it, so nothing is lost. Recorded keys are never destroyed
+    /// (old mail must stay readable). Best effort: a failure is logged, never
+    /// returned, so the caller reports its original error.
+    pub fn discard_unrecorded_key(&self, id: &KeyId) {
+        self.forget_key(id);
+        let outcome = self.with_session(|session| {
+            self.ensure_logged_in(session)?;
+            let handles = find_all(session, &[Attribute::Id(id.0.clone())])?;
+            for handle in &handles {
+                session
+                    .destroy_object(*handle)
+                    .map_err(|e| HsmError::token("destroy unrecorded key", e))?;
+            }
+            Ok(handles.len())
+        });
+        match outcome {
+            Ok(removed) => {
+                tracing::warn!(key_id = %id, removed, "removed a key that could not be recorded")
+            }
+            Err(error) => tracing::error!(
+                %error,
+                key_id = %id,
+                "could not remove an unrecorded key from the token; it has no certificate and may be deleted with pkcs11-tool"
+            ),
+        }
+    }
+
     /// The private key with this `CKA_ID`, if the token holds one.
     pub fn find_key(&self, id: &KeyId) -> Result<Option<KeyInfo>> {
         self.with_session(|session| match find_private_key(session, id)? {

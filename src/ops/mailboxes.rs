@@ -563,7 +563,7 @@ pub async fn show(ctx: &Ops<'_>, address: &str) -> Result<MailboxDetail, OpError
 }
 
 /// Refuses a mailbox of a domain without a next hop: mail to it could not be delivered.
-async fn require_inbound_route(app: &App, mailbox: &MailboxRow) -> Result<(), OpError> {
+pub(crate) async fn require_inbound_route(app: &App, mailbox: &MailboxRow) -> Result<(), OpError> {
     let domain = input::domain(&mailbox.domain)?;
     let route = app.store.domains().get(&domain).await?;
     if route.is_some_and(|d| d.next_hop.is_none()) {

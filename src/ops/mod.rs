@@ -33,8 +33,10 @@
 //!   for the CLI and the console.
 
 mod actor;
+pub mod certs;
 pub mod crl;
 pub mod domains;
+pub mod identities;
 pub mod input;
 pub mod licence;
 pub mod lifecycle;

@@ -1,6 +1,7 @@
 pub mod address;
 pub mod ca;
 pub mod crl;
+pub mod pkcs12;
 pub mod profile;
 pub mod revocation;
 pub mod trust;

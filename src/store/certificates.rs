@@ -445,3 +445,284 @@ impl Certificates<'_> {
             .collect()
     }
 }
+
+/// A managed identity to record in one transaction (`mailbox import`): its key (new
+/// row, or one recorded when its CSR was made), its certificate, the chain that came
+/// with it, and the mailbox's state change.
+pub struct NewIdentity<'a> {
+    pub mailbox_id: i64,
+    pub address: &'a str,
+    pub key: IdentityKey<'a>,
+    pub certificate: &'a Certificate,
+    pub source: CertificateSource,
+    /// CA certificates sent with it, nearest first (kept with it, sent in signed mail).
+    pub chain: &'a [Certificate],
+    /// The mailbox must be in `from`; it ends in `to` (may be the same). Every other
+    /// key of the mailbox is retired from signing (it keeps decrypting).
+    pub from: super::MailboxState,
+    pub to: super::MailboxState,
+}
+
+/// The key of a [`NewIdentity`].
+pub enum IdentityKey<'a> {
+    /// Imported into the token just now: a new `keys` row.
+    New {
+        id: &'a crate::hsm::KeyId,
+        algorithm: crate::hsm::KeyAlgorithm,
+        purpose: super::KeyPurpose,
+    },
+    /// Recorded already (a key made for a CSR): its row id.
+    Recorded(i64),
+}
+
+impl Certificates<'_> {
+    /// Records a managed identity (see [`NewIdentity`]) all at once: on any failure
+    /// nothing of it is written.
+    pub async fn record_identity(&self, identity: NewIdentity<'_>) -> Result<StoredCertificate> {
+        let record = CertificateRecord::from_certificate(identity.certificate)?;
+        let at = now();
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(db("starting transaction"))?;
+        let key_row_id = match identity.key {
+            IdentityKey::Recorded(id) => id,
+            IdentityKey::New {
+                id,
+                algorithm,
+                purpose,
+            } => sqlx::query_scalar(
+                "INSERT INTO keys (cka_id, algorithm, purpose, mailbox_id, created_at) \
+                 VALUES ($1, $2, $3, $4, $5) RETURNING id",
+            )
+            .bind(id.to_hex())
+            .bind(algorithm.as_str())
+            .bind(purpose.as_str())
+            .bind(identity.mailbox_id)
+            .bind(at)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(query_error("recording key", || format!("key {id}")))?,
+        };
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO certificates (der, subject, issuer, serial, not_before, not_after, fingerprint_sha256, \
+             source, owner_address, key_id, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+             RETURNING {COLUMNS}"
+        )))
+        .bind(record.der.clone())
+        .bind(record.subject.clone())
+        .bind(record.issuer.clone())
+        .bind(record.serial.clone())
+        .bind(record.not_before)
+        .bind(record.not_after)
+        .bind(record.fingerprint_sha256.clone())
+        .bind(identity.source.as_str())
+        .bind(identity.address)
+        .bind(key_row_id)
+        .bind(at)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(query_error("storing certificate", || {
+            format!("certificate {}", record.fingerprint_sha256)
+        }))?;
+        let stored = row_to_certificate(&row)?;
+        if !identity.chain.is_empty() {
+            let chain = identity
+                .chain
+                .to_vec()
+                .to_der()
+                .map_err(|e| StoreError::Corrupt(format!("chain does not encode: {e}")))?;
+            sqlx::query("UPDATE certificates SET chain = $1 WHERE id = $2")
+                .bind(chain)
+                .bind(stored.id)
+                .execute(&mut *tx)
+                .await
+                .map_err(db("storing the chain"))?;
+        }
+        // Only the new identity signs from now on; older keys stay for old mail.
+        sqlx::query(
+            "UPDATE keys SET retired_at = $1 WHERE mailbox_id = $2 AND id <> $3 AND retired_at IS NULL",
+        )
+        .bind(at)
+        .bind(identity.mailbox_id)
+        .bind(key_row_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("retiring older keys"))?;
+        let moved = sqlx::query(
+            "UPDATE mailboxes SET state = $1, \
+             state_changed_at = CASE WHEN state = $1 THEN state_changed_at ELSE $2 END \
+             WHERE id = $3 AND state = $4",
+        )
+        .bind(identity.to.as_str())
+        .bind(at)
+        .bind(identity.mailbox_id)
+        .bind(identity.from.as_str())
+        .execute(&mut *tx)
+        .await
+        .map_err(db("changing mailbox state"))?;
+        if moved.rows_affected() != 1 {
+            return Err(StoreError::Refused(format!(
+                "mailbox {} is no longer {}",
+                identity.address,
+                identity.from.as_str()
+            )));
+        }
+        tx.commit().await.map_err(db("committing identity"))?;
+        Ok(stored)
+    }
+
+    /// Records a key made in the token for a certificate request of mailbox
+    /// `mailbox_id`, moving the mailbox from `from` to `to`, in one transaction.
+    pub async fn record_request_key(
+        &self,
+        mailbox_id: i64,
+        id: &crate::hsm::KeyId,
+        algorithm: crate::hsm::KeyAlgorithm,
+        from: super::MailboxState,
+        to: super::MailboxState,
+    ) -> Result<i64> {
+        let at = now();
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(db("starting transaction"))?;
+        let key_row_id: i64 = sqlx::query_scalar(
+            "INSERT INTO keys (cka_id, algorithm, purpose, mailbox_id, created_at) \
+             VALUES ($1, $2, 'mailbox', $3, $4) RETURNING id",
+        )
+        .bind(id.to_hex())
+        .bind(algorithm.as_str())
+        .bind(mailbox_id)
+        .bind(at)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(query_error("recording key", || format!("key {id}")))?;
+        let moved = sqlx::query(
+            "UPDATE mailboxes SET state = $1, \
+             state_changed_at = CASE WHEN state = $1 THEN state_changed_at ELSE $2 END \
+             WHERE id = $3 AND state = $4",
+        )
+        .bind(to.as_str())
+        .bind(at)
+        .bind(mailbox_id)
+        .bind(from.as_str())
+        .execute(&mut *tx)
+        .await
+        .map_err(db("changing mailbox state"))?;
+        if moved.rows_affected() != 1 {
+            return Err(StoreError::Refused(format!(
+                "the mailbox is no longer {}",
+                from.as_str()
+            )));
+        }
+        tx.commit().await.map_err(db("committing key"))?;
+        Ok(key_row_id)
+    }
+
+    /// The CA certificates uploaded with identity `cert`, nearest first (none for
+    /// issued certificates and partners').
+    pub async fn chain_of(&self, cert: &StoredCertificate) -> Result<Vec<Certificate>> {
+        use der::Decode;
+        let chain: Option<Vec<u8>> =
+            sqlx::query_scalar("SELECT chain FROM certificates WHERE id = $1")
+                .bind(cert.id)
+                .fetch_optional(self.pool)
+                .await
+                .map_err(db("reading the chain"))?
+                .flatten();
+        match chain {
+            None => Ok(Vec::new()),
+            Some(der) => Vec::<Certificate>::from_der(&der)
+                .map_err(|e| StoreError::Corrupt(format!("chain of certificate {}: {e}", cert.id))),
+        }
+    }
+
+    /// The certificate with this SHA-256 fingerprint (hex, lower case).
+    pub async fn by_fingerprint(&self, fingerprint: &str) -> Result<Option<StoredCertificate>> {
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM certificates WHERE fingerprint_sha256 = $1"
+        )))
+        .bind(fingerprint)
+        .fetch_optional(self.pool)
+        .await
+        .map_err(db("reading certificate"))?;
+        row.as_ref().map(row_to_certificate).transpose()
+    }
+
+    /// Every certificate, optionally only those naming `owner`, newest first.
+    pub async fn list_all(&self, owner: Option<&str>) -> Result<Vec<StoredCertificate>> {
+        let rows =
+            match owner {
+                Some(owner) => sqlx::query(AssertSqlSafe(format!(
+                    "SELECT {COLUMNS} FROM certificates WHERE owner_address = $1 ORDER BY id DESC"
+                )))
+                .bind(owner)
+                .fetch_all(self.pool)
+                .await,
+                None => {
+                    sqlx::query(AssertSqlSafe(format!(
+                        "SELECT {COLUMNS} FROM certificates ORDER BY id DESC"
+                    )))
+                    .fetch_all(self.pool)
+                    .await
+                }
+            }
+            .map_err(db("listing certificates"))?;
+        rows.iter().map(row_to_certificate).collect()
+    }
+
+    /// Stores a partner's certificate an operator imported (source `uploaded`, no key)
+    /// for `owner`, with the anchor that vouched for it.
+    pub async fn insert_partner(
+        &self,
+        cert: &Certificate,
+        owner: &str,
+        vouched_by: &str,
+    ) -> Result<StoredCertificate> {
+        let record = CertificateRecord::from_certificate(cert)?;
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO certificates (der, subject, issuer, serial, not_before, not_after, fingerprint_sha256, \
+             source, owner_address, vouched_by, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 'uploaded', $8, $9, $10) RETURNING {COLUMNS}"
+        )))
+        .bind(record.der.clone())
+        .bind(record.subject.clone())
+        .bind(record.issuer.clone())
+        .bind(record.serial.clone())
+        .bind(record.not_before)
+        .bind(record.not_after)
+        .bind(record.fingerprint_sha256.clone())
+        .bind(owner)
+        .bind(vouched_by)
+        .bind(now())
+        .fetch_one(self.pool)
+        .await
+        .map_err(query_error("storing certificate", || {
+            format!("certificate {}", record.fingerprint_sha256)
+        }))?;
+        row_to_certificate(&row)
+    }
+
+    /// Deletes a partner's certificate (harvested or uploaded, with an owner and no
+    /// key); refuses any other.
+    pub async fn remove_partner(&self, id: i64) -> Result<()> {
+        let done = sqlx::query(
+            "DELETE FROM certificates WHERE id = $1 AND key_id IS NULL \
+             AND owner_address IS NOT NULL AND source IN ('harvested', 'uploaded')",
+        )
+        .bind(id)
+        .execute(self.pool)
+        .await
+        .map_err(db("removing certificate"))?;
+        if done.rows_affected() == 1 {
+            Ok(())
+        } else {
+            Err(StoreError::Refused(format!(
+                "certificate {id} is not a partner's certificate"
+            )))
+        }
+    }
+}

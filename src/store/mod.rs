@@ -24,7 +24,8 @@ use sqlx::any::{AnyPoolOptions, install_default_drivers};
 
 pub use audit::{AuditEntry, AuditLog};
 pub use certificates::{
-    CertificateRecord, CertificateSource, Certificates, PartnerRow, StoredCertificate,
+    CertificateRecord, CertificateSource, Certificates, IdentityKey, NewIdentity, PartnerRow,
+    StoredCertificate,
 };
 pub use crls::{CachedCrl, Crls, OwnCertificate};
 pub use domains::{DomainRow, Domains};

@@ -5,6 +5,7 @@
 mod common;
 mod flow;
 mod harness;
+mod identities;
 mod inbound_trust;
 mod interop;
 mod lifecycle;

@@ -292,6 +292,22 @@ impl Verification {
     }
 }
 
+/// Checks a partner's certificate for receiving encrypted mail, as the harvester
+/// accepts one from a signed message: a path through `carried` to an anchor whose
+/// scope covers every address it certifies, valid now, not revoked (the context's
+/// CRLs and revocation source), emailProtection if it names extended usages, a key
+/// usage for encryption.
+/// Returns the SHA-256 fingerprint of the anchor that vouched and, under soft-fail,
+/// why the revocation status is unknown; or the verdict and why.
+pub fn check_partner_certificate(
+    cert: &Certificate,
+    carried: &[Certificate],
+    ctx: &VerifyContext<'_>,
+) -> Result<(String, Option<String>), (Verdict, String)> {
+    chain::check(cert, carried, None, chain::Purpose::Encryption, ctx)
+        .map(|checked| (checked.anchor, checked.revocation_unknown))
+}
+
 /// Whether `message` claims to be signed (top-level multipart/signed or opaque
 /// signed-data); it may still turn out malformed.
 pub fn claims_signed(message: &[u8]) -> bool {
