@@ -47,7 +47,11 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(&anyhow::Error::from(e)),
     };
-    match runtime.block_on(cli::run(args.command, settings, changes)) {
+    let result = runtime.block_on(cli::run(args.command, settings, changes));
+    // Every token handle is gone with the command; the runtime's threads with it.
+    drop(runtime);
+    smimegate::hsm::finalize_modules();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e),
     }

@@ -279,16 +279,36 @@ impl Hsm {
     }
 }
 
+/// The modules this process loaded, each initialised once (see [`load_module`]).
+static LOADED: std::sync::OnceLock<Mutex<HashMap<PathBuf, Pkcs11>>> = std::sync::OnceLock::new();
+
+/// Calls `C_Finalize` on every module this process loaded, once it is done with the
+/// token: call it last, when no `Hsm` is in use any more (the end of `main`). Without
+/// it, SoftHSM2's static state is torn down by the C++ runtime at `exit`, in an order
+/// against OpenSSL's own `atexit` clean-up that can end in "double free or
+/// corruption". A module finalised here answers `CKR_CRYPTOKI_NOT_INITIALIZED` to any
+/// straggler instead of crashing.
+pub fn finalize_modules() {
+    let Some(loaded) = LOADED.get() else { return };
+    let Ok(mut loaded) = loaded.lock() else {
+        return;
+    };
+    for (path, ctx) in loaded.drain() {
+        if let Err(e) = ctx.finalize() {
+            tracing::debug!(module = %path.display(), error = %e, "C_Finalize failed");
+        }
+    }
+}
+
 /// The module at `path`, loaded and initialised once per process. Every `Hsm` and the
 /// provisioning code share that one context, and it is never dropped: when the last
 /// `Pkcs11` handle of a module goes away the library is unloaded (`dlclose`) without
 /// `C_Finalize`, SoftHSM2's static state is destroyed under whatever the next handle
 /// loads again, and the process can die with a double free — `smimegate init` opens the
 /// token more than once. Keeping the context for the life of the process avoids both the
-/// unload and a `C_Finalize` on some unrelated thread; the operating system reclaims it.
+/// unload and a `C_Finalize` on some unrelated thread; [`finalize_modules`] ends it
+/// when the process is done.
 fn load_module(path: &Path) -> Result<Pkcs11> {
-    static LOADED: std::sync::OnceLock<Mutex<HashMap<PathBuf, Pkcs11>>> =
-        std::sync::OnceLock::new();
     let loaded = LOADED.get_or_init(|| Mutex::new(HashMap::new()));
     let mut loaded = loaded.lock().map_err(|_| HsmError::Library {
         operation: "load module",
