@@ -27,6 +27,9 @@ pub enum MailboxCommand {
         /// Key type; default from [ca].mailbox_key.
         #[arg(long, value_enum)]
         key: Option<KeyAlgorithm>,
+        /// Activate even when the domain's MX does not point at [gateway].hostname.
+        #[arg(long)]
+        skip_mx_check: bool,
     },
 }
 
@@ -37,9 +40,20 @@ pub async fn run(cmd: MailboxCommand, settings: Settings) -> Result<()> {
         MailboxCommand::Remove { address } => {
             remove(&settings, &address).await.map_err(exit_status_1)
         }
-        MailboxCommand::Activate { address, key } => activate(settings, Activate { address, key })
-            .await
-            .map_err(exit_status_1),
+        MailboxCommand::Activate {
+            address,
+            key,
+            skip_mx_check,
+        } => activate(
+            settings,
+            Activate {
+                address,
+                key,
+                skip_mx_check,
+            },
+        )
+        .await
+        .map_err(exit_status_1),
     }
 }
 
