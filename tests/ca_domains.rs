@@ -1057,9 +1057,43 @@ fn changing_the_gateway_hostname_reissues_the_smtp_tls_certificate() {
     let out = smimegate_ok(&data, &["init"]);
     assert!(out.contains("nothing to do"), "{out}");
 
+    // `serve` does the same before its listeners start.
+    set_config(
+        &data,
+        "hostname = \"mx.gw.test\"",
+        "hostname = \"mx2.gw.test\"",
+    );
+    let port = || {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        format!("127.0.0.1:{}", probe.local_addr().expect("addr").port())
+    };
+    let (http, inbound, submission) = (port(), port(), port());
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_smimegate"))
+        .args(["--data-dir", &data.display().to_string(), "serve"])
+        .args(["--http", &http, "--inbound", &inbound])
+        .args(["--submission", &submission])
+        .env_remove("SMIMEGATE_HSM_PIN")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start serve");
+    let mut listening = false;
+    for _ in 0..300 {
+        if std::net::TcpStream::connect(&submission).is_ok() {
+            listening = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(listening, "serve did not start");
+    assert_eq!(tls_dns_names(&path), ["localhost", "mx2.gw.test"]);
+    verify_tls("mx2.gw.test");
+
     let url = format!("sqlite://{}", data.join("smimegate.db").display());
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let actions: Vec<(String, String)> = runtime.block_on(async {
+    let actions: Vec<(String, String, String)> = runtime.block_on(async {
         let store = Store::connect(&url, 1, std::time::Duration::from_secs(5))
             .await
             .expect("database");
@@ -1067,14 +1101,18 @@ fn changing_the_gateway_hostname_reissues_the_smtp_tls_certificate() {
         store.close().await;
         rows.into_iter()
             .filter(|r| r.action.starts_with("tls."))
-            .map(|r| (r.action, r.target))
+            .map(|r| (r.action, r.target, r.origin))
             .collect()
     });
+    let row = |action: &str, target: &str, origin: &str| {
+        (action.to_string(), target.to_string(), origin.to_string())
+    };
     assert_eq!(
         actions,
         [
-            ("tls.reissue".to_string(), "mx.gw.test".to_string()),
-            ("tls.issue".to_string(), "localhost".to_string()),
+            row("tls.reissue", "mx2.gw.test", "job"),
+            row("tls.reissue", "mx.gw.test", "cli"),
+            row("tls.issue", "localhost", "cli"),
         ]
     );
 }

@@ -1051,6 +1051,11 @@ fn every_state_changing_command_leaves_its_audit_row() {
         "domain.add",
         "old.example",
     );
+    cli.run(
+        &["domain", "set", "old.example", "--next-hop", "10.0.0.6:25"],
+        "domain.set",
+        "old.example",
+    );
     for address in ["alice@corp.example", "bob@corp.example"] {
         cli.run(&["mailbox", "add", address], "mailbox.add", address);
     }
@@ -1126,6 +1131,8 @@ fn every_state_changing_command_leaves_its_audit_row() {
     }
     let refused = smimegate(&data, &["domain", "add", "corp.example"]);
     assert_clean_failure(&refused, "domain corp.example already exists");
+    let refused = smimegate(&data, &["domain", "set", "corp.example"]);
+    assert_clean_failure(&refused, "nothing to change for domain corp.example");
 
     let rows = audit_rows(&data);
     let actual: Vec<(String, String)> = rows
