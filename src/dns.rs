@@ -9,7 +9,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use hickory_resolver::TokioResolver;
-use hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
+use hickory_resolver::config::{LookupIpStrategy, NameServerConfig, ResolverConfig, ResolverOpts};
 use hickory_resolver::net::NetError;
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::RData;
@@ -68,6 +68,8 @@ pub fn resolver(config: &DnsConfig) -> Result<TokioResolver, String> {
     let mut options = ResolverOpts::default();
     options.timeout = Duration::from_secs(config.timeout_secs.max(1));
     options.attempts = 2;
+    // Both address families: an MX host matches the gateway by any of its addresses.
+    options.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
     let builder = if config.resolver.is_empty() {
         TokioResolver::builder_tokio()
             .map_err(|e| format!("cannot read the system resolver configuration: {e}"))?

@@ -1116,3 +1116,83 @@ fn changing_the_gateway_hostname_reissues_the_smtp_tls_certificate() {
         ]
     );
 }
+
+/// Mail a managed mailbox signs carries the issuing CA; the gateway's verifier, with the
+/// root as the managed domains' only anchor, validates it through that CA.
+#[tokio::test]
+async fn our_own_mail_validates_through_the_issuing_ca_up_to_the_root() {
+    use smimegate::smime::verify::{FromField, Verdict, VerifyContext, verify};
+    let (store, _db) = common::sqlite_store().await;
+    let settings = settings_with_dns("");
+    let urls = PkiUrls::new(&settings.config.ca.public_url).expect("urls");
+    let (root, issuing) = two_tier_ca(&store, &urls).await;
+    let app = App {
+        settings,
+        store: store.clone(),
+        hsm: common::token().hsm.clone(),
+    };
+    let ctx = app.ops();
+    domains::add(
+        &ctx,
+        &console(),
+        AddDomain {
+            name: "corp.example".into(),
+            next_hop: Some("10.0.0.5:25".into()),
+            wildcard: false,
+        },
+    )
+    .await
+    .expect("domain");
+    mailboxes::add(&ctx, &console(), "ida@corp.example")
+        .await
+        .expect("mailbox");
+    mailboxes::activate(
+        &app,
+        &console(),
+        Activate {
+            address: "ida@corp.example".into(),
+            key: Some(KeyAlgorithm::P256),
+            skip_mx_check: true,
+        },
+    )
+    .await
+    .expect("activate");
+    let signer = app
+        .signer_for(&Address::parse("ida@corp.example").expect("address"))
+        .await
+        .expect("signer");
+    assert_eq!(signer.chain, std::slice::from_ref(&issuing.certificate));
+    let message = "From: ida@corp.example\r\nTo: x@partner.example\r\nSubject: s\r\nContent-Type: text/plain\r\n\r\nsigned\r\n";
+    let signed = smimegate::smime::sign_detached(
+        &app.hsm,
+        &signer,
+        message.as_bytes(),
+        &smimegate::mime::Limits::default(),
+    )
+    .expect("sign");
+    let anchors = smimegate::app::trust_anchors(&store)
+        .await
+        .expect("anchors");
+    assert_eq!(anchors.anchors.len(), 1);
+    assert_eq!(anchors.anchors[0].certificate, root.certificate);
+    let check = |anchors: &smimegate::pki::trust::TrustAnchors| {
+        verify(
+            &signed,
+            &FromField::given("ida@corp.example"),
+            &VerifyContext {
+                trust: anchors,
+                crls: &[],
+                now: std::time::SystemTime::now(),
+                limits: &smimegate::mime::Limits::default(),
+            },
+        )
+    };
+    let verdict = check(&anchors);
+    assert_eq!(verdict.verdict, Verdict::Valid, "{}", verdict.detail);
+    // Not vacuous: with another root as the anchor the same mail is untrusted.
+    let stranger = common::token_ca("CN=stranger root");
+    let mut other = anchors.clone();
+    other.anchors[0].certificate = stranger.certificate;
+    let verdict = check(&other);
+    assert_eq!(verdict.verdict, Verdict::Untrusted, "{}", verdict.detail);
+}
