@@ -13,7 +13,7 @@ use crate::hsm::{Hsm, HsmConfig, HsmError};
 use crate::pki::address::Address;
 use crate::pki::ca::{self, CaIdentity, IssueError};
 use crate::pki::trust::{DomainPattern, Scope, TrustAnchor, TrustAnchors};
-use crate::store::{CertificateSource, KeyPurpose, MailboxState, Store, StoreError};
+use crate::store::{KeyPurpose, MailboxState, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -126,7 +126,7 @@ impl App {
         let cert = self
             .store
             .certificates()
-            .current(address.as_str(), CertificateSource::Issued)
+            .signing(address.as_str(), crate::store::unix_now())
             .await?
             .ok_or_else(|| {
                 AppError::Refused(format!("mailbox {address} has no valid certificate"))

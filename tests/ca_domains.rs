@@ -630,6 +630,7 @@ async fn the_root_signs_the_issuing_ca_and_its_crl_and_openssl_follows_the_chain
         &[Revocation {
             serial,
             revoked_at: std::time::SystemTime::now(),
+            reason: None,
         }],
         day,
     )
@@ -952,9 +953,15 @@ fn domain_set_and_check_from_the_command_line() {
     smimegate_ok(&data, &["mailbox", "add", "ben@elsewhere.example"]);
     let out = smimegate(&data, &["mailbox", "activate", "ben@elsewhere.example"]);
     assert_eq!(out.status.code(), Some(1));
+    // The batch reports each mailbox on stdout, the summary on stderr.
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("failed ben@elsewhere.example: MX check failed: the MX of elsewhere.example does not point at this gateway"),
+        "{said}"
+    );
+    assert!(said.contains("--skip-mx-check"), "{said}");
     let err = stderr_of(&out);
-    assert!(err.contains("MX check failed"), "{err}");
-    assert!(err.contains("--skip-mx-check"), "{err}");
+    assert!(err.contains("0 mailbox(es) activated"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     smimegate_ok(
         &data,
@@ -1182,6 +1189,7 @@ async fn our_own_mail_validates_through_the_issuing_ca_up_to_the_root() {
             &VerifyContext {
                 trust: anchors,
                 crls: &[],
+                revocation: None,
                 now: std::time::SystemTime::now(),
                 limits: &smimegate::mime::Limits::default(),
             },

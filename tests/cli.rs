@@ -186,9 +186,14 @@ fn activated_mailbox_certificate_is_accepted_for_smime_and_its_key_stays_in_the_
     let custody = smimegate_ok(&data, &["token", "custody"]);
     assert!(custody.contains("4 key(s) checked"), "{custody}");
 
-    // Activating twice is refused: one certificate per mailbox.
-    let again = smimegate(&data, &["mailbox", "activate", "alice@corp.example"]);
-    assert_clean_failure(&again, "is active, not inactive");
+    // Activating twice issues nothing: one certificate per mailbox.
+    let again = smimegate_ok(&data, &["mailbox", "activate", "alice@corp.example"]);
+    assert!(
+        again.contains("skipped alice@corp.example: active already"),
+        "{again}"
+    );
+    let show = smimegate_ok(&data, &["mailbox", "show", "alice@corp.example"]);
+    assert_eq!(show.matches("serial ").count(), 1, "{show}");
 }
 
 #[test]
@@ -1144,4 +1149,109 @@ fn every_state_changing_command_leaves_its_audit_row() {
         assert_eq!(row.origin, "cli", "{row:?}");
         assert!(row.actor.starts_with("cli:"), "{row:?}");
     }
+}
+
+/// The lifecycle commands as an operator types them: the licence, a batch that runs
+/// out of seats, deactivation, the job, and what `mailbox list` and `show` say.
+#[test]
+fn an_operator_runs_the_lifecycle_from_the_command_line() {
+    let dir = initialised_dir();
+    let data = dir.path().join("var");
+    set_config(&data, "mailbox_key = \"rsa2048\"", "mailbox_key = \"p256\"");
+    smimegate_ok(
+        &data,
+        &[
+            "domain",
+            "add",
+            "corp.example",
+            "--next-hop",
+            "127.0.0.1:2526",
+        ],
+    );
+    for address in ["a@corp.example", "b@corp.example"] {
+        smimegate_ok(&data, &["mailbox", "add", address]);
+    }
+    let shown = smimegate_ok(&data, &["licence", "show"]);
+    assert!(shown.contains("none set (no seat limit"), "{shown}");
+    let refused = smimegate(
+        &data,
+        &[
+            "licence",
+            "set",
+            "--smime-seats",
+            "5",
+            "--mail-security-seats",
+            "4",
+        ],
+    );
+    assert_eq!(refused.status.code(), Some(2), "the operator's mistake");
+    let set = smimegate_ok(
+        &data,
+        &[
+            "licence",
+            "set",
+            "--smime-seats",
+            "1",
+            "--mail-security-seats",
+            "4",
+            "--valid-until",
+            "2999-12-31",
+        ],
+    );
+    assert!(set.contains("valid until 2999-12-31"), "{set}");
+
+    // Two mailboxes, one seat: one activated, the batch stops and says so.
+    let out = smimegate(
+        &data,
+        &[
+            "mailbox",
+            "activate",
+            "--domain",
+            "corp.example",
+            "--skip-mx-check",
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(stdout.contains("activated a@corp.example"), "{stdout}");
+    assert!(stdout.contains("not activated b@corp.example"), "{stdout}");
+    assert!(
+        stderr.contains("stopped after activating 1 mailbox(es): no S/MIME seat is free"),
+        "{stderr}"
+    );
+    let shown = smimegate_ok(&data, &["licence", "show"]);
+    assert!(shown.contains("S/MIME seats used: 1"), "{shown}");
+    assert!(shown.contains("free: 0"), "{shown}");
+    let list = smimegate_ok(&data, &["mailbox", "list"]);
+    let a_line = list
+        .lines()
+        .find(|l| l.starts_with("a@corp.example"))
+        .expect("a listed");
+    assert!(
+        a_line.contains("active") && a_line.contains("issued"),
+        "{list}"
+    );
+
+    // The job signs the first CRL; a renewal by hand keeps the old key.
+    let run = smimegate_ok(&data, &["lifecycle", "run"]);
+    assert!(run.contains("signed CRL number 1"), "{run}");
+    let renewed = smimegate_ok(&data, &["mailbox", "renew", "a@corp.example"]);
+    assert!(renewed.contains("its key keeps decrypting"), "{renewed}");
+
+    let out = smimegate_ok(&data, &["mailbox", "deactivate", "a@corp.example"]);
+    assert!(
+        out.contains("deactivated a@corp.example: revoked certificate(s)"),
+        "{out}"
+    );
+    let show = smimegate_ok(&data, &["mailbox", "show", "a@corp.example"]);
+    assert!(show.contains("state    revoke-pending"), "{show}");
+    assert!(show.contains("inactive from"), "{show}");
+    assert_eq!(show.matches("decrypt only").count(), 2, "{show}");
+    let again = smimegate(&data, &["mailbox", "deactivate", "a@corp.example"]);
+    assert_eq!(again.status.code(), Some(2));
+    let run = smimegate_ok(&data, &["lifecycle", "run"]);
+    assert!(run.contains("nothing due"), "{run}");
+    let json = smimegate_ok(&data, &["mailbox", "list", "--json"]);
+    assert!(json.contains("\"state\": \"revoke-pending\""), "{json}");
 }

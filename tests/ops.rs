@@ -599,7 +599,7 @@ async fn activation_suite(store: &Store) {
     refused(
         mailboxes::activate(&app, &job(), activate("alice@corp.example")).await,
         Kind::Invalid,
-        "mailbox alice@corp.example is active, not inactive",
+        "mailbox alice@corp.example is active already",
     );
     refused(
         mailboxes::remove(&app.ops(), &console(), "alice@corp.example").await,

@@ -36,6 +36,7 @@ fuzz_target!(|data: &[u8]| {
         verify: VerifyContext {
             trust: &trust,
             crls: &[],
+            revocation: None,
             now: SystemTime::UNIX_EPOCH + Duration::from_secs(1_798_761_600),
             limits: &Limits::default(),
         },

@@ -41,6 +41,7 @@ fuzz_target!(|data: &[u8]| {
     let context = VerifyContext {
         trust: trust(),
         crls: &[],
+        revocation: None,
         now,
         limits: &Limits::default(),
     };

@@ -1,11 +1,16 @@
-//! The HTTP side: at this stage the health endpoint; the console joins it later.
+//! The HTTP side: the health endpoint and what the built-in CA publishes (its
+//! certificates and CRLs); the console joins it later.
 
 mod health;
+mod pki;
 
 use axum::Router;
 
 use crate::app::App;
 
 pub fn router(app: std::sync::Arc<App>) -> Router {
-    Router::new().merge(health::router()).with_state(app)
+    Router::new()
+        .merge(health::router())
+        .merge(pki::router())
+        .with_state(app)
 }

@@ -12,7 +12,7 @@ use x509_cert::ext::pkix::{ExtendedKeyUsage, KeyUsage, SubjectAltName};
 use crate::app;
 use crate::config::Settings;
 use crate::pki::address::Address;
-use crate::store::{CertificateSource, Store};
+use crate::store::Store;
 
 #[derive(Subcommand, Debug)]
 pub enum CertCommand {
@@ -38,7 +38,7 @@ async fn show(store: &Store, address: &Address, pem: bool) -> Result<()> {
     let certs = store.certificates().for_owner(address.as_str()).await?;
     let current = store
         .certificates()
-        .current(address.as_str(), CertificateSource::Issued)
+        .signing(address.as_str(), crate::store::unix_now())
         .await?;
     let Some(leaf) = current.or_else(|| certs.into_iter().next()) else {
         let state = match store.mailboxes().get(address).await? {

@@ -6,6 +6,8 @@
 mod bench;
 mod certs;
 mod domains;
+mod licence;
+mod lifecycle;
 mod load;
 mod mailboxes;
 mod relay;
@@ -56,6 +58,12 @@ pub enum Command {
     /// Managed mailboxes and their S/MIME activation.
     #[command(subcommand)]
     Mailbox(mailboxes::MailboxCommand),
+    /// The seat licence.
+    #[command(subcommand)]
+    Licence(licence::LicenceCommand),
+    /// The certificate lifecycle job (renewal, end of deactivation, CRL).
+    #[command(subcommand)]
+    Lifecycle(lifecycle::LifecycleCommand),
     /// Public certificates (never private keys).
     #[command(subcommand)]
     Cert(certs::CertCommand),
@@ -97,6 +105,8 @@ pub async fn run(command: Command, settings: Settings, init_changes: Vec<String>
         Command::Token(cmd) => token::run(cmd, settings).await,
         Command::Domain(cmd) => domains::run(cmd, &settings).await,
         Command::Mailbox(cmd) => mailboxes::run(cmd, settings).await,
+        Command::Licence(cmd) => licence::run(cmd, &settings).await,
+        Command::Lifecycle(cmd) => lifecycle::run(cmd, settings).await,
         Command::Cert(cmd) => certs::run(cmd, &settings).await,
         Command::Serve(args) => serve::serve(settings, args).await,
         Command::Sink(args) => serve::sink(args).await,

@@ -200,7 +200,14 @@ pub async fn serve(settings: Settings, args: ServeArgs) -> Result<()> {
     if app.ca().await.is_err() {
         tracing::warn!("the built-in CA is missing: run `smimegate init`");
     }
+    let revocation = crate::pki::revocation::Revocations::new(
+        app.store.clone(),
+        (&app.settings.config.revocation).into(),
+    );
+    // Keeps the CRLs of known partner certificates current, outside any SMTP reply.
+    let refresh_task = tokio::spawn(revocation.clone().run_refresh());
     let relay = Arc::new(Relay {
+        revocation,
         log_writer: crate::relay::log_writer::LogWriter::start(app.store.clone()),
         hops: crate::relay::HopPool::default(),
         snapshots: crate::relay::directory::SnapshotCache::new(app.store.clone()),
@@ -240,6 +247,13 @@ pub async fn serve(settings: Settings, args: ServeArgs) -> Result<()> {
             })
             .into_future(),
     );
+    // The certificate lifecycle: at start, then every [lifecycle].interval_secs (one
+    // node at a time, by a lease in the database).
+    let (lifecycle_stop, lifecycle_stopped) = tokio::sync::watch::channel(false);
+    let lifecycle_task = tokio::spawn(crate::ops::lifecycle::run_periodically(
+        app.clone(),
+        lifecycle_stopped,
+    ));
     tracing::info!(inbound = %inbound_listen, submission = %submission_listen, http = %http_listen, "listening");
     println!(
         "smimegate serving: SMTP inbound {inbound_listen}, SMTP submission {submission_listen}, http://{http_listen}/health"
@@ -254,7 +268,15 @@ pub async fn serve(settings: Settings, args: ServeArgs) -> Result<()> {
             }
         }
     }
+    let _ = lifecycle_stop.send(true);
     drain(&control, current.smtp.shutdown_grace()).await;
+    refresh_task.abort();
+    if tokio::time::timeout(CLOSE_WAIT, lifecycle_task)
+        .await
+        .is_err()
+    {
+        tracing::warn!("lifecycle run did not stop in time");
+    }
     let _ = inbound_task.await;
     let _ = submission_task.await;
     match tokio::time::timeout(CLOSE_WAIT, http_task).await {

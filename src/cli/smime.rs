@@ -53,8 +53,10 @@ pub enum SmimeCommand {
         file: Option<PathBuf>,
     },
     /// Verify a signed message (detached or opaque) against the built-in CA and the
-    /// trust anchors; the signed content on stdout, the verdict on stderr; exit 1
-    /// unless the verdict is "valid".
+    /// trust anchors, checking revocation like the relay (CRLs of the certificates'
+    /// distribution points, [revocation] settings); the signed content on stdout, the
+    /// verdict on stderr; exit 1 unless the verdict is "valid" (or, under
+    /// `mode = "soft-fail"`, "revocation-unknown" of an otherwise valid signer).
     Verify {
         /// Check the signer certificate against this address (default: the From header).
         #[arg(long)]
@@ -62,7 +64,9 @@ pub enum SmimeCommand {
         /// The verdict as JSON on stderr.
         #[arg(long)]
         json: bool,
-        /// CRL(s) to check the signer against, DER or PEM (verdict "revoked").
+        /// CRL(s) to check the signer against besides those of its distribution
+        /// points, DER or PEM (verdict "revoked"; an expired or badly signed one makes
+        /// the status unknown).
         #[arg(long = "crl")]
         crls: Vec<PathBuf>,
         /// The message; stdin when absent.
@@ -233,16 +237,28 @@ async fn verify(
         None => FromField::of_message(&message),
     };
     let crls = read_crls(crl_files)?;
-    let result = verify::verify(
-        &message,
-        &from,
-        &VerifyContext {
-            trust: &trust,
-            crls: &crls,
-            now: std::time::SystemTime::now(),
-            limits: &limits,
-        },
+    let revocation = crate::pki::revocation::Revocations::new(
+        store.clone(),
+        (&settings.config.revocation).into(),
     );
+    let mode = revocation.mode();
+    let source = revocation.blocking(tokio::runtime::Handle::current());
+    let (result, from, message) = tokio::task::spawn_blocking(move || {
+        let result = verify::verify(
+            &message,
+            &from,
+            &VerifyContext {
+                trust: &trust,
+                crls: &crls,
+                revocation: Some(&source),
+                now: std::time::SystemTime::now(),
+                limits: &limits,
+            },
+        );
+        (result, from, message)
+    })
+    .await?;
+    drop(message);
     if let Some(content) = &result.content {
         std::io::stdout().write_all(content)?;
     }
@@ -251,7 +267,10 @@ async fn verify(
     } else {
         print_verdict(&result);
     }
-    if result.verdict != Verdict::Valid {
+    let soft_unknown = result.verdict == Verdict::RevocationUnknown
+        && mode == crate::config::RevocationMode::SoftFail
+        && result.signer().is_some_and(|s| s.verdict == Verdict::Valid);
+    if result.verdict != Verdict::Valid && !soft_unknown {
         anyhow::bail!("signature is {}", result.verdict.as_str());
     }
     Ok(())

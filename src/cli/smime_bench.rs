@@ -145,6 +145,7 @@ fn measure(
             &verify::VerifyContext {
                 trust: &trust,
                 crls: &[],
+                revocation: None,
                 now: SystemTime::now(),
                 limits: &limits,
             },

@@ -39,11 +39,13 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub hsm: HsmSection,
     pub ca: CaConfig,
+    pub lifecycle: LifecycleConfig,
     pub http: HttpConfig,
     pub smtp: SmtpConfig,
     pub relay: RelayConfig,
     pub limits: LimitsConfig,
     pub log: LogConfig,
+    pub revocation: RevocationConfig,
     pub dns: DnsConfig,
 }
 
@@ -381,6 +383,59 @@ pub struct HsmSection {
     pub acquire_timeout_secs: u64,
 }
 
+/// The certificate lifecycle job: renewal, the end of deactivation, CRL re-signing.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LifecycleConfig {
+    /// A mailbox certificate is renewed this many days before it expires.
+    pub renew_before_days: u32,
+    /// A deactivated mailbox stays revoke-pending (holding its seat) this many days.
+    pub revoke_pending_days: u32,
+    /// `serve` runs the job at start and then every this many seconds.
+    pub interval_secs: u64,
+    /// The built-in CA's CRL is valid this many days (nextUpdate); it is re-signed on
+    /// every revocation and once less than half of it is left.
+    pub crl_validity_days: u32,
+}
+
+impl Default for LifecycleConfig {
+    fn default() -> Self {
+        Self {
+            renew_before_days: 30,
+            revoke_pending_days: 14,
+            interval_secs: 3600,
+            crl_validity_days: 7,
+        }
+    }
+}
+
+impl LifecycleConfig {
+    fn validate(&self, ca: &CaConfig) -> Result<(), ConfigError> {
+        if self.renew_before_days >= ca.mailbox_validity_days {
+            return Err(ConfigError::Invalid {
+                key: "lifecycle.renew_before_days",
+                message: format!(
+                    "must be less than ca.mailbox_validity_days ({}), or every run would renew",
+                    ca.mailbox_validity_days
+                ),
+            });
+        }
+        if self.interval_secs < 60 {
+            return Err(ConfigError::Invalid {
+                key: "lifecycle.interval_secs",
+                message: "must be at least 60".into(),
+            });
+        }
+        if self.crl_validity_days == 0 {
+            return Err(ConfigError::Invalid {
+                key: "lifecycle.crl_validity_days",
+                message: "must be at least 1".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CaConfig {
@@ -399,6 +454,78 @@ pub struct CaConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct HttpConfig {
     pub listen: String,
+}
+
+/// `[revocation]`: how partner certificates are checked against their CAs' CRLs.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RevocationConfig {
+    /// What happens when a certificate's revocation status cannot be learned.
+    pub mode: RevocationMode,
+    /// Seconds one CRL download may take (connect, request and body together).
+    pub fetch_timeout_secs: u64,
+    /// Largest CRL accepted, in bytes.
+    pub max_crl_bytes: usize,
+    /// Seconds between background refreshes of a CRL (it is refreshed sooner when its
+    /// nextUpdate comes).
+    pub refresh_interval_secs: u64,
+    /// Milliseconds an SMTP reply may wait for the first download of a CRL not yet
+    /// cached; past it the status counts as unknown for that reply.
+    pub reply_wait_ms: u64,
+}
+
+/// `[revocation].mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RevocationMode {
+    /// An unknown status is noted (`revocation-unknown`) and the certificate is used.
+    SoftFail,
+    /// An unknown status makes a signature not valid and refuses encryption (4.7.x).
+    HardFail,
+}
+
+impl RevocationMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RevocationMode::SoftFail => "soft-fail",
+            RevocationMode::HardFail => "hard-fail",
+        }
+    }
+}
+
+impl Default for RevocationConfig {
+    fn default() -> Self {
+        Self {
+            mode: RevocationMode::SoftFail,
+            fetch_timeout_secs: 10,
+            max_crl_bytes: 10 * 1024 * 1024,
+            refresh_interval_secs: 3600,
+            reply_wait_ms: 2000,
+        }
+    }
+}
+
+impl RevocationConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.fetch_timeout_secs == 0
+            || self.refresh_interval_secs == 0
+            || self.max_crl_bytes == 0
+        {
+            return Err(ConfigError::Invalid {
+                key: "revocation.*",
+                message:
+                    "fetch_timeout_secs, refresh_interval_secs and max_crl_bytes must be at least 1"
+                        .into(),
+            });
+        }
+        if self.reply_wait_ms > 30_000 {
+            return Err(ConfigError::Invalid {
+                key: "revocation.reply_wait_ms",
+                message: "at most 30000: an SMTP reply must not wait longer for a CRL".into(),
+            });
+        }
+        Ok(())
+    }
 }
 
 /// `[dns]`: how `domain check` and activation look up a domain's MX.
@@ -591,12 +718,14 @@ impl Config {
                 message: "must be at least 1".into(),
             });
         }
+        self.lifecycle.validate(&self.ca)?;
         if self.database.max_connections == 0 {
             return Err(ConfigError::Invalid {
                 key: "database.max_connections",
                 message: "must be at least 1".into(),
             });
         }
+        self.revocation.validate()?;
         self.relay.validate()
     }
 }
@@ -720,6 +849,23 @@ mod tests {
         let err =
             Config::parse("[smtp]\nmax_connections_per_ip = 0\n", Path::new("x.toml")).unwrap_err();
         assert!(err.to_string().contains("max_connections_per_ip"), "{err}");
+    }
+
+    #[test]
+    fn revocation_settings_parse_and_are_checked() {
+        let c = Config::parse(
+            "[revocation]\nmode = \"hard-fail\"\nreply_wait_ms = 500\n",
+            Path::new("x.toml"),
+        )
+        .expect("parses");
+        assert_eq!(c.revocation.mode, RevocationMode::HardFail);
+        assert_eq!(c.revocation.reply_wait_ms, 500);
+        let err =
+            Config::parse("[revocation]\nmode = \"lenient\"\n", Path::new("x.toml")).unwrap_err();
+        assert!(err.to_string().contains("unknown variant"), "{err}");
+        let err = Config::parse("[revocation]\nreply_wait_ms = 60000\n", Path::new("x.toml"))
+            .unwrap_err();
+        assert!(err.to_string().contains("reply_wait_ms"), "{err}");
     }
 
     #[test]

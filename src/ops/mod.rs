@@ -33,8 +33,11 @@
 //!   for the CLI and the console.
 
 mod actor;
+pub mod crl;
 pub mod domains;
 pub mod input;
+pub mod licence;
+pub mod lifecycle;
 pub mod mailboxes;
 pub mod password;
 pub mod relay_settings;
@@ -93,6 +96,9 @@ pub enum OpError {
     /// The gateway lacks something `init` makes (the built-in CA).
     #[error("{0}")]
     Setup(String),
+    /// No licence seat is free (or the licence ended): nothing was changed.
+    #[error("{0}")]
+    NoSeat(String),
 }
 
 impl From<StoreError> for OpError {
@@ -128,7 +134,10 @@ impl OpError {
     /// The CLI's exit code: 2 for what the operator can fix in the command, 1 else.
     pub fn exit_code(&self) -> i32 {
         match self {
-            OpError::Invalid(_) | OpError::NotFound(_) | OpError::Conflict(_) => 2,
+            OpError::Invalid(_)
+            | OpError::NotFound(_)
+            | OpError::Conflict(_)
+            | OpError::NoSeat(_) => 2,
             OpError::Store(_) | OpError::Token(_) | OpError::Setup(_) => 1,
         }
     }
@@ -140,7 +149,7 @@ impl OpError {
         match self {
             OpError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             OpError::NotFound(_) => StatusCode::NOT_FOUND,
-            OpError::Conflict(_) => StatusCode::CONFLICT,
+            OpError::Conflict(_) | OpError::NoSeat(_) => StatusCode::CONFLICT,
             OpError::Store(e) if e.is_transient() => StatusCode::SERVICE_UNAVAILABLE,
             OpError::Token(e) if e.is_transient() => StatusCode::SERVICE_UNAVAILABLE,
             OpError::Store(_) | OpError::Token(_) | OpError::Setup(_) => {
@@ -148,6 +157,17 @@ impl OpError {
             }
         }
     }
+}
+
+/// A unix time as RFC 3339 (UTC), for messages and audit details.
+pub(crate) fn rfc3339(unix: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| unix.to_string())
 }
 
 /// Appends the audit row of a change.

@@ -129,7 +129,14 @@ pub async fn list(ctx: &Ops<'_>) -> Result<Vec<Rule>, OpError> {
 pub async fn explain(ctx: &Ops<'_>, input: Explain) -> Result<Explanation, OpError> {
     let sender = input::address(&input.from)?;
     let recipient = input::address(&input.to)?;
-    Ok(crate::relay::explain::explain(ctx.store, &sender, &recipient).await?)
+    let revocation = crate::pki::revocation::Revocations::new(
+        ctx.store.clone(),
+        (&ctx.settings.config.revocation).into(),
+    );
+    Ok(
+        crate::relay::explain::explain_with(ctx.store, Some(revocation), &sender, &recipient)
+            .await?,
+    )
 }
 
 /// A rule in one line, as the audit log and the CLI show it.

@@ -80,6 +80,7 @@ impl Relay {
                 let processed = inbound::process(
                     self.app.clone(),
                     tx.mail.snapshot.clone(),
+                    &self.revocation,
                     &self.limits,
                     &routed.selection,
                     &recipients,

@@ -73,8 +73,9 @@ pub struct Snapshot {
     keys: tokio::sync::OnceCell<Arc<crate::smime::layers::KeyDirectory>>,
     /// Filled on first use: whether a mailbox can sign.
     signing: Mutex<HashMap<String, bool>>,
-    /// Filled on first use: a partner's newest valid certificate.
-    partners: Mutex<HashMap<String, Option<PartnerCertificate>>>,
+    /// Filled on first use: a partner's valid, trusted certificates, newest first
+    /// (their revocation status is asked each time: it changes with the CRLs).
+    partners: Mutex<HashMap<String, Vec<PartnerCertificate>>>,
     /// Filled on first use: a mailbox's signing identity.
     signers: Mutex<HashMap<String, crate::smime::SignerIdentity>>,
 }
@@ -219,15 +220,91 @@ impl SnapshotCache {
     }
 }
 
+/// What is known about encrypting to a partner.
+#[derive(Debug, Clone)]
+pub enum PartnerLookup {
+    /// A certificate to encrypt to; under soft-fail, why its revocation status is
+    /// unknown.
+    Usable(Box<PartnerCertificate>, Option<String>),
+    /// No valid certificate is known.
+    None,
+    /// Every valid certificate known is revoked: why, for the newest.
+    Revoked(String),
+    /// Hard-fail: no certificate known is usable, and the revocation status of one of
+    /// them cannot be learnt now (a temporary condition).
+    Unknown(String),
+}
+
+impl PartnerLookup {
+    pub fn certificate(&self) -> Option<&PartnerCertificate> {
+        match self {
+            PartnerLookup::Usable(c, _) => Some(c),
+            _ => None,
+        }
+    }
+}
+
+/// The outbound decision once revocation is known: a refusal for want of a certificate
+/// names the revocation when that is the reason; under hard-fail, a recipient whose
+/// certificate's status cannot be learnt is refused for now (4.7.0) wherever the rule
+/// would encrypt to it, never sent in clear instead. `with_certificate` is the
+/// decision the rule makes when the recipient has a certificate.
+pub fn apply_revocation(
+    mut decision: crate::policy::OutboundDecision,
+    with_certificate: &crate::policy::OutboundDecision,
+    lookup: &PartnerLookup,
+    recipient: &Address,
+) -> crate::policy::OutboundDecision {
+    let would_encrypt = matches!(&with_certificate.outcome, Ok(t) if t.encrypts());
+    match lookup {
+        PartnerLookup::Usable(_, Some(why)) => {
+            if matches!(&decision.outcome, Ok(t) if t.encrypts()) {
+                decision.notes.push(format!(
+                    "revocation-unknown: encrypted to {recipient} although the revocation                      status of its certificate cannot be learnt ({why})"
+                ));
+            }
+        }
+        PartnerLookup::Revoked(why) => match &mut decision.outcome {
+            Err(rejection) if would_encrypt => {
+                rejection.text = format!(
+                    "{}; the certificate known for it is revoked ({why})",
+                    rejection.text
+                );
+            }
+            Ok(t) if !t.encrypts() && would_encrypt => decision.notes.push(format!(
+                "sent unencrypted: the certificate known for {recipient} is revoked ({why})"
+            )),
+            _ => {}
+        },
+        PartnerLookup::Unknown(why) if would_encrypt => {
+            decision.outcome = Err(crate::policy::Rejection {
+                code: 451,
+                enhanced: "4.7.0",
+                text: format!(
+                    "<{recipient}>: the revocation status of the recipient's certificate                      cannot be learnt now ({why}); try again later"
+                ),
+            });
+        }
+        _ => {}
+    }
+    decision
+}
+
 /// Lookups against one snapshot (and the database for what it fills lazily).
 pub struct Directory<'a> {
     store: &'a Store,
     pub snapshot: Arc<Snapshot>,
+    /// Revocation checks of partner certificates (none: not checked).
+    revocation: Option<Arc<crate::pki::revocation::Revocations>>,
 }
 
 impl<'a> Directory<'a> {
     pub fn new(store: &'a Store, snapshot: Arc<Snapshot>) -> Self {
-        Directory { store, snapshot }
+        Directory {
+            store,
+            snapshot,
+            revocation: None,
+        }
     }
 
     /// A directory on a snapshot read now (for one-shot users such as `rule explain`).
@@ -236,7 +313,17 @@ impl<'a> Directory<'a> {
         Ok(Directory {
             store,
             snapshot: Arc::new(Snapshot::load(store, version).await?),
+            revocation: None,
         })
+    }
+
+    /// Checks partner certificates for revocation before they are used.
+    pub fn with_revocation(
+        mut self,
+        revocation: Option<Arc<crate::pki::revocation::Revocations>>,
+    ) -> Self {
+        self.revocation = revocation;
+        self
     }
 
     pub fn route(&self, address: &Address) -> Route {
@@ -280,7 +367,7 @@ impl<'a> Directory<'a> {
         let can = self
             .store
             .certificates()
-            .current(address.as_str(), CertificateSource::Issued)
+            .signing(address.as_str(), crate::store::unix_now())
             .await?
             .is_some();
         if let Ok(mut m) = self.snapshot.signing.lock() {
@@ -289,11 +376,67 @@ impl<'a> Directory<'a> {
         Ok(can)
     }
 
-    /// The newest valid partner certificate for `address` (harvested or uploaded).
+    /// The newest valid partner certificate for `address` (harvested or uploaded) that
+    /// is not revoked (see [`Self::partner_lookup`]).
     pub async fn partner_certificate(
         &self,
         address: &Address,
     ) -> Result<Option<PartnerCertificate>, StoreError> {
+        Ok(self.partner_lookup(address).await?.certificate().cloned())
+    }
+
+    /// The newest valid partner certificate for `address` whose revocation status
+    /// allows encrypting to it, or why there is none.
+    pub async fn partner_lookup(&self, address: &Address) -> Result<PartnerLookup, StoreError> {
+        use crate::config::RevocationMode;
+        use crate::pki::revocation::Status;
+        let candidates = self.partner_candidates(address).await?;
+        let Some(revocation) = &self.revocation else {
+            return Ok(candidates
+                .into_iter()
+                .next()
+                .map_or(PartnerLookup::None, |c| {
+                    PartnerLookup::Usable(Box::new(c), None)
+                }));
+        };
+        let anchors: Vec<Certificate> = self.snapshot.trust.all().into_iter().cloned().collect();
+        let mut revoked = None;
+        let mut unknown = None;
+        for candidate in candidates {
+            match revocation
+                .encryption_status(&candidate.certificate, anchors.clone())
+                .await
+            {
+                Status::Good | Status::NotChecked => {
+                    return Ok(PartnerLookup::Usable(Box::new(candidate), None));
+                }
+                Status::Unknown(why) if revocation.mode() == RevocationMode::SoftFail => {
+                    tracing::info!(%address, reason = %why, "revocation-unknown: partner certificate used (soft-fail)");
+                    return Ok(PartnerLookup::Usable(Box::new(candidate), Some(why)));
+                }
+                Status::Unknown(why) => {
+                    tracing::info!(%address, reason = %why, "revocation-unknown: partner certificate not used (hard-fail)");
+                    unknown.get_or_insert(why);
+                }
+                Status::Revoked(why) => {
+                    tracing::info!(%address, reason = %why, "partner certificate revoked; not used");
+                    revoked.get_or_insert(why);
+                }
+            }
+        }
+        Ok(match (unknown, revoked) {
+            (Some(why), _) => PartnerLookup::Unknown(why),
+            (None, Some(why)) => PartnerLookup::Revoked(why),
+            (None, None) => PartnerLookup::None,
+        })
+    }
+
+    /// Every valid partner certificate for `address` that can be encrypted to and is
+    /// still vouched for, newest first; read once per snapshot.
+    async fn partner_candidates(
+        &self,
+        address: &Address,
+    ) -> Result<Vec<PartnerCertificate>, StoreError> {
         if let Some(known) = self
             .snapshot
             .partners
@@ -304,7 +447,7 @@ impl<'a> Directory<'a> {
             return Ok(known);
         }
         let now = crate::store::unix_now();
-        let mut found = None;
+        let mut found = Vec::new();
         for row in self
             .store
             .certificates()
@@ -334,11 +477,10 @@ impl<'a> Directory<'a> {
                         );
                         continue;
                     }
-                    found = Some(PartnerCertificate {
+                    found.push(PartnerCertificate {
                         certificate,
                         capabilities: row.capabilities.as_deref().and_then(Capabilities::parse),
                     });
-                    break;
                 }
                 Err(e) => {
                     tracing::warn!(certificate = stored.id, error = %e, "stored partner certificate does not parse; skipped");
@@ -358,15 +500,27 @@ impl<'a> Directory<'a> {
         sender: &Address,
         recipient: &Address,
     ) -> Result<(bool, bool, OutboundFacts), StoreError> {
+        let (sender_managed, recipient_managed, facts, _) =
+            self.outbound_lookup(sender, recipient).await?;
+        Ok((sender_managed, recipient_managed, facts))
+    }
+
+    /// [`Self::outbound_facts`] and what is known about the recipient's certificate.
+    pub async fn outbound_lookup(
+        &self,
+        sender: &Address,
+        recipient: &Address,
+    ) -> Result<(bool, bool, OutboundFacts, PartnerLookup), StoreError> {
         let null_sender = sender.as_str() == NULL_SENDER;
         let sender_managed = !null_sender && self.is_managed(sender);
         let recipient_managed = self.is_managed(recipient);
+        let lookup = self.partner_lookup(recipient).await?;
         let facts = OutboundFacts {
             sender_can_sign: sender_managed && self.can_sign(sender).await?,
-            recipient_has_certificate: self.partner_certificate(recipient).await?.is_some(),
+            recipient_has_certificate: lookup.certificate().is_some(),
             null_sender,
         };
-        Ok((sender_managed, recipient_managed, facts))
+        Ok((sender_managed, recipient_managed, facts, lookup))
     }
 }
 

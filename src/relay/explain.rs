@@ -29,7 +29,17 @@ pub async fn explain(
     sender: &Address,
     recipient: &Address,
 ) -> Result<Explanation, StoreError> {
-    let directory = Directory::current(store).await?;
+    explain_with(store, None, sender, recipient).await
+}
+
+/// [`explain`], checking partner certificates for revocation as the relay does.
+pub async fn explain_with(
+    store: &Store,
+    revocation: Option<std::sync::Arc<crate::pki::revocation::Revocations>>,
+    sender: &Address,
+    recipient: &Address,
+) -> Result<Explanation, StoreError> {
+    let directory = Directory::current(store).await?.with_revocation(revocation);
     let rules = directory.snapshot.rules.clone();
     let route = directory.route(recipient);
     let sender_managed = directory.is_managed(sender);
@@ -53,14 +63,25 @@ pub async fn explain(
     };
     match route {
         Route::Outbound => {
-            let (_, _, facts) = directory.outbound_facts(sender, recipient).await?;
+            let (_, _, facts, lookup) = directory.outbound_lookup(sender, recipient).await?;
             explanation.sender_can_sign = Some(facts.sender_can_sign);
             explanation.recipient_has_certificate = Some(facts.recipient_has_certificate);
-            let decision = policy::decide_outbound(
-                &rules,
-                party(sender, sender_managed),
-                party(recipient, recipient_managed),
-                facts,
+            let decide = |facts| {
+                policy::decide_outbound(
+                    &rules,
+                    party(sender, sender_managed),
+                    party(recipient, recipient_managed),
+                    facts,
+                )
+            };
+            let decision = super::directory::apply_revocation(
+                decide(facts),
+                &decide(policy::OutboundFacts {
+                    recipient_has_certificate: true,
+                    ..facts
+                }),
+                &lookup,
+                recipient,
             );
             explanation.outcomes.push(match &decision.outcome {
                 Ok(transform) => format!("accepted at RCPT; relayed {}", describe(*transform)),

@@ -76,6 +76,7 @@ impl Unwrapper for QueuedKeys {
 pub async fn process(
     app: Arc<App>,
     snapshot: Arc<Snapshot>,
+    revocation: &Arc<crate::pki::revocation::Revocations>,
     limits: &Limits,
     selection: &Selection,
     recipients: &[Address],
@@ -103,6 +104,9 @@ pub async fn process(
         runtime: tokio::runtime::Handle::current(),
     };
     let trust = snapshot.trust.clone();
+    // Verification runs on a blocking thread: CRL downloads are waited for there,
+    // each at most `[revocation].reply_wait_ms`.
+    let crl_source = revocation.blocking(tokio::runtime::Handle::current());
     let (message, opened) = tokio::task::spawn_blocking(move || {
         let from = FromField::of_message(&message);
         let opener = Opener {
@@ -110,6 +114,7 @@ pub async fn process(
             verify: VerifyContext {
                 trust: &trust,
                 crls: &[],
+                revocation: Some(&crl_source),
                 now: SystemTime::now(),
                 limits: &limits,
             },
@@ -152,7 +157,7 @@ pub async fn process(
         decrypted: None,
         truncated,
     };
-    harvest(&app, &snapshot, &opened, &from, &mut actions).await;
+    harvest(&app, &snapshot, revocation, &opened, &from, &mut actions).await;
     let stamp = stamp(&opened, &from);
     let message = headers::prepend(&message, headers::STAMP, &stamp);
     Ok(Processed {
@@ -243,7 +248,12 @@ fn stamp(opened: &Opened, from: &FromField) -> String {
         .or(signatures.first())
         .map_or("none", |v| v.verdict.as_str());
     let mut parts = vec![encryption.to_string(), format!("signature={verdict}")];
-    if verdict == "valid"
+    // Soft-fail: the signer is named though its revocation status is unknown.
+    let vouched = !signatures.is_empty()
+        && signatures
+            .iter()
+            .all(|v| v.signer().is_some_and(|s| s.verdict == Verdict::Valid));
+    if (verdict == "valid" || (verdict == "revocation-unknown" && vouched))
         && let Some(address) = from.address()
     {
         parts.push(format!("signer={address}"));
@@ -316,6 +326,7 @@ fn with_entity(message: &[u8], entity: &[u8]) -> Result<Vec<u8>, Reply> {
 async fn harvest(
     app: &App,
     snapshot: &Snapshot,
+    revocation: &crate::pki::revocation::Revocations,
     opened: &Opened,
     from: &FromField,
     actions: &mut Vec<LogAction>,
@@ -327,15 +338,22 @@ async fn harvest(
         return;
     }
     for verification in opened.signatures() {
-        let Some(signer) = verification
-            .signer()
-            .filter(|_| verification.verdict == Verdict::Valid)
-        else {
+        // A valid signer; under soft-fail also one whose revocation status is unknown
+        // (checked again before anything is encrypted to it). Never a revoked one.
+        let Some(signer) = verification.signer().filter(|s| {
+            s.verdict == Verdict::Valid
+                && matches!(
+                    verification.verdict,
+                    Verdict::Valid | Verdict::RevocationUnknown
+                )
+        }) else {
             continue;
         };
         let Some(encryption) = &signer.encryption_certificate else {
             continue;
         };
+        // Its CAs, whose CRLs are checked before encrypting to it later.
+        revocation.remember_cas(&encryption.intermediates).await;
         match app
             .store
             .certificates()

@@ -60,6 +60,8 @@ pub struct Relay {
     pub config_networks: Vec<Network>,
     /// Smarthost from the configuration file (the database's takes precedence).
     pub config_smarthost: Option<String>,
+    /// Revocation checks of partner certificates (CRL cache and downloads).
+    pub revocation: Arc<crate::pki::revocation::Revocations>,
 }
 
 fn transaction_id() -> String {

@@ -12,7 +12,7 @@ use crate::smtp::command::RcptParams;
 use crate::smtp::server::{Listener, SessionInfo};
 
 use super::Relay;
-use super::directory::{Directory, NULL_SENDER, PartnerCertificate, Route, party};
+use super::directory::{self, Directory, NULL_SENDER, PartnerCertificate, Route, party};
 use super::error::RelayError;
 use super::hops::Envelope;
 use super::transaction::{self, AcceptedRecipient, Class, HopLink, Routed, State, Transaction};
@@ -46,7 +46,8 @@ impl Relay {
         recipient: &Address,
     ) -> Result<Decided, RelayError> {
         let snapshot = tx.mail.snapshot.clone();
-        let directory = Directory::new(&self.app.store, snapshot.clone());
+        let directory = Directory::new(&self.app.store, snapshot.clone())
+            .with_revocation(Some(self.revocation.clone()));
         let route = directory.route(recipient);
         tx.direction = Some(route.direction());
         let null_sender = Address::from_envelope(NULL_SENDER)
@@ -107,13 +108,25 @@ impl Relay {
                             "No smarthost is configured for outbound mail",
                         )
                     })?;
-                let (sender_managed, recipient_managed, facts) =
-                    directory.outbound_facts(sender, recipient).await?;
-                let decision = policy::decide_outbound(
-                    &snapshot.rules,
-                    party(sender, sender_managed),
-                    party(recipient, recipient_managed),
-                    facts,
+                let (sender_managed, recipient_managed, facts, lookup) =
+                    directory.outbound_lookup(sender, recipient).await?;
+                let decide = |facts| {
+                    policy::decide_outbound(
+                        &snapshot.rules,
+                        party(sender, sender_managed),
+                        party(recipient, recipient_managed),
+                        facts,
+                    )
+                };
+                // A revoked (or, under hard-fail, unknown) certificate: the reply says so.
+                let decision = directory::apply_revocation(
+                    decide(facts),
+                    &decide(policy::OutboundFacts {
+                        recipient_has_certificate: true,
+                        ..facts
+                    }),
+                    &lookup,
+                    recipient,
                 );
                 tx.notes.extend(
                     decision
@@ -124,7 +137,7 @@ impl Relay {
                 );
                 let transform = decision.outcome?;
                 let partner = if transform.encrypts() {
-                    directory.partner_certificate(recipient).await?
+                    lookup.certificate().cloned()
                 } else {
                     None
                 };

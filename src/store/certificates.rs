@@ -380,4 +380,68 @@ impl Certificates<'_> {
         }
         Ok(())
     }
+
+    /// The certificate a mailbox signs with at `at`: the newest unrevoked certificate
+    /// valid then whose key is in the token and not retired, issued by us or uploaded.
+    pub async fn signing(&self, address: &str, at: i64) -> Result<Option<StoredCertificate>> {
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM certificates WHERE owner_address = $1 \
+             AND source IN ('issued', 'uploaded') AND revoked_at IS NULL \
+             AND not_before <= $2 AND not_after > $2 \
+             AND key_id IN (SELECT id FROM keys WHERE retired_at IS NULL) \
+             ORDER BY not_after DESC, id DESC LIMIT 1"
+        )))
+        .bind(address)
+        .bind(at)
+        .fetch_optional(self.pool)
+        .await
+        .map_err(db("reading the signing certificate"))?;
+        row.as_ref().map(row_to_certificate).transpose()
+    }
+
+    /// Marks every unrevoked certificate with a key of mailbox `mailbox_id` as revoked
+    /// at `at` for `reason` (an RFC 5280 reason name). Returns those certificates.
+    pub async fn revoke_for_mailbox(
+        &self,
+        mailbox_id: i64,
+        at: i64,
+        reason: &str,
+    ) -> Result<Vec<StoredCertificate>> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "UPDATE certificates SET revoked_at = $1, revocation_reason = $2 \
+             WHERE revoked_at IS NULL AND source IN ('issued', 'uploaded') \
+             AND key_id IN (SELECT id FROM keys WHERE mailbox_id = $3) RETURNING {COLUMNS}"
+        )))
+        .bind(at)
+        .bind(reason)
+        .bind(mailbox_id)
+        .fetch_all(self.pool)
+        .await
+        .map_err(db("revoking certificates"))?;
+        rows.iter().map(row_to_certificate).collect()
+    }
+
+    /// Certificates issued by the CA named `issuer` (RFC 4514 text) that are revoked,
+    /// with their reason, oldest first: what that CA's CRL lists.
+    pub async fn revoked_by_issuer(
+        &self,
+        issuer: &str,
+    ) -> Result<Vec<(StoredCertificate, Option<String>)>> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {COLUMNS}, revocation_reason FROM certificates WHERE issuer = $1 \
+             AND revoked_at IS NOT NULL AND source IN ('issued', 'ca') ORDER BY revoked_at, id"
+        )))
+        .bind(issuer)
+        .fetch_all(self.pool)
+        .await
+        .map_err(db("listing revoked certificates"))?;
+        rows.iter()
+            .map(|row| {
+                let reason: Option<String> = row
+                    .try_get("revocation_reason")
+                    .map_err(db("listing revoked certificates"))?;
+                Ok((row_to_certificate(row)?, reason))
+            })
+            .collect()
+    }
 }

@@ -149,4 +149,18 @@ impl Keys<'_> {
             .map_err(db("retiring key"))?;
         Ok(())
     }
+
+    /// Retires every key of a mailbox (deactivation): none signs again, all stay in
+    /// the token and keep decrypting.
+    pub async fn retire_for_mailbox(&self, mailbox_id: i64) -> Result<u64> {
+        let done = sqlx::query(
+            "UPDATE keys SET retired_at = $1 WHERE mailbox_id = $2 AND retired_at IS NULL",
+        )
+        .bind(now())
+        .bind(mailbox_id)
+        .execute(self.pool)
+        .await
+        .map_err(db("retiring mailbox keys"))?;
+        Ok(done.rows_affected())
+    }
 }

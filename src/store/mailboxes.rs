@@ -48,6 +48,8 @@ pub struct MailboxRow {
     pub domain: String,
     pub state: MailboxState,
     pub state_changed_at: i64,
+    /// When deactivation began (the mailbox went revoke-pending).
+    pub revoke_requested_at: Option<i64>,
     pub created_at: i64,
 }
 
@@ -55,7 +57,7 @@ pub struct Mailboxes<'a> {
     pub(super) pool: &'a AnyPool,
 }
 
-const SELECT: &str = "SELECT m.id, m.address, d.name AS domain, m.state, m.state_changed_at, m.created_at \
+const SELECT: &str = "SELECT m.id, m.address, d.name AS domain, m.state, m.state_changed_at, m.revoke_requested_at, m.created_at \
                       FROM mailboxes m JOIN domains d ON d.id = m.domain_id";
 
 fn row_to_mailbox(row: &sqlx::any::AnyRow) -> Result<MailboxRow> {
@@ -71,6 +73,7 @@ fn row_to_mailbox(row: &sqlx::any::AnyRow) -> Result<MailboxRow> {
         state: MailboxState::parse(&state)
             .ok_or_else(|| StoreError::Corrupt(format!("unknown mailbox state '{state}'")))?,
         state_changed_at: row.try_get("state_changed_at").map_err(read)?,
+        revoke_requested_at: row.try_get("revoke_requested_at").map_err(read)?,
         created_at: row.try_get("created_at").map_err(read)?,
     })
 }
@@ -159,6 +162,80 @@ impl Mailboxes<'_> {
             current.state.as_str(),
             from.as_str()
         )))
+    }
+
+    /// Moves an inactive mailbox to pending when a seat is free: fewer than `seats`
+    /// mailboxes hold one (none: no limit). Checked in the statement that takes the
+    /// seat, in a transaction that first locks the licence row. Ok(false): no seat was free; a mailbox that is not inactive is refused.
+    pub async fn take_seat(&self, address: &Address, seats: Option<i64>) -> Result<bool> {
+        let at = now();
+        let mut tx = self.pool.begin().await.map_err(db("taking a seat"))?;
+        let done = match seats {
+            None => sqlx::query(
+                "UPDATE mailboxes SET state = 'pending', state_changed_at = $1 \
+                 WHERE address = $2 AND state = 'inactive'",
+            )
+            .bind(at)
+            .bind(address.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(db("taking a seat"))?,
+            Some(limit) => {
+                // Seat takers queue on the licence row (PostgreSQL row lock; SQLite
+                // has one writer anyway), so two nodes cannot both take the last seat.
+                sqlx::query("UPDATE licence SET updated_at = updated_at WHERE id = 1")
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db("taking a seat"))?;
+                sqlx::query(
+                    "UPDATE mailboxes SET state = 'pending', state_changed_at = $1 \
+                     WHERE address = $2 AND state = 'inactive' \
+                     AND (SELECT COUNT(*) FROM mailboxes WHERE state <> 'inactive') < $3",
+                )
+                .bind(at)
+                .bind(address.as_str())
+                .bind(limit)
+                .execute(&mut *tx)
+                .await
+                .map_err(db("taking a seat"))?
+            }
+        };
+        tx.commit().await.map_err(db("taking a seat"))?;
+        if done.rows_affected() == 1 {
+            return Ok(true);
+        }
+        let current = self.require(address).await?;
+        if current.state != MailboxState::Inactive {
+            return Err(StoreError::Refused(format!(
+                "mailbox {address} is {}, not inactive",
+                current.state.as_str()
+            )));
+        }
+        Ok(false)
+    }
+
+    /// Revoke-pending mailboxes whose deactivation began at or before `before`.
+    pub async fn revoke_pending_since(&self, before: i64) -> Result<Vec<MailboxRow>> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "{SELECT} WHERE m.state = 'revoke-pending' AND m.revoke_requested_at <= $1 ORDER BY m.address"
+        )))
+        .bind(before)
+        .fetch_all(self.pool)
+        .await
+        .map_err(db("listing revoke-pending mailboxes"))?;
+        rows.iter().map(row_to_mailbox).collect()
+    }
+
+    /// Mailboxes in `state`, by address.
+    pub async fn in_state(&self, state: MailboxState) -> Result<Vec<MailboxRow>> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "{SELECT} WHERE m.state = $1 ORDER BY m.address"
+        )))
+        .bind(state.as_str())
+        .fetch_all(self.pool)
+        .await
+        .map_err(db("listing mailboxes"))?;
+        rows.iter().map(row_to_mailbox).collect()
     }
 
     /// Removes an inactive mailbox. Its keys stay in the token and in the key table

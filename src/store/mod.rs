@@ -4,10 +4,14 @@
 
 mod audit;
 mod certificates;
+mod crls;
 mod domains;
 mod keys;
+mod leases;
+mod licence;
 mod mailboxes;
 mod message_log;
+mod published_crls;
 mod relay_settings;
 mod rules;
 mod submitters;
@@ -22,10 +26,14 @@ pub use audit::{AuditEntry, AuditLog};
 pub use certificates::{
     CertificateRecord, CertificateSource, Certificates, PartnerRow, StoredCertificate,
 };
+pub use crls::{CachedCrl, Crls, OwnCertificate};
 pub use domains::{DomainRow, Domains};
 pub use keys::{KeyPurpose, KeyRow, Keys};
+pub use leases::Leases;
+pub use licence::{Licence, LicenceRow, SeatUsage};
 pub use mailboxes::{MailboxRow, MailboxState, Mailboxes};
 pub use message_log::{LogEntry, LogFilter, LogStatus, MessageLog};
+pub use published_crls::{PublishedCrl, PublishedCrls};
 pub use relay_settings::{NetworkRow, RelaySettings};
 pub use rules::{NewRule, Rules};
 pub use submitters::{NewSubmitter, Submitter, SubmitterCredentials, Submitters};
@@ -302,6 +310,10 @@ impl Store {
             })
     }
 
+    pub fn crls(&self) -> Crls<'_> {
+        Crls { pool: &self.pool }
+    }
+
     pub fn domains(&self) -> Domains<'_> {
         Domains { pool: &self.pool }
     }
@@ -336,6 +348,18 @@ impl Store {
 
     pub fn submitters(&self) -> Submitters<'_> {
         Submitters { pool: &self.pool }
+    }
+
+    pub fn licence(&self) -> Licence<'_> {
+        Licence { pool: &self.pool }
+    }
+
+    pub fn published_crls(&self) -> PublishedCrls<'_> {
+        PublishedCrls { pool: &self.pool }
+    }
+
+    pub fn leases(&self) -> Leases<'_> {
+        Leases { pool: &self.pool }
     }
 
     pub fn audit(&self) -> AuditLog<'_> {

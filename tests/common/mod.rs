@@ -2,6 +2,7 @@
 //! and PostgreSQL), the smimegate binary on a fresh data directory, and openssl.
 #![allow(dead_code)]
 
+pub mod crl;
 pub mod gpgsm;
 
 use std::path::{Path, PathBuf};
@@ -393,6 +394,7 @@ pub fn verify_signature_with_crls(
         &VerifyContext {
             trust: &trust,
             crls,
+            revocation: None,
             now,
             limits: &smimegate::mime::Limits::default(),
         },

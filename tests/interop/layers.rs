@@ -44,6 +44,7 @@ fn triple_wrapped_and_openssl_nested_messages_open_layer_by_layer() {
         verify: VerifyContext {
             trust: &trust,
             crls: &[],
+            revocation: None,
             now: SystemTime::now(),
             limits: &limits,
         },

@@ -388,6 +388,7 @@ fn a_signer_listed_on_our_crl_is_revoked_for_us_and_for_openssl() {
                 .as_bytes()
                 .to_vec(),
             revoked_at: SystemTime::now() - Duration::from_secs(60),
+            reason: None,
         }],
         week,
     )

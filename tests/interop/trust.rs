@@ -85,6 +85,7 @@ fn judge(message: &[u8], trust: &TrustAnchors) -> Verification {
         &VerifyContext {
             trust,
             crls: &[],
+            revocation: None,
             now: SystemTime::now(),
             limits: &Limits::default(),
         },

@@ -217,6 +217,8 @@ pub struct Gateway {
     pub dir: tempfile::TempDir,
     pub inbound: u16,
     pub submission: u16,
+    /// The HTTP endpoint (health, the CA's certificates and CRLs).
+    pub http: u16,
     /// The internal mail server: the inbound route of corp.example.
     pub internal: Sink,
     /// The smarthost outbound mail goes to.
@@ -271,6 +273,7 @@ impl Gateway {
         let mut gateway = Gateway {
             inbound: 0,
             submission: 0,
+            http: 0,
             internal,
             smarthost,
             child: None,
@@ -316,6 +319,13 @@ impl Gateway {
         };
         self.inbound = port_after("SMTP inbound ");
         self.submission = port_after("SMTP submission ");
+        self.http = line
+            .split("http://")
+            .nth(1)
+            .and_then(|rest| rest.split('/').next())
+            .and_then(|addr| addr.rsplit(':').next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("gateway said: {line}"));
         wait_for_port(self.submission, &mut child, "gateway");
         self.child = Some(child);
         self._stdout = Some(stdout);
@@ -367,6 +377,40 @@ impl Gateway {
         let path = self.data().join("ca.pem");
         std::fs::write(&path, &pem[start..]).expect("write CA");
         path.display().to_string()
+    }
+
+    /// `GET path` on the gateway's HTTP endpoint: the status code and the body.
+    pub fn http_get(&self, path: &str) -> (u16, Vec<u8>) {
+        use std::io::{Read, Write};
+        let mut stream =
+            std::net::TcpStream::connect(("127.0.0.1", self.http)).expect("connect HTTP");
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+            .expect("timeout");
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        )
+        .expect("request");
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).expect("response");
+        let end = response
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("end of the header");
+        let head = String::from_utf8_lossy(&response[..end]).to_string();
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .expect("status");
+        assert!(
+            !head
+                .to_ascii_lowercase()
+                .contains("transfer-encoding: chunked"),
+            "{head}"
+        );
+        (status, response[end + 4..].to_vec())
     }
 
     /// A mailbox's certificate (leaf only) as a PEM file.

@@ -7,8 +7,10 @@ mod flow;
 mod harness;
 mod inbound_trust;
 mod interop;
+mod lifecycle;
 mod postfix;
 mod protocol;
+mod revocation;
 mod tables;
 
 use harness::{Client, Gateway, Partner, mailbox, openssl_decrypt, openssl_verify};

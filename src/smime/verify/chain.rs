@@ -15,6 +15,8 @@ use x509_cert::ext::pkix::name::GeneralName;
 use x509_cert::ext::pkix::{KeyUsage, KeyUsages, SubjectAltName};
 
 use super::{Failure, Verdict, VerifyContext};
+use crate::config::RevocationMode;
+use crate::pki::revocation::{Status, check::path_status};
 
 /// id-kp-emailProtection, content octets.
 const EMAIL_PROTECTION: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x04];
@@ -79,18 +81,31 @@ fn domain_of(address: &str) -> &str {
     address.rsplit_once('@').map_or("", |(_, d)| d)
 }
 
+/// A certificate that passed [`check`].
+#[derive(Debug, Clone)]
+pub(super) struct Checked {
+    /// SHA-256 fingerprint (hex) of the anchor that vouched.
+    pub anchor: String,
+    /// The CA certificates (DER) between the certificate and the anchor, path order.
+    pub intermediates: Vec<Vec<u8>>,
+    /// Soft-fail: why its revocation status is unknown.
+    pub revocation_unknown: Option<String>,
+}
+
 /// Checks `cert` for `purpose`. The chain must end at an anchor that may vouch for
 /// every address the certificate carries — as a name constraint would: a CA that
 /// certifies an address outside its domains is not trusted for the certificate at all.
-/// `address` (the From address) must be among them when given. Returns the SHA-256
-/// fingerprint of the anchor that vouched.
+/// `address` (the From address) must be among them when given. A revoked certificate
+/// (or CA on its path) fails as [`Verdict::Revoked`]; one whose status cannot be learnt
+/// fails as [`Verdict::RevocationUnknown`] under hard-fail and passes, saying why,
+/// under soft-fail.
 pub(super) fn check(
     cert: &Certificate,
     carried: &[Certificate],
     address: Option<&str>,
     purpose: Purpose,
     ctx: &VerifyContext<'_>,
-) -> Result<String, Failure> {
+) -> Result<Checked, Failure> {
     let addresses = certified_addresses(cert);
     let anchors: Vec<&Certificate> = ctx
         .trust
@@ -104,7 +119,7 @@ pub(super) fn check(
         })
         .map(|a| &a.certificate)
         .collect();
-    let anchor = match path(cert, carried, &anchors, ctx) {
+    let (anchor, intermediates, status) = match path(cert, carried, &anchors, ctx) {
         Err((Verdict::Untrusted, detail)) if anchors.len() != ctx.trust.anchors.len() => {
             // Would another anchor have vouched? Then say that it may not.
             if path(cert, carried, &ctx.trust.all(), ctx).is_ok() {
@@ -138,7 +153,24 @@ pub(super) fn check(
             ),
         ));
     }
-    Ok(anchor)
+    let revocation_unknown = match status {
+        Status::Good | Status::NotChecked => None,
+        Status::Revoked(why) => return Err((Verdict::Revoked, why)),
+        Status::Unknown(why) => match ctx.revocation_mode() {
+            RevocationMode::HardFail => {
+                return Err((
+                    Verdict::RevocationUnknown,
+                    format!("its revocation status cannot be learnt: {why}"),
+                ));
+            }
+            RevocationMode::SoftFail => Some(why),
+        },
+    };
+    Ok(Checked {
+        anchor,
+        intermediates,
+        revocation_unknown,
+    })
 }
 
 fn check_key_usage(cert: &Certificate, purpose: Purpose) -> Result<(), Failure> {
@@ -176,36 +208,24 @@ fn check_key_usage(cert: &Certificate, purpose: Purpose) -> Result<(), Failure> 
 }
 
 /// A path from `cert` through the `carried` certificates to one of `anchors`, valid
-/// at `ctx.now`, for emailProtection, not revoked by `ctx.crls`. Returns the SHA-256
-/// fingerprint (hex) of the anchor it ends at.
+/// at `ctx.now`, for emailProtection, and its revocation status
+/// ([`crate::pki::revocation::check`]: the CRLs of its distribution points and
+/// `ctx.crls`). Returns the SHA-256 fingerprint (hex) of the anchor it ends at and the
+/// path's CA certificates (DER).
 fn path(
     cert: &Certificate,
     carried: &[Certificate],
     anchors: &[&Certificate],
     ctx: &VerifyContext<'_>,
-) -> Result<String, Failure> {
-    let parsed_crls: Vec<webpki::CertRevocationList<'static>> = ctx
+) -> Result<(String, Vec<Vec<u8>>, Status), Failure> {
+    if ctx
         .crls
         .iter()
-        .filter_map(|der| {
-            webpki::OwnedCertRevocationList::from_der(der)
-                .ok()
-                .map(webpki::CertRevocationList::Owned)
-        })
-        .collect();
-    if parsed_crls.len() != ctx.crls.len() {
+        .any(|der| webpki::BorrowedCertRevocationList::from_der(der).is_err())
+    {
         // Our configuration, not the sender's certificate: we could not check.
         return Err((Verdict::Unchecked, "a configured CRL cannot be read".into()));
     }
-    let crl_refs: Vec<&webpki::CertRevocationList<'_>> = parsed_crls.iter().collect();
-    let revocation = webpki::RevocationOptionsBuilder::new(&crl_refs)
-        .ok()
-        .map(|b| {
-            b.with_depth(webpki::RevocationCheckDepth::Chain)
-                .with_status_policy(webpki::UnknownStatusPolicy::Allow)
-                .with_expiration_policy(webpki::ExpirationPolicy::Ignore)
-                .build()
-        });
     let encode = |c: &Certificate| c.to_der().map(CertificateDer::from).ok();
     let cert_der = encode(cert).ok_or((
         Verdict::Malformed,
@@ -237,13 +257,13 @@ fn path(
         &intermediates,
         time,
         webpki::KeyUsage::required_if_present(EMAIL_PROTECTION),
-        revocation,
+        None,
         None,
     )
     .map(|verified| {
         // The anchor the path ends at, by its SHA-256 fingerprint (as stored).
         let used = verified.anchor();
-        trust_anchors
+        let fingerprint = trust_anchors
             .iter()
             .position(|a| {
                 a.subject == used.subject
@@ -251,7 +271,21 @@ fn path(
             })
             .and_then(|i| parsed.get(i))
             .map(|(der, _)| hex::encode(sha2::Sha256::digest(der.as_ref())))
-            .unwrap_or_default()
+            .unwrap_or_default();
+        let path_cas: Vec<CertificateDer<'_>> = verified
+            .intermediate_certificates()
+            .map(|c| c.der())
+            .collect();
+        let status = if ctx.revocation.is_some() || !ctx.crls.is_empty() {
+            path_status(&cert_der, &path_cas, used, time, ctx.crls, ctx.revocation)
+        } else {
+            Status::NotChecked
+        };
+        (
+            fingerprint,
+            path_cas.iter().map(|c| c.as_ref().to_vec()).collect(),
+            status,
+        )
     })
     .map_err(|e| match e {
         webpki::Error::CertRevoked => (Verdict::Revoked, "the certificate is revoked".to_string()),

@@ -23,7 +23,9 @@ use x509_cert::certificate::Certificate;
 
 pub use self::chain::certified_addresses;
 use self::extract::{ExtractError, Extracted};
+use crate::config::RevocationMode;
 use crate::mime::{self, Limits};
+pub use crate::pki::revocation::CrlSource;
 pub use crate::pki::trust::TrustAnchors;
 
 const ID_SIGNED_DATA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.7.2");
@@ -47,6 +49,11 @@ pub enum Verdict {
     /// The message has no single readable From address to bind a signer to.
     NoFrom,
     Revoked,
+    /// The signer's certificate is otherwise valid, but whether it is revoked cannot be
+    /// learnt (its CRL is unreachable, expired or badly signed). Under
+    /// `[revocation] mode = "soft-fail"` the signer still counts (harvested, bound to
+    /// From) and only the message's verdict says so; under "hard-fail" it is not valid.
+    RevocationUnknown,
     Malformed,
     /// An algorithm we do not accept (SHA-1, RSA under 2048 bits, an unknown curve).
     Unsupported,
@@ -67,6 +74,7 @@ impl Verdict {
             Verdict::AddressMismatch => "address-mismatch",
             Verdict::NoFrom => "no-from",
             Verdict::Revoked => "revoked",
+            Verdict::RevocationUnknown => "revocation-unknown",
             Verdict::Malformed => "malformed",
             Verdict::Unsupported => "unsupported-algorithm",
             Verdict::Unchecked => "unchecked",
@@ -138,13 +146,37 @@ impl FromField {
 }
 
 /// What verification is checked against.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct VerifyContext<'a> {
     pub trust: &'a TrustAnchors,
-    /// CRLs (DER): a listed certificate is revoked; one no CRL covers is accepted.
+    /// CRLs (DER) given explicitly (`smime verify --crl`), used besides those of the
+    /// certificates' distribution points. An expired or badly signed one makes the
+    /// status unknown, never good ([`crate::pki::revocation::check`]).
     pub crls: &'a [Vec<u8>],
+    /// Where the CRLs of the certificates' distribution points come from, and the
+    /// revocation mode. `None`: only `crls` are checked (and nothing when empty).
+    pub revocation: Option<&'a dyn CrlSource>,
     pub now: SystemTime,
     pub limits: &'a Limits,
+}
+
+impl std::fmt::Debug for VerifyContext<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VerifyContext")
+            .field("trust", &self.trust)
+            .field("crls", &self.crls.len())
+            .field("revocation", &self.revocation.map(|r| r.mode()))
+            .field("now", &self.now)
+            .finish()
+    }
+}
+
+impl VerifyContext<'_> {
+    /// The revocation mode in force (soft-fail without a source).
+    pub fn revocation_mode(&self) -> RevocationMode {
+        self.revocation
+            .map_or(RevocationMode::SoftFail, |r| r.mode())
+    }
 }
 
 /// A certificate to encrypt to, and the trust anchor (SHA-256 fingerprint) that
@@ -153,6 +185,9 @@ pub struct VerifyContext<'a> {
 pub struct EncryptionCertificate {
     pub certificate: Certificate,
     pub anchor: String,
+    /// The CA certificates (DER) between it and the anchor, in path order: whose
+    /// CRLs are checked before encrypting to it later.
+    pub intermediates: Vec<Vec<u8>>,
 }
 
 /// One SignerInfo's verdict and what the harvester needs of it.
@@ -172,6 +207,9 @@ pub struct SignerReport {
     pub encryption_certificate: Option<EncryptionCertificate>,
     /// The From address, when this signer's certificate carries it.
     pub author: Option<String>,
+    /// Why the revocation status of a valid signer's certificate is unknown (soft-fail:
+    /// the signer counts; the message's verdict says `revocation-unknown`).
+    pub revocation_unknown: Option<String>,
 }
 
 impl SignerReport {
@@ -185,6 +223,7 @@ impl SignerReport {
             signing_time: None,
             encryption_certificate: None,
             author: None,
+            revocation_unknown: None,
         }
     }
 
@@ -370,7 +409,17 @@ fn check_cms(
             )
         })
         .collect();
-    let (verdict, detail, chosen) = overall(&signers, from);
+    let (mut verdict, mut detail, chosen) = overall(&signers, from);
+    // Soft-fail: a valid signer whose revocation status is unknown still counts, and
+    // the message's verdict says so.
+    if verdict == Verdict::Valid
+        && let Some(why) = chosen
+            .and_then(|i| signers.get(i))
+            .and_then(|s| s.revocation_unknown.as_ref())
+    {
+        verdict = Verdict::RevocationUnknown;
+        detail = format!("{detail}; revocation status unknown: {why}");
+    }
     Verification {
         verdict,
         detail,
@@ -469,7 +518,8 @@ fn judge_signer(
     let outcome = signature::check(info, signed_data, content, &cert, raw_attrs)
         .and_then(|()| chain::check(&cert, certificates, author, chain::Purpose::Signing, ctx));
     match outcome {
-        Ok(_anchor) => {
+        Ok(checked) => {
+            report.revocation_unknown = checked.revocation_unknown;
             report.verdict = Verdict::Valid;
             report.detail = format!("signed by {}", report.name());
             report.capabilities = capabilities(info);
@@ -560,9 +610,10 @@ fn encryption_certificate(
         ctx,
     )
     .ok()
-    .map(|anchor| EncryptionCertificate {
+    .map(|checked| EncryptionCertificate {
         certificate: candidate,
-        anchor,
+        anchor: checked.anchor,
+        intermediates: checked.intermediates,
     })
 }
 

@@ -1,5 +1,5 @@
-//! The client's earlier, `Reply`-typed interface, kept while `relay/mod.rs` and
-//! `cli/load.rs` still call it: every failure is already the safe `4xx` of
+//! The client's earlier, `Reply`-typed interface, kept while `cli/load.rs`
+//! (`smimegate smtp-load`) still calls it: every failure is already the safe `4xx` of
 //! `From<&HopError> for Reply` (logged at WARN), and the sequence checks of the typed
 //! interface apply (a `2xx` to DATA is a `451`, never a `250`). New code uses
 //! [`Connection::connect`], [`Connection::envelope`], [`Connection::send_data`] and the
