@@ -95,14 +95,17 @@ impl App {
         })
     }
 
-    /// The CA key reference and certificate from the database.
+    /// The issuing CA (key reference and certificate): it signs mailbox certificates
+    /// and their CRL. On an install from before the two-tier CA, the one CA.
     pub async fn ca(&self) -> Result<CaIdentity, AppError> {
         load_ca(&self.store).await?.ok_or(AppError::NoCa)
     }
 
-    /// The root of the built-in CA: for a single-tier CA, the CA itself.
+    /// The root CA: it signs the issuing CA and the root CRL, and is the trust anchor
+    /// of the managed domains. On an install from before the two-tier CA, the one CA
+    /// (root and issuer at once).
     pub async fn root_ca(&self) -> Result<CaIdentity, AppError> {
-        self.ca().await
+        load_root_ca(&self.store).await?.ok_or(AppError::NoCa)
     }
 }
 
@@ -182,13 +185,14 @@ impl App {
 }
 
 /// The certificates signatures are verified against, each with the domains it may
-/// vouch for: the built-in CA for the managed domains, every configured trust anchor
+/// vouch for: the built-in root CA for the managed domains (mail signed here carries
+/// the issuing CA, the path's intermediate), every configured trust anchor
 /// (`smimegate trust add`) for the domains it was given or else any foreign domain.
 /// An anchor that cannot be read is an error, never a silently smaller set: a missing
 /// anchor would turn valid signatures into "untrusted" verdicts about their senders.
 pub async fn trust_anchors(store: &Store) -> Result<TrustAnchors, AppError> {
     let mut anchors = Vec::new();
-    if let Some(ca) = load_ca(store).await? {
+    if let Some(ca) = load_root_ca(store).await? {
         anchors.push(TrustAnchor {
             certificate: ca.certificate,
             scope: Scope::Managed,
@@ -227,11 +231,42 @@ pub async fn trust_anchors(store: &Store) -> Result<TrustAnchors, AppError> {
     Ok(TrustAnchors { anchors, managed })
 }
 
-/// The CA as recorded in the database, if `init` has created it.
+/// The issuing CA as recorded in the database, if `init` has created it: the newest CA
+/// key in use (`init` records the root first, then the issuing CA).
 pub async fn load_ca(store: &Store) -> Result<Option<CaIdentity>, AppError> {
     let Some(key) = store.keys().current_ca().await? else {
         return Ok(None);
     };
+    ca_identity(store, &key).await.map(Some)
+}
+
+/// The root CA as recorded in the database: the CA that certified the issuing CA
+/// (its issuer, among the CA keys in use); the issuing CA itself when it is
+/// self-signed (an install from before the two-tier CA).
+pub async fn load_root_ca(store: &Store) -> Result<Option<CaIdentity>, AppError> {
+    let Some(issuing) = load_ca(store).await? else {
+        return Ok(None);
+    };
+    if issuing.is_root() {
+        return Ok(Some(issuing));
+    }
+    let issuer = issuing.certificate.tbs_certificate().issuer();
+    for key in store.keys().list().await?.iter().rev() {
+        if key.purpose != KeyPurpose::Ca || key.retired_at.is_some() {
+            continue;
+        }
+        let candidate = ca_identity(store, key).await?;
+        if candidate.is_root() && candidate.certificate.tbs_certificate().subject() == issuer {
+            return Ok(Some(candidate));
+        }
+    }
+    Err(StoreError::Corrupt(format!(
+        "the root CA ({issuer}) of the issuing CA is not recorded"
+    ))
+    .into())
+}
+
+async fn ca_identity(store: &Store, key: &crate::store::KeyRow) -> Result<CaIdentity, AppError> {
     let cert = store
         .certificates()
         .for_key(key.id)
@@ -239,9 +274,9 @@ pub async fn load_ca(store: &Store) -> Result<Option<CaIdentity>, AppError> {
         .ok_or_else(|| StoreError::Corrupt("CA key without certificate".into()))?;
     let certificate = Certificate::from_der(&cert.record.der)
         .map_err(|e| StoreError::Corrupt(format!("CA certificate: {e}")))?;
-    Ok(Some(CaIdentity {
+    Ok(CaIdentity {
         key_id: key.key_id()?,
         algorithm: key.algorithm,
         certificate,
-    }))
+    })
 }

@@ -81,9 +81,21 @@ pub async fn initialise(settings: &Settings, created: &mut Vec<String>) -> Resul
     if app::load_ca(&store).await?.is_none() {
         create_ca(settings, &store, created).await?;
     }
-    ensure_smtp_tls(settings, &store, created).await
+    if matches!(
+        smtp_tls_status(settings)?,
+        SmtpTlsStatus::Missing | SmtpTlsStatus::Stale(_)
+    ) {
+        let hsm = app::open_hsm(settings).await?;
+        if let Some(done) = ensure_smtp_tls(settings, &store, &hsm, &Actor::cli()).await? {
+            created.push(done);
+        }
+    }
+    Ok(())
 }
 
+/// The two-tier built-in CA: a root key and self-signed certificate, then the issuing
+/// CA's key certified by the root, both keys in the token. Recorded root first, so the
+/// newest CA key is the issuing CA ([`app::load_ca`]).
 async fn create_ca(
     settings: &Settings,
     store: &crate::store::Store,
@@ -91,82 +103,193 @@ async fn create_ca(
 ) -> Result<(), SetupError> {
     let hsm = app::open_hsm(settings).await?;
     let ca_config = settings.config.ca.clone();
-    let label = format!("{} (CA)", settings.config.hsm.token_label);
+    let urls = crate::pki::urls::PkiUrls::new(&ca_config.public_url).map_err(|e| {
+        crate::config::ConfigError::Invalid {
+            key: "ca.public_url",
+            message: e.to_string(),
+        }
+    })?;
     let algorithm = ca_config.key;
-    let key = hsm
+    let token_label = settings.config.hsm.token_label.clone();
+    let root_label = format!("{token_label} (root CA)");
+    let root_key = hsm
         .call_keygen(move |hsm| {
-            hsm.generate_key_pair(algorithm, crate::hsm::KeyRole::CertificateAuthority, &label)
-        })
-        .await?;
-    let key_for_task = key.clone();
-    let cert = hsm
-        .call("create CA certificate", move |hsm| {
-            ca::create_ca_certificate(
-                hsm,
-                &key_for_task,
-                &ca_config.subject,
-                ca_config.validity_days,
+            hsm.generate_key_pair(
+                algorithm,
+                crate::hsm::KeyRole::CertificateAuthority,
+                &root_label,
             )
-            .map_err(|e| match e {
-                ca::IssueError::Token(h) => h,
-                other => HsmError::Encoding(other.to_string()),
-            })
         })
         .await?;
-    let key_row = store
-        .keys()
-        .insert(&key.id, algorithm, KeyPurpose::Ca, None)
-        .await
-        .map_err(AppError::from)?;
-    let stored = store
-        .certificates()
-        .insert(&cert, CertificateSource::Ca, None, Some(key_row.id))
-        .await
-        .map_err(AppError::from)?;
+    let (key, config) = (root_key.clone(), ca_config.clone());
+    let root_cert = hsm
+        .call("create root CA certificate", move |hsm| {
+            ca::create_ca_certificate(hsm, &key, &config.root_subject, config.validity_days)
+                .map_err(token_error)
+        })
+        .await?;
+    let root = ca::CaIdentity {
+        key_id: root_key.id.clone(),
+        algorithm,
+        certificate: root_cert,
+    };
+    let issuing_label = format!("{token_label} (CA)");
+    let issuing_key = hsm
+        .call_keygen(move |hsm| {
+            hsm.generate_key_pair(
+                algorithm,
+                crate::hsm::KeyRole::CertificateAuthority,
+                &issuing_label,
+            )
+        })
+        .await?;
+    let (key, config, root_for_task) = (issuing_key.clone(), ca_config.clone(), root.clone());
+    let issuing_cert = hsm
+        .call("create issuing CA certificate", move |hsm| {
+            ca::create_issuing_ca_certificate(
+                hsm,
+                &root_for_task,
+                &key,
+                &config.subject,
+                config.validity_days,
+                &urls,
+            )
+            .map_err(token_error)
+        })
+        .await?;
     let actor = Actor::cli();
-    store
-        .audit()
-        .append(
-            &actor.name,
-            &actor.origin,
-            "ca.create",
-            &stored.record.subject,
-            &format!("{algorithm}"),
-        )
-        .await
-        .map_err(AppError::from)?;
-    created.push(format!(
-        "CA '{}' ({algorithm}, key {} in the token)",
-        stored.record.subject, key.id
-    ));
+    for (what, key, cert, action) in [
+        ("root CA", &root_key, &root.certificate, "ca.create-root"),
+        ("CA", &issuing_key, &issuing_cert, "ca.create"),
+    ] {
+        let key_row = store
+            .keys()
+            .insert(&key.id, algorithm, KeyPurpose::Ca, None)
+            .await
+            .map_err(AppError::from)?;
+        let stored = store
+            .certificates()
+            .insert(cert, CertificateSource::Ca, None, Some(key_row.id))
+            .await
+            .map_err(AppError::from)?;
+        store
+            .audit()
+            .append(
+                &actor.name,
+                &actor.origin,
+                action,
+                &stored.record.subject,
+                &format!("{algorithm}; issuer {}", stored.record.issuer),
+            )
+            .await
+            .map_err(AppError::from)?;
+        created.push(format!(
+            "{what} '{}' ({algorithm}, key {} in the token)",
+            stored.record.subject, key.id
+        ));
+    }
     Ok(())
 }
 
-/// The SMTP listeners' TLS certificate, when the configuration asks for a token key
-/// and the certificate file does not exist yet: a P-256 key made in the token (sign
-/// only) and a certificate from the built-in CA for the gateway's host name.
-async fn ensure_smtp_tls(
-    settings: &Settings,
-    store: &crate::store::Store,
-    created: &mut Vec<String>,
-) -> Result<(), SetupError> {
-    let smtp = &settings.config.smtp;
-    if smtp.tls_certificate.as_os_str().is_empty() || smtp.tls_key != Path::new("token") {
-        return Ok(());
+fn token_error(e: ca::IssueError) -> HsmError {
+    match e {
+        ca::IssueError::Token(h) => h,
+        other => HsmError::Encoding(other.to_string()),
     }
-    let path = settings.path(&smtp.tls_certificate);
-    if path.exists() {
-        return Ok(());
-    }
-    let Some(ca_identity) = app::load_ca(store).await? else {
-        return Ok(());
-    };
-    let hsm = app::open_hsm(settings).await.map_err(AppError::from)?;
-    let hostname = settings.config.gateway.hostname.clone();
+}
+
+/// The host names the SMTP TLS certificate names: `[gateway].hostname`, and
+/// `localhost` for local clients.
+pub fn smtp_tls_hostnames(settings: &Settings) -> Vec<String> {
+    let hostname = settings.config.gateway.hostname.to_ascii_lowercase();
     let mut hostnames = vec![hostname.clone()];
     if hostname != "localhost" {
         hostnames.push("localhost".into());
     }
+    hostnames
+}
+
+/// The dNSName entries of a certificate's subjectAltName, lower case.
+fn dns_names(cert: &x509_cert::Certificate) -> Vec<String> {
+    use x509_cert::ext::pkix::SubjectAltName;
+    use x509_cert::ext::pkix::name::GeneralName;
+    let Ok(Some(san)) = cert.tbs_certificate().get_extension::<SubjectAltName>() else {
+        return Vec::new();
+    };
+    san.1
+        .0
+        .iter()
+        .filter_map(|name| match name {
+            GeneralName::DnsName(dns) => Some(dns.as_str().to_ascii_lowercase()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Whether the SMTP TLS certificate file is ours to make and up to date.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SmtpTlsStatus {
+    /// STARTTLS is off, or the key is a file the operator manages.
+    NotManaged,
+    /// The file names exactly the configured host names.
+    Current,
+    /// No file yet.
+    Missing,
+    /// The file names other host names (these).
+    Stale(String),
+}
+
+/// Reads the SMTP TLS certificate file and compares its host names with the
+/// configuration's.
+pub fn smtp_tls_status(settings: &Settings) -> Result<SmtpTlsStatus, SetupError> {
+    let smtp = &settings.config.smtp;
+    if smtp.tls_certificate.as_os_str().is_empty() || smtp.tls_key != Path::new("token") {
+        return Ok(SmtpTlsStatus::NotManaged);
+    }
+    let path = settings.path(&smtp.tls_certificate);
+    if !path.exists() {
+        return Ok(SmtpTlsStatus::Missing);
+    }
+    let pem = fs::read(&path).map_err(io(&path))?;
+    let current = x509_cert::Certificate::load_pem_chain(&pem)
+        .ok()
+        .and_then(|chain| chain.into_iter().next());
+    let mut named = current.as_ref().map(dns_names).unwrap_or_default();
+    named.sort();
+    named.dedup();
+    let mut wanted = smtp_tls_hostnames(settings);
+    wanted.sort();
+    Ok(if named == wanted {
+        SmtpTlsStatus::Current
+    } else {
+        SmtpTlsStatus::Stale(named.join(", "))
+    })
+}
+
+/// The SMTP listeners' TLS certificate when the configuration asks for a token key:
+/// made when the file does not exist, and made anew when it names other host names
+/// than the configuration (`[gateway].hostname` changed). A P-256 key made in the
+/// token (sign only) and a certificate from the issuing CA for the host names; the
+/// file holds it and the issuing CA. The file is replaced atomically; the old key
+/// stays in the token. Returns what it did, which is also audited (`tls.issue`,
+/// `tls.reissue`); nothing without a CA.
+pub async fn ensure_smtp_tls(
+    settings: &Settings,
+    store: &crate::store::Store,
+    hsm: &crate::hsm::Hsm,
+    actor: &Actor,
+) -> Result<Option<String>, SetupError> {
+    let previous = match smtp_tls_status(settings)? {
+        SmtpTlsStatus::NotManaged | SmtpTlsStatus::Current => return Ok(None),
+        SmtpTlsStatus::Missing => None,
+        SmtpTlsStatus::Stale(old) => Some(old),
+    };
+    let Some(ca_identity) = app::load_ca(store).await? else {
+        return Ok(None);
+    };
+    let path = settings.path(&settings.config.smtp.tls_certificate);
+    let hostnames = smtp_tls_hostnames(settings);
+    let hostname = hostnames[0].clone();
     let label = format!("{} (SMTP TLS {hostname})", settings.config.hsm.token_label);
     let key = hsm
         .call_keygen(move |hsm| {
@@ -177,29 +300,52 @@ async fn ensure_smtp_tls(
             )
         })
         .await?;
+    let (names, key_for_task, issuer) = (hostnames.clone(), key.clone(), ca_identity.clone());
     let cert = hsm
         .call("issue TLS certificate", move |hsm| {
-            ca::issue_tls_certificate(hsm, &ca_identity, &hostnames, &key, 365).map_err(|e| match e
-            {
-                ca::IssueError::Token(h) => h,
-                other => HsmError::Encoding(other.to_string()),
-            })
+            ca::issue_tls_certificate(hsm, &issuer, &names, &key_for_task, 365).map_err(token_error)
         })
         .await?;
-    let ca_pem = app::load_ca(store)
-        .await?
-        .map(|ca| der::EncodePem::to_pem(&ca.certificate, der::pem::LineEnding::LF))
-        .transpose()
-        .map_err(|e| HsmError::Encoding(e.to_string()))?
-        .unwrap_or_default();
-    let leaf_pem = der::EncodePem::to_pem(&cert, der::pem::LineEnding::LF)
+    let pem = [&cert, &ca_identity.certificate]
+        .into_iter()
+        .map(|c| der::EncodePem::to_pem(c, der::pem::LineEnding::LF))
+        .collect::<Result<String, _>>()
         .map_err(|e| HsmError::Encoding(e.to_string()))?;
-    write_new(&path, format!("{leaf_pem}{ca_pem}").as_bytes(), 0o644)?;
-    created.push(format!(
-        "SMTP TLS certificate {} for {hostname} (key in the token)",
-        path.display()
-    ));
-    Ok(())
+    let temporary = path.with_extension("pem.new");
+    let _ = fs::remove_file(&temporary);
+    write_new(&temporary, pem.as_bytes(), 0o644)?;
+    fs::rename(&temporary, &path).map_err(io(&path))?;
+    let (action, done) = match &previous {
+        None => (
+            "tls.issue",
+            format!(
+                "SMTP TLS certificate {} for {} (key in the token)",
+                path.display(),
+                hostnames.join(", ")
+            ),
+        ),
+        Some(old) => (
+            "tls.reissue",
+            format!(
+                "SMTP TLS certificate {} re-issued for {} (was for {}; new key in the token)",
+                path.display(),
+                hostnames.join(", "),
+                if old.is_empty() { "no host name" } else { old }
+            ),
+        ),
+    };
+    store
+        .audit()
+        .append(
+            &actor.name,
+            &actor.origin,
+            action,
+            &hostname,
+            &format!("hosts {}; key {}", hostnames.join(","), key.id),
+        )
+        .await
+        .map_err(AppError::from)?;
+    Ok(Some(done))
 }
 
 async fn init_softhsm_token(

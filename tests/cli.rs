@@ -111,7 +111,15 @@ fn activated_mailbox_certificate_is_accepted_for_smime_and_its_key_stays_in_the_
         ],
     );
     smimegate_ok(&data, &["mailbox", "add", "Alice@corp.example"]);
-    let out = smimegate_ok(&data, &["mailbox", "activate", "alice@corp.example"]);
+    let out = smimegate_ok(
+        &data,
+        &[
+            "mailbox",
+            "activate",
+            "alice@corp.example",
+            "--skip-mx-check",
+        ],
+    );
     assert!(out.contains("activated alice@corp.example"), "{out}");
     let list = smimegate_ok(&data, &["mailbox", "list"]);
     assert!(
@@ -122,15 +130,30 @@ fn activated_mailbox_certificate_is_accepted_for_smime_and_its_key_stays_in_the_
     let pem = smimegate_ok(&data, &["cert", "show", "alice@corp.example", "--pem"]);
     assert!(!pem.contains("PRIVATE"), "{pem}");
     let blocks: Vec<&str> = pem.split_inclusive("-----END CERTIFICATE-----\n").collect();
-    assert_eq!(blocks.len(), 2, "leaf and CA expected: {pem}");
+    assert_eq!(blocks.len(), 3, "leaf, issuing CA and root expected: {pem}");
     let leaf = dir.path().join("leaf.pem");
-    let ca = dir.path().join("ca.pem");
+    let issuing = dir.path().join("issuing.pem");
+    let root = dir.path().join("root.pem");
     std::fs::write(&leaf, blocks[0]).expect("write");
-    std::fs::write(&ca, blocks[1]).expect("write");
-    let (leaf, ca) = (leaf.display().to_string(), ca.display().to_string());
+    std::fs::write(&issuing, blocks[1]).expect("write");
+    std::fs::write(&root, blocks[2]).expect("write");
+    let (leaf, issuing, root) = (
+        leaf.display().to_string(),
+        issuing.display().to_string(),
+        root.display().to_string(),
+    );
     let out = run_ok(
         "openssl",
-        &["verify", "-purpose", "smimesign", "-CAfile", &ca, &leaf],
+        &[
+            "verify",
+            "-purpose",
+            "smimesign",
+            "-CAfile",
+            &root,
+            "-untrusted",
+            &issuing,
+            &leaf,
+        ],
     );
     assert!(out.contains(": OK"), "{out}");
     let text = run_ok("openssl", &["x509", "-in", &leaf, "-noout", "-text"]);
@@ -147,7 +170,11 @@ fn activated_mailbox_certificate_is_accepted_for_smime_and_its_key_stays_in_the_
     // pkcs11-tool, an outside witness, sees every private key as protected.
     let listing = pkcs11_tool_private_keys(&data);
     let keys: Vec<&str> = listing.split("Private Key Object").skip(1).collect();
-    assert_eq!(keys.len(), 3, "CA, SMTP TLS and alice expected: {listing}");
+    assert_eq!(
+        keys.len(),
+        4,
+        "root CA, issuing CA, SMTP TLS and alice expected: {listing}"
+    );
     assert!(listing.contains("alice@corp.example"), "{listing}");
     assert!(listing.contains("SMTP TLS"), "{listing}");
     for key in keys {
@@ -157,7 +184,7 @@ fn activated_mailbox_certificate_is_accepted_for_smime_and_its_key_stays_in_the_
         );
     }
     let custody = smimegate_ok(&data, &["token", "custody"]);
-    assert!(custody.contains("3 key(s) checked"), "{custody}");
+    assert!(custody.contains("4 key(s) checked"), "{custody}");
 
     // Activating twice issues nothing: one certificate per mailbox.
     let again = smimegate_ok(&data, &["mailbox", "activate", "alice@corp.example"]);
@@ -186,7 +213,14 @@ fn p256_mailboxes_get_key_agreement_certificates() {
     smimegate_ok(&data, &["mailbox", "add", "carol@corp.example"]);
     smimegate_ok(
         &data,
-        &["mailbox", "activate", "carol@corp.example", "--key", "p256"],
+        &[
+            "mailbox",
+            "activate",
+            "carol@corp.example",
+            "--key",
+            "p256",
+            "--skip-mx-check",
+        ],
     );
     let details = smimegate_ok(&data, &["cert", "show", "carol@corp.example"]);
     assert!(details.contains("id-ecPublicKey"), "{details}");
@@ -260,7 +294,8 @@ fn token_custody_probes_throwaway_keys_shows_the_probes_and_never_touches_a_key(
     );
     assert!(text.contains("probed as: EC"), "{text}");
     assert!(text.contains("probed as: RSA"), "{text}");
-    assert!(text.contains("2 key(s) checked"), "{text}");
+    // The root and the issuing CA (RSA), the SMTP TLS key (P-256).
+    assert!(text.contains("3 key(s) checked"), "{text}");
     let json: serde_json::Value =
         serde_json::from_str(&smimegate_ok(&data, &["token", "custody", "--json"])).expect("JSON");
     let kinds: Vec<&str> = json["probes"]
@@ -283,14 +318,14 @@ fn token_custody_probes_throwaway_keys_shows_the_probes_and_never_touches_a_key(
             "{probe}"
         );
     }
-    // The CA key (RSA) and the SMTP TLS key (P-256): each names the probe it relies on.
+    // The CA keys (RSA) and the SMTP TLS key (P-256): each names the probe it relies on.
     let keys = json["keys"].as_array().expect("keys");
     let mut key_kinds: Vec<&str> = keys
         .iter()
         .map(|k| k["kind"].as_str().expect("kind"))
         .collect();
     key_kinds.sort();
-    assert_eq!(key_kinds, ["ec", "rsa"], "{json}");
+    assert_eq!(key_kinds, ["ec", "rsa", "rsa"], "{json}");
     for key in keys {
         assert_eq!(
             key["read_secret"]["detail"], "CKR_ATTRIBUTE_SENSITIVE",
@@ -547,7 +582,15 @@ fn the_smime_cli_round_trips_a_message_with_a_fresh_mailbox_key() {
         ],
     );
     smimegate_ok(&data, &["mailbox", "add", "dana@corp.example"]);
-    smimegate_ok(&data, &["mailbox", "activate", "dana@corp.example"]);
+    smimegate_ok(
+        &data,
+        &[
+            "mailbox",
+            "activate",
+            "dana@corp.example",
+            "--skip-mx-check",
+        ],
+    );
     let pem = smimegate_ok(&data, &["cert", "show", "dana@corp.example", "--pem"]);
     let own = dir.path().join("dana.pem");
     std::fs::write(&own, pem).expect("write");
@@ -610,11 +653,12 @@ fn the_smime_cli_round_trips_a_message_with_a_fresh_mailbox_key() {
     );
     let inner_path = dir.path().join("inner.eml");
     std::fs::write(&inner_path, inner).expect("write");
+    // The root is the anchor; the message carries the issuing CA.
     let ca_only: String = std::fs::read_to_string(&own)
         .expect("read")
         .split_inclusive("-----END CERTIFICATE-----\n")
-        .nth(1)
-        .expect("CA")
+        .nth(2)
+        .expect("root CA")
         .to_string();
     let ca_path = dir.path().join("ca.pem");
     std::fs::write(&ca_path, ca_only).expect("write");
@@ -673,7 +717,15 @@ fn smime_decrypt_json_says_what_happened_and_whose_failure_it_is() {
         ],
     );
     smimegate_ok(&data, &["mailbox", "add", "erin@corp.example"]);
-    smimegate_ok(&data, &["mailbox", "activate", "erin@corp.example"]);
+    smimegate_ok(
+        &data,
+        &[
+            "mailbox",
+            "activate",
+            "erin@corp.example",
+            "--skip-mx-check",
+        ],
+    );
     let pem = smimegate_ok(&data, &["cert", "show", "erin@corp.example", "--pem"]);
     let cert = dir.path().join("erin.pem");
     std::fs::write(&cert, pem).expect("write");
@@ -1004,6 +1056,11 @@ fn every_state_changing_command_leaves_its_audit_row() {
         "domain.add",
         "old.example",
     );
+    cli.run(
+        &["domain", "set", "old.example", "--next-hop", "10.0.0.6:25"],
+        "domain.set",
+        "old.example",
+    );
     for address in ["alice@corp.example", "bob@corp.example"] {
         cli.run(&["mailbox", "add", address], "mailbox.add", address);
     }
@@ -1079,6 +1136,8 @@ fn every_state_changing_command_leaves_its_audit_row() {
     }
     let refused = smimegate(&data, &["domain", "add", "corp.example"]);
     assert_clean_failure(&refused, "domain corp.example already exists");
+    let refused = smimegate(&data, &["domain", "set", "corp.example"]);
+    assert_clean_failure(&refused, "nothing to change for domain corp.example");
 
     let rows = audit_rows(&data);
     let actual: Vec<(String, String)> = rows
@@ -1142,7 +1201,16 @@ fn an_operator_runs_the_lifecycle_from_the_command_line() {
     assert!(set.contains("valid until 2999-12-31"), "{set}");
 
     // Two mailboxes, one seat: one activated, the batch stops and says so.
-    let out = smimegate(&data, &["mailbox", "activate", "--domain", "corp.example"]);
+    let out = smimegate(
+        &data,
+        &[
+            "mailbox",
+            "activate",
+            "--domain",
+            "corp.example",
+            "--skip-mx-check",
+        ],
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");

@@ -87,6 +87,8 @@ async fn fixture(app: &App) {
 
 fn addresses(list: &[&str]) -> ActivateMany {
     ActivateMany {
+        // No DNS in tests: the MX check has its own (tests/ca_domains.rs).
+        skip_mx_check: true,
         addresses: list.iter().map(|a| a.to_string()).collect(),
         ..ActivateMany::default()
     }
@@ -191,6 +193,8 @@ async fn seats_and_deactivation(store: &Store) {
         &app,
         &operator(),
         ActivateMany {
+            // No DNS in tests: the MX check has its own (tests/ca_domains.rs).
+            skip_mx_check: true,
             domain: Some("corp.example".into()),
             ..ActivateMany::default()
         },
@@ -326,6 +330,8 @@ async fn seats_and_deactivation(store: &Store) {
         &app,
         &operator(),
         ActivateMany {
+            // No DNS in tests: the MX check has its own (tests/ca_domains.rs).
+            skip_mx_check: true,
             all: true,
             ..ActivateMany::default()
         },

@@ -157,7 +157,12 @@ async fn show(store: &Store, address: &Address, pem: bool) -> Result<()> {
         .await?
         .filter(|ca| leaf.record.issuer == ca.certificate.tbs_certificate().subject().to_string())
     {
+        let self_signed = ca.is_root();
         chain.push(ca.certificate);
+        // The two-tier CA: the root above the issuing CA.
+        if !self_signed && let Some(root) = app::load_root_ca(store).await? {
+            chain.push(root.certificate);
+        }
     }
     if pem {
         for cert in &chain {

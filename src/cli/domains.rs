@@ -6,7 +6,7 @@ use clap::Subcommand;
 use super::exit_status_1;
 use crate::app;
 use crate::config::Settings;
-use crate::ops::domains::{self, AddDomain};
+use crate::ops::domains::{self, AddDomain, SetDomain};
 use crate::ops::{Actor, Ops};
 use crate::store::DomainRow;
 
@@ -22,7 +22,30 @@ pub enum DomainCommand {
         #[arg(long)]
         wildcard: bool,
     },
+    /// Change a domain's inbound route or wildcard flag.
+    Set {
+        domain: String,
+        /// New internal mail server for this domain.
+        #[arg(long, value_name = "HOST:PORT", conflicts_with = "no_next_hop")]
+        next_hop: Option<String>,
+        /// Remove the inbound route (refused while a mailbox holds a certificate).
+        #[arg(long)]
+        no_next_hop: bool,
+        /// Accept any local part.
+        #[arg(long, conflicts_with = "no_wildcard")]
+        wildcard: bool,
+        /// Accept known mailboxes only.
+        #[arg(long)]
+        no_wildcard: bool,
+    },
     List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check that the domain's MX points at `[gateway].hostname` (exit status 1 when
+    /// it does not).
+    Check {
+        domain: String,
         #[arg(long)]
         json: bool,
     },
@@ -46,6 +69,28 @@ pub async fn run(cmd: DomainCommand, settings: &Settings) -> Result<()> {
             };
             add(&ctx, input).await.map_err(exit_status_1)
         }
+        DomainCommand::Set {
+            domain,
+            next_hop,
+            no_next_hop,
+            wildcard,
+            no_wildcard,
+        } => {
+            let input = SetDomain {
+                name: domain,
+                next_hop,
+                clear_next_hop: no_next_hop,
+                wildcard: match (wildcard, no_wildcard) {
+                    (true, _) => Some(true),
+                    (_, true) => Some(false),
+                    _ => None,
+                },
+            };
+            set(&ctx, input).await.map_err(exit_status_1)
+        }
+        DomainCommand::Check { domain, json } => {
+            check(&ctx, &domain, json).await.map_err(exit_status_1)
+        }
         DomainCommand::List { json } => list(&ctx, json).await.map_err(exit_status_1),
         DomainCommand::Remove { domain } => remove(&ctx, &domain).await.map_err(exit_status_1),
     }
@@ -64,6 +109,65 @@ async fn add(ctx: &Ops<'_>, input: AddDomain) -> Result<()> {
         }
     );
     Ok(())
+}
+
+async fn set(ctx: &Ops<'_>, input: SetDomain) -> Result<()> {
+    let change = domains::set(ctx, &Actor::cli(), input).await?;
+    let describe = |row: &DomainRow| {
+        format!(
+            "next hop {}, {}",
+            row.next_hop.as_deref().unwrap_or("none"),
+            if row.wildcard {
+                "wildcard"
+            } else {
+                "known mailboxes only"
+            }
+        )
+    };
+    if change.changed() {
+        println!(
+            "changed domain {}: {} (was {})",
+            change.after.name,
+            describe(&change.after),
+            describe(&change.before)
+        );
+    } else {
+        println!(
+            "domain {} unchanged: {}",
+            change.after.name,
+            describe(&change.after)
+        );
+    }
+    Ok(())
+}
+
+async fn check(ctx: &Ops<'_>, domain: &str, json: bool) -> Result<()> {
+    let report = domains::check(ctx, domain).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        for mx in &report.mx {
+            println!(
+                "MX {:<5} {:<40} {:<4} {}",
+                mx.preference,
+                mx.exchange,
+                if mx.points_here { "here" } else { "-" },
+                mx.addresses
+                    .iter()
+                    .map(std::net::IpAddr::to_string)
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            );
+        }
+    }
+    if report.ok() {
+        if !json {
+            println!("{}", report.message);
+        }
+        Ok(())
+    } else {
+        anyhow::bail!("{}", report.message)
+    }
 }
 
 async fn list(ctx: &Ops<'_>, json: bool) -> Result<()> {

@@ -43,6 +43,9 @@ pub enum MailboxCommand {
         /// Key type; default from [ca].mailbox_key.
         #[arg(long, value_enum)]
         key: Option<KeyAlgorithm>,
+        /// Activate even when the domain's MX does not point at [gateway].hostname.
+        #[arg(long)]
+        skip_mx_check: bool,
         #[arg(long)]
         json: bool,
     },
@@ -103,6 +106,7 @@ pub async fn run(cmd: MailboxCommand, settings: Settings) -> Result<()> {
             domain,
             all,
             key,
+            skip_mx_check,
             json,
         } => {
             let request = ActivateMany {
@@ -110,6 +114,7 @@ pub async fn run(cmd: MailboxCommand, settings: Settings) -> Result<()> {
                 domain,
                 all,
                 key,
+                skip_mx_check,
             };
             activate(settings, request, json)
                 .await

@@ -184,6 +184,17 @@ pub async fn serve(settings: Settings, args: ServeArgs) -> Result<()> {
     let node = settings.config.gateway.node_name.clone();
     let mime_limits = settings.config.limits.mime();
     let app = Arc::new(App::open(settings).await?);
+    // A changed [gateway].hostname gets its TLS certificate before the listeners start.
+    if let Some(done) = crate::setup::ensure_smtp_tls(
+        &app.settings,
+        &app.store,
+        &app.hsm,
+        &crate::ops::Actor::job("serve"),
+    )
+    .await?
+    {
+        tracing::info!("{done}");
+    }
     let inbound_config = server_config(&app.settings, Listener::Inbound, &app.hsm)?;
     let submission_config = server_config(&app.settings, Listener::Submission, &app.hsm)?;
     if app.ca().await.is_err() {

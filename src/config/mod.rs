@@ -46,6 +46,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub log: LogConfig,
     pub revocation: RevocationConfig,
+    pub dns: DnsConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -438,7 +439,10 @@ impl LifecycleConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CaConfig {
+    /// The issuing CA (signs mailbox certificates and their CRL).
     pub subject: String,
+    /// The root CA above it (signs only the issuing CA and the root CRL).
+    pub root_subject: String,
     pub key: KeyAlgorithm,
     pub validity_days: u32,
     pub public_url: String,
@@ -524,6 +528,25 @@ impl RevocationConfig {
     }
 }
 
+/// `[dns]`: how `domain check` and activation look up a domain's MX.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DnsConfig {
+    /// `IP:PORT` of the DNS resolver to ask; "": the system's (/etc/resolv.conf).
+    pub resolver: String,
+    /// Seconds one DNS query may take.
+    pub timeout_secs: u64,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        Self {
+            resolver: String::new(),
+            timeout_secs: 5,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
@@ -571,6 +594,7 @@ impl Default for CaConfig {
     fn default() -> Self {
         Self {
             subject: "CN=smimegate CA,O=smimegate".into(),
+            root_subject: "CN=smimegate Root CA,O=smimegate".into(),
             key: KeyAlgorithm::Rsa3072,
             validity_days: 3650,
             public_url: "http://localhost:8080".into(),
@@ -643,6 +667,23 @@ impl Config {
                 message: "must be at least 1".into(),
             });
         }
+        let max = crate::pki::profile::MAX_MAILBOX_VALIDITY_DAYS;
+        if self.ca.mailbox_validity_days > max {
+            return Err(ConfigError::Invalid {
+                key: "ca.mailbox_validity_days",
+                message: format!(
+                    "{} is above {max}, the longest validity the S/MIME Baseline Requirements allow for a mailbox certificate",
+                    self.ca.mailbox_validity_days
+                ),
+            });
+        }
+        if self.ca.root_subject.trim() == self.ca.subject.trim() {
+            return Err(ConfigError::Invalid {
+                key: "ca.root_subject",
+                message: "the root CA needs a name of its own, not the issuing CA's (ca.subject)"
+                    .into(),
+            });
+        }
         if let Err(e) = crate::pki::urls::PkiUrls::new(&self.ca.public_url) {
             return Err(ConfigError::Invalid {
                 key: "ca.public_url",
@@ -660,6 +701,23 @@ impl Config {
             });
         }
         self.smtp.validate(&self.limits)?;
+        if !self.dns.resolver.is_empty()
+            && self.dns.resolver.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err(ConfigError::Invalid {
+                key: "dns.resolver",
+                message: format!(
+                    "'{}' is not IP:PORT (e.g. \"127.0.0.1:53\"); leave it empty for the system resolver",
+                    self.dns.resolver
+                ),
+            });
+        }
+        if self.dns.timeout_secs == 0 {
+            return Err(ConfigError::Invalid {
+                key: "dns.timeout_secs",
+                message: "must be at least 1".into(),
+            });
+        }
         self.lifecycle.validate(&self.ca)?;
         if self.database.max_connections == 0 {
             return Err(ConfigError::Invalid {

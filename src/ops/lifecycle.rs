@@ -259,6 +259,13 @@ async fn run_locked(app: &App, actor: &Actor, at: i64) -> Result<LifecycleReport
     if let Some(crl) = super::crl::refresh_if_due(app, actor, &ca, at).await? {
         report.crls_signed.push(crl.crl_number);
     }
+    // The two-tier CA: the root's CRL (covering the issuing CA) is kept fresh too.
+    let root = app.root_ca().await?;
+    if root.certificate != ca.certificate
+        && let Some(crl) = super::crl::refresh_if_due(app, actor, &root, at).await?
+    {
+        report.crls_signed.push(crl.crl_number);
+    }
     Ok(report)
 }
 

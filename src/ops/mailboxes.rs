@@ -54,6 +54,9 @@ pub struct Activate {
     /// The key type; none: `[ca].mailbox_key`.
     #[serde(default)]
     pub key: Option<KeyAlgorithm>,
+    /// Activate even when the domain's MX does not point at the gateway.
+    #[serde(default)]
+    pub skip_mx_check: bool,
 }
 
 /// A mailbox just activated: its new key and certificate.
@@ -126,6 +129,15 @@ pub async fn activate(app: &App, actor: &Actor, input: Activate) -> Result<Activ
     let address = input::address(&input.address)?;
     let mailbox = app.store.mailboxes().require(&address).await?;
     require_inbound_route(app, &mailbox).await?;
+    // (A pending or active mailbox is refused below, with its reason.)
+    if !input.skip_mx_check
+        && matches!(
+            mailbox.state,
+            MailboxState::Inactive | MailboxState::RevokePending
+        )
+    {
+        super::domains::require_mx(&app.ops(), &mailbox.domain).await?;
+    }
     let ca = app.ca().await?;
     let algorithm = input.key.unwrap_or(app.settings.config.ca.mailbox_key);
     let mailboxes = app.store.mailboxes();
@@ -223,6 +235,9 @@ pub struct ActivateMany {
     pub all: bool,
     #[serde(default)]
     pub key: Option<KeyAlgorithm>,
+    /// Activate even where the domain's MX does not point at the gateway.
+    #[serde(default)]
+    pub skip_mx_check: bool,
 }
 
 /// What happened to one mailbox of a batch.
@@ -318,6 +333,7 @@ pub async fn activate_many(
         let one = Activate {
             address: mailbox.address.clone(),
             key: input.key,
+            skip_mx_check: input.skip_mx_check,
         };
         let outcome = match activate(app, actor, one).await {
             Ok(done) => ActivationOutcome::Activated {
@@ -595,20 +611,19 @@ pub(crate) async fn issue(
         .insert(&key.id, algorithm, KeyPurpose::Mailbox, Some(mailbox_id))
         .await?;
     let ca_config = app.settings.config.ca.clone();
-    let crl_url = crate::pki::urls::PkiUrls::new(&ca_config.public_url)
-        .map_err(|e| OpError::Invalid(format!("[ca].public_url: {e}")))?
-        .issuing_crl();
+    let urls = crate::pki::urls::PkiUrls::new(&ca_config.public_url)
+        .map_err(|e| OpError::Invalid(format!("[ca].public_url: {e}")))?;
     let (ca, address_for_task) = (ca.clone(), address.clone());
     let issued = app
         .hsm
         .call("issue certificate", move |hsm| {
-            ca::issue_mailbox_certificate(
+            ca::issue_published_mailbox_certificate(
                 hsm,
                 &ca,
                 &address_for_task,
                 &key,
                 ca_config.mailbox_validity_days,
-                &crl_url,
+                &urls,
             )
             .map_err(|e| match e {
                 IssueError::Token(h) => h,

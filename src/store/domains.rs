@@ -76,6 +76,46 @@ impl Domains<'_> {
             .map_err(db("listing domains"))
     }
 
+    /// Changes a domain's inbound route and/or wildcard flag (`None`: unchanged; the
+    /// next hop `Some(None)` clears it). The `domains` update trigger bumps the
+    /// configuration version, so a running relay reloads the route.
+    pub async fn update(
+        &self,
+        domain: &Domain,
+        next_hop: Option<Option<&str>>,
+        wildcard: Option<bool>,
+    ) -> Result<DomainRow> {
+        let existing = self
+            .get(domain)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("no managed domain {domain}")))?;
+        let next_hop = next_hop.unwrap_or(existing.next_hop.as_deref());
+        let wildcard = wildcard.unwrap_or(existing.wildcard);
+        let row = sqlx::query(
+            "UPDATE domains SET next_hop = $1, wildcard = $2 WHERE id = $3 \
+             RETURNING id, name, next_hop, wildcard, created_at",
+        )
+        .bind(next_hop)
+        .bind(i64::from(wildcard))
+        .bind(existing.id)
+        .fetch_one(self.pool)
+        .await
+        .map_err(db("updating domain"))?;
+        row_to_domain(&row).map_err(db("reading domain"))
+    }
+
+    /// How many of the domain's mailboxes hold a seat (pending, active, revoke-pending).
+    pub async fn mailboxes_in_use(&self, domain: &Domain) -> Result<i64> {
+        sqlx::query_scalar(
+            "SELECT COUNT(*) FROM mailboxes m JOIN domains d ON d.id = m.domain_id \
+             WHERE d.name = $1 AND m.state <> 'inactive'",
+        )
+        .bind(domain.as_str())
+        .fetch_one(self.pool)
+        .await
+        .map_err(db("counting mailboxes"))
+    }
+
     /// Removes a domain that has no mailboxes left.
     pub async fn remove(&self, domain: &Domain) -> Result<()> {
         let existing = self

@@ -161,10 +161,16 @@ fn a_deactivated_mailbox_is_revoked_in_the_served_crl_signs_no_more_and_still_de
             &served_ca.display().to_string(),
         ],
     );
+    // `ca_pem` is the issuing CA, then the root (the two-tier CA).
+    let issuing = pem_of(&ca)
+        .split_inclusive("-----END CERTIFICATE-----\n")
+        .next()
+        .expect("issuing CA")
+        .to_string();
     assert_eq!(
         served_ca_pem.trim(),
-        pem_of(&ca).trim(),
-        "/pki/ca.crt is the CA"
+        issuing.trim(),
+        "/pki/ca.crt is the issuing CA"
     );
 
     let bundle = gw.data().join("bundle.pem");
@@ -190,6 +196,46 @@ fn a_deactivated_mailbox_is_revoked_in_the_served_crl_signs_no_more_and_still_de
     .expect("bundle");
     let (ok, out, err) = verify(&bundle);
     assert!(ok, "{out}{err}");
+    // The root's CRL is served too (the lifecycle job signs it): with both CRLs the
+    // whole chain checks out (`-crl_check_all`).
+    let mut root_crl = None;
+    for _ in 0..300 {
+        let (status, body) = gw.http_get("/pki/root.crl");
+        if status == 200 {
+            root_crl = Some(body);
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let root_der = gw.data().join("root.crl");
+    std::fs::write(&root_der, root_crl.expect("served root CRL")).expect("write");
+    let root_pem = common::run_ok(
+        "openssl",
+        &[
+            "crl",
+            "-inform",
+            "DER",
+            "-in",
+            &root_der.display().to_string(),
+        ],
+    );
+    let full = gw.data().join("full.pem");
+    std::fs::write(
+        &full,
+        pem_of(&ca) + &pem_of(&crl_pem.display().to_string()) + &root_pem,
+    )
+    .expect("bundle");
+    let out = common::run_ok(
+        "openssl",
+        &[
+            "verify",
+            "-crl_check_all",
+            "-CAfile",
+            &full.display().to_string(),
+            &leaf,
+        ],
+    );
+    assert!(out.contains(": OK"), "{out}");
 
     let out = gw.cli(&["mailbox", "deactivate", ALICE]);
     assert!(out.contains("revoke-pending until"), "{out}");
