@@ -1027,6 +1027,7 @@ async fn identity_suite(store: &Store) {
         mailboxes::Activate {
             address: "carol@corp.example".into(),
             key: Some(smimegate::hsm::KeyAlgorithm::P256),
+            skip_mx_check: true,
         },
     )
     .await
