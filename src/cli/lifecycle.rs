@@ -51,8 +51,8 @@ pub async fn run(cmd: LifecycleCommand, settings: Settings) -> Result<()> {
                 format_time(u.not_after)
             );
         }
-        for number in &report.crls_signed {
-            println!("signed CRL number {number}");
+        for crl in &report.crls_signed {
+            println!("signed CRL number {} of {}", crl.crl_number, crl.ca);
         }
         for (address, why) in &report.failed {
             println!("failed {address}: {why}");

@@ -48,6 +48,14 @@ pub struct ExpiringUpload {
     pub not_after: i64,
 }
 
+/// A CRL a run signed: whose, and its number.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SignedCrl {
+    /// The signing CA's subject.
+    pub ca: String,
+    pub crl_number: i64,
+}
+
 /// What one run did.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct LifecycleReport {
@@ -59,8 +67,8 @@ pub struct LifecycleReport {
     /// Renewals that failed, with the reason (retried at the next run).
     pub failed: Vec<(String, String)>,
     pub expiring_uploads: Vec<ExpiringUpload>,
-    /// CRL numbers signed.
-    pub crls_signed: Vec<i64>,
+    /// CRLs signed.
+    pub crls_signed: Vec<SignedCrl>,
     /// Things the operator should act on (e.g. the licence ended).
     pub warnings: Vec<String>,
 }
@@ -257,14 +265,20 @@ async fn run_locked(app: &App, actor: &Actor, at: i64) -> Result<LifecycleReport
 
     let ca = app.ca().await?;
     if let Some(crl) = super::crl::refresh_if_due(app, actor, &ca, at).await? {
-        report.crls_signed.push(crl.crl_number);
+        report.crls_signed.push(SignedCrl {
+            ca: ca.certificate.tbs_certificate().subject().to_string(),
+            crl_number: crl.crl_number,
+        });
     }
     // The two-tier CA: the root's CRL (covering the issuing CA) is kept fresh too.
     let root = app.root_ca().await?;
     if root.certificate != ca.certificate
         && let Some(crl) = super::crl::refresh_if_due(app, actor, &root, at).await?
     {
-        report.crls_signed.push(crl.crl_number);
+        report.crls_signed.push(SignedCrl {
+            ca: root.certificate.tbs_certificate().subject().to_string(),
+            crl_number: crl.crl_number,
+        });
     }
     Ok(report)
 }
