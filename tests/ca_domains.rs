@@ -1070,31 +1070,28 @@ fn changing_the_gateway_hostname_reissues_the_smtp_tls_certificate() {
         "hostname = \"mx.gw.test\"",
         "hostname = \"mx2.gw.test\"",
     );
-    let port = || {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        format!("127.0.0.1:{}", probe.local_addr().expect("addr").port())
-    };
-    let (http, inbound, submission) = (port(), port(), port());
+    // Port 0 everywhere: serve says what it bound once its listeners are up (after
+    // the TLS check), so no other test can answer in its place.
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_smimegate"))
         .args(["--data-dir", &data.display().to_string(), "serve"])
-        .args(["--http", &http, "--inbound", &inbound])
-        .args(["--submission", &submission])
+        .args(["--http", "127.0.0.1:0", "--inbound", "127.0.0.1:0"])
+        .args(["--submission", "127.0.0.1:0"])
         .env_remove("SMIMEGATE_HSM_PIN")
-        .stdout(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("start serve");
-    let mut listening = false;
-    for _ in 0..300 {
-        if std::net::TcpStream::connect(&submission).is_ok() {
-            listening = true;
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
+    let mut line = String::new();
+    if let Some(stdout) = child.stdout.take() {
+        use std::io::BufRead;
+        let _ = std::io::BufReader::new(stdout).read_line(&mut line);
     }
     let _ = child.kill();
     let _ = child.wait();
-    assert!(listening, "serve did not start");
+    assert!(
+        line.starts_with("smimegate serving:"),
+        "serve did not start: {line}"
+    );
     assert_eq!(tls_dns_names(&path), ["localhost", "mx2.gw.test"]);
     verify_tls("mx2.gw.test");
 
