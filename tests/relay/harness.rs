@@ -207,6 +207,31 @@ impl Delivered {
     }
 }
 
+/// `smimegate init` for a gateway under test. Known defect, open: about one `init` in
+/// several hundred dies of heap corruption inside the token library (glibc's "free():
+/// invalid pointer" / "double free or corruption", an abort, no exit code), seen only
+/// under CI load and not yet explained. `init` is idempotent, so here, where it only
+/// prepares the relay under test, such a death is shown on stderr and `init` run once
+/// more; any other failure, or a second death, fails the test. tests/cli.rs tests
+/// `init` itself without this.
+fn init_data_dir(data: &Path) {
+    let first = super::common::smimegate(data, &["init"]);
+    if first.status.success() {
+        return;
+    }
+    assert!(
+        first.status.code().is_none(),
+        "smimegate init failed: {}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    eprintln!(
+        "KNOWN DEFECT: smimegate init died ({}): {}; running it once more",
+        first.status,
+        String::from_utf8_lossy(&first.stderr).trim()
+    );
+    smimegate_ok(data, &["init"]);
+}
+
 /// The gateway under test.
 /// The gateway under test, placed as in production: mail from the internet comes from
 /// 127.0.0.2, the internal mail server's address is 127.0.0.1, the only internal
@@ -237,7 +262,7 @@ impl Gateway {
     pub fn start(prepare: impl FnOnce(&Path)) -> Gateway {
         let dir = tempfile::tempdir().expect("temp dir");
         let data = dir.path();
-        smimegate_ok(data, &["init"]);
+        init_data_dir(data);
         let config = data.join("smimegate.toml");
         let text = std::fs::read_to_string(&config).expect("configuration");
         let text: String = text
