@@ -33,6 +33,7 @@
 //!   for the CLI and the console.
 
 mod actor;
+mod role;
 pub mod certs;
 pub mod crl;
 pub mod domains;
@@ -48,6 +49,7 @@ pub mod submitters;
 pub mod trust;
 
 pub use actor::Actor;
+pub use role::{Role, UnknownRole};
 
 use crate::app::{App, AppError};
 use crate::config::Settings;
