@@ -3,6 +3,7 @@
 //! `smime`, `token`, `serve`), and prints: human text, or JSON with `--json`. No
 //! validation or auditing here: that is the operation's, so the console does the same.
 
+mod admins;
 mod bench;
 mod certs;
 mod domains;
@@ -97,6 +98,9 @@ pub enum Command {
     /// SMTP AUTH accounts of the submission listener.
     #[command(subcommand)]
     Submitter(submitters::SubmitterCommand),
+    /// Local console accounts (break-glass) and API tokens.
+    #[command(subcommand)]
+    Admin(admins::AdminCommand),
 }
 
 /// Runs a command whose settings are already loaded (and whose SoftHSM2 configuration,
@@ -120,6 +124,7 @@ pub async fn run(command: Command, settings: Settings, init_changes: Vec<String>
         Command::Smarthost(cmd) => relay::smarthost(cmd, &settings).await,
         Command::Network(cmd) => relay::network(cmd, &settings).await,
         Command::Submitter(cmd) => submitters::run(cmd, &settings).await,
+        Command::Admin(cmd) => admins::run(cmd, &settings).await,
     }
 }
 

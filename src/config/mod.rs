@@ -41,6 +41,7 @@ pub struct Config {
     pub ca: CaConfig,
     pub lifecycle: LifecycleConfig,
     pub http: HttpConfig,
+    pub console: ConsoleConfig,
     pub smtp: SmtpConfig,
     pub relay: RelayConfig,
     pub limits: LimitsConfig,
@@ -604,6 +605,73 @@ impl Default for CaConfig {
     }
 }
 
+/// `[console]`: the HTTPS admin console and its JSON API.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConsoleConfig {
+    /// Address of the HTTPS listener; empty: no console.
+    pub listen: String,
+    /// The URL browsers use to reach the console (`https://host:port`), for SAML and
+    /// for the Origin check; empty: `https://` + `[gateway].hostname` + the listen port.
+    pub public_url: String,
+    /// PEM certificate chain of the console; empty: the SMTP one (`[smtp].tls_certificate`
+    /// with `[smtp].tls_key`), which `init` makes for the gateway's host name.
+    pub tls_certificate: PathBuf,
+    /// `token` (the key in the token, found by the certificate's public key) or a PEM
+    /// key file; used only with `tls_certificate`.
+    pub tls_key: PathBuf,
+    /// A session unused this long ends.
+    pub session_idle_secs: u64,
+    /// A session ends this long after its login, used or not.
+    pub session_max_secs: u64,
+    /// Failed logins in a row that lock a local account.
+    pub lockout_after: u32,
+    /// How long a locked account stays locked.
+    pub lockout_secs: u64,
+    /// Failed logins one client address may make per minute before it gets 429.
+    pub failed_logins_per_minute: u32,
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8443".into(),
+            public_url: String::new(),
+            tls_certificate: PathBuf::new(),
+            tls_key: PathBuf::from("token"),
+            session_idle_secs: 15 * 60,
+            session_max_secs: 8 * 3600,
+            lockout_after: 5,
+            lockout_secs: 15 * 60,
+            failed_logins_per_minute: 10,
+        }
+    }
+}
+
+impl ConsoleConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.session_idle_secs == 0 || self.session_max_secs == 0 {
+            return Err(ConfigError::Invalid {
+                key: "console.session_*_secs",
+                message: "must be at least 1".into(),
+            });
+        }
+        if self.lockout_after == 0 || self.failed_logins_per_minute == 0 {
+            return Err(ConfigError::Invalid {
+                key: "console.lockout_after/failed_logins_per_minute",
+                message: "must be at least 1".into(),
+            });
+        }
+        if !self.public_url.is_empty() && !self.public_url.starts_with("https://") {
+            return Err(ConfigError::Invalid {
+                key: "console.public_url",
+                message: format!("{:?} must start with https://", self.public_url),
+            });
+        }
+        Ok(())
+    }
+}
+
 impl Default for HttpConfig {
     fn default() -> Self {
         Self {
@@ -726,6 +794,7 @@ impl Config {
             });
         }
         self.revocation.validate()?;
+        self.console.validate()?;
         self.relay.validate()
     }
 }

@@ -33,8 +33,8 @@
 //!   for the CLI and the console.
 
 mod actor;
-mod role;
 pub mod certs;
+pub mod console;
 pub mod crl;
 pub mod domains;
 pub mod identities;
@@ -44,8 +44,10 @@ pub mod lifecycle;
 pub mod mailboxes;
 pub mod password;
 pub mod relay_settings;
+mod role;
 pub mod rules;
 pub mod submitters;
+pub mod totp;
 pub mod trust;
 
 pub use actor::Actor;

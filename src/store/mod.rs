@@ -4,6 +4,7 @@
 
 mod audit;
 mod certificates;
+mod console;
 mod crls;
 mod domains;
 mod keys;
@@ -27,6 +28,7 @@ pub use certificates::{
     CertificateRecord, CertificateSource, Certificates, IdentityKey, NewIdentity, PartnerRow,
     StoredCertificate,
 };
+pub use console::{Account, AccountCredentials, ApiToken, Console, NewSession, Session};
 pub use crls::{CachedCrl, Crls, OwnCertificate};
 pub use domains::{DomainRow, Domains};
 pub use keys::{KeyPurpose, KeyRow, Keys};
@@ -309,6 +311,10 @@ impl Store {
                 operation: "ping",
                 source,
             })
+    }
+
+    pub fn console(&self) -> Console<'_> {
+        Console { pool: &self.pool }
     }
 
     pub fn crls(&self) -> Crls<'_> {
