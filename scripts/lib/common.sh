@@ -26,5 +26,26 @@ ensure_packages() {
 
 # Packages the gateway needs to build and run.
 RUNTIME_PACKAGES=(build-essential pkg-config libssl-dev softhsm2 opensc openssl ca-certificates)
-# Packages the test suite needs on top: interop peers and PostgreSQL.
-TEST_PACKAGES=(gpgsm postgresql postgresql-client postfix python3)
+# Packages the test suite needs on top: interop peers and PostgreSQL; the console's
+# browser tests (headless Chromium through chromedriver, certutil for the NSS trust
+# store it reads) and python3-venv for schemathesis (ensure_schemathesis).
+TEST_PACKAGES=(gpgsm postgresql postgresql-client postfix python3
+    chromium chromium-driver libnss3-tools python3-venv)
+
+# The schemathesis release tests/console/schema.rs runs (from PyPI; works on the
+# Python 3.11 of Debian 12).
+SCHEMATHESIS_VERSION=4.32.5
+
+# ensure_schemathesis: installs schemathesis into target/venv-schemathesis with pip
+# when it is missing or another version (run from the repository's root).
+ensure_schemathesis() {
+    local venv=target/venv-schemathesis
+    if [ -x "$venv/bin/schemathesis" ] \
+        && "$venv/bin/schemathesis" --version 2>/dev/null | grep -q "version $SCHEMATHESIS_VERSION\$"; then
+        return 0
+    fi
+    echo "==> installing schemathesis $SCHEMATHESIS_VERSION into $venv"
+    rm -rf "$venv"
+    /usr/bin/python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
+}

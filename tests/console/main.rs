@@ -7,6 +7,7 @@ mod common;
 #[path = "../relay/harness.rs"]
 #[allow(dead_code)]
 mod harness;
+mod schema;
 
 use std::os::unix::fs::PermissionsExt;
 
@@ -374,7 +375,7 @@ async fn every_answer_carries_the_security_headers_and_http_serves_no_console() 
     assert_eq!(headers["strict-transport-security"], "max-age=31536000");
     assert_eq!(headers["x-frame-options"], "DENY");
     assert_eq!(headers["x-content-type-options"], "nosniff");
-    assert_eq!(headers["referrer-policy"], "no-referrer");
+    assert_eq!(headers["referrer-policy"], "same-origin");
     let csp = headers["content-security-policy"].to_str().expect("csp");
     assert!(
         csp.contains("frame-ancestors 'none'") && csp.contains("default-src 'none'"),

@@ -40,7 +40,10 @@ pub async fn security_headers(request: Request, next: Next) -> Response {
     );
     set(headers, "x-content-type-options", "nosniff");
     set(headers, "x-frame-options", "DENY");
-    set(headers, "referrer-policy", "no-referrer");
+    // Not `no-referrer`: under it a browser sends `Origin: null` with every form POST,
+    // and `same_origin` refuses the console's own forms (seen in tests/browser).
+    // `same-origin` sends nothing to other sites and the true Origin to the console.
+    set(headers, "referrer-policy", "same-origin");
     set(headers, "cross-origin-opener-policy", "same-origin");
     if !headers.contains_key(header::CACHE_CONTROL) {
         set(headers, "cache-control", "no-store");
