@@ -49,6 +49,82 @@ impl utoipa::Modify for BearerAuth {
 
 type ApiRouter = OpenApiRouter<Arc<Console>>;
 
+/// Makes the document say what the handlers answer on errors (schemathesis checks it,
+/// tests/console/schema.rs): every error response is `application/problem+json`, an
+/// operation with a JSON body may answer 400 (malformed), 413 (too large), 415 (not
+/// JSON) and 422 (wrong shape) from [`ApiJson`], and one with path parameters 400 from
+/// [`ApiPath`]. Applied to the whole document, so routes added later are covered.
+fn document_problems(document: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::path::{Operation, ParameterIn};
+    use utoipa::openapi::{Content, Ref, RefOr, ResponseBuilder};
+
+    const PROBLEM: &str = "application/problem+json";
+    let problem = |description: &str| {
+        RefOr::T(
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    PROBLEM,
+                    Content::new(Some(Ref::from_schema_name("Problem"))),
+                )
+                .build(),
+        )
+    };
+    let fix = |operation: &mut Operation, path_parameters: bool| {
+        for (status, response) in operation.responses.responses.iter_mut() {
+            let RefOr::T(response) = response else {
+                continue;
+            };
+            if status.starts_with(['4', '5'])
+                && let Some(content) = response.content.shift_remove("application/json")
+            {
+                response.content.insert(PROBLEM.into(), content);
+            }
+        }
+        let mut add = |status: &str, description: &str| {
+            operation
+                .responses
+                .responses
+                .entry(status.into())
+                .or_insert_with(|| problem(description));
+        };
+        if operation.request_body.is_some() {
+            add("400", "The body is not well-formed JSON");
+            add("413", "The body is too large");
+            add("415", "The body is not declared as application/json");
+            add("422", "The body does not have the documented shape");
+        }
+        let has_path_parameters = path_parameters
+            || operation
+                .parameters
+                .iter()
+                .flatten()
+                .any(|p| p.parameter_in == ParameterIn::Path);
+        if has_path_parameters {
+            add("400", "A path parameter is not of the documented type");
+        }
+    };
+    for (_, item) in document.paths.paths.iter_mut() {
+        let path_parameters = item
+            .parameters
+            .iter()
+            .flatten()
+            .any(|p| p.parameter_in == ParameterIn::Path);
+        for operation in [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            fix(operation, path_parameters);
+        }
+    }
+}
+
 /// The API's routes, each behind its role's gate, with the OpenAPI document.
 pub fn router() -> ApiRouter {
     let viewer = OpenApiRouter::new()
@@ -80,6 +156,7 @@ pub fn router() -> ApiRouter {
         .merge(admin)
         .split_for_parts();
     document.servers = Some(vec![utoipa::openapi::Server::new("/api/v1")]);
+    document_problems(&mut document);
     let document = Arc::new(document);
     OpenApiRouter::from(router).route(
         "/openapi.json",
