@@ -33,17 +33,20 @@
 //!   for the CLI and the console.
 
 mod actor;
-mod role;
+pub mod audit;
 pub mod certs;
 pub mod crl;
+pub mod dashboard;
 pub mod domains;
 pub mod identities;
 pub mod input;
 pub mod licence;
 pub mod lifecycle;
 pub mod mailboxes;
+pub mod messages;
 pub mod password;
 pub mod relay_settings;
+mod role;
 pub mod rules;
 pub mod submitters;
 pub mod trust;
