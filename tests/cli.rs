@@ -1258,7 +1258,8 @@ fn the_log_command_filters_by_crypto_result_and_exports_csv() {
         (paged["total"].as_i64(), paged["has_more"].as_bool()),
         (Some(4), Some(true))
     );
-    assert_eq!(paged["rows"][0]["rcpt_to"][0], "a@partner.example");
+    // Newest first: c (10 s ago), then b.
+    assert_eq!(paged["rows"][0]["rcpt_to"][0], "b@partner.example");
     let table = smimegate_ok(
         &data,
         &["log", "--crypto", "none", "--direction", "outbound"],
