@@ -13,7 +13,8 @@ pub const DEFAULT_PAGE_SIZE: i64 = 50;
 
 /// Which audit rows to show; every field narrows, an empty one does not.
 #[derive(Debug, Clone, Default, serde::Deserialize, utoipa::ToSchema, utoipa::IntoParams)]
-#[serde(default, deny_unknown_fields)]
+// Unknown fields are ignored: a console form or a cache-buster may add its own.
+#[serde(default)]
 #[into_params(parameter_in = Query)]
 pub struct AuditQuery {
     /// Exactly this actor: `cli:USER`, `console:ACCOUNT`, `job:NAME`.

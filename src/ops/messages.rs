@@ -22,7 +22,8 @@ pub const MAX_CSV_ROWS: i64 = 100_000;
 
 /// Which messages to show; every field narrows, an empty one does not.
 #[derive(Debug, Clone, Default, serde::Deserialize, utoipa::ToSchema, utoipa::IntoParams)]
-#[serde(default, deny_unknown_fields)]
+// Unknown fields are ignored: a console form or a cache-buster may add its own.
+#[serde(default)]
 #[into_params(parameter_in = Query)]
 pub struct MessageQuery {
     /// Received at or after: RFC 3339, unix seconds, or an age (`2h`, `7d`).
@@ -35,6 +36,8 @@ pub struct MessageQuery {
     pub status: Option<String>,
     /// `signed`, `encrypted`, `decrypted`, `signature-valid`, `signature-invalid` or
     /// `none`.
+    #[schema(value_type = Option<CryptoResult>)]
+    #[param(value_type = Option<CryptoResult>)]
     pub crypto: Option<String>,
     /// The sender or one of the recipients (exact).
     pub address: Option<String>,

@@ -229,6 +229,57 @@ mod tests {
     }
 
     #[test]
+    fn the_console_reads_and_rule_inputs_make_an_openapi_document() {
+        use utoipa::OpenApi;
+        #[derive(OpenApi)]
+        #[openapi(components(schemas(
+            messages::MessagePage,
+            messages::MessageQuery,
+            audit::AuditPage,
+            audit::AuditQuery,
+            dashboard::Dashboard,
+            rules::AddRule,
+            rules::EditRule,
+            rules::MoveRule,
+            rules::Explain,
+            crate::policy::Rule,
+            crate::relay::explain::Explanation,
+        )))]
+        struct Doc;
+        let doc = serde_json::to_value(Doc::openapi()).expect("OpenAPI JSON");
+        let schemas = &doc["components"]["schemas"];
+        for name in [
+            "MessagePage",
+            "MessageRow",
+            "AuditPage",
+            "Dashboard",
+            "MessageCounts",
+            "Explanation",
+            "Selection",
+            "Rule",
+        ] {
+            assert!(schemas[name].is_object(), "{name} missing: {schemas}");
+        }
+        assert_eq!(
+            schemas["Dashboard"]["properties"]["inbound"]["$ref"],
+            "#/components/schemas/MessageCounts"
+        );
+        let actions = schemas["Action"]["enum"].as_array().expect("Action enum");
+        assert!(
+            actions.iter().any(|a| a == "encrypt-enforced"),
+            "{actions:?}"
+        );
+        assert_eq!(schemas["Rule"]["properties"]["sender"]["type"], "string");
+        let crypto = schemas["CryptoResult"]["enum"]
+            .as_array()
+            .expect("CryptoResult enum");
+        assert!(
+            crypto.iter().any(|c| c == "signature-invalid"),
+            "{crypto:?}"
+        );
+    }
+
+    #[test]
     fn store_refusals_become_typed_operation_errors() {
         let refused: OpError = StoreError::Refused("busy mailbox".into()).into();
         assert!(matches!(refused, OpError::Invalid(_)));

@@ -9,7 +9,7 @@ use crate::relay::explain::Explanation;
 use crate::store::{NewRule, Store};
 
 /// `rule add`: the matchers and the action as an operator writes them.
-#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[derive(Debug, Clone, Default, serde::Deserialize, utoipa::ToSchema)]
 pub struct AddRule {
     /// `inbound` or `outbound`.
     pub direction: String,
@@ -42,7 +42,7 @@ pub struct EditRule {
 }
 
 /// `rule move`.
-#[derive(Debug, Clone, Copy, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, serde::Deserialize, utoipa::ToSchema)]
 pub struct MoveRule {
     pub id: i64,
     /// 1 is the highest; beyond the last rule means last.
@@ -50,7 +50,7 @@ pub struct MoveRule {
 }
 
 /// `rule explain`.
-#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[derive(Debug, Clone, Default, serde::Deserialize, utoipa::ToSchema)]
 pub struct Explain {
     pub from: String,
     pub to: String,

@@ -85,7 +85,9 @@ pub struct LogEntry {
 
 /// A crypto result the log can be filtered and counted by (the console's and
 /// `smimegate log --crypto`'s words).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum CryptoResult {
     /// The gateway signed the message (outbound).
