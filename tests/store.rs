@@ -1315,6 +1315,100 @@ async fn expiring_suite(store: &Store) {
     assert_eq!(summary.expiring[0].source, "issued");
 }
 
+/// The migration's backfill of `crypto` for rows written before it (SQL) agrees with
+/// the writer's mapping table (Rust) on every kind of action list the relay writes.
+async fn backfill_suite(store: &Store, migration: &str) {
+    use smimegate::policy::Direction::{Inbound, Outbound};
+    use smimegate::store::LogStatus::Relayed;
+    let lists: &[&[&str]] = &[
+        &[],
+        &["signed"],
+        &["signed", "encrypted"],
+        &["encrypted (3 copies for Bcc)"],
+        &["not signed: no certificate", "refused"],
+        &[
+            "decrypted (aes256-gcm, rsa-oaep)",
+            "weak-cipher des-ede3-cbc",
+            "signature-valid",
+            "signer a@b valid: ok",
+        ],
+        &["signature-valid", "signature-untrusted"],
+        &["signature-unchecked"],
+        &["signature-valid", "signature-unchecked"],
+        &["signature-revoked", "signer x revoked: crl"],
+        &["kept-encrypted"],
+        &["undecryptable: no key", "kept-encrypted"],
+        &["decryption-failed", "kept-encrypted", "harvested"],
+        &["a note mentioning \"signed\" and 100%_of it"],
+    ];
+    let log = store.message_log();
+    for (i, actions) in lists.iter().enumerate() {
+        let direction = if i % 2 == 0 { Inbound } else { Outbound };
+        log.record(&log_row(
+            direction,
+            "a@b.example",
+            "c@d.example",
+            actions,
+            Relayed,
+            1,
+        ))
+        .await
+        .expect("record");
+    }
+    let read = || async {
+        let rows = sqlx::query("SELECT actions, crypto FROM message_log ORDER BY id")
+            .fetch_all(store.pool())
+            .await
+            .expect("read");
+        rows.iter()
+            .map(|r| {
+                use sqlx::Row;
+                (r.get::<String, _>("actions"), r.get::<i64, _>("crypto"))
+            })
+            .collect::<Vec<_>>()
+    };
+    let written = read().await;
+    assert_eq!(written.len(), lists.len());
+    for ((_, bits), actions) in written.iter().zip(lists) {
+        let words: Vec<String> = actions.iter().map(|a| a.to_string()).collect();
+        assert_eq!(*bits, smimegate::store::crypto_bits(&words), "{actions:?}");
+    }
+    sqlx::query("UPDATE message_log SET crypto = -1")
+        .execute(store.pool())
+        .await
+        .expect("reset");
+    let update = migration
+        .split(';')
+        .find(|statement| statement.contains("UPDATE message_log SET crypto"))
+        .expect("the backfill statement");
+    sqlx::query(sqlx::AssertSqlSafe(update.to_string()))
+        .execute(store.pool())
+        .await
+        .expect("backfill");
+    assert_eq!(
+        read().await,
+        written,
+        "SQL backfill and Rust mapping disagree"
+    );
+}
+
+#[tokio::test]
+async fn the_crypto_backfill_of_migration_0012_agrees_with_the_mapping_table() {
+    let (store, _dir) = common::sqlite_store().await;
+    backfill_suite(
+        &store,
+        include_str!("../migrations/sqlite/0012_message_crypto.sql"),
+    )
+    .await;
+    let db = common::postgres_store().await;
+    backfill_suite(
+        &db.store,
+        include_str!("../migrations/postgres/0012_message_crypto.sql"),
+    )
+    .await;
+    db.drop_database().await;
+}
+
 #[tokio::test]
 async fn the_overview_filters_pages_and_counts_by_crypto_result_on_sqlite() {
     let (store, _dir) = common::sqlite_store().await;
