@@ -106,38 +106,58 @@ pub enum CryptoResult {
     None,
 }
 
-/// The bit of the "other crypto" note: kept encrypted, undecryptable, decryption
-/// failed, weak cipher, signature unchecked. It is no filter of its own; it keeps such
-/// a message out of [`CryptoResult::None`].
-const OTHER_CRYPTO: i64 = 32;
+/// Which action words a rule looks at: the row's whole list, in the relay's words.
+type Words<'a> = &'a [&'a str];
+
+/// Whether a row's words have a crypto result.
+type Has = fn(Words) -> bool;
+
+/// The `signature-VERDICT` words (one per signature layer).
+fn signatures<'a>(words: Words<'a>) -> impl Iterator<Item = &'a str> + 'a {
+    words
+        .iter()
+        .copied()
+        .filter(|w| w.starts_with("signature-"))
+}
 
 /// The one mapping from the relay's action words (`relay::actions`) to the crypto
-/// results: each result, its bit in the `crypto` column, and the words that set it.
-/// The migration `0012_message_crypto.sql` backfills old rows with the same rules in
-/// SQL; `CryptoResult::None` is the absence of every bit.
-const CRYPTO: [(CryptoResult, i64, &str); 5] = [
-    (CryptoResult::Signed, 1, "the word `signed`"),
-    (
-        CryptoResult::Encrypted,
-        2,
-        "`encrypted` or `encrypted (N copies for Bcc)`",
-    ),
-    (
-        CryptoResult::Decrypted,
-        4,
-        "`decrypted (CONTENT, TRANSPORT)`",
-    ),
-    (
-        CryptoResult::SignatureValid,
-        8,
-        "`signature-valid`, and no other `signature-…` word",
-    ),
-    (
-        CryptoResult::SignatureInvalid,
-        16,
-        "a `signature-…` word other than `signature-valid` and `signature-unchecked`",
-    ),
+/// results: each result, its bit in the `crypto` column, and when a row's words have
+/// it. The writer stores the bits ([`crypto_bits`]); the filters and counts test
+/// them in SQL; the migration `0012_message_crypto.sql` backfills rows written before
+/// it with the same rules in SQL (a test holds the two together).
+/// [`CryptoResult::None`] is the absence of every bit, [`OTHER_CRYPTO`]'s included.
+const CRYPTO: [(CryptoResult, i64, Has); 5] = [
+    (CryptoResult::Signed, 1, |w| w.contains(&"signed")),
+    (CryptoResult::Encrypted, 2, |w| {
+        w.iter()
+            .any(|w| *w == "encrypted" || w.starts_with("encrypted ("))
+    }),
+    (CryptoResult::Decrypted, 4, |w| {
+        w.iter().any(|w| w.starts_with("decrypted ("))
+    }),
+    // Every signature layer valid.
+    (CryptoResult::SignatureValid, 8, |w| {
+        signatures(w).next().is_some() && signatures(w).all(|s| s == "signature-valid")
+    }),
+    // A layer with a verdict about the sender other than valid (`unchecked` is the
+    // gateway's own temporary failure).
+    (CryptoResult::SignatureInvalid, 16, |w| {
+        signatures(w).any(|s| s != "signature-valid" && s != "signature-unchecked")
+    }),
 ];
+
+/// The bit of a crypto note that is no result of its own (kept encrypted,
+/// undecryptable, decryption failed, weak cipher, signature unchecked): it keeps
+/// such a message out of [`CryptoResult::None`].
+const OTHER_CRYPTO: (i64, Has) = (32, |w| {
+    w.iter().any(|w| {
+        *w == "kept-encrypted"
+            || w.starts_with("undecryptable:")
+            || *w == "decryption-failed"
+            || w.starts_with("weak-cipher ")
+            || *w == "signature-unchecked"
+    })
+});
 
 impl CryptoResult {
     pub const ALL: [CryptoResult; 6] = [
@@ -194,42 +214,13 @@ impl std::fmt::Display for CryptoResult {
 
 /// The `crypto` bits of a row with these action words (see [`CRYPTO`]).
 pub fn crypto_bits(actions: &[String]) -> i64 {
-    let mut bits = 0;
-    let signatures: Vec<&str> = actions
+    let words: Vec<&str> = actions.iter().map(String::as_str).collect();
+    CRYPTO
         .iter()
-        .map(String::as_str)
-        .filter(|w| w.starts_with("signature-"))
-        .collect();
-    for word in actions {
-        let w = word.as_str();
-        if w == "signed" {
-            bits |= CryptoResult::Signed.bit();
-        }
-        if w == "encrypted" || w.starts_with("encrypted (") {
-            bits |= CryptoResult::Encrypted.bit();
-        }
-        if w.starts_with("decrypted (") {
-            bits |= CryptoResult::Decrypted.bit();
-        }
-        if w == "kept-encrypted"
-            || w.starts_with("undecryptable:")
-            || w == "decryption-failed"
-            || w.starts_with("weak-cipher ")
-            || w == "signature-unchecked"
-        {
-            bits |= OTHER_CRYPTO;
-        }
-    }
-    if !signatures.is_empty() && signatures.iter().all(|w| *w == "signature-valid") {
-        bits |= CryptoResult::SignatureValid.bit();
-    }
-    if signatures
-        .iter()
-        .any(|w| *w != "signature-valid" && *w != "signature-unchecked")
-    {
-        bits |= CryptoResult::SignatureInvalid.bit();
-    }
-    bits
+        .map(|(_, bit, has)| (*bit, *has))
+        .chain([OTHER_CRYPTO])
+        .filter(|(_, has)| has(&words))
+        .fold(0, |bits, (bit, _)| bits | bit)
 }
 
 /// Which rows to list; every field narrows.
@@ -656,7 +647,7 @@ mod tests {
         let bits: Vec<i64> = CRYPTO.iter().map(|(_, b, _)| *b).collect();
         for (i, b) in bits.iter().enumerate() {
             assert_eq!(b.count_ones(), 1);
-            assert_eq!(b & OTHER_CRYPTO, 0);
+            assert_eq!(b & OTHER_CRYPTO.0, 0);
             assert!(!bits[i + 1..].contains(b));
         }
         assert_eq!(CryptoResult::None.bit(), 0);
