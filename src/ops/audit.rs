@@ -84,6 +84,7 @@ fn given<'a>(name: &str, field: &'a Option<String>) -> Result<Option<&'a str>, O
 }
 
 /// One page of the audit rows matching `query`, newest first, with the total count.
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn search(ctx: &Ops<'_>, query: AuditQuery) -> Result<AuditPage, OpError> {
     let page_size = query.page_size.unwrap_or(DEFAULT_PAGE_SIZE);
     if !(1..=MAX_PAGE_SIZE).contains(&page_size) {

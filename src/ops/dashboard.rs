@@ -88,6 +88,7 @@ pub struct NextHopErrors {
     pub last_at: Option<i64>,
 }
 
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn summary(ctx: &Ops<'_>) -> Result<Dashboard, OpError> {
     let now = crate::store::unix_now();
     let licence = super::licence::show(ctx).await?;

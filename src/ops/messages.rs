@@ -180,6 +180,7 @@ pub fn filter(query: &MessageQuery) -> Result<LogFilter, OpError> {
 }
 
 /// One page of the messages matching `query`, newest first, with the total count.
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn search(ctx: &Ops<'_>, query: MessageQuery) -> Result<MessagePage, OpError> {
     let mut filter = filter(&query)?;
     let page_size = query.page_size.unwrap_or(DEFAULT_PAGE_SIZE);
@@ -256,6 +257,7 @@ fn csv_line(out: &mut impl Write, cells: &[String]) -> std::io::Result<()> {
 /// Writes the messages matching `query` (all pages, newest first, at most
 /// [`MAX_CSV_ROWS`]; its paging ignored) to `out` as CSV with a header line, and
 /// says how many rows it wrote.
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn csv(
     ctx: &Ops<'_>,
     query: MessageQuery,

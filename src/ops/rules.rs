@@ -83,6 +83,7 @@ pub async fn add(ctx: &Ops<'_>, actor: &Actor, input: AddRule) -> Result<Rule, O
 /// Changes any of a rule's direction, matchers, action and comment in one audited
 /// change (the audit detail shows the rule before and after). The checks are those
 /// of [`add`]; nothing is changed when one fails, or when the edit changes nothing.
+#[tracing::instrument(level = "debug", skip(ctx, input), fields(actor = %actor.name))]
 pub async fn edit(ctx: &Ops<'_>, actor: &Actor, id: i64, input: EditRule) -> Result<Rule, OpError> {
     let before = ctx.store.rules().get(id).await?;
     let direction = match &input.direction {
