@@ -1,4 +1,4 @@
-//! Policy rules (DESIGN §3): add (at priority 1), move, remove, enable, disable,
+//! Policy rules (DESIGN §3): add (at priority 1), edit, move, remove, enable, disable,
 //! list, and `explain` (read only: which rule decides for a sender and a recipient,
 //! and why).
 
