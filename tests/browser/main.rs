@@ -6,7 +6,6 @@
 //! `scripts/console-screenshots` copies a few of them to `docs/screenshots/`.
 
 #[path = "../common/mod.rs"]
-#[allow(dead_code)]
 mod common;
 mod driver;
 #[path = "../relay/harness.rs"]
