@@ -17,7 +17,7 @@ pub mod api;
 pub mod guard;
 mod layout;
 mod login;
-mod pages;
+pub(crate) mod pages;
 mod problem;
 
 use std::net::{IpAddr, SocketAddr};
