@@ -384,3 +384,93 @@ async fn every_answer_carries_the_security_headers_and_http_serves_no_console() 
     assert_eq!(gw.http_get("/login").0, 404, "the console is on HTTPS only");
     assert_eq!(gw.http_get("/health").0, 200);
 }
+
+fn message(from: &str, to: &str, subject: &str) -> Vec<u8> {
+    format!(
+        "From: {from}\r\nTo: {to}\r\nSubject: {subject}\r\nMessage-ID: <{}@test>\r\n\r\nHello.\r\n",
+        subject.len()
+    )
+    .into_bytes()
+}
+
+#[tokio::test]
+async fn the_email_overview_finds_a_relayed_message_by_its_crypto_result() {
+    const ALICE: &str = "alice@corp.example";
+    let gw = Gateway::start(|d| harness::mailbox(d, ALICE));
+    add_account(&gw, "watcher", "viewer");
+    // One signed message out (alice has a certificate), one plain one (nobody has).
+    let mut client = harness::Client::internal(gw.submission);
+    let subject = "=?UTF-8?B?UXVhcnRhbHNiZXJpY2h0IMOcYmVyc2ljaHQ=?=";
+    let t = client.send(
+        ALICE,
+        &["bob@partner.example"],
+        &message(ALICE, "bob@partner.example", subject),
+    );
+    assert_eq!(t.data.as_ref().map(|d| d.0), Some(250), "{:?}", t.data);
+    let t = client.send(
+        "carol@corp.example",
+        &["bob@partner.example"],
+        &message("carol@corp.example", "bob@partner.example", "plain"),
+    );
+    assert_eq!(t.data.as_ref().map(|d| d.0), Some(250), "{:?}", t.data);
+
+    let user = ConsoleUser::new(&gw);
+    assert_eq!(
+        user.login("watcher", PASSWORD).await.status(),
+        StatusCode::SEE_OTHER
+    );
+    // The log writer commits in groups: wait until both rows are there.
+    let mut all = String::new();
+    for _ in 0..50 {
+        all = user.get_text("/messages").await.1;
+        if all.contains("2 messages") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(all.contains("2 messages"), "{all}");
+    let (status, signed) = user
+        .get_text("/messages?crypto=signed&direction=outbound&page=")
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(signed.contains("1 messages"), "{signed}");
+    assert!(
+        signed.contains("Quartalsbericht Übersicht"),
+        "the subject is shown decoded: {signed}"
+    );
+    assert!(!signed.contains("carol@corp.example"), "{signed}");
+    let (_, none) = user.get_text("/messages?crypto=none").await;
+    assert!(
+        none.contains("carol@corp.example") && !none.contains("Quartalsbericht"),
+        "{none}"
+    );
+
+    let csv = user.get("/messages.csv?crypto=signed").await;
+    assert_eq!(csv.headers()["content-type"], "text/csv; charset=utf-8");
+    let csv = csv.text().await.expect("csv");
+    assert_eq!(csv.lines().count(), 2, "a header and one row: {csv}");
+    assert!(csv.contains("Quartalsbericht Übersicht"), "{csv}");
+
+    let api: serde_json::Value = user
+        .api(Method::GET, "/messages?crypto=signed", None, None)
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(api["total"], 1);
+    assert_eq!(api["rows"][0]["mail_from"], ALICE);
+
+    let (_, dashboard) = user.get_text("/").await;
+    assert!(dashboard.contains("Outbound, 24 h"), "{dashboard}");
+    let (_, audit) = user.get_text("/audit?action=account.").await;
+    assert!(
+        audit.contains("account.add") && audit.contains("watcher"),
+        "{audit}"
+    );
+    let (status, _) = user.get_text("/messages?crypto=bogus").await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "a wrong filter is shown on the page, not a failure"
+    );
+}

@@ -3,8 +3,10 @@
 //! behind its role gate. A change is a POST of a plain HTML form that calls one
 //! operation and redirects back with `?ok=` or `?error=` (post/redirect/get).
 
+mod audit;
 mod dashboard;
 mod mailboxes;
+pub(super) mod messages;
 
 use std::sync::Arc;
 
@@ -20,7 +22,9 @@ pub fn router() -> Router<Arc<Console>> {
     let viewer = Router::new()
         .route("/logout", post(super::login::logout))
         .merge(dashboard::viewer())
-        .merge(mailboxes::viewer());
+        .merge(mailboxes::viewer())
+        .merge(messages::viewer())
+        .merge(audit::viewer());
     let editor = Router::new().merge(mailboxes::editor());
     let admin = Router::new();
     Router::new()
