@@ -15,9 +15,21 @@ mod harness;
 use std::os::unix::fs::PermissionsExt;
 
 use driver::Browser;
-use harness::Gateway;
+use harness::{Client, Gateway};
 
 const PASSWORD: &str = "correct horse battery staple";
+const ALICE: &str = "alice@corp.example";
+const CEO: &str = "ceo@corp.example";
+const BOB: &str = "bob@partner.example";
+
+fn message(from: &str, to: &str, subject: &str) -> Vec<u8> {
+    format!(
+        "From: {from}\r\nTo: {to}\r\nSubject: {subject}\r\nMessage-ID: <{}@test>\r\n\
+         Content-Type: text/plain\r\n\r\nHello.\r\n",
+        subject.replace(' ', ".")
+    )
+    .into_bytes()
+}
 
 /// Adds a local console account with `role` through the CLI.
 fn add_account(gw: &Gateway, name: &str, role: &str) {
@@ -56,8 +68,11 @@ async fn log_in(browser: &mut Browser, name: &str) {
 }
 
 #[tokio::test]
-async fn an_editor_logs_in_activates_a_mailbox_and_logs_out_in_a_real_browser() {
-    let gw = Gateway::start(|_| {});
+async fn an_editor_logs_in_activates_a_mailbox_sees_its_signed_mail_and_logs_out_in_a_real_browser()
+{
+    let gw = Gateway::start(|data| {
+        common::smimegate_ok(data, &["mailbox", "add", CEO]);
+    });
     add_account(&gw, "erika", "editor");
     let mut browser = Browser::start(&gw, "flow", 1280, 900).await;
 
@@ -76,9 +91,9 @@ async fn an_editor_logs_in_activates_a_mailbox_and_logs_out_in_a_real_browser() 
         .await;
     assert_eq!(browser.path().await, "/mailboxes");
     assert_eq!(browser.text("h1").await, "Mailboxes · Postfächer");
-    browser.screenshot("mailboxes-empty").await;
+    browser.screenshot("mailboxes-before").await;
     browser
-        .fill("input[name='address'][type='email']", "alice@corp.example")
+        .fill("input[name='address'][type='email']", ALICE)
         .await;
     browser.click_and_load("#add-mailbox").await;
     assert_eq!(
@@ -113,15 +128,75 @@ async fn an_editor_logs_in_activates_a_mailbox_and_logs_out_in_a_real_browser() 
     browser.screenshot("mailboxes").await;
     let listed = gw.cli(&["mailbox", "list"]);
     assert!(
-        listed.lines().any(
-            |l| l.contains("alice@corp.example") && l.split_whitespace().any(|w| w == "active")
-        ),
+        listed
+            .lines()
+            .any(|l| l.contains(ALICE) && l.split_whitespace().any(|w| w == "active")),
         "the gateway's own list agrees: {listed}"
     );
 
     // The dashboard counts the seat.
     browser.click_and_load("header nav a[href='/']").await;
     assert!(browser.text("#seats").await.contains("1 used"));
+
+    // Two messages through the relay: alice's leaves signed, the inactive ceo's not.
+    let mut client = Client::internal(gw.submission);
+    for (from, subject) in [(ALICE, "Quarterly report"), (CEO, "Lunch on Friday")] {
+        let sent = client.send(from, &[BOB], &message(from, BOB, subject));
+        assert_eq!(sent.data.as_ref().map(|d| d.0), Some(250), "{sent:?}");
+    }
+    let delivered = gw.smarthost.messages();
+    assert_eq!(delivered.len(), 2, "both reached the smarthost");
+    assert!(
+        delivered
+            .iter()
+            .any(|m| m.text().contains("Quarterly report") && m.text().contains("multipart/signed")),
+        "alice's message left signed"
+    );
+
+    // The email overview, filtered by "signed", shows alice's message only.
+    browser
+        .click_and_load("header nav a[href='/messages']")
+        .await;
+    assert_eq!(
+        browser.text("h1").await,
+        "Email overview · E-Mail-Übersicht"
+    );
+    let all = browser.text("table#messages tbody").await;
+    assert!(
+        all.contains("Quarterly report") && all.contains("Lunch on Friday"),
+        "unfiltered, both messages are listed: {all}"
+    );
+    browser.screenshot("email-overview-all").await;
+    browser
+        .find("select#crypto")
+        .await
+        .select_by_value("signed")
+        .await
+        .expect("choose signed");
+    browser.click_and_load("#apply-filter").await;
+    assert!(
+        browser.path().await.contains("crypto=signed"),
+        "{}",
+        browser.path().await
+    );
+    let rows = browser
+        .client
+        .find_all(fantoccini::Locator::Css("table#messages tbody tr"))
+        .await
+        .expect("rows");
+    assert_eq!(rows.len(), 1, "one signed message");
+    let row = rows[0].text().await.expect("row text");
+    for shown in [
+        "Quarterly report",
+        ALICE,
+        BOB,
+        "Signed · Signiert",
+        "Relayed",
+    ] {
+        assert!(row.contains(shown), "the row shows {shown}: {row}");
+    }
+    assert!(!row.contains("Lunch"), "{row}");
+    browser.screenshot("email-overview").await;
 
     // Log out: back on the login page, and the console is closed again.
     browser.click_and_load("#logout").await;
@@ -139,7 +214,7 @@ async fn an_editor_logs_in_activates_a_mailbox_and_logs_out_in_a_real_browser() 
 
 #[tokio::test]
 async fn the_console_pages_fit_a_tablet_without_sideways_scrolling() {
-    let gw = Gateway::start(|data| harness::mailbox(data, "alice@corp.example"));
+    let gw = Gateway::start(|data| harness::mailbox(data, ALICE));
     add_account(&gw, "root", "admin");
     let mut browser = Browser::start(&gw, "tablet", 820, 1180).await;
     let width: u64 = browser
@@ -157,16 +232,22 @@ async fn the_console_pages_fit_a_tablet_without_sideways_scrolling() {
     browser.open("/login").await;
     assert_eq!(browser.horizontal_overflow().await, None, "/login");
     log_in(&mut browser, "root").await;
-    for (path, name) in [("/", "dashboard"), ("/mailboxes", "mailboxes")] {
+    for (path, name) in [
+        ("/", "dashboard"),
+        ("/mailboxes", "mailboxes"),
+        ("/messages", "email-overview"),
+        ("/audit", "audit"),
+    ] {
         browser.open(path).await;
         assert_eq!(browser.path().await, path);
+        browser.screenshot(name).await;
         assert_eq!(
             browser.horizontal_overflow().await,
             None,
             "{path} is wider than a tablet (scrollWidth, innerWidth)"
         );
-        browser.screenshot(name).await;
     }
+    browser.open("/mailboxes").await;
     assert!(
         browser
             .text("tr[data-address='alice@corp.example']")
