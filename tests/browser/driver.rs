@@ -106,6 +106,14 @@ impl Browser {
                 panic!("no browser session: {e}\nchromedriver said:\n{log}")
             });
         std::fs::create_dir_all(screenshot_dir()).expect("screenshot dir");
+        // This test's screenshots of an earlier run go; other tests' stay.
+        for entry in std::fs::read_dir(screenshot_dir()).expect("screenshot dir") {
+            let path = entry.expect("screenshot dir entry").path();
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            if name.starts_with(&format!("{prefix}-")) && name.ends_with(".png") {
+                std::fs::remove_file(&path).expect("remove an old screenshot");
+            }
+        }
         Browser {
             client,
             base: format!("https://localhost:{}", gw.console),

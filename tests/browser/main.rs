@@ -197,6 +197,11 @@ async fn an_editor_logs_in_activates_a_mailbox_sees_its_signed_mail_and_logs_out
     }
     assert!(!row.contains("Lunch"), "{row}");
     browser.screenshot("email-overview").await;
+    assert_eq!(
+        browser.horizontal_overflow().await,
+        None,
+        "the email overview fits 1280 px"
+    );
 
     // Log out: back on the login page, and the console is closed again.
     browser.click_and_load("#logout").await;

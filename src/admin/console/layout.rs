@@ -13,7 +13,7 @@ const STYLE: &str = r#"
 header{display:flex;flex-wrap:wrap;align-items:center;gap:.25rem 1rem;padding:.6rem 1rem;background:#1f3a5f;color:#fff}
 header a{color:#fff;text-decoration:none;padding:.25rem .4rem;border-radius:4px}header a.on,header a:hover{background:#2f5687}
 header .who{margin-left:auto;font-size:.9em}main{padding:1rem;max-width:1400px;margin:auto}
-table{border-collapse:collapse;width:100%;background:#fff}th,td{border-bottom:1px solid #dde2ea;padding:.35rem .5rem;text-align:left;vertical-align:top;overflow-wrap:anywhere}
+table{border-collapse:collapse;width:100%;background:#fff}th,td{border-bottom:1px solid #dde2ea;padding:.35rem .5rem;text-align:left;vertical-align:top}
 th{background:#e9edf3}.cards{display:grid;grid-template-columns:repeat(auto-fit,minmax(220px,1fr));gap:1rem;margin-bottom:1rem}
 .card{background:#fff;border:1px solid #dde2ea;border-radius:6px;padding:.8rem}.card .n{font-size:1.8em;font-weight:600}
 form.inline{display:inline}button,input,select{font:inherit;padding:.3rem .5rem}button{cursor:pointer}
@@ -21,6 +21,7 @@ form.inline{display:inline}button,input,select{font:inherit;padding:.3rem .5rem}
 .flash{padding:.6rem;border-radius:4px;margin-bottom:1rem}.flash.err{background:#f6d5d5}.flash.ok{background:#d8f0dd}
 fieldset{border:1px solid #dde2ea;background:#fff;margin:0 0 1rem}.mono{font-family:ui-monospace,monospace;font-size:.9em;word-break:break-all}
 @media (max-width:800px){table{font-size:.85em}header .who{margin-left:0}}
+@media (max-width:1024px){td{overflow-wrap:anywhere}}
 "#;
 
 /// The navigation: path, English, German, role needed to see it.
