@@ -250,6 +250,8 @@ pub struct Gateway {
     pub internal: Sink,
     /// The smarthost outbound mail goes to.
     pub smarthost: Sink,
+    /// The port the console is to listen on (0: any free one).
+    console_port: u16,
     child: Option<Child>,
     _stdout: Option<BufReader<std::process::ChildStdout>>,
 }
@@ -262,6 +264,12 @@ impl Gateway {
     /// route and the smarthost (two sinks), 127.0.0.1/32 as the only internal network,
     /// runs `prepare` on it, and starts serving.
     pub fn start(prepare: impl FnOnce(&Path)) -> Gateway {
+        Gateway::start_with_console_port(0, prepare)
+    }
+
+    /// As [`Gateway::start`], with the console on `console_port` (0: any free one),
+    /// for a configuration that must name the console's URL before it starts (SAML).
+    pub fn start_with_console_port(console_port: u16, prepare: impl FnOnce(&Path)) -> Gateway {
         let dir = tempfile::tempdir().expect("temp dir");
         let data = dir.path();
         init_data_dir(data);
@@ -302,6 +310,7 @@ impl Gateway {
             submission: 0,
             http: 0,
             console: 0,
+            console_port,
             internal,
             smarthost,
             child: None,
@@ -329,7 +338,8 @@ impl Gateway {
                 "--submission",
                 "127.0.0.1:0",
             ])
-            .args(["--http", "127.0.0.1:0", "--console", "127.0.0.1:0"])
+            .args(["--http", "127.0.0.1:0", "--console"])
+            .arg(format!("127.0.0.1:{}", self.console_port))
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(log)
