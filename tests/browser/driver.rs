@@ -47,11 +47,26 @@ impl Browser {
     /// Starts chromedriver and a headless Chromium that trusts `gw`'s root CA, with a
     /// window of `width`×`height`. `prefix` names this test's screenshots.
     pub async fn start(gw: &Gateway, prefix: &str, width: u32, height: u32) -> Browser {
+        Browser::launch(gw, prefix, width, height, true).await
+    }
+
+    /// A browser that does not know the gateway's root CA (an empty NSS database).
+    pub async fn start_untrusting(gw: &Gateway, prefix: &str) -> Browser {
+        Browser::launch(gw, prefix, 1280, 900, false).await
+    }
+
+    async fn launch(
+        gw: &Gateway,
+        prefix: &str,
+        width: u32,
+        height: u32,
+        trust_root: bool,
+    ) -> Browser {
         require(CHROMIUM, "chromium");
         require(CHROMEDRIVER, "chromium-driver");
         require("/usr/bin/certutil", "libnss3-tools");
         let home = tempfile::tempdir().expect("temp HOME");
-        trust_gateway_root(gw, home.path());
+        nss_db(gw, home.path(), trust_root);
 
         let port = free_port();
         let log = std::fs::File::create(home.path().join("chromedriver.log")).expect("log");
@@ -237,9 +252,9 @@ impl Drop for Browser {
     }
 }
 
-/// Makes the gateway's root CA (from its plain-HTTP `/pki/root.crt`) a trust anchor in
-/// the NSS database Chromium reads from `home/.pki/nssdb`.
-fn trust_gateway_root(gw: &Gateway, home: &Path) {
+/// Makes the NSS database Chromium reads from `home/.pki/nssdb` and, if `trust_root`,
+/// the gateway's root CA (from its plain-HTTP `/pki/root.crt`) a trust anchor in it.
+fn nss_db(gw: &Gateway, home: &Path, trust_root: bool) {
     let (status, der) = gw.http_get("/pki/root.crt");
     assert_eq!(status, 200, "the root CA certificate is published");
     let root = home.join("gateway-root.der");
@@ -248,9 +263,9 @@ fn trust_gateway_root(gw: &Gateway, home: &Path) {
     std::fs::create_dir_all(&db).expect("nssdb dir");
     let db = format!("sql:{}", db.display());
     let root = root.display().to_string();
-    for args in [
-        vec!["-N", "-d", &db, "--empty-password"],
-        vec![
+    let mut commands = vec![vec!["-N", "-d", &db, "--empty-password"]];
+    if trust_root {
+        commands.push(vec![
             "-A",
             "-d",
             &db,
@@ -260,8 +275,9 @@ fn trust_gateway_root(gw: &Gateway, home: &Path) {
             "C,,",
             "-i",
             &root,
-        ],
-    ] {
+        ]);
+    }
+    for args in commands {
         let out = Command::new("certutil")
             .args(&args)
             .output()

@@ -262,3 +262,25 @@ async fn the_console_pages_fit_a_tablet_without_sideways_scrolling() {
     );
     browser.close().await;
 }
+
+#[tokio::test]
+async fn a_browser_that_does_not_trust_the_gateway_root_shows_no_console() {
+    let gw = Gateway::start(|_| {});
+    let browser = Browser::start_untrusting(&gw, "untrusted").await;
+    let url = format!("{}/login", browser.base);
+    // Chromium answers an untrusted certificate with its interstitial: no console
+    // page, no form to log in on. (So the other tests' trust is the NSS anchor.)
+    let _ = browser.client.goto(&url).await;
+    let title = browser.client.title().await.unwrap_or_default();
+    assert_eq!(
+        title, "Privacy error",
+        "Chromium's certificate interstitial, not the console"
+    );
+    let login = browser
+        .client
+        .find_all(fantoccini::Locator::Css("#login"))
+        .await
+        .unwrap_or_default();
+    assert!(login.is_empty(), "the login form was shown");
+    browser.close().await;
+}
