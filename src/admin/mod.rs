@@ -3,6 +3,7 @@
 
 mod health;
 mod pki;
+pub mod saml;
 
 use axum::Router;
 

@@ -45,6 +45,7 @@ pub mod mailboxes;
 pub mod password;
 pub mod relay_settings;
 pub mod rules;
+pub mod saml;
 pub mod submitters;
 pub mod trust;
 
