@@ -29,7 +29,9 @@ Variants (hostile responses are made here on purpose; the SP under test is ours)
     sha1            signed with RSA-SHA1 / SHA-1 (pysaml2's own default)
     audience        AudienceRestriction names another SP
     no-audience     no AudienceRestriction at all (re-signed after removing it)
-    recipient       Recipient and Destination name another ACS
+    destination     Recipient and Destination name another ACS
+    recipient       only the (signed) Recipient names another ACS; the response's
+                    unsigned Destination is ours
     expired         Conditions and SubjectConfirmation ended 10 minutes ago
     fixed-id        the assertion always has the same ID (for the replay cache)
     wrapping        a second, unsigned assertion for "mallory-admin" in the
@@ -131,7 +133,8 @@ class Idp:
         if variant == "sha1":
             sign_alg, digest_alg = SIG_RSA_SHA1, DIGEST_SHA1
         audience = "https://elsewhere.example/sp" if variant == "audience" else sp_entity_id
-        destination = "https://elsewhere.example/saml/acs" if variant == "recipient" else acs
+        elsewhere = "https://elsewhere.example/saml/acs"
+        destination = elsewhere if variant in ("recipient", "destination") else acs
         signed = variant not in ("unsigned", "no-audience", "fixed-id", "wrapping")
         identity = USERS[user]
         response = server.create_authn_response(
@@ -149,6 +152,9 @@ class Idp:
             digest_alg=digest_alg,
         )
         xml = str(response)
+        if variant == "recipient":
+            # The Response element is outside the assertion's signature.
+            xml = xml.replace('Destination="%s"' % elsewhere, 'Destination="%s"' % acs, 1)
         if variant in ("no-audience", "fixed-id", "wrapping"):
             xml = self.rework(xml, variant)
         return xml

@@ -277,12 +277,18 @@ async fn an_assertion_without_an_audience_restriction_is_refused() {
 }
 
 #[tokio::test]
-async fn a_response_for_another_recipient_is_refused() {
+async fn an_assertion_for_another_recipient_is_refused() {
     let f = fixture().await;
-    let mut posted = f.login("alice", "recipient").await;
-    assert_eq!(posted.action, "https://elsewhere.example/saml/acs");
-    // An attacker who got it posts it to us instead.
-    posted.action = f.sp.acs_url().to_string();
+    // Issued for another service's ACS; the unsigned Destination was changed to ours.
+    let posted = f.login("alice", "recipient").await;
+    f.assert_refused(&posted, Reason::WrongRecipient, "saml:unknown")
+        .await;
+}
+
+#[tokio::test]
+async fn a_response_for_another_destination_is_refused() {
+    let f = fixture().await;
+    let posted = f.login("alice", "destination").await;
     f.assert_refused(&posted, Reason::WrongDestination, "saml:unknown")
         .await;
 }
