@@ -528,7 +528,10 @@ impl SamlConfig {
             return Err(invalid("saml.sp_entity_id", "must not be empty".into()));
         }
         if self.role_attribute.trim().is_empty() {
-            return Err(invalid("saml.role_attribute", "must name an IdP attribute".into()));
+            return Err(invalid(
+                "saml.role_attribute",
+                "must name an IdP attribute".into(),
+            ));
         }
         if self.roles.is_empty() {
             return Err(invalid(
@@ -537,10 +540,16 @@ impl SamlConfig {
             ));
         }
         if self.allowed_clock_skew_secs > 600 {
-            return Err(invalid("saml.allowed_clock_skew_secs", "at most 600".into()));
+            return Err(invalid(
+                "saml.allowed_clock_skew_secs",
+                "at most 600".into(),
+            ));
         }
         if !(30..=3600).contains(&self.request_ttl_secs) {
-            return Err(invalid("saml.request_ttl_secs", "between 30 and 3600".into()));
+            return Err(invalid(
+                "saml.request_ttl_secs",
+                "between 30 and 3600".into(),
+            ));
         }
         Ok(())
     }
@@ -990,8 +999,8 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("unknown variant"), "{err}");
-        let err = Config::parse("[saml]\nidp_metadata = \"idp.xml\"\n", Path::new("x.toml"))
-            .unwrap_err();
+        let err =
+            Config::parse("[saml]\nidp_metadata = \"idp.xml\"\n", Path::new("x.toml")).unwrap_err();
         assert!(err.to_string().contains("saml.roles"), "{err}");
     }
 

@@ -33,7 +33,6 @@
 //!   for the CLI and the console.
 
 mod actor;
-mod role;
 pub mod certs;
 pub mod crl;
 pub mod domains;
@@ -44,6 +43,7 @@ pub mod lifecycle;
 pub mod mailboxes;
 pub mod password;
 pub mod relay_settings;
+mod role;
 pub mod rules;
 pub mod saml;
 pub mod submitters;

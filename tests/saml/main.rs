@@ -169,13 +169,20 @@ impl Fixture {
 
     /// SP-initiated login of `user` through the IdP, answered as `variant` says.
     async fn login(&self, user: &str, variant: &str) -> Posted {
-        let redirect = self.sp.login_redirect(&self.ops()).await.expect("login URL");
+        let redirect = self
+            .sp
+            .login_redirect(&self.ops())
+            .await
+            .expect("login URL");
         let expected = format!("http://127.0.0.1:{}/sso?SAMLRequest=", self.idp.port);
         assert!(redirect.starts_with(&expected), "{redirect}");
         fetch_form(&format!("{redirect}&user={user}&variant={variant}")).await
     }
 
-    async fn consume(&self, posted: &Posted) -> Result<smimegate::admin::saml::SamlLogin, SamlRefusal> {
+    async fn consume(
+        &self,
+        posted: &Posted,
+    ) -> Result<smimegate::admin::saml::SamlLogin, SamlRefusal> {
         self.sp
             .consume(
                 &self.ops(),
@@ -202,7 +209,11 @@ impl Fixture {
         assert_eq!(row.origin, format!("console {CLIENT}"));
         assert_eq!(row.target, IDP_ENTITY_ID);
         assert_eq!(row.detail, reason.to_string());
-        assert!(!row.detail.contains('<'), "no XML in the audit: {}", row.detail);
+        assert!(
+            !row.detail.contains('<'),
+            "no XML in the audit: {}",
+            row.detail
+        );
     }
 }
 
@@ -223,7 +234,10 @@ async fn a_signed_response_to_our_request_logs_the_user_in_with_the_mapped_role(
 
     let erin = f.consume(&f.login("erin", "").await).await.expect("erin");
     assert_eq!((erin.name_id.as_str(), erin.role), ("erin", Role::Editor));
-    let victor = f.consume(&f.login("victor", "").await).await.expect("victor");
+    let victor = f
+        .consume(&f.login("victor", "").await)
+        .await
+        .expect("victor");
     assert_eq!(victor.role, Role::Viewer);
 }
 
@@ -241,7 +255,8 @@ async fn a_response_signed_as_a_whole_is_accepted_too() {
 async fn an_unsigned_response_is_refused() {
     let f = fixture().await;
     let posted = f.login("alice", "unsigned").await;
-    f.assert_refused(&posted, Reason::Unsigned, "saml:unknown").await;
+    f.assert_refused(&posted, Reason::Unsigned, "saml:unknown")
+        .await;
 }
 
 #[tokio::test]
@@ -297,7 +312,8 @@ async fn a_response_for_another_destination_is_refused() {
 async fn an_expired_assertion_is_refused() {
     let f = fixture().await;
     let posted = f.login("alice", "expired").await;
-    f.assert_refused(&posted, Reason::Expired, "saml:unknown").await;
+    f.assert_refused(&posted, Reason::Expired, "saml:unknown")
+        .await;
 }
 
 #[tokio::test]
@@ -308,7 +324,8 @@ async fn a_replayed_assertion_is_refused() {
     f.consume(&first).await.expect("the first use logs in");
     let second = f.login("alice", "fixed-id").await;
     assert_ne!(first.relay_state, second.relay_state);
-    f.assert_refused(&second, Reason::Replayed, "saml:alice").await;
+    f.assert_refused(&second, Reason::Replayed, "saml:alice")
+        .await;
 }
 
 #[tokio::test]
@@ -359,23 +376,25 @@ async fn a_wrapped_unsigned_assertion_does_not_log_its_user_in() {
 async fn a_user_without_a_mapped_role_is_refused() {
     let f = fixture().await;
     let posted = f.login("mallory", "").await;
-    f.assert_refused(
-        &posted,
-        Reason::NoRole("groups".into()),
-        "saml:mallory",
-    )
-    .await;
+    f.assert_refused(&posted, Reason::NoRole("groups".into()), "saml:mallory")
+        .await;
 }
 
 #[tokio::test]
 async fn idp_metadata_without_a_signing_certificate_is_refused_at_load() {
     let f = fixture().await;
     let metadata = std::fs::read_to_string(f.dir.path().join("idp-metadata.xml")).expect("read");
-    let start = metadata.find("<ns0:KeyDescriptor").expect("a KeyDescriptor");
-    let end = metadata.rfind("</ns0:KeyDescriptor>").expect("its end") + "</ns0:KeyDescriptor>".len();
+    let start = metadata
+        .find("<ns0:KeyDescriptor")
+        .expect("a KeyDescriptor");
+    let end =
+        metadata.rfind("</ns0:KeyDescriptor>").expect("its end") + "</ns0:KeyDescriptor>".len();
     let stripped: PathBuf = f.dir.path().join("idp-metadata-unsigned.xml");
-    std::fs::write(&stripped, format!("{}{}", &metadata[..start], &metadata[end..]))
-        .expect("write");
+    std::fs::write(
+        &stripped,
+        format!("{}{}", &metadata[..start], &metadata[end..]),
+    )
+    .expect("write");
     let settings = write_config(f.dir.path(), &stripped);
     match SamlSp::from_settings(&settings) {
         Err(SamlConfigError::NoSigningCertificate { .. }) => {}
@@ -387,11 +406,77 @@ async fn idp_metadata_without_a_signing_certificate_is_refused_at_load() {
 async fn our_metadata_names_the_acs_and_wants_signed_assertions() {
     let f = fixture().await;
     let xml = f.sp.metadata_xml().expect("metadata");
-    assert!(xml.contains(&format!("entityID=\"{PUBLIC_URL}/saml/metadata\"")), "{xml}");
+    assert!(
+        xml.contains(&format!("entityID=\"{PUBLIC_URL}/saml/metadata\"")),
+        "{xml}"
+    );
     assert!(xml.contains("WantAssertionsSigned=\"true\""), "{xml}");
-    assert!(xml.contains(&format!("Location=\"{PUBLIC_URL}/saml/acs\"")), "{xml}");
-    assert!(xml.contains("urn:oasis:names:tc:SAML:2.0:bindings:HTTP-POST"), "{xml}");
+    assert!(
+        xml.contains(&format!("Location=\"{PUBLIC_URL}/saml/acs\"")),
+        "{xml}"
+    );
+    assert!(
+        xml.contains("urn:oasis:names:tc:SAML:2.0:bindings:HTTP-POST"),
+        "{xml}"
+    );
     // The IdP read it: the logins above depend on it.
     let posted = f.login("victor", "").await;
     assert_eq!(posted.action, format!("{PUBLIC_URL}/saml/acs"));
+}
+
+/// The single-use and replay state on one backend.
+async fn saml_state_suite(store: &Store) {
+    let state = store.saml();
+    let now = 1_800_000_000;
+    state
+        .add_request("id-a", now, now + 300)
+        .await
+        .expect("add");
+    state
+        .add_request("id-old", now - 600, now - 300)
+        .await
+        .expect("add");
+    assert!(
+        !state.take_request("id-old", now).await.expect("take"),
+        "expired"
+    );
+    assert!(state.take_request("id-a", now).await.expect("take"));
+    assert!(
+        !state.take_request("id-a", now).await.expect("take"),
+        "used"
+    );
+    assert!(!state.take_request("id-never", now).await.expect("take"));
+
+    assert!(
+        state
+            .remember_assertion("as-1", "alice", now, now + 600)
+            .await
+            .expect("new")
+    );
+    assert!(
+        !state
+            .remember_assertion("as-1", "alice", now + 10, now + 600)
+            .await
+            .expect("replay")
+    );
+    // Once its time has passed the row is pruned (the assertion itself is expired then).
+    assert!(
+        state
+            .remember_assertion("as-1", "alice", now + 601, now + 1200)
+            .await
+            .expect("pruned")
+    );
+}
+
+#[tokio::test]
+async fn login_requests_and_used_assertions_are_kept_on_sqlite() {
+    let (store, _dir) = common::sqlite_store().await;
+    saml_state_suite(&store).await;
+}
+
+#[tokio::test]
+async fn login_requests_and_used_assertions_are_kept_on_postgres() {
+    let db = common::postgres_store().await;
+    saml_state_suite(&db.store).await;
+    db.drop_database().await;
 }

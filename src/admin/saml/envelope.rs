@@ -49,7 +49,9 @@ pub(super) fn read(xml: &str) -> Result<Envelope, Reason> {
     let mut path: Vec<&'static str> = Vec::new();
     let mut seen_root = false;
     loop {
-        let (ns, event) = reader.read_resolved_event().map_err(|_| Reason::Malformed)?;
+        let (ns, event) = reader
+            .read_resolved_event()
+            .map_err(|_| Reason::Malformed)?;
         let ns = match ns {
             ResolveResult::Bound(ns) => Some(ns.0.to_vec()),
             ResolveResult::Unbound => None,
@@ -150,11 +152,26 @@ fn attribute(e: &BytesStart<'_>, name: &[u8]) -> Result<Option<String>, Reason> 
 pub(super) const ALLOWED_SIGNATURES: [(&str, samael::crypto::AllowedSignatureAlgorithm); 5] = {
     use samael::crypto::AllowedSignatureAlgorithm as A;
     [
-        ("http://www.w3.org/2001/04/xmldsig-more#rsa-sha256", A::RsaSha256),
-        ("http://www.w3.org/2001/04/xmldsig-more#rsa-sha384", A::RsaSha384),
-        ("http://www.w3.org/2001/04/xmldsig-more#rsa-sha512", A::RsaSha512),
-        ("http://www.w3.org/2001/04/xmldsig-more#ecdsa-sha256", A::EcdsaSha256),
-        ("http://www.w3.org/2001/04/xmldsig-more#ecdsa-sha384", A::EcdsaSha384),
+        (
+            "http://www.w3.org/2001/04/xmldsig-more#rsa-sha256",
+            A::RsaSha256,
+        ),
+        (
+            "http://www.w3.org/2001/04/xmldsig-more#rsa-sha384",
+            A::RsaSha384,
+        ),
+        (
+            "http://www.w3.org/2001/04/xmldsig-more#rsa-sha512",
+            A::RsaSha512,
+        ),
+        (
+            "http://www.w3.org/2001/04/xmldsig-more#ecdsa-sha256",
+            A::EcdsaSha256,
+        ),
+        (
+            "http://www.w3.org/2001/04/xmldsig-more#ecdsa-sha384",
+            A::EcdsaSha384,
+        ),
     ]
 };
 

@@ -273,7 +273,9 @@ impl SamlSp {
         for certificate in &certificates {
             use der::Decode;
             x509_cert::Certificate::from_der(certificate.der_data()).map_err(|e| {
-                metadata(format!("a signing certificate is not an X.509 certificate: {e}"))
+                metadata(format!(
+                    "a signing certificate is not an X.509 certificate: {e}"
+                ))
             })?;
         }
         let sso_url = sp
@@ -523,10 +525,7 @@ fn decode(field: &str) -> Result<String, Reason> {
     if field.is_empty() || field.len() > MAX_RESPONSE_FIELD {
         return Err(Reason::Encoding);
     }
-    let compact: Vec<u8> = field
-        .bytes()
-        .filter(|b| !b.is_ascii_whitespace())
-        .collect();
+    let compact: Vec<u8> = field.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(compact)
         .map_err(|_| Reason::Encoding)?;
