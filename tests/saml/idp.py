@@ -34,6 +34,8 @@ Variants (hostile responses are made here on purpose; the SP under test is ours)
                     unsigned Destination is ours
     expired         Conditions and SubjectConfirmation ended 10 minutes ago
     fixed-id        the assertion always has the same ID (for the replay cache)
+    comment         an XML comment inserted into the signed NameID ("al<!-- -->ice"):
+                    the signature stays valid (canonicalisation drops comments)
     wrapping        a second, unsigned assertion for "mallory-admin" in the
                     smimegate-admins group placed before the signed one
 """
@@ -157,6 +159,9 @@ class Idp:
             xml = xml.replace('Destination="%s"' % elsewhere, 'Destination="%s"' % acs, 1)
         if variant in ("no-audience", "fixed-id", "wrapping"):
             xml = self.rework(xml, variant)
+        if variant == "comment":
+            xml = re.sub(r"(<(\w+:)?NameID[^>]*>)(%s)" % re.escape(user[:2]),
+                         r"\1\3<!-- -->", xml, count=1)
         return xml
 
     def rework(self, xml, variant):

@@ -373,6 +373,14 @@ async fn a_wrapped_unsigned_assertion_does_not_log_its_user_in() {
 }
 
 #[tokio::test]
+async fn a_comment_inside_the_signed_name_id_is_refused() {
+    let f = fixture().await;
+    let posted = f.login("alice", "comment").await;
+    f.assert_refused(&posted, Reason::Comment, "saml:unknown")
+        .await;
+}
+
+#[tokio::test]
 async fn a_user_without_a_mapped_role_is_refused() {
     let f = fixture().await;
     let posted = f.login("mallory", "").await;

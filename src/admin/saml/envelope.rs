@@ -59,6 +59,10 @@ pub(super) fn read(xml: &str) -> Result<Envelope, Reason> {
         };
         match event {
             Event::DocType(_) => return Err(Reason::DocType),
+            // Canonicalisation drops comments, so a comment inside signed text (a
+            // NameID) keeps the signature valid while a parser may read only part of
+            // the text (CVE-2017-11427 and its kin). No IdP needs them.
+            Event::Comment(_) | Event::PI(_) => return Err(Reason::Comment),
             Event::Start(ref e) | Event::Empty(ref e) => {
                 let empty = matches!(event, Event::Empty(_));
                 if !seen_root {
@@ -264,6 +268,34 @@ mod tests {
         );
         assert_eq!(read(&RESPONSE[..200]), Err(Reason::Malformed));
         assert_eq!(read("<x:Response>"), Err(Reason::Malformed));
+    }
+
+    #[test]
+    fn a_comment_or_processing_instruction_anywhere_is_refused() {
+        let xml = RESPONSE.replace(
+            "<a:Issuer>idp</a:Issuer>",
+            "<a:Issuer>i<!-- x -->dp</a:Issuer>",
+        );
+        assert_eq!(read(&xml), Err(Reason::Comment));
+        let xml = RESPONSE.replace(
+            "<a:Issuer>idp</a:Issuer>",
+            "<?pi x?><a:Issuer>idp</a:Issuer>",
+        );
+        assert_eq!(read(&xml), Err(Reason::Comment));
+    }
+
+    #[test]
+    fn a_failed_status_is_not_success() {
+        let xml = RESPONSE.replace("status:Success", "status:Responder");
+        assert!(!read(&xml).expect("reads").status_is_success());
+        // Only the top-level StatusCode counts, not a nested one.
+        let xml = RESPONSE
+            .replace(
+                "Value=\"x\"",
+                "Value=\"urn:oasis:names:tc:SAML:2.0:status:Success\"",
+            )
+            .replacen("status:Success", "status:Requester", 1);
+        assert!(!read(&xml).expect("reads").status_is_success());
     }
 
     #[test]

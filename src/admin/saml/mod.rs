@@ -116,6 +116,21 @@ pub enum SamlRefusal {
     Unavailable(OpError),
 }
 
+impl SamlRefusal {
+    /// The ACS's answer: 403 for a refused response, 503 when the database failed.
+    pub fn http_status(&self) -> axum::http::StatusCode {
+        match self {
+            SamlRefusal::Refused(_) => axum::http::StatusCode::FORBIDDEN,
+            SamlRefusal::Unavailable(e) => match e.http_status() {
+                axum::http::StatusCode::SERVICE_UNAVAILABLE => {
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE
+                }
+                _ => axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            },
+        }
+    }
+}
+
 /// The reason a response is refused: our own words, never the response's content.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -126,6 +141,10 @@ pub enum Reason {
     Malformed,
     #[error("the SAML response carries a DTD (refused: entity expansion)")]
     DocType,
+    #[error(
+        "the SAML response contains XML comments or processing instructions (refused: they can split signed text)"
+    )]
+    Comment,
     #[error("the message is not a SAML 2.0 Response")]
     NotAResponse,
     #[error("the IdP reports the login as failed (status is not Success)")]
@@ -470,7 +489,7 @@ impl SamlSp {
         // Every restriction must be met (SAML core §2.5.1.4).
         if !restrictions
             .iter()
-            .all(|r| r.audience.iter().any(|a| *a == self.entity_id))
+            .all(|r| r.audience.contains(&self.entity_id))
         {
             return Err(Reason::WrongAudience.into());
         }
