@@ -8,81 +8,18 @@
 #[path = "../common/mod.rs"]
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+
+use common::saml::{IDP_ENTITY_ID, Idp, Posted, fetch_form, start_idp};
 
 use smimegate::admin::saml::{Reason, SamlConfigError, SamlRefusal, SamlSp};
 use smimegate::config::Settings;
 use smimegate::ops::{Ops, Role};
 use smimegate::store::Store;
 
-const IDP_ENTITY_ID: &str = "https://idp.test/metadata";
 const PUBLIC_URL: &str = "https://gw.test:8443";
 const CLIENT: &str = "192.0.2.10";
-
-/// The pysaml2 IdP process; killed (its stdin closed first) when dropped.
-struct Idp {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Idp {
-    fn drop(&mut self) {
-        drop(self.child.stdin.take());
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn openssl_key_and_cert(dir: &Path, name: &str) {
-    let key = dir.join(format!("{name}-key.pem"));
-    let cert = dir.join(format!("{name}-cert.pem"));
-    common::run_ok(
-        "openssl",
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            &format!("/CN=smimegate test {name}"),
-            "-keyout",
-            key.to_str().expect("path"),
-            "-out",
-            cert.to_str().expect("path"),
-        ],
-    );
-}
-
-fn start_idp(dir: &Path) -> Idp {
-    openssl_key_and_cert(dir, "idp");
-    openssl_key_and_cert(dir, "other");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/saml/idp.py");
-    let mut child = Command::new("/usr/bin/python3")
-        .arg(script)
-        .args(["serve", dir.to_str().expect("path"), IDP_ENTITY_ID])
-        .arg(dir.join("sp-metadata.xml"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start tests/saml/idp.py (python3-pysaml2, xmlsec1)");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("read the IdP's first line");
-    let port = line
-        .trim()
-        .strip_prefix("listening ")
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("the IdP did not start: {line:?}"));
-    Idp { child, port }
-}
 
 struct Fixture {
     idp: Idp,
@@ -131,34 +68,6 @@ async fn fixture() -> Fixture {
         settings,
         sp,
         client: CLIENT.parse().expect("ip"),
-    }
-}
-
-/// What the IdP's auto-submitting form would POST to our ACS.
-struct Posted {
-    action: String,
-    saml_response: String,
-    relay_state: Option<String>,
-}
-
-fn form_field(html: &str, name: &str) -> Option<String> {
-    let marker = format!("name=\"{name}\" value=\"");
-    let start = html.find(&marker)? + marker.len();
-    let end = html[start..].find('"')?;
-    Some(html[start..start + end].to_string())
-}
-
-async fn fetch_form(url: &str) -> Posted {
-    let answer = reqwest::get(url).await.expect("IdP answers");
-    let status = answer.status();
-    let html = answer.text().await.expect("IdP body");
-    assert!(status.is_success(), "IdP said {status}: {html}");
-    let action_start = html.find("action=\"").expect("a form") + "action=\"".len();
-    let action_end = html[action_start..].find('"').expect("action") + action_start;
-    Posted {
-        action: html[action_start..action_end].to_string(),
-        saml_response: form_field(&html, "SAMLResponse").expect("SAMLResponse field"),
-        relay_state: form_field(&html, "RelayState"),
     }
 }
 
