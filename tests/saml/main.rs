@@ -397,3 +397,32 @@ async fn login_requests_and_used_assertions_are_kept_on_postgres() {
     saml_state_suite(&db.store).await;
     db.drop_database().await;
 }
+
+#[tokio::test]
+async fn garbage_posted_to_the_acs_is_refused_with_a_clear_reason() {
+    use base64::Engine as _;
+    let f = fixture().await;
+    let b64 = |text: &str| base64::engine::general_purpose::STANDARD.encode(text);
+    let relay = Some("id-00000000000000000000000000000000".to_string());
+    for (field, reason) in [
+        ("not base64 at all!".to_string(), Reason::Encoding),
+        ("A".repeat(600 * 1024), Reason::Encoding),
+        (b64("<unclosed"), Reason::Malformed),
+        (b64("\u{feff}plain text"), Reason::Malformed),
+        (
+            b64("<!DOCTYPE x [<!ENTITY a \"b\">]><x>&a;</x>"),
+            Reason::DocType,
+        ),
+        (
+            b64("<Response xmlns=\"urn:example\"/>"),
+            Reason::NotAResponse,
+        ),
+    ] {
+        let posted = Posted {
+            action: f.sp.acs_url().to_string(),
+            saml_response: field,
+            relay_state: relay.clone(),
+        };
+        f.assert_refused(&posted, reason, "saml:unknown").await;
+    }
+}
