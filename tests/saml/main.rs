@@ -426,3 +426,35 @@ async fn garbage_posted_to_the_acs_is_refused_with_a_clear_reason() {
         f.assert_refused(&posted, reason, "saml:unknown").await;
     }
 }
+
+#[tokio::test]
+async fn idp_metadata_that_is_unreadable_or_lacks_a_redirect_endpoint_is_refused_at_load() {
+    let f = fixture().await;
+    let metadata = std::fs::read_to_string(f.dir.path().join("idp-metadata.xml")).expect("read");
+    let post_only = f.dir.path().join("idp-post-only.xml");
+    std::fs::write(
+        &post_only,
+        metadata.replace("bindings:HTTP-Redirect", "bindings:HTTP-POST"),
+    )
+    .expect("write");
+    match SamlSp::from_settings(&write_config(f.dir.path(), &post_only)) {
+        Err(SamlConfigError::NoRedirectSso { .. }) => {}
+        other => panic!(
+            "expected NoRedirectSso, got {:?}",
+            other.map(|sp| sp.is_some())
+        ),
+    }
+    let garbage = f.dir.path().join("idp-garbage.xml");
+    std::fs::write(&garbage, "<html>not metadata").expect("write");
+    match SamlSp::from_settings(&write_config(f.dir.path(), &garbage)) {
+        Err(e @ SamlConfigError::Metadata { .. }) => {
+            assert!(e.to_string().contains("idp-garbage.xml"), "{e}")
+        }
+        other => panic!("expected Metadata, got {:?}", other.map(|sp| sp.is_some())),
+    }
+    let missing = f.dir.path().join("absent.xml");
+    assert!(matches!(
+        SamlSp::from_settings(&write_config(f.dir.path(), &missing)),
+        Err(SamlConfigError::Read { .. })
+    ));
+}
