@@ -1,7 +1,9 @@
-//! The HTTP side: the health endpoint and what the built-in CA publishes (its
-//! certificates and CRLs); the console joins it later.
+//! The HTTP side: on plain HTTP the health endpoint and what the built-in CA
+//! publishes (its certificates and CRLs); on HTTPS the admin console and its API.
 
+pub mod console;
 mod health;
+pub mod https;
 mod pki;
 pub mod saml;
 

@@ -3,6 +3,7 @@
 //! `smime`, `token`, `serve`), and prints: human text, or JSON with `--json`. No
 //! validation or auditing here: that is the operation's, so the console does the same.
 
+mod admins;
 mod bench;
 mod certs;
 mod domains;
@@ -88,6 +89,8 @@ pub enum Command {
     Rule(rules::RuleCommand),
     /// The message log: one line per SMTP transaction.
     Log(relay::LogArgs),
+    /// The audit log: who changed what, when, from where (newest first).
+    Audit(relay::AuditArgs),
     /// Where outbound mail goes.
     #[command(subcommand)]
     Smarthost(relay::SmarthostCommand),
@@ -97,6 +100,9 @@ pub enum Command {
     /// SMTP AUTH accounts of the submission listener.
     #[command(subcommand)]
     Submitter(submitters::SubmitterCommand),
+    /// Local console accounts (break-glass) and API tokens.
+    #[command(subcommand)]
+    Admin(admins::AdminCommand),
 }
 
 /// Runs a command whose settings are already loaded (and whose SoftHSM2 configuration,
@@ -117,9 +123,11 @@ pub async fn run(command: Command, settings: Settings, init_changes: Vec<String>
         Command::Trust(cmd) => trust::run(cmd, &settings).await,
         Command::Rule(cmd) => rules::run(cmd, &settings).await,
         Command::Log(args) => relay::log(args, &settings).await,
+        Command::Audit(args) => relay::audit(args, &settings).await,
         Command::Smarthost(cmd) => relay::smarthost(cmd, &settings).await,
         Command::Network(cmd) => relay::network(cmd, &settings).await,
         Command::Submitter(cmd) => submitters::run(cmd, &settings).await,
+        Command::Admin(cmd) => admins::run(cmd, &settings).await,
     }
 }
 

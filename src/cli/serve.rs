@@ -25,6 +25,9 @@ use crate::smtp::tls::{self, TlsKey};
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
+    /// Override [console].listen (HTTPS).
+    #[arg(long)]
+    pub console: Option<String>,
     /// Override [http].listen.
     #[arg(long, value_name = "ADDR:PORT")]
     pub http: Option<String>,
@@ -147,6 +150,29 @@ fn limits(config: &Config) -> Result<Limits> {
     Ok(config.smtp.limits(&config.limits, exempt))
 }
 
+/// The console's TLS configuration: its own certificate and key, or the SMTP ones;
+/// None (console off, with a warning) when there is no certificate file yet.
+fn console_tls(settings: &Settings, hsm: &Hsm) -> Result<Option<Arc<rustls::ServerConfig>>> {
+    let console = &settings.config.console;
+    let smtp = &settings.config.smtp;
+    let (certificate, key) = if console.tls_certificate.as_os_str().is_empty() {
+        (&smtp.tls_certificate, &smtp.tls_key)
+    } else {
+        (&console.tls_certificate, &console.tls_key)
+    };
+    let path = settings.path(certificate);
+    if certificate.as_os_str().is_empty() || !path.exists() {
+        tracing::warn!(file = %path.display(), "no TLS certificate for the console: it is off");
+        return Ok(None);
+    }
+    let config = if key == Path::new("token") {
+        tls::server_config(&path, TlsKey::Token(hsm))?
+    } else {
+        tls::server_config(&path, TlsKey::File(&settings.path(key)))?
+    };
+    Ok(Some(config))
+}
+
 async fn bind(address: &str, what: &str) -> Result<TcpListener> {
     TcpListener::bind(address)
         .await
@@ -223,6 +249,17 @@ pub async fn serve(settings: Settings, args: ServeArgs) -> Result<()> {
     let inbound = bind(&inbound_listen, "SMTP inbound").await?;
     let submission = bind(&submission_listen, "SMTP submission").await?;
     let http = bind(&http_listen, "HTTP").await?;
+    let console_listen = args
+        .console
+        .clone()
+        .unwrap_or_else(|| app.settings.config.console.listen.clone());
+    let console_listener = match console_tls(&app.settings, &app.hsm)? {
+        Some(tls) if !console_listen.is_empty() => {
+            let listener = bind(&console_listen, "console").await?;
+            Some(crate::admin::https::TlsListener::spawn(listener, &tls)?)
+        }
+        _ => None,
+    };
     // The addresses as bound (a port 0 in the configuration becomes a real one).
     let bound = |l: &TcpListener, configured: &str| {
         l.local_addr()
@@ -250,13 +287,37 @@ pub async fn serve(settings: Settings, args: ServeArgs) -> Result<()> {
     // The certificate lifecycle: at start, then every [lifecycle].interval_secs (one
     // node at a time, by a lease in the database).
     let (lifecycle_stop, lifecycle_stopped) = tokio::sync::watch::channel(false);
+    let console_url = match console_listener {
+        Some(listener) => {
+            use axum::serve::Listener as _;
+            let local = listener.local_addr()?;
+            let origin = crate::admin::console::origin(&app.settings, local);
+            let console = Arc::new(crate::admin::console::Console::new(
+                app.clone(),
+                origin.clone(),
+            ));
+            let mut phase = control.subscribe();
+            let service = crate::admin::console::router(console)
+                .into_make_service_with_connect_info::<crate::admin::console::ClientAddr>();
+            tokio::spawn(
+                axum::serve(listener, service)
+                    .with_graceful_shutdown(async move {
+                        let _ = phase.wait_for(|p| *p >= Phase::Draining).await;
+                    })
+                    .into_future(),
+            );
+            tracing::info!(%local, %origin, "console listening");
+            format!(", console https://{local}/ ({origin})")
+        }
+        None => String::new(),
+    };
     let lifecycle_task = tokio::spawn(crate::ops::lifecycle::run_periodically(
         app.clone(),
         lifecycle_stopped,
     ));
     tracing::info!(inbound = %inbound_listen, submission = %submission_listen, http = %http_listen, "listening");
     println!(
-        "smimegate serving: SMTP inbound {inbound_listen}, SMTP submission {submission_listen}, http://{http_listen}/health"
+        "smimegate serving: SMTP inbound {inbound_listen}, SMTP submission {submission_listen}, http://{http_listen}/health{console_url}"
     );
     let mut current = app.settings.config.clone();
     loop {
@@ -382,6 +443,7 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
         (old.http != new.http, "[http]"),
         (old.relay != new.relay, "[relay]"),
         (old.log.json != new.log.json, "log.json"),
+        (old.log.subjects != new.log.subjects, "log.subjects"),
         (
             old.limits != new.limits
                 && (

@@ -41,6 +41,7 @@ pub struct Config {
     pub ca: CaConfig,
     pub lifecycle: LifecycleConfig,
     pub http: HttpConfig,
+    pub console: ConsoleConfig,
     pub smtp: SmtpConfig,
     pub relay: RelayConfig,
     pub limits: LimitsConfig,
@@ -455,9 +456,6 @@ pub struct CaConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct HttpConfig {
     pub listen: String,
-    /// The console's base URL as browsers reach it (scheme, host, port; no path);
-    /// `[saml]` derives its entity ID and ACS URL from it.
-    pub public_url: String,
 }
 
 /// `[saml]`: single sign-on to the console through a SAML 2.0 identity provider
@@ -467,9 +465,9 @@ pub struct HttpConfig {
 pub struct SamlConfig {
     /// The IdP's metadata XML (a file; relative to the data directory); "": SSO off.
     pub idp_metadata: PathBuf,
-    /// Our entity ID; "": `<http.public_url>/saml/metadata`.
+    /// Our entity ID; "": `<console URL>/saml/metadata` ([`Config::console_url`]).
     pub sp_entity_id: String,
-    /// Our assertion consumer service; "": `<http.public_url>/saml/acs`.
+    /// Our assertion consumer service; "": `<console URL>/saml/acs`.
     pub acs_url: String,
     /// The IdP attribute whose values are mapped to roles (its Name or FriendlyName).
     pub role_attribute: String,
@@ -501,30 +499,32 @@ impl SamlConfig {
         !self.idp_metadata.as_os_str().is_empty()
     }
 
-    /// Our entity ID: the configured one, or derived from `[http].public_url`.
-    pub fn entity_id(&self, http: &HttpConfig) -> String {
-        derived(&self.sp_entity_id, http, "/saml/metadata")
+    /// Our entity ID: the configured one, or `console_url` + `/saml/metadata`.
+    pub fn entity_id(&self, console_url: &str) -> String {
+        derived(&self.sp_entity_id, console_url, "/saml/metadata")
     }
 
-    /// Our ACS URL: the configured one, or derived from `[http].public_url`.
-    pub fn acs(&self, http: &HttpConfig) -> String {
-        derived(&self.acs_url, http, "/saml/acs")
+    /// Our ACS URL: the configured one, or `console_url` + `/saml/acs`.
+    pub fn acs(&self, console_url: &str) -> String {
+        derived(&self.acs_url, console_url, "/saml/acs")
     }
 
-    fn validate(&self, http: &HttpConfig) -> Result<(), ConfigError> {
+    fn validate(&self, console_url: &str) -> Result<(), ConfigError> {
         if !self.enabled() {
             return Ok(());
         }
         let invalid = |key: &'static str, message: String| ConfigError::Invalid { key, message };
-        let acs = self.acs(http);
+        let acs = self.acs(console_url);
         if !(acs.starts_with("https://") || acs.starts_with("http://")) || acs.contains(['?', '#'])
         {
             return Err(invalid(
                 "saml.acs_url",
-                format!("'{acs}' is not an http(s) URL without query (set it, or http.public_url)"),
+                format!(
+                    "'{acs}' is not an http(s) URL without query (set it, or console.public_url)"
+                ),
             ));
         }
-        if self.entity_id(http).trim().is_empty() {
+        if self.entity_id(console_url).trim().is_empty() {
             return Err(invalid("saml.sp_entity_id", "must not be empty".into()));
         }
         if self.role_attribute.trim().is_empty() {
@@ -555,9 +555,9 @@ impl SamlConfig {
     }
 }
 
-fn derived(configured: &str, http: &HttpConfig, path: &str) -> String {
+fn derived(configured: &str, console_url: &str, path: &str) -> String {
     if configured.is_empty() {
-        format!("{}{path}", http.public_url.trim_end_matches('/'))
+        format!("{}{path}", console_url.trim_end_matches('/'))
     } else {
         configured.to_string()
     }
@@ -659,6 +659,9 @@ impl Default for DnsConfig {
 pub struct LogConfig {
     pub filter: String,
     pub json: bool,
+    /// Whether the message log keeps each message's Subject (decoded). Some
+    /// regulated customers must not log it.
+    pub subjects: bool,
 }
 
 impl Default for GatewayConfig {
@@ -711,11 +714,77 @@ impl Default for CaConfig {
     }
 }
 
+/// `[console]`: the HTTPS admin console and its JSON API.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConsoleConfig {
+    /// Address of the HTTPS listener; empty: no console.
+    pub listen: String,
+    /// The URL browsers use to reach the console (`https://host:port`), for SAML and
+    /// for the Origin check; empty: `https://` + `[gateway].hostname` + the listen port.
+    pub public_url: String,
+    /// PEM certificate chain of the console; empty: the SMTP one (`[smtp].tls_certificate`
+    /// with `[smtp].tls_key`), which `init` makes for the gateway's host name.
+    pub tls_certificate: PathBuf,
+    /// `token` (the key in the token, found by the certificate's public key) or a PEM
+    /// key file; used only with `tls_certificate`.
+    pub tls_key: PathBuf,
+    /// A session unused this long ends.
+    pub session_idle_secs: u64,
+    /// A session ends this long after its login, used or not.
+    pub session_max_secs: u64,
+    /// Failed logins in a row that lock a local account.
+    pub lockout_after: u32,
+    /// How long a locked account stays locked.
+    pub lockout_secs: u64,
+    /// Failed logins one client address may make per minute before it gets 429.
+    pub failed_logins_per_minute: u32,
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8443".into(),
+            public_url: String::new(),
+            tls_certificate: PathBuf::new(),
+            tls_key: PathBuf::from("token"),
+            session_idle_secs: 15 * 60,
+            session_max_secs: 8 * 3600,
+            lockout_after: 5,
+            lockout_secs: 15 * 60,
+            failed_logins_per_minute: 10,
+        }
+    }
+}
+
+impl ConsoleConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.session_idle_secs == 0 || self.session_max_secs == 0 {
+            return Err(ConfigError::Invalid {
+                key: "console.session_*_secs",
+                message: "must be at least 1".into(),
+            });
+        }
+        if self.lockout_after == 0 || self.failed_logins_per_minute == 0 {
+            return Err(ConfigError::Invalid {
+                key: "console.lockout_after/failed_logins_per_minute",
+                message: "must be at least 1".into(),
+            });
+        }
+        if !self.public_url.is_empty() && !self.public_url.starts_with("https://") {
+            return Err(ConfigError::Invalid {
+                key: "console.public_url",
+                message: format!("{:?} must start with https://", self.public_url),
+            });
+        }
+        Ok(())
+    }
+}
+
 impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:8080".into(),
-            public_url: "http://localhost:8080".into(),
         }
     }
 }
@@ -725,11 +794,32 @@ impl Default for LogConfig {
         Self {
             filter: "info".into(),
             json: false,
+            subjects: true,
         }
     }
 }
 
 impl Config {
+    /// The console's URL as browsers reach it, from the configuration alone:
+    /// `[console].public_url`, else `https://` + `[gateway].hostname` + the port of
+    /// `[console].listen` (omitted when 443). `[saml]` derives its URLs from it.
+    pub fn console_url(&self) -> String {
+        let configured = self.console.public_url.trim_end_matches('/');
+        if !configured.is_empty() {
+            return configured.to_string();
+        }
+        let host = &self.gateway.hostname;
+        let port = self
+            .console
+            .listen
+            .rsplit_once(':')
+            .and_then(|(_, port)| port.parse::<u16>().ok());
+        match port {
+            None | Some(443) => format!("https://{host}"),
+            Some(port) => format!("https://{host}:{port}"),
+        }
+    }
+
     /// Parses a configuration text; `origin` names it in error messages.
     pub fn parse(text: &str, origin: &Path) -> Result<Self, ConfigError> {
         let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
@@ -834,7 +924,8 @@ impl Config {
             });
         }
         self.revocation.validate()?;
-        self.saml.validate(&self.http)?;
+        self.console.validate()?;
+        self.saml.validate(&self.console_url())?;
         self.relay.validate()
     }
 }
@@ -978,20 +1069,30 @@ mod tests {
     }
 
     #[test]
-    fn saml_settings_parse_and_derive_their_urls_from_the_public_url() {
+    fn saml_settings_parse_and_derive_their_urls_from_the_console_url() {
         let c = Config::parse(
-            "[http]\npublic_url = \"https://gw.example:8443/\"\n\
+            "[console]\npublic_url = \"https://gw.example:8443/\"\n\
              [saml]\nidp_metadata = \"idp.xml\"\n\
              [saml.roles]\n\"smimegate-admins\" = \"admin\"\nstaff = \"viewer\"\n",
             Path::new("x.toml"),
         )
         .expect("parses");
         assert!(c.saml.enabled());
-        assert_eq!(c.saml.acs(&c.http), "https://gw.example:8443/saml/acs");
         assert_eq!(
-            c.saml.entity_id(&c.http),
+            c.saml.acs(&c.console_url()),
+            "https://gw.example:8443/saml/acs"
+        );
+        assert_eq!(
+            c.saml.entity_id(&c.console_url()),
             "https://gw.example:8443/saml/metadata"
         );
+        // Without public_url: the gateway's host name and the console's port.
+        let d = Config::parse(
+            "[gateway]\nhostname = \"gw.example\"\n",
+            Path::new("x.toml"),
+        )
+        .expect("parses");
+        assert_eq!(d.console_url(), "https://gw.example:8443");
         assert_eq!(c.saml.roles["staff"], crate::ops::Role::Viewer);
         let err = Config::parse(
             "[saml]\nidp_metadata = \"idp.xml\"\n[saml.roles]\nstaff = \"root\"\n",

@@ -211,7 +211,7 @@ pub fn normalise_name(name: &str) -> Result<String, OpError> {
 }
 
 /// The password's bytes when it is acceptable for a new hash.
-fn valid_password(password: &SecretString) -> Result<Zeroizing<Vec<u8>>, OpError> {
+pub(crate) fn valid_password(password: &SecretString) -> Result<Zeroizing<Vec<u8>>, OpError> {
     let text = password.expose_secret();
     if text.chars().count() < MIN_PASSWORD_CHARS {
         return Err(OpError::Invalid(format!(

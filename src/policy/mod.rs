@@ -15,7 +15,7 @@ pub use matcher::{Matcher, MatcherError};
 
 use crate::pki::address::Address;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Direction {
     /// The recipient is in a managed domain: mail from the internet to the organisation.
@@ -57,7 +57,7 @@ impl fmt::Display for Direction {
 
 /// A rule's action. The first five are outbound actions, the rest inbound; `Undefined`
 /// belongs to both and means "no decision here, look further".
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Action {
     Undefined,
@@ -144,13 +144,16 @@ pub enum PolicyError {
     },
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct Rule {
     pub id: i64,
     /// 1 is the highest priority.
     pub priority: i64,
     pub direction: Direction,
+    /// `anyone`, `managed`, `mailbox:ADDRESS`, `address:ADDRESS`, `domain:DOMAIN`.
+    #[schema(value_type = String)]
     pub sender: Matcher,
+    #[schema(value_type = String)]
     pub recipient: Matcher,
     pub action: Action,
     pub enabled: bool,
@@ -165,15 +168,16 @@ pub struct Party<'a> {
 }
 
 /// Why a rule did or did not decide, for `rule explain`.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct Considered {
     pub rule_id: i64,
     pub priority: i64,
+    #[schema(value_type = String)]
     pub outcome: &'static str,
 }
 
 /// The action chosen for one sender/recipient pair, and by what.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct Selection {
     pub direction: Direction,
     pub action: Action,

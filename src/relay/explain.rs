@@ -7,7 +7,7 @@ use crate::store::{Store, StoreError};
 
 use super::directory::{Directory, Route, party};
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct Explanation {
     pub direction: Direction,
     pub sender: String,

@@ -4,8 +4,10 @@
 
 mod audit;
 mod certificates;
+mod console;
 mod crls;
 mod domains;
+mod filter;
 mod keys;
 mod leases;
 mod licence;
@@ -23,18 +25,21 @@ use std::time::Duration;
 use sqlx::AnyPool;
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 
-pub use audit::{AuditEntry, AuditLog};
+pub use audit::{AuditEntry, AuditFilter, AuditLog};
 pub use certificates::{
     CertificateRecord, CertificateSource, Certificates, IdentityKey, NewIdentity, PartnerRow,
     StoredCertificate,
 };
+pub use console::{Account, AccountCredentials, ApiToken, Console, NewSession, Session};
 pub use crls::{CachedCrl, Crls, OwnCertificate};
 pub use domains::{DomainRow, Domains};
 pub use keys::{KeyPurpose, KeyRow, Keys};
 pub use leases::Leases;
 pub use licence::{Licence, LicenceRow, SeatUsage};
 pub use mailboxes::{MailboxRow, MailboxState, Mailboxes};
-pub use message_log::{LogEntry, LogFilter, LogStatus, MessageLog};
+pub use message_log::{
+    CryptoCounts, CryptoResult, LogEntry, LogFilter, LogStatus, MessageLog, crypto_bits,
+};
 pub use published_crls::{PublishedCrl, PublishedCrls};
 pub use relay_settings::{NetworkRow, RelaySettings};
 pub use rules::{NewRule, Rules};
@@ -311,6 +316,10 @@ impl Store {
                 operation: "ping",
                 source,
             })
+    }
+
+    pub fn console(&self) -> Console<'_> {
+        Console { pool: &self.pool }
     }
 
     pub fn crls(&self) -> Crls<'_> {

@@ -244,6 +244,8 @@ pub struct Gateway {
     pub submission: u16,
     /// The HTTP endpoint (health, the CA's certificates and CRLs).
     pub http: u16,
+    /// The HTTPS console (`https://localhost:PORT/`).
+    pub console: u16,
     /// The internal mail server: the inbound route of corp.example.
     pub internal: Sink,
     /// The smarthost outbound mail goes to.
@@ -299,6 +301,7 @@ impl Gateway {
             inbound: 0,
             submission: 0,
             http: 0,
+            console: 0,
             internal,
             smarthost,
             child: None,
@@ -326,7 +329,7 @@ impl Gateway {
                 "--submission",
                 "127.0.0.1:0",
             ])
-            .args(["--http", "127.0.0.1:0"])
+            .args(["--http", "127.0.0.1:0", "--console", "127.0.0.1:0"])
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(log)
@@ -351,6 +354,14 @@ impl Gateway {
             .and_then(|addr| addr.rsplit(':').next())
             .and_then(|p| p.parse().ok())
             .unwrap_or_else(|| panic!("gateway said: {line}"));
+        // "…, console https://127.0.0.1:P/ (https://localhost:P)"
+        self.console = line
+            .split("console https://")
+            .nth(1)
+            .and_then(|rest| rest.split('/').next())
+            .and_then(|addr| addr.rsplit(':').next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("gateway said no console: {line}"));
         wait_for_port(self.submission, &mut child, "gateway");
         self.child = Some(child);
         self._stdout = Some(stdout);

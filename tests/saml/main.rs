@@ -37,7 +37,7 @@ const ROLES: &str = "[saml.roles]\n\
 
 fn write_config(dir: &Path, idp_metadata: &Path) -> Settings {
     let config = format!(
-        "[http]\npublic_url = \"{PUBLIC_URL}\"\n\
+        "[console]\npublic_url = \"{PUBLIC_URL}\"\n\
          [saml]\nidp_metadata = \"{}\"\nrole_attribute = \"groups\"\n{ROLES}",
         idp_metadata.display()
     );

@@ -264,9 +264,9 @@ impl SamlSp {
         if idp.idp_sso_descriptors.as_ref().is_none_or(Vec::is_empty) {
             return Err(metadata("it has no IDPSSODescriptor".into()));
         }
-        let http = &settings.config.http;
-        let entity_id = config.entity_id(http);
-        let acs_url = config.acs(http);
+        let console_url = settings.config.console_url();
+        let entity_id = config.entity_id(&console_url);
+        let acs_url = config.acs(&console_url);
         let skew = i64::try_from(config.allowed_clock_skew_secs).unwrap_or(i64::MAX / 4);
         let sp = ServiceProvider {
             entity_id: Some(entity_id.clone()),

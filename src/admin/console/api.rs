@@ -1,0 +1,387 @@
+//! The JSON API under `/api/v1`: everything the pages do, for automation (API tokens)
+//! and for the pages' own scripts if they ever need one. Each handler parses, calls
+//! one operation and answers its output as JSON or its error as problem details. The
+//! OpenAPI 3.1 document is generated from these handlers (utoipa) and served at
+//! `/api/v1/openapi.json`.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::{Console, Problem, Who};
+use crate::ops::console::{
+    AccountView, AddedAccount, CallerVia, CreateToken, CreatedToken, TokenView,
+};
+use crate::ops::{self, Role};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "smimegate console API",
+        description = "Every change the console makes, as JSON. Authenticate with \
+                       `Authorization: Bearer <API token>` (admin: `smimegate admin token create`). \
+                       Errors are RFC 9457 problem details."
+    ),
+    components(schemas(Problem)),
+    modifiers(&BearerAuth),
+    security(("bearer" = []))
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+type ApiRouter = OpenApiRouter<Arc<Console>>;
+
+/// The API's routes, each behind its role's gate, with the OpenAPI document.
+pub fn router() -> ApiRouter {
+    let viewer = OpenApiRouter::new()
+        .routes(routes!(me))
+        .routes(routes!(list_mailboxes))
+        .routes(routes!(dashboard))
+        .routes(routes!(messages))
+        .routes(routes!(messages_csv))
+        .routes(routes!(audit_log))
+        .route_layer(axum::middleware::from_fn_with_state(
+            Role::Viewer,
+            super::guard::require,
+        ));
+    let editor = OpenApiRouter::new()
+        .routes(routes!(activate_mailboxes))
+        .routes(routes!(deactivate_mailboxes))
+        .route_layer(axum::middleware::from_fn_with_state(
+            Role::Editor,
+            super::guard::require,
+        ));
+    let admin = OpenApiRouter::new()
+        .routes(routes!(list_accounts, add_account))
+        .routes(routes!(remove_account))
+        .routes(routes!(list_tokens, create_token))
+        .routes(routes!(revoke_token))
+        .route_layer(axum::middleware::from_fn_with_state(
+            Role::Admin,
+            super::guard::require,
+        ));
+    let (router, mut document) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(viewer)
+        .merge(editor)
+        .merge(admin)
+        .split_for_parts();
+    document.servers = Some(vec![utoipa::openapi::Server::new("/api/v1")]);
+    let document = Arc::new(document);
+    OpenApiRouter::from(router).route(
+        "/openapi.json",
+        axum::routing::get(move || {
+            let document = document.clone();
+            async move { Json(document.as_ref().clone()) }
+        }),
+    )
+}
+
+/// `Json` whose rejections (malformed body, wrong content type) are problem details.
+pub struct ApiJson<T>(pub T);
+
+impl<S, T> axum::extract::FromRequest<S> for ApiJson<T>
+where
+    S: Send + Sync,
+    T: serde::de::DeserializeOwned,
+{
+    type Rejection = Problem;
+
+    async fn from_request(request: axum::extract::Request, state: &S) -> Result<Self, Problem> {
+        Json::<T>::from_request(request, state)
+            .await
+            .map(|Json(value)| ApiJson(value))
+            .map_err(|rejection| Problem::new(rejection.status(), rejection.body_text()))
+    }
+}
+
+/// `Path` whose rejections are problem details.
+pub struct ApiPath<T>(pub T);
+
+impl<S, T> axum::extract::FromRequestParts<S> for ApiPath<T>
+where
+    S: Send + Sync,
+    T: serde::de::DeserializeOwned + Send,
+{
+    type Rejection = Problem;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Problem> {
+        Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Path(value)| ApiPath(value))
+            .map_err(|rejection| Problem::new(rejection.status(), rejection.body_text()))
+    }
+}
+
+fn answer<T: serde::Serialize>(result: Result<T, ops::OpError>) -> Response {
+    match result {
+        Ok(value) => Json(value).into_response(),
+        Err(e) => Problem::from(e).into_response(),
+    }
+}
+
+fn created<T: serde::Serialize>(result: Result<T, ops::OpError>) -> Response {
+    match result {
+        Ok(value) => (StatusCode::CREATED, Json(value)).into_response(),
+        Err(e) => Problem::from(e).into_response(),
+    }
+}
+
+/// Who the caller is.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct Me {
+    account: String,
+    role: Role,
+    /// `session` (browser) or `token` (API token).
+    via: String,
+}
+
+#[utoipa::path(get, path = "/me", tag = "session",
+    responses((status = 200, body = Me), (status = 401, body = Problem)))]
+async fn me(who: Who) -> Json<Me> {
+    Json(Me {
+        account: who.caller.account.clone(),
+        role: who.caller.role,
+        via: match who.caller.via {
+            CallerVia::Session { .. } => "session".into(),
+            CallerVia::ApiToken { .. } => "token".into(),
+        },
+    })
+}
+
+/// The dashboard's figures: seats, the last 24 hours' messages by direction and crypto
+/// result, certificates expiring within 30 days, next-hop errors, and the token.
+#[utoipa::path(get, path = "/dashboard", tag = "dashboard",
+    responses((status = 200, body = DashboardAnswer), (status = 401, body = Problem), (status = 403, body = Problem)))]
+async fn dashboard(State(console): State<Arc<Console>>) -> Response {
+    let summary = match ops::dashboard::summary(&console.ops()).await {
+        Ok(summary) => summary,
+        Err(e) => return Problem::from(e).into_response(),
+    };
+    let token = match console.app.hsm.call("health", |hsm| hsm.health()).await {
+        Ok(t) => TokenStatus {
+            ok: t.logged_in,
+            label: t.label,
+            sessions_in_use: t.sessions.in_use as u64,
+            sessions_capacity: t.sessions.capacity as u64,
+            error: None,
+        },
+        Err(e) => TokenStatus {
+            ok: false,
+            label: console.app.settings.config.hsm.token_label.clone(),
+            sessions_in_use: 0,
+            sessions_capacity: 0,
+            error: Some(e.to_string()),
+        },
+    };
+    Json(DashboardAnswer { summary, token }).into_response()
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct DashboardAnswer {
+    #[serde(flatten)]
+    summary: ops::dashboard::Dashboard,
+    token: TokenStatus,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct TokenStatus {
+    ok: bool,
+    label: String,
+    sessions_in_use: u64,
+    sessions_capacity: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+/// The email overview: the message log, newest first, filtered and paged.
+#[utoipa::path(get, path = "/messages", tag = "messages", params(ops::messages::MessageQuery),
+    responses((status = 200, body = ops::messages::MessagePage), (status = 400, body = Problem),
+              (status = 401, body = Problem), (status = 403, body = Problem), (status = 422, body = Problem)))]
+async fn messages(State(console): State<Arc<Console>>, RawQuery(raw): RawQuery) -> Response {
+    match super::pages::messages::lenient::<ops::messages::MessageQuery>(raw.as_deref()) {
+        Ok(query) => answer(ops::messages::search(&console.ops(), query).await),
+        Err(p) => p.into_response(),
+    }
+}
+
+/// The same messages as CSV (all pages, at most 100 000 rows).
+#[utoipa::path(get, path = "/messages.csv", tag = "messages", params(ops::messages::MessageQuery),
+    responses((status = 200, content_type = "text/csv", body = String), (status = 400, body = Problem),
+              (status = 401, body = Problem), (status = 403, body = Problem), (status = 422, body = Problem)))]
+async fn messages_csv(State(console): State<Arc<Console>>, RawQuery(raw): RawQuery) -> Response {
+    match super::pages::messages::lenient::<ops::messages::MessageQuery>(raw.as_deref()) {
+        Ok(query) => super::pages::messages::csv_answer(&console, query).await,
+        Err(p) => p.into_response(),
+    }
+}
+
+/// The audit log, newest first, filtered and paged.
+#[utoipa::path(get, path = "/audit", tag = "audit", params(ops::audit::AuditQuery),
+    responses((status = 200, body = ops::audit::AuditPage), (status = 400, body = Problem),
+              (status = 401, body = Problem), (status = 403, body = Problem), (status = 422, body = Problem)))]
+async fn audit_log(State(console): State<Arc<Console>>, RawQuery(raw): RawQuery) -> Response {
+    match super::pages::messages::lenient::<ops::audit::AuditQuery>(raw.as_deref()) {
+        Ok(query) => answer(ops::audit::search(&console.ops(), query).await),
+        Err(p) => p.into_response(),
+    }
+}
+
+/// Every known mailbox with its state, the certificate it signs with, and the seats
+/// in use.
+#[utoipa::path(get, path = "/mailboxes", tag = "mailboxes",
+    responses((status = 200, body = serde_json::Value), (status = 401, body = Problem), (status = 403, body = Problem)))]
+async fn list_mailboxes(State(console): State<Arc<Console>>) -> Response {
+    answer(ops::mailboxes::list(&console.ops()).await)
+}
+
+/// The request to activate mailboxes: exactly one of `addresses`, `domain`, `all`.
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+struct ActivateRequest {
+    #[serde(default)]
+    addresses: Vec<String>,
+    #[serde(default)]
+    domain: Option<String>,
+    #[serde(default)]
+    all: bool,
+    /// Activate even where the domain's MX does not point at the gateway.
+    #[serde(default)]
+    skip_mx_check: bool,
+}
+
+/// Activates mailboxes (one seat each): a key in the token and a certificate each.
+#[utoipa::path(post, path = "/mailboxes/activate", tag = "mailboxes", request_body = ActivateRequest,
+    responses((status = 200, body = serde_json::Value), (status = 401, body = Problem),
+              (status = 403, body = Problem), (status = 404, body = Problem), (status = 409, body = Problem),
+              (status = 422, body = Problem)))]
+async fn activate_mailboxes(
+    State(console): State<Arc<Console>>,
+    who: Who,
+    ApiJson(input): ApiJson<ActivateRequest>,
+) -> Response {
+    let input = ops::mailboxes::ActivateMany {
+        addresses: input.addresses,
+        domain: input.domain,
+        all: input.all,
+        key: None,
+        skip_mx_check: input.skip_mx_check,
+    };
+    answer(ops::mailboxes::activate_many(&console.app, &who.actor(), input).await)
+}
+
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+struct AddressList {
+    addresses: Vec<String>,
+}
+
+/// Deactivates mailboxes: certificates revoked, keys retired, seat held while revoke
+/// pending.
+#[utoipa::path(post, path = "/mailboxes/deactivate", tag = "mailboxes", request_body = AddressList,
+    responses((status = 200, body = serde_json::Value), (status = 401, body = Problem),
+              (status = 403, body = Problem), (status = 404, body = Problem), (status = 422, body = Problem)))]
+async fn deactivate_mailboxes(
+    State(console): State<Arc<Console>>,
+    who: Who,
+    ApiJson(input): ApiJson<AddressList>,
+) -> Response {
+    answer(ops::mailboxes::deactivate(&console.app, &who.actor(), &input.addresses).await)
+}
+
+/// Local console accounts.
+#[utoipa::path(get, path = "/accounts", tag = "accounts",
+    responses((status = 200, body = Vec<AccountView>), (status = 401, body = Problem), (status = 403, body = Problem)))]
+async fn list_accounts(State(console): State<Arc<Console>>) -> Response {
+    answer(ops::console::list_accounts(&console.ops()).await)
+}
+
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+struct NewAccount {
+    name: String,
+    role: Role,
+    password: String,
+    #[serde(default)]
+    totp: bool,
+}
+
+/// Adds a local (break-glass) account.
+#[utoipa::path(post, path = "/accounts", tag = "accounts", request_body = NewAccount,
+    responses((status = 201, body = AddedAccount), (status = 401, body = Problem), (status = 403, body = Problem),
+              (status = 409, body = Problem), (status = 422, body = Problem)))]
+async fn add_account(
+    State(console): State<Arc<Console>>,
+    who: Who,
+    ApiJson(input): ApiJson<NewAccount>,
+) -> Response {
+    let input = ops::console::AddAccount {
+        name: input.name,
+        role: input.role,
+        password: input.password.into(),
+        totp: input.totp,
+    };
+    created(ops::console::add_account(&console.ops(), &who.actor(), input).await)
+}
+
+/// Removes a local account, ends its sessions and revokes its API tokens.
+#[utoipa::path(delete, path = "/accounts/{name}", tag = "accounts",
+    params(("name" = String, Path, description = "account name")),
+    responses((status = 200, body = AccountView), (status = 401, body = Problem), (status = 403, body = Problem),
+              (status = 404, body = Problem), (status = 422, body = Problem)))]
+async fn remove_account(
+    State(console): State<Arc<Console>>,
+    who: Who,
+    ApiPath(name): ApiPath<String>,
+) -> Response {
+    answer(ops::console::remove_account(&console.ops(), &who.actor(), &name).await)
+}
+
+/// API tokens (never their secrets).
+#[utoipa::path(get, path = "/tokens", tag = "tokens",
+    responses((status = 200, body = Vec<TokenView>), (status = 401, body = Problem), (status = 403, body = Problem)))]
+async fn list_tokens(State(console): State<Arc<Console>>) -> Response {
+    answer(ops::console::list_tokens(&console.ops()).await)
+}
+
+/// Creates an API token for a local account; the token is in the answer only.
+#[utoipa::path(post, path = "/tokens", tag = "tokens", request_body = CreateToken,
+    responses((status = 201, body = CreatedToken), (status = 401, body = Problem), (status = 403, body = Problem),
+              (status = 404, body = Problem), (status = 422, body = Problem)))]
+async fn create_token(
+    State(console): State<Arc<Console>>,
+    who: Who,
+    ApiJson(input): ApiJson<CreateToken>,
+) -> Response {
+    created(ops::console::create_token(&console.ops(), &who.actor(), input).await)
+}
+
+/// Revokes an API token.
+#[utoipa::path(delete, path = "/tokens/{id}", tag = "tokens",
+    params(("id" = i64, Path, description = "token id")),
+    responses((status = 200, body = TokenView), (status = 401, body = Problem), (status = 403, body = Problem),
+              (status = 404, body = Problem)))]
+async fn revoke_token(
+    State(console): State<Arc<Console>>,
+    who: Who,
+    ApiPath(id): ApiPath<i64>,
+) -> Response {
+    answer(ops::console::revoke_token(&console.ops(), &who.actor(), id).await)
+}

@@ -1,0 +1,73 @@
+//! The console's pages. Each page module has `viewer()` routes (reading) and, where it
+//! changes something, `editor()` or `admin()` routes; this module puts each set
+//! behind its role gate. A change is a POST of a plain HTML form that calls one
+//! operation and redirects back with `?ok=` or `?error=` (post/redirect/get).
+
+mod audit;
+mod dashboard;
+mod mailboxes;
+pub(super) mod messages;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::post;
+
+use super::Console;
+use super::guard::gate;
+use crate::ops::{OpError, Role};
+
+pub fn router() -> Router<Arc<Console>> {
+    let viewer = Router::new()
+        .route("/logout", post(super::login::logout))
+        .merge(dashboard::viewer())
+        .merge(mailboxes::viewer())
+        .merge(messages::viewer())
+        .merge(audit::viewer());
+    let editor = Router::new().merge(mailboxes::editor());
+    let admin = Router::new();
+    Router::new()
+        .merge(gate(viewer, Role::Viewer))
+        .merge(gate(editor, Role::Editor))
+        .merge(gate(admin, Role::Admin))
+}
+
+/// The fields of an urlencoded form, repeated names kept (checkbox lists).
+pub(super) fn form_fields(body: &[u8]) -> Vec<(String, String)> {
+    form_urlencoded::parse(body)
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
+}
+
+/// Every value of field `name`.
+pub(super) fn all_of(fields: &[(String, String)], name: &str) -> Vec<String> {
+    fields
+        .iter()
+        .filter(|(k, _)| k == name)
+        .map(|(_, v)| v.clone())
+        .collect()
+}
+
+/// The first value of field `name`, if any.
+pub(super) fn one_of<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    fields
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// Back to `path` with the outcome of a change shown on top.
+pub(super) fn back(path: &str, outcome: Result<String, OpError>) -> Response {
+    let (key, text) = match outcome {
+        Ok(text) => ("ok", text),
+        Err(e) => {
+            let problem = super::Problem::from(e);
+            ("error", problem.detail)
+        }
+    };
+    let query = form_urlencoded::Serializer::new(String::new())
+        .append_pair(key, &text)
+        .finish();
+    Redirect::to(&format!("{path}?{query}")).into_response()
+}
