@@ -25,11 +25,13 @@ ensure_packages() {
 }
 
 # Packages the gateway needs to build and run.
-RUNTIME_PACKAGES=(build-essential pkg-config libssl-dev softhsm2 opensc openssl ca-certificates)
-# Packages the test suite needs on top: interop peers and PostgreSQL; the console's
-# browser tests (headless Chromium through chromedriver, certutil for the NSS trust
-# store it reads) and python3-venv for schemathesis (ensure_schemathesis).
-TEST_PACKAGES=(gpgsm postgresql postgresql-client postfix python3
+# libxml2-dev, libxmlsec1-dev and libclang-dev build samael (SAML single sign-on, xmlsec).
+RUNTIME_PACKAGES=(build-essential pkg-config libssl-dev libxml2-dev libxmlsec1-dev libclang-dev softhsm2 opensc openssl ca-certificates)
+# Packages the test suite needs on top: interop peers (gpgsm, postfix, the pysaml2 IdP
+# of tests/saml with xmlsec1) and PostgreSQL; the console's browser tests (headless
+# Chromium through chromedriver, certutil for the NSS trust store it reads) and
+# python3-venv for schemathesis (ensure_schemathesis).
+TEST_PACKAGES=(gpgsm postgresql postgresql-client postfix python3 python3-pysaml2 xmlsec1
     chromium chromium-driver libnss3-tools python3-venv)
 
 # The schemathesis release tests/console/schema.rs runs (from PyPI; works on the
