@@ -205,6 +205,27 @@ impl Browser {
         self.find("body").await;
     }
 
+    /// Waits until the browser is at `path` on the console (after a chain of
+    /// redirects and auto-submitted forms, e.g. through the IdP).
+    pub async fn wait_for_console_path(&self, path: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(url) = self.client.current_url().await
+                && url.host_str() == Some("localhost")
+                && url.path() == path
+                && self.client.find(Locator::Css("body")).await.is_ok()
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the browser did not reach {path}; it is at {:?}",
+                self.client.current_url().await.map(|u| u.to_string())
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Types `value` into the (emptied) input `css`.
     pub async fn fill(&self, css: &str, value: &str) {
         let input = self.find(css).await;

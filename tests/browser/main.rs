@@ -11,6 +11,7 @@ mod driver;
 #[path = "../relay/harness.rs"]
 #[allow(dead_code)]
 mod harness;
+mod sso;
 
 use std::os::unix::fs::PermissionsExt;
 
@@ -67,19 +68,33 @@ async fn log_in(browser: &mut Browser, name: &str) {
     assert_eq!(browser.text("h1").await, "Dashboard · Übersicht");
 }
 
+/// Logs in through the IdP: the login page's single sign-on link, the IdP (its user
+/// `alice`, in smimegate-admins), its form posted back to our ACS, the dashboard.
+async fn log_in_with_sso(browser: &mut Browser) {
+    browser.open("/").await;
+    assert!(
+        browser.path().await.starts_with("/login"),
+        "an anonymous visitor is sent to the login page"
+    );
+    browser.screenshot("login").await;
+    browser.click("#sso").await;
+    browser.wait_for_console_path("/").await;
+    assert_eq!(browser.text("h1").await, "Dashboard · Übersicht");
+}
+
 #[tokio::test]
-async fn an_editor_logs_in_activates_a_mailbox_sees_its_signed_mail_and_logs_out_in_a_real_browser()
-{
-    let gw = Gateway::start(|data| {
+async fn an_sso_user_activates_a_mailbox_sees_its_signed_mail_and_logs_out_in_a_real_browser() {
+    let (gw, _sso) = sso::gateway_with_sso(|data| {
         common::smimegate_ok(data, &["mailbox", "add", CEO]);
-    });
-    add_account(&gw, "erika", "editor");
+    })
+    .await;
     let mut browser = Browser::start(&gw, "flow", 1280, 900).await;
 
-    log_in(&mut browser, "erika").await;
+    log_in_with_sso(&mut browser).await;
     assert!(
-        browser.text("header .who").await.contains("erika (editor)"),
-        "the header names the caller"
+        browser.text("header .who").await.contains("alice (admin)"),
+        "the header names the IdP's user with the mapped role: {}",
+        browser.text("header .who").await
     );
     assert!(browser.text("#token").await.contains("OK"), "token health");
     assert!(browser.text("#seats").await.contains("0 used"));
@@ -282,5 +297,51 @@ async fn a_browser_that_does_not_trust_the_gateway_root_shows_no_console() {
         .await
         .unwrap_or_default();
     assert!(login.is_empty(), "the login form was shown");
+    browser.close().await;
+}
+
+#[tokio::test]
+async fn an_sso_user_without_a_mapped_role_sees_why_and_gets_no_session() {
+    let (gw, sso) = sso::gateway_with_sso(|_| {}).await;
+    let mut browser = Browser::start(&gw, "sso-refused", 1280, 900).await;
+    // A login request of ours (what the login page's link starts), answered by the IdP
+    // for mallory: staff only, no group mapped to a role.
+    let redirect = sso::https_client(&gw)
+        .get(format!("https://localhost:{}/saml/login", gw.console))
+        .send()
+        .await
+        .expect("GET /saml/login");
+    assert_eq!(redirect.status(), 303, "SP-initiated login redirects");
+    let to_idp = redirect.headers()["location"]
+        .to_str()
+        .expect("location")
+        .to_string();
+    assert!(
+        to_idp.starts_with(&format!(
+            "http://127.0.0.1:{}/sso?SAMLRequest=",
+            sso.idp.port
+        )),
+        "{to_idp}"
+    );
+    browser
+        .client
+        .goto(&format!("{to_idp}&user=mallory"))
+        .await
+        .expect("to the IdP");
+    browser.wait_for_console_path("/saml/acs").await;
+    let error = browser.text("#login-error").await;
+    assert!(
+        error.contains("no console role") && error.contains("groups"),
+        "the page says why: {error}"
+    );
+    browser.screenshot("refused").await;
+    browser.open("/").await;
+    assert!(
+        browser.path().await.starts_with("/login"),
+        "no session was started: {}",
+        browser.path().await
+    );
+    let audit = gw.cli(&["audit", "--action", "saml.login-refused"]);
+    assert!(audit.contains("saml:mallory"), "{audit}");
     browser.close().await;
 }
