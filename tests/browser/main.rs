@@ -149,6 +149,25 @@ async fn an_sso_user_activates_a_mailbox_sees_its_signed_mail_and_logs_out_in_a_
         "the gateway's own list agrees: {listed}"
     );
 
+    // The audit log names the IdP's user as the one who activated alice.
+    browser.click_and_load("header nav a[href='/audit']").await;
+    let rows = browser
+        .client
+        .find_all(fantoccini::Locator::Css("table#audit tbody tr"))
+        .await
+        .expect("audit rows");
+    let mut texts = Vec::new();
+    for row in rows {
+        texts.push(row.text().await.expect("row text"));
+    }
+    assert!(
+        texts.iter().any(|t| t.contains("saml:alice")
+            && t.contains("mailbox.activate")
+            && t.contains(ALICE)),
+        "the activation is audited as saml:alice: {texts:#?}"
+    );
+    browser.screenshot("audit").await;
+
     // The dashboard counts the seat.
     browser.click_and_load("header nav a[href='/']").await;
     assert!(browser.text("#seats").await.contains("1 used"));
