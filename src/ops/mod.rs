@@ -46,6 +46,7 @@ pub mod password;
 pub mod relay_settings;
 mod role;
 pub mod rules;
+pub mod settings;
 pub mod submitters;
 pub mod totp;
 pub mod trust;

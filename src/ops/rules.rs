@@ -9,7 +9,7 @@ use crate::relay::explain::Explanation;
 use crate::store::{NewRule, Store};
 
 /// `rule add`: the matchers and the action as an operator writes them.
-#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[derive(Debug, Clone, Default, serde::Deserialize, utoipa::ToSchema)]
 pub struct AddRule {
     /// `inbound` or `outbound`.
     pub direction: String,
@@ -34,7 +34,7 @@ pub struct MoveRule {
 }
 
 /// `rule explain`.
-#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[derive(Debug, Clone, Default, serde::Deserialize, utoipa::ToSchema)]
 pub struct Explain {
     pub from: String,
     pub to: String,

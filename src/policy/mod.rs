@@ -144,14 +144,19 @@ pub enum PolicyError {
     },
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct Rule {
     pub id: i64,
     /// 1 is the highest priority.
     pub priority: i64,
+    /// `inbound` or `outbound`.
+    #[schema(value_type = String)]
     pub direction: Direction,
+    #[schema(value_type = Object)]
     pub sender: Matcher,
+    #[schema(value_type = Object)]
     pub recipient: Matcher,
+    #[schema(value_type = String)]
     pub action: Action,
     pub enabled: bool,
     pub comment: String,

@@ -3,8 +3,12 @@
 //! behind its role gate. A change is a POST of a plain HTML form that calls one
 //! operation and redirects back with `?ok=` or `?error=` (post/redirect/get).
 
+mod accounts;
+mod certificates;
 mod dashboard;
 mod mailboxes;
+mod rules;
+mod settings;
 
 use std::sync::Arc;
 
@@ -20,13 +24,31 @@ pub fn router() -> Router<Arc<Console>> {
     let viewer = Router::new()
         .route("/logout", post(super::login::logout))
         .merge(dashboard::viewer())
-        .merge(mailboxes::viewer());
-    let editor = Router::new().merge(mailboxes::editor());
-    let admin = Router::new();
+        .merge(mailboxes::viewer())
+        .merge(certificates::viewer())
+        .merge(rules::viewer())
+        .merge(settings::viewer());
+    let editor = Router::new()
+        .merge(mailboxes::editor())
+        .merge(certificates::editor())
+        .merge(rules::editor());
+    let admin = Router::new()
+        .merge(certificates::admin())
+        .merge(settings::admin())
+        .merge(accounts::admin());
     Router::new()
         .merge(gate(viewer, Role::Viewer))
         .merge(gate(editor, Role::Editor))
         .merge(gate(admin, Role::Admin))
+}
+
+/// The outcome of the last change, as `back` puts it into the query.
+#[derive(Debug, Default, serde::Deserialize)]
+pub(super) struct Flash {
+    #[serde(default)]
+    pub ok: Option<String>,
+    #[serde(default)]
+    pub error: Option<String>,
 }
 
 /// The fields of an urlencoded form, repeated names kept (checkbox lists).

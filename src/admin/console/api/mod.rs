@@ -4,10 +4,15 @@
 //! OpenAPI 3.1 document is generated from these handlers (utoipa) and served at
 //! `/api/v1/openapi.json`.
 
+mod accounts;
+mod certificates;
+mod rules;
+mod settings;
+
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use utoipa::OpenApi;
@@ -47,13 +52,17 @@ impl utoipa::Modify for BearerAuth {
     }
 }
 
-type ApiRouter = OpenApiRouter<Arc<Console>>;
+pub(super) type ApiRouter = OpenApiRouter<Arc<Console>>;
 
 /// The API's routes, each behind its role's gate, with the OpenAPI document.
 pub fn router() -> ApiRouter {
     let viewer = OpenApiRouter::new()
         .routes(routes!(me))
         .routes(routes!(list_mailboxes))
+        .routes(routes!(show_mailbox))
+        .merge(certificates::viewer())
+        .merge(rules::viewer())
+        .merge(settings::viewer())
         .route_layer(axum::middleware::from_fn_with_state(
             Role::Viewer,
             super::guard::require,
@@ -61,6 +70,9 @@ pub fn router() -> ApiRouter {
     let editor = OpenApiRouter::new()
         .routes(routes!(activate_mailboxes))
         .routes(routes!(deactivate_mailboxes))
+        .routes(routes!(renew_mailbox))
+        .merge(certificates::editor())
+        .merge(rules::editor())
         .route_layer(axum::middleware::from_fn_with_state(
             Role::Editor,
             super::guard::require,
@@ -70,6 +82,9 @@ pub fn router() -> ApiRouter {
         .routes(routes!(remove_account))
         .routes(routes!(list_tokens, create_token))
         .routes(routes!(revoke_token))
+        .merge(accounts::admin())
+        .merge(certificates::admin())
+        .merge(settings::admin())
         .route_layer(axum::middleware::from_fn_with_state(
             Role::Admin,
             super::guard::require,
@@ -125,6 +140,27 @@ where
         Path::<T>::from_request_parts(parts, state)
             .await
             .map(|Path(value)| ApiPath(value))
+            .map_err(|rejection| Problem::new(rejection.status(), rejection.body_text()))
+    }
+}
+
+/// `Query` whose rejections are problem details.
+pub struct ApiQuery<T>(pub T);
+
+impl<S, T> axum::extract::FromRequestParts<S> for ApiQuery<T>
+where
+    S: Send + Sync,
+    T: serde::de::DeserializeOwned + Send,
+{
+    type Rejection = Problem;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Problem> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(value)| ApiQuery(value))
             .map_err(|rejection| Problem::new(rejection.status(), rejection.body_text()))
     }
 }
@@ -302,4 +338,30 @@ async fn revoke_token(
     ApiPath(id): ApiPath<i64>,
 ) -> Response {
     answer(ops::console::revoke_token(&console.ops(), &who.actor(), id).await)
+}
+
+/// One mailbox: its state, its certificates (newest first) and its keys.
+#[utoipa::path(get, path = "/mailboxes/{address}", tag = "mailboxes",
+    params(("address" = String, Path, description = "mailbox address")),
+    responses((status = 200, body = serde_json::Value), (status = 401, body = Problem),
+              (status = 404, body = Problem), (status = 422, body = Problem)))]
+async fn show_mailbox(
+    State(console): State<Arc<Console>>,
+    ApiPath(address): ApiPath<String>,
+) -> Response {
+    answer(ops::mailboxes::show(&console.ops(), &address).await)
+}
+
+/// Renews an active mailbox's certificate now: a new key in the token, a new
+/// certificate from the built-in CA.
+#[utoipa::path(post, path = "/mailboxes/{address}/renew", tag = "mailboxes",
+    params(("address" = String, Path, description = "mailbox address")),
+    responses((status = 200, body = serde_json::Value), (status = 401, body = Problem), (status = 403, body = Problem),
+              (status = 404, body = Problem), (status = 422, body = Problem)))]
+async fn renew_mailbox(
+    State(console): State<Arc<Console>>,
+    who: Who,
+    ApiPath(address): ApiPath<String>,
+) -> Response {
+    answer(ops::lifecycle::renew(&console.app, &who.actor(), &address).await)
 }
