@@ -545,3 +545,109 @@ async fn a_mailbox_page_shows_its_certificates_and_an_editor_renews_it() {
     let (status, _) = user.get_text("/mailboxes/nobody@corp.example").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
+
+/// A multipart/form-data body as a browser sends it: (name, filename, bytes) parts.
+fn multipart(boundary: &str, parts: &[(&str, Option<&str>, &[u8])]) -> Vec<u8> {
+    let mut body = Vec::new();
+    for (name, filename, bytes) in parts {
+        body.extend_from_slice(format!("--{boundary}\r\n").as_bytes());
+        match filename {
+            Some(file) => body.extend_from_slice(
+                format!(
+                    "Content-Disposition: form-data; name=\"{name}\"; filename=\"{file}\"\r\n\
+                     Content-Type: application/x-pkcs12\r\n\r\n"
+                )
+                .as_bytes(),
+            ),
+            None => body.extend_from_slice(
+                format!("Content-Disposition: form-data; name=\"{name}\"\r\n\r\n").as_bytes(),
+            ),
+        }
+        body.extend_from_slice(bytes);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    body
+}
+
+#[tokio::test]
+async fn a_pkcs12_identity_uploaded_on_the_mailboxes_page_activates_its_mailbox() {
+    let gw = Gateway::start(|_| {});
+    gw.cli(&["mailbox", "add", "carol@corp.example"]);
+    let external = Partner::new(gw.data(), "carol@corp.example");
+    let file = gw.data().join("carol.p12");
+    run_ok(
+        "openssl",
+        &[
+            "pkcs12",
+            "-export",
+            "-inkey",
+            &external.key,
+            "-in",
+            &external.cert,
+            "-certfile",
+            &external.ca,
+            "-passout",
+            "pass:Geheim 123",
+            "-out",
+            &file.display().to_string(),
+        ],
+    );
+    let p12 = std::fs::read(&file).expect("PKCS#12 file");
+    let editor = logged_in(&gw, "ed", "editor").await;
+    let list = page(&editor, "/mailboxes").await;
+    assert!(list.contains("enctype=\"multipart/form-data\""), "{list}");
+    let csrf = editor.csrf().await;
+    let boundary = "----smimegate-test-boundary";
+    let upload = |password: &'static str, csrf: String| {
+        let body = multipart(
+            boundary,
+            &[
+                ("address", None, b"carol@corp.example"),
+                ("file", Some("carol.p12"), &p12),
+                ("password", None, password.as_bytes()),
+            ],
+        );
+        let editor = &editor;
+        async move {
+            editor
+                .http
+                .post(editor.url(&format!("/mailboxes/import?csrf={csrf}")))
+                .header(
+                    "content-type",
+                    format!("multipart/form-data; boundary={boundary}"),
+                )
+                .body(body)
+                .send()
+                .await
+                .expect("upload")
+        }
+    };
+
+    let without_token = upload("Geheim 123", String::new()).await;
+    assert_eq!(
+        without_token.status(),
+        StatusCode::FORBIDDEN,
+        "the upload needs ?csrf="
+    );
+    let wrong = upload("wrong password", csrf.clone()).await;
+    assert!(
+        location(&wrong).starts_with("/mailboxes?error="),
+        "{}",
+        location(&wrong)
+    );
+    let done = upload("Geheim 123", csrf).await;
+    assert_eq!(done.status(), StatusCode::SEE_OTHER);
+    assert!(
+        location(&done).starts_with("/mailboxes?ok="),
+        "{}",
+        urlencoding_decode(&location(&done))
+    );
+    assert_audited(&gw, "console:ed", "mailbox.import", "carol@corp.example").await;
+    let detail = page(&editor, "/mailboxes/carol@corp.example").await;
+    assert!(
+        detail.contains("uploaded") && detail.contains("signs now"),
+        "{detail}"
+    );
+    assert!(!detail.contains("PRIVATE KEY"));
+}
