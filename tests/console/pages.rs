@@ -651,3 +651,123 @@ async fn a_pkcs12_identity_uploaded_on_the_mailboxes_page_activates_its_mailbox(
     );
     assert!(!detail.contains("PRIVATE KEY"));
 }
+
+#[tokio::test]
+async fn the_api_answers_the_pages_reads_as_documented_json_and_problems() {
+    let gw = Gateway::start(|_| {});
+    add_account(&gw, "vi", "viewer");
+    add_account(&gw, "ed", "editor");
+    let viewer = token(&gw, "vi", "viewer");
+    let editor = token(&gw, "ed", "editor");
+    let user = ConsoleUser::new(&gw);
+    let json = |response: reqwest::Response| async move {
+        let status = response.status();
+        let kind = response
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap_or_default().to_string())
+            .unwrap_or_default();
+        let body: serde_json::Value = response.json().await.expect("JSON");
+        (status, kind, body)
+    };
+
+    let document: serde_json::Value = user
+        .api(Method::GET, "/openapi.json", None, None)
+        .await
+        .json()
+        .await
+        .expect("OpenAPI document");
+    let schemas = document["components"]["schemas"]
+        .as_object()
+        .expect("schemas");
+    for name in [
+        "CertificateDetails",
+        "CertificateView",
+        "TrustAnchorView",
+        "Rule",
+        "Explanation",
+        "SettingsView",
+        "MailboxList",
+        "MailboxDetail",
+        "ActivationReport",
+    ] {
+        assert!(schemas.contains_key(name), "no schema {name}");
+    }
+
+    let (status, _, added) = json(
+        user.api(
+            Method::POST,
+            "/rules",
+            Some(&editor),
+            Some(json!({"direction": "outbound", "from": "anyone",
+                        "to": "domain:partner.example", "action": "sign", "comment": "api"})),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{added}");
+    assert_eq!(added["priority"], 1);
+    assert_eq!(added["action"], "sign");
+    let (status, _, explained) = json(
+        user.api(
+            Method::GET,
+            "/rules/explain?from=a%40corp.example&to=b%40partner.example",
+            Some(&viewer),
+            None,
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{explained}");
+    assert_eq!(explained["selection"]["rule_id"], added["id"]);
+
+    let (status, kind, problem) = json(
+        user.api(Method::GET, "/certificates/xyz", Some(&viewer), None)
+            .await,
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{problem}");
+    assert_eq!(kind, "application/problem+json");
+    let (status, kind, _) = json(
+        user.api(
+            Method::GET,
+            "/rules/explain?from=a%40corp.example",
+            Some(&viewer),
+            None,
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "a missing query field");
+    assert_eq!(kind, "application/problem+json");
+
+    let (status, _, settings) = json(
+        user.api(Method::GET, "/settings", Some(&viewer), None)
+            .await,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{settings}");
+    assert_eq!(
+        settings["smarthost"]["host_port"],
+        format!("127.0.0.1:{}", gw.smarthost.port)
+    );
+    assert_eq!(settings["saml"]["configured"], false);
+    let (status, _, certificates) = json(
+        user.api(
+            Method::GET,
+            "/certificates?kind=managed",
+            Some(&viewer),
+            None,
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{certificates}");
+    assert!(
+        certificates
+            .as_array()
+            .expect("list")
+            .iter()
+            .all(|c| c["kind"] == "managed")
+    );
+}

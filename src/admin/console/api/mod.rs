@@ -204,7 +204,7 @@ async fn me(who: Who) -> Json<Me> {
 /// Every known mailbox with its state, the certificate it signs with, and the seats
 /// in use.
 #[utoipa::path(get, path = "/mailboxes", tag = "mailboxes",
-    responses((status = 200, body = serde_json::Value), (status = 401, body = Problem), (status = 403, body = Problem)))]
+    responses((status = 200, body = ops::mailboxes::MailboxList), (status = 401, body = Problem), (status = 403, body = Problem)))]
 async fn list_mailboxes(State(console): State<Arc<Console>>) -> Response {
     answer(ops::mailboxes::list(&console.ops()).await)
 }
@@ -225,7 +225,7 @@ struct ActivateRequest {
 
 /// Activates mailboxes (one seat each): a key in the token and a certificate each.
 #[utoipa::path(post, path = "/mailboxes/activate", tag = "mailboxes", request_body = ActivateRequest,
-    responses((status = 200, body = serde_json::Value), (status = 401, body = Problem),
+    responses((status = 200, body = ops::mailboxes::ActivationReport), (status = 401, body = Problem),
               (status = 403, body = Problem), (status = 404, body = Problem), (status = 409, body = Problem),
               (status = 422, body = Problem)))]
 async fn activate_mailboxes(
@@ -251,7 +251,7 @@ struct AddressList {
 /// Deactivates mailboxes: certificates revoked, keys retired, seat held while revoke
 /// pending.
 #[utoipa::path(post, path = "/mailboxes/deactivate", tag = "mailboxes", request_body = AddressList,
-    responses((status = 200, body = serde_json::Value), (status = 401, body = Problem),
+    responses((status = 200, body = ops::mailboxes::DeactivationReport), (status = 401, body = Problem),
               (status = 403, body = Problem), (status = 404, body = Problem), (status = 422, body = Problem)))]
 async fn deactivate_mailboxes(
     State(console): State<Arc<Console>>,
@@ -343,7 +343,7 @@ async fn revoke_token(
 /// One mailbox: its state, its certificates (newest first) and its keys.
 #[utoipa::path(get, path = "/mailboxes/{address}", tag = "mailboxes",
     params(("address" = String, Path, description = "mailbox address")),
-    responses((status = 200, body = serde_json::Value), (status = 401, body = Problem),
+    responses((status = 200, body = ops::mailboxes::MailboxDetail), (status = 401, body = Problem),
               (status = 404, body = Problem), (status = 422, body = Problem)))]
 async fn show_mailbox(
     State(console): State<Arc<Console>>,
@@ -356,7 +356,7 @@ async fn show_mailbox(
 /// certificate from the built-in CA.
 #[utoipa::path(post, path = "/mailboxes/{address}/renew", tag = "mailboxes",
     params(("address" = String, Path, description = "mailbox address")),
-    responses((status = 200, body = serde_json::Value), (status = 401, body = Problem), (status = 403, body = Problem),
+    responses((status = 200, body = ops::lifecycle::Renewed), (status = 401, body = Problem), (status = 403, body = Problem),
               (status = 404, body = Problem), (status = 422, body = Problem)))]
 async fn renew_mailbox(
     State(console): State<Arc<Console>>,
