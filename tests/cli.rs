@@ -1089,6 +1089,19 @@ fn every_state_changing_command_leaves_its_audit_row() {
         "rule.move",
         &first,
     );
+    cli.run(
+        &[
+            "rule",
+            "edit",
+            &first,
+            "--sender",
+            "domain:corp.example",
+            "--comment",
+            "edited",
+        ],
+        "rule.edit",
+        &first,
+    );
     cli.run(&["rule", "disable", &second], "rule.disable", &second);
     cli.run(&["rule", "enable", &second], "rule.enable", &second);
     cli.run(&["rule", "remove", &second], "rule.remove", &second);
@@ -1131,9 +1144,37 @@ fn every_state_changing_command_leaves_its_audit_row() {
         ],
         &["network", "list"],
         &["smarthost", "show"],
+        &["audit", "--limit", "3"],
     ] {
         smimegate_ok(&data, args);
     }
+    let listed = smimegate_ok(&data, &["rule", "list"]);
+    assert!(
+        listed.contains("domain:corp.example") && listed.contains("edited"),
+        "{listed}"
+    );
+    let edits = smimegate_ok(&data, &["audit", "--action", "rule.ed", "--json"]);
+    let edits: serde_json::Value = serde_json::from_str(&edits).expect("audit JSON");
+    assert_eq!(edits["total"], 1, "{edits}");
+    assert_eq!(edits["rows"][0]["target"], first.as_str());
+    assert!(
+        edits["rows"][0]["detail"].as_str().is_some_and(
+            |d| d.contains("from anyone") && d.contains("-> outbound from domain:corp.example")
+        ),
+        "{edits}"
+    );
+    let unchanged = smimegate(&data, &["rule", "edit", &first, "--comment", "edited"]);
+    assert_operator_error(
+        &unchanged,
+        &format!("the edit leaves rule {first} as it is"),
+    );
+    let wrong = smimegate(
+        &data,
+        &["rule", "edit", &first, "--action", "decrypt-always"],
+    );
+    assert_operator_error(&wrong, "not an outbound action");
+    let bad_time = smimegate(&data, &["audit", "--since", "someday"]);
+    assert_operator_error(&bad_time, "someday");
     let refused = smimegate(&data, &["domain", "add", "corp.example"]);
     assert_clean_failure(&refused, "domain corp.example already exists");
     let refused = smimegate(&data, &["domain", "set", "corp.example"]);
@@ -1149,6 +1190,104 @@ fn every_state_changing_command_leaves_its_audit_row() {
         assert_eq!(row.origin, "cli", "{row:?}");
         assert!(row.actor.starts_with("cli:"), "{row:?}");
     }
+}
+
+/// `smimegate log` with the overview's filters over rows the relay would write: the
+/// crypto result, time, paging, JSON and CSV; a wrong filter is an operator error.
+#[test]
+fn the_log_command_filters_by_crypto_result_and_exports_csv() {
+    use smimegate::policy::Direction;
+    use smimegate::store::{LogEntry, LogStatus};
+    let (_dir, data) = config_only_dir();
+    smimegate_ok(&data, &["log"]);
+    let url = format!("sqlite://{}", data.join("smimegate.db").display());
+    let now = smimegate::store::unix_now();
+    let entry = |to: &str, actions: &[&str], subject: &str, age: i64| LogEntry {
+        id: 0,
+        received_at: now - age,
+        node: "n1".into(),
+        direction: Direction::Outbound,
+        mail_from: "alice@corp.example".into(),
+        rcpt_to: vec![to.into()],
+        message_id: None,
+        subject: Some(subject.into()),
+        size_bytes: 10,
+        status: LogStatus::Relayed,
+        actions: actions.iter().map(|a| a.to_string()).collect(),
+        smtp_code: Some(250),
+        smtp_reply: Some("250 ok".into()),
+        rule_id: None,
+        duration_ms: 1,
+    };
+    tokio::runtime::Runtime::new()
+        .expect("runtime")
+        .block_on(async {
+            let store =
+                smimegate::store::Store::connect(&url, 1, std::time::Duration::from_secs(5))
+                    .await
+                    .expect("database");
+            for e in [
+                entry("a@partner.example", &["signed"], "=cmd|' /C calc'!A0", 30),
+                entry(
+                    "b@partner.example",
+                    &["signed", "encrypted"],
+                    "Grüße, \"quoted\"",
+                    20,
+                ),
+                entry("c@partner.example", &[], "plain", 10),
+                entry("d@partner.example", &["signed"], "last week", 7 * 86400),
+            ] {
+                store.message_log().record(&e).await.expect("record");
+            }
+            store.close().await;
+        });
+    let json = smimegate_ok(
+        &data,
+        &["log", "--crypto", "signed", "--since", "1d", "--json"],
+    );
+    let page: serde_json::Value = serde_json::from_str(&json).expect("JSON");
+    assert_eq!(page["total"], 2, "{page}");
+    assert_eq!(page["rows"][0]["rcpt_to"][0], "b@partner.example");
+    assert_eq!(
+        page["rows"][0]["crypto"],
+        serde_json::json!(["signed", "encrypted"])
+    );
+    let paged = smimegate_ok(&data, &["log", "--limit", "1", "--page", "2", "--json"]);
+    let paged: serde_json::Value = serde_json::from_str(&paged).expect("JSON");
+    assert_eq!(
+        (paged["total"].as_i64(), paged["has_more"].as_bool()),
+        (Some(4), Some(true))
+    );
+    // Newest first: c (10 s ago), then b.
+    assert_eq!(paged["rows"][0]["rcpt_to"][0], "b@partner.example");
+    let table = smimegate_ok(
+        &data,
+        &["log", "--crypto", "none", "--direction", "outbound"],
+    );
+    assert!(
+        table.contains("c@partner.example") && !table.contains("a@partner.example"),
+        "{table}"
+    );
+
+    let csv = smimegate_ok(&data, &["log", "--crypto", "signed", "--csv"]);
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.len(), 4, "{csv}");
+    assert!(lines[0].starts_with("id,received,direction,status,from,to,subject,"));
+    assert!(
+        lines[1].contains(",\"Grüße, \"\"quoted\"\"\","),
+        "{}",
+        lines[1]
+    );
+    // A formula is neutralised: the cell starts with a quote character.
+    assert!(lines[2].contains(",'=cmd|' /C calc'!A0,"), "{}", lines[2]);
+    assert!(lines[3].contains("d@partner.example"));
+
+    let wrong = smimegate(&data, &["log", "--crypto", "sealed"]);
+    assert_operator_error(&wrong, "unknown crypto result 'sealed'");
+    let wrong = smimegate(&data, &["log", "--limit", "501"]);
+    assert_operator_error(&wrong, "page_size must be 1 to 500");
+    let wrong = smimegate(&data, &["log", "--from", "2026-13-40"]);
+    assert_operator_error(&wrong, "from '2026-13-40'");
 }
 
 /// The lifecycle commands as an operator types them: the licence, a batch that runs

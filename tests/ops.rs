@@ -10,10 +10,11 @@ use std::fmt::Debug;
 use smimegate::app::App;
 use smimegate::config::{Config, Settings};
 use smimegate::hsm::KeyAlgorithm;
+use smimegate::ops::audit::{self as audit_ops, AuditQuery};
 use smimegate::ops::domains::{self, AddDomain};
 use smimegate::ops::mailboxes::{self, Activate};
 use smimegate::ops::relay_settings::{self, AllowNetwork, Source};
-use smimegate::ops::rules::{self, AddRule, Explain, MoveRule};
+use smimegate::ops::rules::{self, AddRule, EditRule, Explain, MoveRule};
 use smimegate::ops::{Actor, OpError, Ops};
 use smimegate::pki::address::Address;
 use smimegate::policy::{Action, Direction, Matcher};
@@ -97,7 +98,9 @@ async fn suite(store: &Store) {
     domain_ops(&ctx, &mut audit).await;
     mailbox_ops(&ctx, &mut audit).await;
     rule_ops(&ctx, &mut audit).await;
+    rule_edit_ops(&ctx, &mut audit).await;
     relay_setting_ops(&ctx, &mut audit).await;
+    audit_search(&ctx, &audit).await;
 }
 
 async fn domain_ops(ctx: &Ops<'_>, audit: &mut AuditTrail<'_>) {
@@ -398,6 +401,266 @@ async fn rule_ops(ctx: &Ops<'_>, audit: &mut AuditTrail<'_>) {
     let left = rules::list(ctx).await.expect("list");
     assert_eq!(left.len(), 1);
     assert_eq!((left[0].id, left[0].priority), (second.id, 1));
+}
+
+/// `rule edit`: refusals change nothing and audit nothing; an edit changes only what
+/// it names, keeps the priority, and writes one row with the rule before and after.
+async fn rule_edit_ops(ctx: &Ops<'_>, audit: &mut AuditTrail<'_>) {
+    let rule = rules::list(ctx).await.expect("list").remove(0);
+    assert_eq!(rule.direction, Direction::Inbound, "left by rule_ops");
+    let edit = |f: fn(&mut EditRule)| {
+        let mut e = EditRule::default();
+        f(&mut e);
+        e
+    };
+    refused(
+        rules::edit(
+            ctx,
+            &console(),
+            rule.id,
+            edit(|e| e.direction = Some("outbound".into())),
+        )
+        .await,
+        Kind::Invalid,
+        "give the new action too",
+    );
+    refused(
+        rules::edit(
+            ctx,
+            &console(),
+            rule.id,
+            edit(|e| e.action = Some("sign".into())),
+        )
+        .await,
+        Kind::Invalid,
+        "not an inbound action",
+    );
+    refused(
+        rules::edit(
+            ctx,
+            &console(),
+            rule.id,
+            edit(|e| e.from = Some("nonsense:x".into())),
+        )
+        .await,
+        Kind::Invalid,
+        "nonsense",
+    );
+    refused(
+        rules::edit(
+            ctx,
+            &console(),
+            rule.id,
+            edit(|e| e.to = Some("mailbox:nobody@corp.example".into())),
+        )
+        .await,
+        Kind::Invalid,
+        "is not a managed mailbox",
+    );
+    refused(
+        rules::edit(ctx, &console(), rule.id, EditRule::default()).await,
+        Kind::Invalid,
+        "leaves rule",
+    );
+    refused(
+        rules::edit(
+            ctx,
+            &console(),
+            rule.id + 100,
+            edit(|e| e.comment = Some("x".into())),
+        )
+        .await,
+        Kind::NotFound,
+        "no rule",
+    );
+    audit.unchanged().await;
+    assert_eq!(
+        rules::list(ctx).await.expect("list")[0],
+        rule,
+        "nothing changed"
+    );
+
+    // One field: the others stay.
+    let commented = rules::edit(
+        ctx,
+        &console(),
+        rule.id,
+        edit(|e| e.comment = Some("edited".into())),
+    )
+    .await
+    .expect("edit comment");
+    assert_eq!(commented.comment, "edited");
+    assert_eq!(
+        (commented.sender.clone(), commented.action),
+        (rule.sender.clone(), rule.action)
+    );
+    let row = audit
+        .one(&console(), "rule.edit", &rule.id.to_string())
+        .await;
+    assert_eq!(
+        row.detail,
+        format!(
+            "{} -> {}",
+            rules::describe(&rule),
+            rules::describe(&commented)
+        )
+    );
+
+    // Everything at once, the direction too: one change, one row, same priority.
+    let edited = rules::edit(
+        ctx,
+        &job(),
+        rule.id,
+        EditRule {
+            direction: Some("outbound".into()),
+            from: Some("domain:corp.example".into()),
+            to: Some("address:bob@partner.example".into()),
+            action: Some("encrypt-optional".into()),
+            comment: None,
+        },
+    )
+    .await
+    .expect("edit all");
+    assert_eq!(edited.direction, Direction::Outbound);
+    assert_eq!(edited.action, Action::EncryptOptional);
+    assert_eq!(edited.sender.to_string(), "domain:corp.example");
+    assert_eq!(edited.recipient.to_string(), "address:bob@partner.example");
+    assert_eq!(
+        (edited.priority, edited.comment.as_str()),
+        (rule.priority, "edited")
+    );
+    audit.one(&job(), "rule.edit", &rule.id.to_string()).await;
+
+    // explain: the edited rule decides outbound, and the inbound direction is
+    // explained too; both serialise for the console.
+    let outbound = rules::explain(
+        ctx,
+        Explain {
+            from: "alice@corp.example".into(),
+            to: "bob@partner.example".into(),
+        },
+    )
+    .await
+    .expect("explain outbound");
+    assert_eq!(outbound.selection.rule_id, Some(rule.id));
+    assert_eq!(outbound.selection.action, Action::EncryptOptional);
+    let inbound = rules::explain(
+        ctx,
+        Explain {
+            from: "bob@partner.example".into(),
+            to: "alice@corp.example".into(),
+        },
+    )
+    .await
+    .expect("explain inbound");
+    assert_eq!(inbound.direction, Direction::Inbound);
+    assert_eq!(inbound.selection.rule_id, None, "no inbound rule is left");
+    assert_eq!(
+        inbound.selection.action,
+        Direction::Inbound.default_action()
+    );
+    let json = serde_json::to_value(&inbound).expect("serialise");
+    assert_eq!(json["direction"], "inbound");
+    assert!(
+        json["outcomes"].as_array().is_some_and(|o| !o.is_empty()),
+        "{json}"
+    );
+    audit.unchanged().await;
+}
+
+/// `ops::audit::search` over the rows the suite wrote.
+async fn audit_search(ctx: &Ops<'_>, trail: &AuditTrail<'_>) {
+    let all = trail.rows().await;
+    assert!(all.len() > 5);
+    let search = |q: AuditQuery| async move { audit_ops::search(ctx, q).await };
+    let page = search(AuditQuery {
+        page_size: Some(2),
+        ..Default::default()
+    })
+    .await
+    .expect("first page");
+    assert_eq!(page.total as usize, all.len());
+    assert!(page.has_more);
+    assert_eq!(
+        page.rows.iter().map(|r| r.id).collect::<Vec<_>>(),
+        all.iter().take(2).map(|r| r.id).collect::<Vec<_>>(),
+        "newest first"
+    );
+    let second = search(AuditQuery {
+        page: Some(2),
+        page_size: Some(2),
+        ..Default::default()
+    })
+    .await
+    .expect("second page");
+    assert_eq!(second.rows[0].id, all[2].id);
+
+    let by_actor = search(AuditQuery {
+        actor: Some(job().name),
+        action: Some("rule.".into()),
+        ..Default::default()
+    })
+    .await
+    .expect("by actor and action");
+    let expected = all
+        .iter()
+        .filter(|r| r.actor == job().name && r.action.starts_with("rule."))
+        .count();
+    assert_eq!(by_actor.rows.len(), expected);
+    assert!(expected >= 3, "rule.add, rule.remove, rule.edit by the job");
+    assert!(by_actor.rows.iter().any(|r| r.action == "rule.edit"));
+    // The prefix is text, not a pattern: `_` matches only `_`.
+    let literal = search(AuditQuery {
+        action: Some("rule_".into()),
+        ..Default::default()
+    })
+    .await
+    .expect("literal prefix");
+    assert_eq!(literal.total, 0);
+    let newest = &all[0];
+    let by_target = search(AuditQuery {
+        target: Some(newest.target.clone()),
+        from: Some(newest.at.to_string()),
+        to: Some((newest.at + 1).to_string()),
+        ..Default::default()
+    })
+    .await
+    .expect("by target and time");
+    assert!(by_target.rows.iter().any(|r| r.id == newest.id));
+    assert!(by_target.rows.iter().all(|r| r.target == newest.target));
+    let future = search(AuditQuery {
+        from: Some("2099-01-01T00:00:00Z".into()),
+        ..Default::default()
+    })
+    .await
+    .expect("future");
+    assert_eq!((future.total, future.rows.len()), (0, 0));
+    for (query, text) in [
+        (
+            AuditQuery {
+                page_size: Some(501),
+                ..Default::default()
+            },
+            "page_size must be 1 to 500",
+        ),
+        (
+            AuditQuery {
+                from: Some("last tuesday".into()),
+                ..Default::default()
+            },
+            "from 'last tuesday'",
+        ),
+        (
+            AuditQuery {
+                actor: Some("a\nb".into()),
+                ..Default::default()
+            },
+            "no control characters",
+        ),
+    ] {
+        refused(search(query).await, Kind::Invalid, text);
+    }
+    trail.unchanged().await;
 }
 
 async fn relay_setting_ops(ctx: &Ops<'_>, audit: &mut AuditTrail<'_>) {

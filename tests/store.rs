@@ -941,3 +941,485 @@ async fn a_refused_log_row_fails_alone_on_postgres() {
     .await;
     db.drop_database().await;
 }
+
+/// A log row of `direction` with these action words, received `age` seconds ago.
+fn log_row(
+    direction: smimegate::policy::Direction,
+    from: &str,
+    to: &str,
+    actions: &[&str],
+    status: smimegate::store::LogStatus,
+    age: i64,
+) -> smimegate::store::LogEntry {
+    smimegate::store::LogEntry {
+        id: 0,
+        received_at: smimegate::store::unix_now() - age,
+        node: "test".into(),
+        direction,
+        mail_from: from.into(),
+        rcpt_to: vec![to.into()],
+        message_id: None,
+        subject: Some(actions.join("+")),
+        size_bytes: 100,
+        status,
+        actions: actions.iter().map(|a| a.to_string()).collect(),
+        smtp_code: Some(250),
+        smtp_reply: Some("250 2.0.0 ok".into()),
+        rule_id: None,
+        duration_ms: 5,
+    }
+}
+
+/// The email overview (`ops::messages`) and the dashboard (`ops::dashboard`) over rows
+/// written through the store: every filter in SQL, paging, counts, CSV.
+async fn overview_suite(store: &Store) {
+    use smimegate::config::Settings;
+    use smimegate::ops::messages::{self, MessageQuery};
+    use smimegate::ops::{Ops, dashboard};
+    use smimegate::policy::Direction::{Inbound, Outbound};
+    use smimegate::store::LogStatus::{Deferred, Rejected, Relayed};
+
+    let log = store.message_log();
+    let hour = 3600;
+    let rows = [
+        log_row(
+            Outbound,
+            "alice@corp.example",
+            "bob@partner.example",
+            &["signed"],
+            Relayed,
+            10,
+        ),
+        log_row(
+            Outbound,
+            "alice@corp.example",
+            "bob@partner.example",
+            &["signed", "encrypted (2 copies for Bcc)"],
+            Relayed,
+            20,
+        ),
+        log_row(
+            Outbound,
+            "carol@corp.example",
+            "dave@partner.example",
+            &["not signed: no certificate"],
+            Relayed,
+            30,
+        ),
+        log_row(
+            Inbound,
+            "bob@partner.example",
+            "alice@corp.example",
+            &[
+                "decrypted (aes256-cbc, rsa)",
+                "signature-valid",
+                "signer bob@partner.example valid: ok",
+            ],
+            Relayed,
+            40,
+        ),
+        log_row(
+            Inbound,
+            "eve@evil.example",
+            "alice@corp.example",
+            &["signature-valid", "signature-bad-signature"],
+            Relayed,
+            50,
+        ),
+        log_row(
+            Inbound,
+            "bob@partner.example",
+            "carol@corp.example",
+            &["kept-encrypted"],
+            Relayed,
+            60,
+        ),
+        log_row(
+            Inbound,
+            "spam@evil.example",
+            "alice@corp.example",
+            &["refused"],
+            Rejected,
+            70,
+        ),
+        // Older than a day: not on the dashboard, found with an old enough `from`.
+        log_row(
+            Outbound,
+            "alice@corp.example",
+            "old@partner.example",
+            &["signed"],
+            Relayed,
+            30 * hour,
+        ),
+    ];
+    for row in &rows {
+        log.record(row).await.expect("record");
+    }
+    let mut deferred = log_row(
+        Outbound,
+        "alice@corp.example",
+        "x@down.example",
+        &["signed"],
+        Deferred,
+        80,
+    );
+    deferred.smtp_code = Some(451);
+    deferred.smtp_reply = Some(format!(
+        "451 4.4.1 {}",
+        smimegate::smtp::client::UNAVAILABLE
+    ));
+    log.record(&deferred).await.expect("record deferred");
+    let mut other_deferral = log_row(
+        Outbound,
+        "alice@corp.example",
+        "y@partner.example",
+        &[],
+        Deferred,
+        90,
+    );
+    other_deferral.smtp_reply = Some("451 4.7.0 try again later".into());
+    log.record(&other_deferral).await.expect("record deferral");
+
+    let settings = Settings {
+        data_dir: ".".into(),
+        config: smimegate::config::Config::default(),
+    };
+    let ctx = Ops::new(&settings, store);
+    let search = |q: MessageQuery| async move { messages::search(&ctx, q).await.expect("search") };
+    let senders = |page: &messages::MessagePage| {
+        page.rows
+            .iter()
+            .map(|r| r.rcpt_to[0].clone())
+            .collect::<Vec<_>>()
+    };
+    let crypto = |c: &str| MessageQuery {
+        crypto: Some(c.into()),
+        from: Some("1d".into()),
+        ..Default::default()
+    };
+    assert_eq!(
+        senders(&search(crypto("signed")).await),
+        [
+            "bob@partner.example",
+            "bob@partner.example",
+            "x@down.example"
+        ]
+    );
+    let encrypted = search(crypto("encrypted")).await;
+    assert_eq!(encrypted.total, 1);
+    assert_eq!(encrypted.rows[0].crypto, ["signed", "encrypted"]);
+    assert_eq!(search(crypto("decrypted")).await.total, 1);
+    let valid = search(crypto("signature-valid")).await;
+    assert_eq!(
+        valid
+            .rows
+            .iter()
+            .map(|r| r.mail_from.as_str())
+            .collect::<Vec<_>>(),
+        ["bob@partner.example"]
+    );
+    let invalid = search(crypto("signature-invalid")).await;
+    assert_eq!(
+        invalid
+            .rows
+            .iter()
+            .map(|r| r.mail_from.as_str())
+            .collect::<Vec<_>>(),
+        ["eve@evil.example"]
+    );
+    // None: no crypto action; kept-encrypted is not "none".
+    assert_eq!(
+        senders(&search(crypto("none")).await),
+        [
+            "dave@partner.example",
+            "alice@corp.example",
+            "y@partner.example"
+        ]
+    );
+    // The other filters, combined.
+    let q = MessageQuery {
+        direction: Some("inbound".into()),
+        status: Some("relayed".into()),
+        address: Some("Alice@Corp.Example".into()),
+        ..Default::default()
+    };
+    assert_eq!(search(q).await.total, 2);
+    let old = MessageQuery {
+        to: Some("1d".into()),
+        ..Default::default()
+    };
+    assert_eq!(senders(&search(old).await), ["old@partner.example"]);
+    // Paging: newest first, a total, has_more.
+    let page = |n: i64| MessageQuery {
+        page: Some(n),
+        page_size: Some(4),
+        ..Default::default()
+    };
+    let (first, third) = (search(page(1)).await, search(page(3)).await);
+    assert_eq!(
+        (first.total, first.rows.len(), first.has_more),
+        (10, 4, true)
+    );
+    assert_eq!((third.rows.len(), third.has_more), (2, false));
+    assert_eq!(third.rows[1].rcpt_to, ["old@partner.example"]);
+    let too_big = messages::search(
+        &ctx,
+        MessageQuery {
+            page_size: Some(501),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert!(too_big.is_err_and(|e| e.to_string().contains("page_size must be 1 to 500")));
+
+    // CSV: a header and every matching row, all pages.
+    let mut csv = Vec::new();
+    let written = messages::csv(&ctx, crypto("signed"), &mut csv)
+        .await
+        .expect("csv");
+    assert_eq!(written, 3);
+    let csv = String::from_utf8(csv).expect("utf-8");
+    let lines: Vec<&str> = csv.split("\r\n").collect();
+    assert_eq!(
+        lines.len(),
+        5,
+        "header, 3 rows, empty after the last CRLF: {csv}"
+    );
+    assert!(lines[0].starts_with("id,received,direction,status,from,to,subject"));
+    assert!(
+        lines[2].contains(",signed encrypted,signed; encrypted (2 copies for Bcc),250,"),
+        "{}",
+        lines[2]
+    );
+
+    // The dashboard: the last 24 hours by direction and crypto result.
+    let summary = dashboard::summary(&ctx).await.expect("dashboard");
+    assert_eq!(
+        (
+            summary.outbound.total,
+            summary.outbound.signed,
+            summary.outbound.encrypted,
+            summary.outbound.none
+        ),
+        (5, 3, 1, 2)
+    );
+    assert_eq!(
+        (
+            summary.inbound.total,
+            summary.inbound.decrypted,
+            summary.inbound.signature_valid,
+            summary.inbound.signature_invalid,
+            summary.inbound.none
+        ),
+        (4, 1, 1, 1, 1)
+    );
+    assert_eq!(summary.next_hop_errors.count, 1);
+    assert_eq!(summary.next_hop_errors.last_at, Some(deferred.received_at));
+    assert_eq!((summary.seats.used, summary.seats.free), (0, None));
+    assert!(summary.expiring.is_empty());
+    let json = serde_json::to_value(&summary).expect("serialise");
+    assert_eq!(json["outbound"]["signed"], 3);
+}
+
+/// The dashboard's expiring certificates: the current one of each managed mailbox
+/// expiring within 30 days, not a replaced, revoked, partner's or distant one.
+async fn expiring_suite(store: &Store) {
+    use smimegate::config::Settings;
+    use smimegate::ops::{Ops, dashboard};
+    let make = |cn: &str, days: &str| {
+        use der::DecodePem;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+        common::run_ok(
+            "openssl",
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                &key.display().to_string(),
+                "-out",
+                &cert.display().to_string(),
+                "-days",
+                days,
+                "-subj",
+                &format!("/CN={cn}"),
+            ],
+        );
+        x509_cert::Certificate::from_pem(std::fs::read(&cert).expect("read")).expect("parse")
+    };
+    let certs = store.certificates();
+    certs
+        .insert(
+            &make("soon", "10"),
+            CertificateSource::Issued,
+            Some("soon@corp.example"),
+            None,
+        )
+        .await
+        .expect("soon");
+    certs
+        .insert(
+            &make("later", "90"),
+            CertificateSource::Issued,
+            Some("later@corp.example"),
+            None,
+        )
+        .await
+        .expect("later");
+    // Renewed: the old one expires soon, the current one does not.
+    certs
+        .insert(
+            &make("renewed-old", "5"),
+            CertificateSource::Uploaded,
+            Some("renewed@corp.example"),
+            None,
+        )
+        .await
+        .expect("renewed old");
+    certs
+        .insert(
+            &make("renewed-new", "365"),
+            CertificateSource::Uploaded,
+            Some("renewed@corp.example"),
+            None,
+        )
+        .await
+        .expect("renewed new");
+    certs
+        .insert(
+            &make("partner", "3"),
+            CertificateSource::Harvested,
+            Some("bob@partner.example"),
+            None,
+        )
+        .await
+        .expect("partner");
+    let settings = Settings {
+        data_dir: ".".into(),
+        config: smimegate::config::Config::default(),
+    };
+    let summary = dashboard::summary(&Ops::new(&settings, store))
+        .await
+        .expect("dashboard");
+    let addresses: Vec<&str> = summary
+        .expiring
+        .iter()
+        .map(|c| c.address.as_str())
+        .collect();
+    assert_eq!(addresses, ["soon@corp.example"]);
+    assert_eq!(summary.expiring[0].source, "issued");
+}
+
+/// The migration's backfill of `crypto` for rows written before it (SQL) agrees with
+/// the writer's mapping table (Rust) on every kind of action list the relay writes.
+async fn backfill_suite(store: &Store, migration: &str) {
+    use smimegate::policy::Direction::{Inbound, Outbound};
+    use smimegate::store::LogStatus::Relayed;
+    let lists: &[&[&str]] = &[
+        &[],
+        &["signed"],
+        &["signed", "encrypted"],
+        &["encrypted (3 copies for Bcc)"],
+        &["not signed: no certificate", "refused"],
+        &[
+            "decrypted (aes256-gcm, rsa-oaep)",
+            "weak-cipher des-ede3-cbc",
+            "signature-valid",
+            "signer a@b valid: ok",
+        ],
+        &["signature-valid", "signature-untrusted"],
+        &["signature-unchecked"],
+        &["signature-valid", "signature-unchecked"],
+        &["signature-revoked", "signer x revoked: crl"],
+        &["kept-encrypted"],
+        &["undecryptable: no key", "kept-encrypted"],
+        &["decryption-failed", "kept-encrypted", "harvested"],
+        &["a note mentioning \"signed\" and 100%_of it"],
+    ];
+    let log = store.message_log();
+    for (i, actions) in lists.iter().enumerate() {
+        let direction = if i % 2 == 0 { Inbound } else { Outbound };
+        log.record(&log_row(
+            direction,
+            "a@b.example",
+            "c@d.example",
+            actions,
+            Relayed,
+            1,
+        ))
+        .await
+        .expect("record");
+    }
+    let read = || async {
+        let rows = sqlx::query("SELECT actions, crypto FROM message_log ORDER BY id")
+            .fetch_all(store.pool())
+            .await
+            .expect("read");
+        rows.iter()
+            .map(|r| {
+                use sqlx::Row;
+                (r.get::<String, _>("actions"), r.get::<i64, _>("crypto"))
+            })
+            .collect::<Vec<_>>()
+    };
+    let written = read().await;
+    assert_eq!(written.len(), lists.len());
+    for ((_, bits), actions) in written.iter().zip(lists) {
+        let words: Vec<String> = actions.iter().map(|a| a.to_string()).collect();
+        assert_eq!(*bits, smimegate::store::crypto_bits(&words), "{actions:?}");
+    }
+    sqlx::query("UPDATE message_log SET crypto = -1")
+        .execute(store.pool())
+        .await
+        .expect("reset");
+    let update = migration
+        .split(';')
+        .find(|statement| statement.contains("UPDATE message_log SET crypto"))
+        .expect("the backfill statement");
+    sqlx::query(sqlx::AssertSqlSafe(update.to_string()))
+        .execute(store.pool())
+        .await
+        .expect("backfill");
+    assert_eq!(
+        read().await,
+        written,
+        "SQL backfill and Rust mapping disagree"
+    );
+}
+
+#[tokio::test]
+async fn the_crypto_backfill_of_migration_0012_agrees_with_the_mapping_table() {
+    let (store, _dir) = common::sqlite_store().await;
+    backfill_suite(
+        &store,
+        include_str!("../migrations/sqlite/0012_message_crypto.sql"),
+    )
+    .await;
+    let db = common::postgres_store().await;
+    backfill_suite(
+        &db.store,
+        include_str!("../migrations/postgres/0012_message_crypto.sql"),
+    )
+    .await;
+    db.drop_database().await;
+}
+
+#[tokio::test]
+async fn the_overview_filters_pages_and_counts_by_crypto_result_on_sqlite() {
+    let (store, _dir) = common::sqlite_store().await;
+    overview_suite(&store).await;
+    expiring_suite(&store).await;
+}
+
+#[tokio::test]
+async fn the_overview_filters_pages_and_counts_by_crypto_result_on_postgres() {
+    let db = common::postgres_store().await;
+    overview_suite(&db.store).await;
+    expiring_suite(&db.store).await;
+    db.drop_database().await;
+}

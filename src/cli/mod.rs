@@ -89,6 +89,8 @@ pub enum Command {
     Rule(rules::RuleCommand),
     /// The message log: one line per SMTP transaction.
     Log(relay::LogArgs),
+    /// The audit log: who changed what, when, from where (newest first).
+    Audit(relay::AuditArgs),
     /// Where outbound mail goes.
     #[command(subcommand)]
     Smarthost(relay::SmarthostCommand),
@@ -121,6 +123,7 @@ pub async fn run(command: Command, settings: Settings, init_changes: Vec<String>
         Command::Trust(cmd) => trust::run(cmd, &settings).await,
         Command::Rule(cmd) => rules::run(cmd, &settings).await,
         Command::Log(args) => relay::log(args, &settings).await,
+        Command::Audit(args) => relay::audit(args, &settings).await,
         Command::Smarthost(cmd) => relay::smarthost(cmd, &settings).await,
         Command::Network(cmd) => relay::network(cmd, &settings).await,
         Command::Submitter(cmd) => submitters::run(cmd, &settings).await,

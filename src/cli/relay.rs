@@ -1,5 +1,8 @@
-//! `smimegate log`, `smarthost`, `network`: the message log and the relay settings
+//! `smimegate log`, `audit`, `smarthost`, `network`: the message log
+//! (`ops::messages`), the audit log (`ops::audit`) and the relay settings
 //! (`ops::relay_settings`).
+
+use std::io::Write;
 
 use anyhow::Result;
 use clap::{Args, Subcommand};
@@ -7,30 +10,44 @@ use clap::{Args, Subcommand};
 use super::exit_status_1;
 use crate::app;
 use crate::config::Settings;
+use crate::ops::audit::AuditQuery;
+use crate::ops::messages::{self, MessageQuery};
 use crate::ops::relay_settings::{self, AllowNetwork, Source};
 use crate::ops::{Actor, Ops};
-use crate::policy::Direction;
-use crate::store::{LogFilter, LogStatus};
 
 #[derive(Args, Debug)]
 pub struct LogArgs {
+    /// Received at or after: RFC 3339 (2026-11-28T09:00:00Z), unix seconds, or an age
+    /// such as 30m, 2h, 7d.
+    #[arg(long, visible_alias = "since")]
+    pub from: Option<String>,
+    /// Received before (same forms).
+    #[arg(long)]
+    pub to: Option<String>,
     /// relayed, rejected or deferred.
     #[arg(long)]
     pub status: Option<String>,
     /// inbound or outbound.
     #[arg(long)]
     pub direction: Option<String>,
+    /// signed, encrypted, decrypted, signature-valid, signature-invalid or none.
+    #[arg(long)]
+    pub crypto: Option<String>,
     /// Sender or recipient.
     #[arg(long)]
     pub address: Option<String>,
-    /// Only since this time: RFC 3339 (2026-11-28T09:00:00Z), unix seconds, or an
-    /// age such as 30m, 2h, 7d.
-    #[arg(long)]
-    pub since: Option<String>,
+    /// Which page of --limit rows (1 is the newest).
+    #[arg(long, default_value_t = 1)]
+    pub page: i64,
+    /// Rows per page (at most 500).
     #[arg(long, default_value_t = 100)]
     pub limit: i64,
-    #[arg(long)]
+    /// JSON: the page, its total and whether more follow.
+    #[arg(long, conflicts_with = "csv")]
     pub json: bool,
+    /// CSV of every matching row (all pages, at most 100 000), for a spreadsheet.
+    #[arg(long)]
+    pub csv: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -58,79 +75,128 @@ pub enum NetworkCommand {
     Remove { cidr: String },
 }
 
+/// `smimegate log`: one page of `ops::messages::search`, or its CSV.
 pub async fn log(args: LogArgs, settings: &Settings) -> Result<()> {
     let store = app::open_store(settings).await?;
-    let filter = LogFilter {
-        status: match &args.status {
-            Some(s) => Some(LogStatus::parse(s).ok_or_else(|| {
-                anyhow::anyhow!("unknown status '{s}' (relayed, rejected, deferred)")
-            })?),
-            None => None,
-        },
-        direction: args
-            .direction
-            .as_deref()
-            .map(Direction::parse)
-            .transpose()?,
-        address: args.address.clone(),
-        since: args.since.as_deref().map(parse_since).transpose()?,
-        limit: Some(args.limit),
+    let ctx = Ops::new(settings, &store);
+    let query = MessageQuery {
+        from: args.from,
+        to: args.to,
+        direction: args.direction,
+        status: args.status,
+        crypto: args.crypto,
+        address: args.address,
+        page: Some(args.page),
+        page_size: Some(args.limit),
     };
-    let rows = store.message_log().list(&filter).await?;
+    if args.csv {
+        let stdout = std::io::stdout();
+        let mut out = std::io::BufWriter::new(stdout.lock());
+        messages::csv(&ctx, query, &mut out).await?;
+        out.flush()?;
+        return Ok(());
+    }
+    let page = messages::search(&ctx, query).await?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        println!("{}", serde_json::to_string_pretty(&page)?);
         return Ok(());
     }
     println!(
         "{:<20} {:<8} {:<8} {:<30} {:<30} {:<28} REPLY",
         "TIME (UTC)", "DIR", "STATUS", "FROM", "TO", "ACTIONS"
     );
-    for r in rows {
-        let time = time::OffsetDateTime::from_unix_timestamp(r.received_at)
-            .ok()
-            .and_then(|t| {
-                t.format(time::macros::format_description!(
-                    "[year]-[month]-[day] [hour]:[minute]:[second]"
-                ))
-                .ok()
-            })
-            .unwrap_or_else(|| r.received_at.to_string());
+    for r in &page.rows {
         println!(
             "{:<20} {:<8} {:<8} {:<30} {:<30} {:<28} {}",
-            time,
-            r.direction.as_str(),
-            r.status.as_str(),
+            r.received.trim_end_matches('Z').replace('T', " "),
+            r.direction,
+            r.status,
             r.mail_from,
             r.rcpt_to.join(","),
             r.actions.join(","),
-            r.smtp_reply.unwrap_or_default()
+            r.smtp_reply.as_deref().unwrap_or_default()
+        );
+    }
+    if page.has_more {
+        eprintln!(
+            "page {} of {} rows; --page {} for more",
+            page.page,
+            page.total,
+            page.page + 1
         );
     }
     Ok(())
 }
 
-/// Unix seconds from RFC 3339, plain seconds, or an age (30m, 2h, 7d).
-fn parse_since(text: &str) -> Result<i64> {
-    let text = text.trim();
-    if let Ok(t) = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
-    {
-        return Ok(t.unix_timestamp());
-    }
-    if let Ok(seconds) = text.parse::<i64>() {
-        return Ok(seconds);
-    }
-    let (number, unit) = text.split_at(text.len().saturating_sub(1));
-    let n: i64 = number.parse().map_err(|_| {
-        anyhow::anyhow!("--since '{text}': use RFC 3339, unix seconds, or 30m/2h/7d")
-    })?;
-    let unit_seconds = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86400,
-        _ => anyhow::bail!("--since '{text}': unit must be s, m, h or d"),
+/// `smimegate audit`.
+#[derive(Args, Debug)]
+pub struct AuditArgs {
+    /// Exactly this actor (cli:USER, console:ACCOUNT, job:NAME).
+    #[arg(long)]
+    pub actor: Option<String>,
+    /// Actions starting with this (rule. for every rule change).
+    #[arg(long)]
+    pub action: Option<String>,
+    /// Exactly this target (a rule id, an address, a domain).
+    #[arg(long)]
+    pub target: Option<String>,
+    /// At or after: RFC 3339, unix seconds, or an age such as 30m, 2h, 7d.
+    #[arg(long, visible_alias = "from")]
+    pub since: Option<String>,
+    /// Before (same forms).
+    #[arg(long)]
+    pub until: Option<String>,
+    #[arg(long, default_value_t = 1)]
+    pub page: i64,
+    /// Rows per page (at most 500).
+    #[arg(long, default_value_t = 100)]
+    pub limit: i64,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `smimegate audit`: one page of `ops::audit::search`, newest first.
+pub async fn audit(args: AuditArgs, settings: &Settings) -> Result<()> {
+    let store = app::open_store(settings).await?;
+    let ctx = Ops::new(settings, &store);
+    let query = AuditQuery {
+        actor: args.actor,
+        action: args.action,
+        target: args.target,
+        from: args.since,
+        to: args.until,
+        page: Some(args.page),
+        page_size: Some(args.limit),
     };
-    Ok(crate::store::unix_now() - n.saturating_mul(unit_seconds))
+    let page = crate::ops::audit::search(&ctx, query).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&page)?);
+        return Ok(());
+    }
+    println!(
+        "{:<20} {:<24} {:<20} {:<22} {:<28} DETAIL",
+        "TIME (UTC)", "ACTOR", "ORIGIN", "ACTION", "TARGET"
+    );
+    for r in &page.rows {
+        println!(
+            "{:<20} {:<24} {:<20} {:<22} {:<28} {}",
+            r.time.trim_end_matches('Z').replace('T', " "),
+            r.actor,
+            r.origin,
+            r.action,
+            r.target,
+            r.detail
+        );
+    }
+    if page.has_more {
+        eprintln!(
+            "page {} of {} rows; --page {} for more",
+            page.page,
+            page.total,
+            page.page + 1
+        );
+    }
+    Ok(())
 }
 
 pub async fn smarthost(cmd: SmarthostCommand, settings: &Settings) -> Result<()> {

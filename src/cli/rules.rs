@@ -6,7 +6,7 @@ use clap::Subcommand;
 use super::exit_status_1;
 use crate::app;
 use crate::config::Settings;
-use crate::ops::rules::{self, AddRule, Explain, MoveRule};
+use crate::ops::rules::{self, AddRule, EditRule, Explain, MoveRule};
 use crate::ops::{Actor, Ops};
 use crate::policy::{Direction, Rule};
 use crate::relay::explain::Explanation;
@@ -29,6 +29,25 @@ pub enum RuleCommand {
         action: String,
         #[arg(long, default_value = "")]
         comment: String,
+    },
+    /// Change a rule's direction, matchers, action or comment (what is not given stays).
+    Edit {
+        id: i64,
+        /// inbound or outbound (give --action too when the old one is of the other
+        /// direction).
+        #[arg(long)]
+        direction: Option<String>,
+        /// Sender matcher (the forms of `rule add --from`).
+        #[arg(long, visible_alias = "sender")]
+        from: Option<String>,
+        /// Recipient matcher.
+        #[arg(long, visible_alias = "recipient")]
+        to: Option<String>,
+        /// An action of the rule's direction (see `rule add`).
+        #[arg(long)]
+        action: Option<String>,
+        #[arg(long)]
+        comment: Option<String>,
     },
     /// List the rules, highest priority first.
     List {
@@ -76,6 +95,26 @@ pub async fn run(cmd: RuleCommand, settings: &Settings) -> Result<()> {
                 comment,
             };
             add(&ctx, &actor, input).await.map_err(exit_status_1)
+        }
+        // A command added after the operation layer: exit 2 for the operator's mistakes.
+        RuleCommand::Edit {
+            id,
+            direction,
+            from,
+            to,
+            action,
+            comment,
+        } => {
+            let input = EditRule {
+                direction,
+                from,
+                to,
+                action,
+                comment,
+            };
+            let edited = rules::edit(&ctx, &actor, id, input).await?;
+            println!("edited rule {}: {}", edited.id, rules::describe(&edited));
+            Ok(())
         }
         RuleCommand::List { json } => list(&ctx, json).await.map_err(exit_status_1),
         RuleCommand::Move { id, priority } => move_to(&ctx, &actor, MoveRule { id, priority })

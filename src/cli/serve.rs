@@ -443,6 +443,7 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
         (old.http != new.http, "[http]"),
         (old.relay != new.relay, "[relay]"),
         (old.log.json != new.log.json, "log.json"),
+        (old.log.subjects != new.log.subjects, "log.subjects"),
         (
             old.limits != new.limits
                 && (

@@ -553,6 +553,9 @@ impl Default for DnsConfig {
 pub struct LogConfig {
     pub filter: String,
     pub json: bool,
+    /// Whether the message log keeps each message's Subject (decoded). Some
+    /// regulated customers must not log it.
+    pub subjects: bool,
 }
 
 impl Default for GatewayConfig {
@@ -685,6 +688,7 @@ impl Default for LogConfig {
         Self {
             filter: "info".into(),
             json: false,
+            subjects: true,
         }
     }
 }

@@ -47,6 +47,37 @@ pub(super) fn invalid(e: impl std::fmt::Display) -> OpError {
     OpError::Invalid(e.to_string())
 }
 
+/// A point in time as an operator types it: RFC 3339 (`2026-11-28T09:00:00Z`), unix
+/// seconds, or an age before now (`30m`, `2h`, `7d`, `90s`). `what` names the field
+/// in the error.
+pub fn time(what: &str, text: &str) -> Result<i64, OpError> {
+    let text = text.trim();
+    if let Ok(t) = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+    {
+        return Ok(t.unix_timestamp());
+    }
+    if let Ok(seconds) = text.parse::<i64>() {
+        return Ok(seconds);
+    }
+    let unit_seconds = match text.chars().last() {
+        Some('s') => 1,
+        Some('m') => 60,
+        Some('h') => 3600,
+        Some('d') => 86400,
+        _ => 0,
+    };
+    let number = text.get(..text.len().saturating_sub(1)).unwrap_or("");
+    match number.parse::<i64>() {
+        Ok(n) if unit_seconds > 0 && n >= 0 => {
+            Ok(crate::store::unix_now() - n.saturating_mul(unit_seconds))
+        }
+        _ => Err(OpError::Invalid(format!(
+            "{what} '{text}': use RFC 3339 (2026-11-28T09:00:00Z), unix seconds, or an age \
+             such as 30m, 2h, 7d"
+        ))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -65,6 +96,35 @@ mod tests {
             let err = host_port(bad).expect_err(bad);
             assert!(matches!(err, OpError::Invalid(_)), "{err}");
             assert!(err.to_string().contains(why), "{err} lacks {why}");
+        }
+    }
+
+    #[test]
+    fn times_are_read_as_rfc3339_unix_seconds_or_an_age() {
+        assert_eq!(
+            time("--from", "2026-11-28T09:00:00Z").ok(),
+            Some(1_795_856_400)
+        );
+        assert_eq!(
+            time("--from", "2026-11-28T10:00:00+01:00").ok(),
+            Some(1_795_856_400)
+        );
+        assert_eq!(time("--from", " 1795856400 ").ok(), Some(1_795_856_400));
+        let now = crate::store::unix_now();
+        let two_hours = time("--from", "2h").expect("age");
+        assert!((now - 7200 - two_hours).abs() <= 2);
+        for bad in [
+            "",
+            "yesterday",
+            "2x",
+            "-3d",
+            "h",
+            "2026-13-01T00:00:00Z",
+            "ä",
+        ] {
+            let e = time("--from", bad).unwrap_err();
+            assert!(matches!(e, OpError::Invalid(_)), "{bad}: {e:?}");
+            assert!(e.to_string().starts_with("--from"), "{e}");
         }
     }
 }

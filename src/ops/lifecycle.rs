@@ -223,6 +223,14 @@ async fn run_locked(app: &App, actor: &Actor, at: i64) -> Result<LifecycleReport
         report.released.push(mailbox.address);
     }
 
+    // Ended console sessions (idle or past their end) are deleted here; a request
+    // with one is refused either way.
+    match super::console::prune_sessions(&app.ops()).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(sessions = n, "ended console sessions deleted"),
+        Err(e) => tracing::warn!(error = %e, "ended console sessions not deleted"),
+    }
+
     let window = i64::from(config.renew_before_days) * 86_400;
     for mailbox in app.store.mailboxes().in_state(MailboxState::Active).await? {
         let address = super::input::address(&mailbox.address)?;

@@ -33,15 +33,18 @@
 //!   for the CLI and the console.
 
 mod actor;
+pub mod audit;
 pub mod certs;
 pub mod console;
 pub mod crl;
+pub mod dashboard;
 pub mod domains;
 pub mod identities;
 pub mod input;
 pub mod licence;
 pub mod lifecycle;
 pub mod mailboxes;
+pub mod messages;
 pub mod password;
 pub mod relay_settings;
 mod role;
@@ -226,6 +229,57 @@ mod tests {
             assert_eq!(e.exit_code(), code, "{e:?}");
             assert_eq!(e.http_status(), status, "{e:?}");
         }
+    }
+
+    #[test]
+    fn the_console_reads_and_rule_inputs_make_an_openapi_document() {
+        use utoipa::OpenApi;
+        #[derive(OpenApi)]
+        #[openapi(components(schemas(
+            messages::MessagePage,
+            messages::MessageQuery,
+            audit::AuditPage,
+            audit::AuditQuery,
+            dashboard::Dashboard,
+            rules::AddRule,
+            rules::EditRule,
+            rules::MoveRule,
+            rules::Explain,
+            crate::policy::Rule,
+            crate::relay::explain::Explanation,
+        )))]
+        struct Doc;
+        let doc = serde_json::to_value(Doc::openapi()).expect("OpenAPI JSON");
+        let schemas = &doc["components"]["schemas"];
+        for name in [
+            "MessagePage",
+            "MessageRow",
+            "AuditPage",
+            "Dashboard",
+            "MessageCounts",
+            "Explanation",
+            "Selection",
+            "Rule",
+        ] {
+            assert!(schemas[name].is_object(), "{name} missing: {schemas}");
+        }
+        assert_eq!(
+            schemas["Dashboard"]["properties"]["inbound"]["$ref"],
+            "#/components/schemas/MessageCounts"
+        );
+        let actions = schemas["Action"]["enum"].as_array().expect("Action enum");
+        assert!(
+            actions.iter().any(|a| a == "encrypt-enforced"),
+            "{actions:?}"
+        );
+        assert_eq!(schemas["Rule"]["properties"]["sender"]["type"], "string");
+        let crypto = schemas["CryptoResult"]["enum"]
+            .as_array()
+            .expect("CryptoResult enum");
+        assert!(
+            crypto.iter().any(|c| c == "signature-invalid"),
+            "{crypto:?}"
+        );
     }
 
     #[test]

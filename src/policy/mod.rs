@@ -15,7 +15,7 @@ pub use matcher::{Matcher, MatcherError};
 
 use crate::pki::address::Address;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Direction {
     /// The recipient is in a managed domain: mail from the internet to the organisation.
@@ -57,7 +57,7 @@ impl fmt::Display for Direction {
 
 /// A rule's action. The first five are outbound actions, the rest inbound; `Undefined`
 /// belongs to both and means "no decision here, look further".
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Action {
     Undefined,
@@ -152,9 +152,10 @@ pub struct Rule {
     /// `inbound` or `outbound`.
     #[schema(value_type = String)]
     pub direction: Direction,
-    #[schema(value_type = Object)]
+    /// `anyone`, `managed`, `mailbox:ADDRESS`, `address:ADDRESS`, `domain:DOMAIN`.
+    #[schema(value_type = String)]
     pub sender: Matcher,
-    #[schema(value_type = Object)]
+    #[schema(value_type = String)]
     pub recipient: Matcher,
     #[schema(value_type = String)]
     pub action: Action,
@@ -170,15 +171,16 @@ pub struct Party<'a> {
 }
 
 /// Why a rule did or did not decide, for `rule explain`.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct Considered {
     pub rule_id: i64,
     pub priority: i64,
+    #[schema(value_type = String)]
     pub outcome: &'static str,
 }
 
 /// The action chosen for one sender/recipient pair, and by what.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct Selection {
     pub direction: Direction,
     pub action: Action,

@@ -60,6 +60,26 @@ pub fn values(message: &[u8], name: &str) -> Vec<String> {
         .collect()
 }
 
+/// The Subject, decoded (RFC 2047 encoded words in any charset mail-parser knows,
+/// folded lines joined), read with mail-parser from the header section only. `None`
+/// when there is no Subject field or it is empty. Malformed encoded words are kept
+/// as their text, never an error: the log shows what the sender wrote.
+pub fn subject(message: &[u8]) -> Option<String> {
+    use mail_parser::{HeaderName, MessageParser};
+    let header = &message[..header_end(message).min(message.len())];
+    // mail-parser reads a field up to its line end: end the last one.
+    let header: std::borrow::Cow<'_, [u8]> = if header.ends_with(b"\n") {
+        header.into()
+    } else {
+        [header, b"\r\n"].concat().into()
+    };
+    let parsed = MessageParser::new()
+        .header_text(HeaderName::Subject)
+        .parse_headers(header.as_ref())?;
+    let subject = parsed.subject()?.trim();
+    (!subject.is_empty()).then(|| subject.to_string())
+}
+
 /// The first value of `name`.
 pub fn value(message: &[u8], name: &str) -> Option<String> {
     values(message, name).into_iter().next()
@@ -293,5 +313,65 @@ mod tests {
         );
         assert_eq!(value(MESSAGE, "Subject").as_deref(), Some("hi"));
         assert_eq!(value(MESSAGE, "Cc"), None);
+    }
+
+    #[test]
+    fn subjects_are_decoded_from_rfc_2047_encoded_words() {
+        let subject = |raw: &str| {
+            super::subject(format!("From: a@b\r\n{raw}\r\nTo: c@d\r\n\r\nbody\r\n").as_bytes())
+        };
+        assert_eq!(
+            subject("Subject: plain words").as_deref(),
+            Some("plain words")
+        );
+        assert_eq!(
+            subject("Subject: =?UTF-8?B?R3LDvMOfZSBhdXMgS8O2bG4=?=").as_deref(),
+            Some("Grüße aus Köln")
+        );
+        assert_eq!(
+            subject("Subject: =?ISO-8859-1?Q?Stra=DFe_und_Pl=E4tze?=").as_deref(),
+            Some("Straße und Plätze")
+        );
+        // Folded over two lines, two encoded words: the white space between adjacent
+        // encoded words is dropped (RFC 2047 §6.2).
+        assert_eq!(
+            subject("Subject: =?UTF-8?Q?Rechnung_f=C3=BCr?=\r\n =?UTF-8?Q?_November?=").as_deref(),
+            Some("Rechnung für November")
+        );
+        assert_eq!(
+            subject("Subject: a long\r\n\tfolded subject").as_deref(),
+            Some("a long folded subject")
+        );
+        assert_eq!(subject("X-Other: no subject"), None);
+        assert_eq!(subject("Subject:   "), None);
+    }
+
+    #[test]
+    fn malformed_encoded_words_are_kept_as_text_without_failing() {
+        let subject = |raw: &[u8]| {
+            let mut m = b"From: a@b\r\n".to_vec();
+            m.extend_from_slice(raw);
+            m.extend_from_slice(b"\r\n\r\nbody\r\n");
+            super::subject(&m)
+        };
+        for raw in [
+            &b"Subject: =?UTF-8?B?not base64!?="[..],
+            b"Subject: =?NO-SUCH-CHARSET?Q?abc?=",
+            b"Subject: =?UTF-8?Q?unterminated",
+            b"Subject: =?UTF-8?X?abc?=",
+            b"Subject: raw \xff\xfe bytes",
+        ] {
+            let got = subject(raw);
+            assert!(
+                got.as_deref().is_some_and(|s| !s.is_empty()),
+                "{:?}: {got:?}",
+                String::from_utf8_lossy(raw)
+            );
+        }
+        assert_eq!(super::subject(b""), None);
+        assert_eq!(
+            super::subject(b"Subject: only a header"),
+            Some("only a header".into())
+        );
     }
 }

@@ -108,7 +108,9 @@ impl Relay {
             mail_from: tx.mail.from.clone(),
             rcpt_to,
             message_id: header.and_then(|m| headers::value(m, "Message-ID")),
-            subject: header.and_then(|m| headers::value(m, "Subject")),
+            subject: header
+                .filter(|_| self.app.settings.config.log.subjects)
+                .and_then(headers::subject),
             size_bytes: tx.size as i64,
             status,
             actions: actions::words(actions),

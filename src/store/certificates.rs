@@ -203,6 +203,38 @@ impl Certificates<'_> {
         rows.iter().map(row_to_certificate).collect()
     }
 
+    /// The current certificates of managed mailboxes (issued or uploaded, not revoked,
+    /// no later one for the same address) that expire in `[from, until)`, soonest
+    /// first, at most `limit`.
+    pub async fn managed_expiring(
+        &self,
+        from: i64,
+        until: i64,
+        limit: i64,
+    ) -> Result<Vec<StoredCertificate>> {
+        let columns = COLUMNS
+            .split(", ")
+            .map(|c| format!("c.{}", c.trim()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {columns} FROM certificates c \
+             WHERE c.source IN ('issued', 'uploaded') AND c.owner_address IS NOT NULL \
+             AND c.revoked_at IS NULL AND c.not_after >= $1 AND c.not_after < $2 \
+             AND NOT EXISTS (SELECT 1 FROM certificates n \
+                 WHERE n.owner_address = c.owner_address AND n.source IN ('issued', 'uploaded') \
+                 AND n.revoked_at IS NULL AND n.not_after > c.not_after) \
+             ORDER BY c.not_after, c.id LIMIT $3"
+        )))
+        .bind(from)
+        .bind(until)
+        .bind(limit)
+        .fetch_all(self.pool)
+        .await
+        .map_err(db("listing expiring certificates"))?;
+        rows.iter().map(row_to_certificate).collect()
+    }
+
     /// Every certificate from `source`, newest first.
     pub async fn by_source(&self, source: CertificateSource) -> Result<Vec<StoredCertificate>> {
         let rows = sqlx::query(AssertSqlSafe(format!(

@@ -13,6 +13,7 @@ use std::borrow::Cow;
 
 use sqlx::{AnyPool, Row};
 
+use super::filter::{Bind, Where, like_literal};
 use super::{Result, StoreError, db};
 use crate::policy::Direction;
 
@@ -82,6 +83,146 @@ pub struct LogEntry {
     pub duration_ms: i64,
 }
 
+/// A crypto result the log can be filtered and counted by (the console's and
+/// `smimegate log --crypto`'s words).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum CryptoResult {
+    /// The gateway signed the message (outbound).
+    Signed,
+    /// The gateway encrypted the message (outbound).
+    Encrypted,
+    /// The gateway decrypted the message (inbound).
+    Decrypted,
+    /// Every signature layer of the message verified (inbound).
+    SignatureValid,
+    /// A signature layer did not verify (bad, untrusted, expired, revoked, …; not
+    /// `unchecked`, which is the gateway's own temporary failure).
+    SignatureInvalid,
+    /// No crypto action at all (`crypto = 0`): not signed, encrypted, decrypted or
+    /// verified, and no other crypto note (kept encrypted, undecryptable, …).
+    None,
+}
+
+/// Which action words a rule looks at: the row's whole list, in the relay's words.
+type Words<'a> = &'a [&'a str];
+
+/// Whether a row's words have a crypto result.
+type Has = fn(Words) -> bool;
+
+/// The `signature-VERDICT` words (one per signature layer).
+fn signatures<'a>(words: Words<'a>) -> impl Iterator<Item = &'a str> + 'a {
+    words
+        .iter()
+        .copied()
+        .filter(|w| w.starts_with("signature-"))
+}
+
+/// The one mapping from the relay's action words (`relay::actions`) to the crypto
+/// results: each result, its bit in the `crypto` column, and when a row's words have
+/// it. The writer stores the bits ([`crypto_bits`]); the filters and counts test
+/// them in SQL; the migration `0012_message_crypto.sql` backfills rows written before
+/// it with the same rules in SQL (a test holds the two together).
+/// [`CryptoResult::None`] is the absence of every bit, [`OTHER_CRYPTO`]'s included.
+const CRYPTO: [(CryptoResult, i64, Has); 5] = [
+    (CryptoResult::Signed, 1, |w| w.contains(&"signed")),
+    (CryptoResult::Encrypted, 2, |w| {
+        w.iter()
+            .any(|w| *w == "encrypted" || w.starts_with("encrypted ("))
+    }),
+    (CryptoResult::Decrypted, 4, |w| {
+        w.iter().any(|w| w.starts_with("decrypted ("))
+    }),
+    // Every signature layer valid.
+    (CryptoResult::SignatureValid, 8, |w| {
+        signatures(w).next().is_some() && signatures(w).all(|s| s == "signature-valid")
+    }),
+    // A layer with a verdict about the sender other than valid (`unchecked` is the
+    // gateway's own temporary failure).
+    (CryptoResult::SignatureInvalid, 16, |w| {
+        signatures(w).any(|s| s != "signature-valid" && s != "signature-unchecked")
+    }),
+];
+
+/// The bit of a crypto note that is no result of its own (kept encrypted,
+/// undecryptable, decryption failed, weak cipher, signature unchecked): it keeps
+/// such a message out of [`CryptoResult::None`].
+const OTHER_CRYPTO: (i64, Has) = (32, |w| {
+    w.iter().any(|w| {
+        *w == "kept-encrypted"
+            || w.starts_with("undecryptable:")
+            || *w == "decryption-failed"
+            || w.starts_with("weak-cipher ")
+            || *w == "signature-unchecked"
+    })
+});
+
+impl CryptoResult {
+    pub const ALL: [CryptoResult; 6] = [
+        CryptoResult::Signed,
+        CryptoResult::Encrypted,
+        CryptoResult::Decrypted,
+        CryptoResult::SignatureValid,
+        CryptoResult::SignatureInvalid,
+        CryptoResult::None,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CryptoResult::Signed => "signed",
+            CryptoResult::Encrypted => "encrypted",
+            CryptoResult::Decrypted => "decrypted",
+            CryptoResult::SignatureValid => "signature-valid",
+            CryptoResult::SignatureInvalid => "signature-invalid",
+            CryptoResult::None => "none",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        let text = text.trim().to_ascii_lowercase().replace([' ', '_'], "-");
+        Self::ALL.into_iter().find(|r| r.as_str() == text)
+    }
+
+    /// This result's bit in the `crypto` column (0 for `None`).
+    pub fn bit(self) -> i64 {
+        CRYPTO
+            .iter()
+            .find(|(r, _, _)| *r == self)
+            .map_or(0, |(_, bit, _)| *bit)
+    }
+
+    /// The results the `crypto` bits say (`None` alone for 0 bits).
+    pub fn of_bits(bits: i64) -> Vec<CryptoResult> {
+        if bits == 0 {
+            return vec![CryptoResult::None];
+        }
+        CRYPTO
+            .iter()
+            .filter(|(_, bit, _)| bits & bit != 0)
+            .map(|(r, _, _)| *r)
+            .collect()
+    }
+}
+
+impl std::fmt::Display for CryptoResult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The `crypto` bits of a row with these action words (see [`CRYPTO`]).
+pub fn crypto_bits(actions: &[String]) -> i64 {
+    let words: Vec<&str> = actions.iter().map(String::as_str).collect();
+    CRYPTO
+        .iter()
+        .map(|(_, bit, has)| (*bit, *has))
+        .chain([OTHER_CRYPTO])
+        .filter(|(_, has)| has(&words))
+        .fold(0, |bits, (bit, _)| bits | bit)
+}
+
 /// Which rows to list; every field narrows.
 #[derive(Debug, Clone, Default)]
 pub struct LogFilter {
@@ -89,9 +230,62 @@ pub struct LogFilter {
     pub direction: Option<Direction>,
     /// Sender or one of the recipients (exact, lower case).
     pub address: Option<String>,
-    /// Unix seconds.
+    /// Unix seconds, inclusive.
     pub since: Option<i64>,
+    /// Unix seconds, exclusive.
+    pub until: Option<i64>,
+    pub crypto: Option<CryptoResult>,
+    /// At most this many rows (1..=100 000; default 100).
     pub limit: Option<i64>,
+    /// Skip this many rows of the newest-first order.
+    pub offset: Option<i64>,
+}
+
+impl LogFilter {
+    /// The WHERE clause of the filter, its values bound in order.
+    fn conditions(&self) -> Where {
+        let mut w = Where::default();
+        if let Some(status) = self.status {
+            w.add("status = ?", vec![Bind::Text(status.as_str().into())]);
+        }
+        if let Some(direction) = self.direction {
+            w.add("direction = ?", vec![Bind::Text(direction.as_str().into())]);
+        }
+        if let Some(address) = &self.address {
+            let address = address.trim().to_ascii_lowercase();
+            // rcpt_to is a JSON array of strings: match the quoted element.
+            let quoted = serde_json::Value::from(address.clone()).to_string();
+            let pattern = format!("%{}%", like_literal(&quoted));
+            w.add(
+                "(mail_from = ? OR rcpt_to LIKE ? ESCAPE '\\')",
+                vec![Bind::Text(address), Bind::Text(pattern)],
+            );
+        }
+        if let Some(since) = self.since {
+            w.add("received_at >= ?", vec![Bind::Int(since)]);
+        }
+        if let Some(until) = self.until {
+            w.add("received_at < ?", vec![Bind::Int(until)]);
+        }
+        match self.crypto {
+            Some(CryptoResult::None) => w.add("crypto = 0", vec![]),
+            Some(result) => w.add("(crypto & ?) <> 0", vec![Bind::Int(result.bit())]),
+            None => {}
+        }
+        w
+    }
+}
+
+/// Messages of one direction since a time, counted by crypto result.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CryptoCounts {
+    pub total: i64,
+    pub signed: i64,
+    pub encrypted: i64,
+    pub decrypted: i64,
+    pub signature_valid: i64,
+    pub signature_invalid: i64,
+    pub none: i64,
 }
 
 /// `text` as the log stores it: controls but TAB replaced by U+FFFD, at most `max`
@@ -141,8 +335,8 @@ async fn insert(conn: &mut sqlx::AnyConnection, entry: &LogEntry) -> Result<i64>
     sqlx::query_scalar(
         "INSERT INTO message_log (received_at, node, direction, mail_from, rcpt_to, \
          message_id, subject, size_bytes, status, actions, smtp_code, smtp_reply, rule_id, \
-         duration_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
-         RETURNING id",
+         duration_ms, crypto) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, \
+         $14, $15) RETURNING id",
     )
     .bind(entry.received_at)
     .bind(node.as_ref())
@@ -158,6 +352,7 @@ async fn insert(conn: &mut sqlx::AnyConnection, entry: &LogEntry) -> Result<i64>
     .bind(smtp_reply.as_deref())
     .bind(entry.rule_id)
     .bind(entry.duration_ms)
+    .bind(crypto_bits(&entry.actions))
     .fetch_one(&mut *conn)
     .await
     .map_err(db("writing the message log"))
@@ -254,58 +449,18 @@ impl MessageLog<'_> {
 
     /// Rows matching `filter`, newest first.
     pub async fn list(&self, filter: &LogFilter) -> Result<Vec<LogEntry>> {
-        let mut conditions = Vec::new();
-        let mut n = 0;
-        let mut next = || {
-            n += 1;
-            format!("${n}")
-        };
-        if filter.status.is_some() {
-            conditions.push(format!("status = {}", next()));
-        }
-        if filter.direction.is_some() {
-            conditions.push(format!("direction = {}", next()));
-        }
-        if filter.address.is_some() {
-            let (a, b) = (next(), next());
-            conditions.push(format!("(mail_from = {a} OR rcpt_to LIKE {b} ESCAPE '\\')"));
-        }
-        if filter.since.is_some() {
-            conditions.push(format!("received_at >= {}", next()));
-        }
-        let limit = next();
+        let w = filter.conditions();
+        let n = w.next_placeholder();
         let sql = format!(
-            "SELECT {COLUMNS} FROM message_log {} ORDER BY received_at DESC, id DESC LIMIT {limit}",
-            if conditions.is_empty() {
-                String::new()
-            } else {
-                format!("WHERE {}", conditions.join(" AND "))
-            }
+            "SELECT {COLUMNS} FROM message_log {} ORDER BY received_at DESC, id DESC \
+             LIMIT ${n} OFFSET ${}",
+            w.clause(),
+            n + 1
         );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        if let Some(status) = filter.status {
-            query = query.bind(status.as_str());
-        }
-        if let Some(direction) = filter.direction {
-            query = query.bind(direction.as_str());
-        }
-        if let Some(address) = &filter.address {
-            let address = address.to_ascii_lowercase();
-            // rcpt_to is a JSON array of strings: match the quoted element.
-            let quoted = serde_json::Value::from(address.clone()).to_string();
-            let pattern = format!(
-                "%{}%",
-                quoted
-                    .replace('\\', "\\\\")
-                    .replace('%', "\\%")
-                    .replace('_', "\\_")
-            );
-            query = query.bind(address).bind(pattern);
-        }
-        if let Some(since) = filter.since {
-            query = query.bind(since);
-        }
-        query = query.bind(filter.limit.unwrap_or(100).clamp(1, 100_000));
+        let query = w
+            .bind(sqlx::query(sqlx::AssertSqlSafe(sql)))
+            .bind(filter.limit.unwrap_or(100).clamp(1, 100_000))
+            .bind(filter.offset.unwrap_or(0).max(0));
         let rows = query
             .fetch_all(self.pool)
             .await
@@ -314,6 +469,89 @@ impl MessageLog<'_> {
             .map(row_to_entry)
             .collect::<std::result::Result<_, _>>()
             .map_err(db("reading the message log"))
+    }
+
+    /// How many rows match `filter` (its limit and offset ignored).
+    pub async fn count(&self, filter: &LogFilter) -> Result<i64> {
+        let w = filter.conditions();
+        let sql = format!("SELECT COUNT(*) FROM message_log {}", w.clause());
+        let row = w
+            .bind(sqlx::query(sqlx::AssertSqlSafe(sql)))
+            .fetch_one(self.pool)
+            .await
+            .map_err(db("counting the message log"))?;
+        row.try_get::<i64, _>(0)
+            .map_err(db("counting the message log"))
+    }
+
+    /// Rows received at or after `since`, counted per direction and crypto result
+    /// (one SQL).
+    pub async fn crypto_counts(&self, since: i64) -> Result<Vec<(Direction, CryptoCounts)>> {
+        let sum = |bit: i64| format!("SUM(CASE WHEN (crypto & {bit}) <> 0 THEN 1 ELSE 0 END)");
+        let sql = format!(
+            "SELECT direction, COUNT(*) AS total, {} AS signed, {} AS encrypted, \
+             {} AS decrypted, {} AS signature_valid, {} AS signature_invalid, \
+             SUM(CASE WHEN crypto = 0 THEN 1 ELSE 0 END) AS no_crypto \
+             FROM message_log WHERE received_at >= $1 GROUP BY direction ORDER BY direction",
+            sum(CryptoResult::Signed.bit()),
+            sum(CryptoResult::Encrypted.bit()),
+            sum(CryptoResult::Decrypted.bit()),
+            sum(CryptoResult::SignatureValid.bit()),
+            sum(CryptoResult::SignatureInvalid.bit()),
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(since)
+            .fetch_all(self.pool)
+            .await
+            .map_err(db("counting the message log"))?;
+        let read = db("counting the message log");
+        let mut out = Vec::new();
+        for row in &rows {
+            let direction: String = row.try_get("direction").map_err(&read)?;
+            let Ok(direction) = Direction::parse(&direction) else {
+                tracing::warn!(%direction, "message log row with an unknown direction");
+                continue;
+            };
+            let get = |name: &str| -> Result<i64> {
+                // SUM over no rows is NULL on both databases.
+                Ok(row
+                    .try_get::<Option<i64>, _>(name)
+                    .map_err(&read)?
+                    .unwrap_or(0))
+            };
+            out.push((
+                direction,
+                CryptoCounts {
+                    total: get("total")?,
+                    signed: get("signed")?,
+                    encrypted: get("encrypted")?,
+                    decrypted: get("decrypted")?,
+                    signature_valid: get("signature_valid")?,
+                    signature_invalid: get("signature_invalid")?,
+                    none: get("no_crypto")?,
+                },
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Deferred rows received at or after `since` whose reply is ours for a failed
+    /// next hop (`smtp::client::UNAVAILABLE`): how many, and the newest's time.
+    pub async fn next_hop_errors(&self, since: i64) -> Result<(i64, Option<i64>)> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n, MAX(received_at) AS last FROM message_log \
+             WHERE status = 'deferred' AND received_at >= $1 AND smtp_reply LIKE $2",
+        )
+        .bind(since)
+        .bind(format!("%{}%", crate::smtp::client::UNAVAILABLE))
+        .fetch_one(self.pool)
+        .await
+        .map_err(db("counting next-hop errors"))?;
+        let read = db("counting next-hop errors");
+        Ok((
+            row.try_get::<i64, _>("n").map_err(&read)?,
+            row.try_get::<Option<i64>, _>("last").map_err(&read)?,
+        ))
     }
 }
 
@@ -339,5 +577,79 @@ mod tests {
             clean_list(&["a\0".into(), "b".into()], 10, 1),
             "[\"a\u{FFFD}\"]"
         );
+    }
+
+    fn words(list: &[&str]) -> Vec<String> {
+        list.iter().map(|w| w.to_string()).collect()
+    }
+
+    fn results(list: &[&str]) -> Vec<&'static str> {
+        CryptoResult::of_bits(crypto_bits(&words(list)))
+            .into_iter()
+            .map(CryptoResult::as_str)
+            .collect()
+    }
+
+    #[test]
+    fn each_crypto_result_maps_from_exactly_the_relays_action_words() {
+        assert_eq!(results(&["signed"]), ["signed"]);
+        assert_eq!(results(&["signed", "encrypted"]), ["signed", "encrypted"]);
+        assert_eq!(results(&["encrypted (3 copies for Bcc)"]), ["encrypted"]);
+        assert_eq!(
+            results(&[
+                "decrypted (aes256-gcm, rsa-oaep)",
+                "signature-valid",
+                "signer a@b valid: ok"
+            ]),
+            ["decrypted", "signature-valid"]
+        );
+        assert_eq!(results(&["signature-bad-signature"]), ["signature-invalid"]);
+        assert_eq!(results(&["signature-revoked"]), ["signature-invalid"]);
+        // Two layers, one valid and one not: invalid, not valid.
+        assert_eq!(
+            results(&["signature-valid", "signature-untrusted"]),
+            ["signature-invalid"]
+        );
+        // The gateway's own failure to check says nothing about the sender, but it is
+        // a crypto note: neither valid, invalid nor none.
+        assert!(results(&["signature-unchecked"]).is_empty());
+        assert!(results(&["kept-encrypted"]).is_empty());
+        assert!(results(&["decryption-failed", "kept-encrypted"]).is_empty());
+        assert!(results(&["undecryptable: no key", "kept-encrypted"]).is_empty());
+        // No crypto action: plain relaying, policy notes, refusals, not signing.
+        assert_eq!(results(&[]), ["none"]);
+        assert_eq!(
+            results(&["not signed: no certificate", "refused"]),
+            ["none"]
+        );
+        assert_eq!(results(&["harvested"]), ["none"]);
+        // Words that merely contain a result's word do not count.
+        assert_eq!(
+            results(&["kept-encrypted-note", "unsigned", "decryption-failed"]),
+            Vec::<&str>::new()
+        );
+    }
+
+    #[test]
+    fn crypto_results_parse_as_operators_type_them_and_have_distinct_bits() {
+        for r in CryptoResult::ALL {
+            assert_eq!(CryptoResult::parse(r.as_str()), Some(r));
+        }
+        assert_eq!(
+            CryptoResult::parse(" Signature Valid "),
+            Some(CryptoResult::SignatureValid)
+        );
+        assert_eq!(
+            CryptoResult::parse("signature_invalid"),
+            Some(CryptoResult::SignatureInvalid)
+        );
+        assert_eq!(CryptoResult::parse("sealed"), None);
+        let bits: Vec<i64> = CRYPTO.iter().map(|(_, b, _)| *b).collect();
+        for (i, b) in bits.iter().enumerate() {
+            assert_eq!(b.count_ones(), 1);
+            assert_eq!(b & OTHER_CRYPTO.0, 0);
+            assert!(!bits[i + 1..].contains(b));
+        }
+        assert_eq!(CryptoResult::None.bit(), 0);
     }
 }

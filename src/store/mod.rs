@@ -7,6 +7,7 @@ mod certificates;
 mod console;
 mod crls;
 mod domains;
+mod filter;
 mod keys;
 mod leases;
 mod licence;
@@ -23,7 +24,7 @@ use std::time::Duration;
 use sqlx::AnyPool;
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 
-pub use audit::{AuditEntry, AuditLog};
+pub use audit::{AuditEntry, AuditFilter, AuditLog};
 pub use certificates::{
     CertificateRecord, CertificateSource, Certificates, IdentityKey, NewIdentity, PartnerRow,
     StoredCertificate,
@@ -35,7 +36,9 @@ pub use keys::{KeyPurpose, KeyRow, Keys};
 pub use leases::Leases;
 pub use licence::{Licence, LicenceRow, SeatUsage};
 pub use mailboxes::{MailboxRow, MailboxState, Mailboxes};
-pub use message_log::{LogEntry, LogFilter, LogStatus, MessageLog};
+pub use message_log::{
+    CryptoCounts, CryptoResult, LogEntry, LogFilter, LogStatus, MessageLog, crypto_bits,
+};
 pub use published_crls::{PublishedCrl, PublishedCrls};
 pub use relay_settings::{NetworkRow, RelaySettings};
 pub use rules::{NewRule, Rules};

@@ -155,6 +155,33 @@ impl Rules<'_> {
         self.get(id).await
     }
 
+    /// Replaces the direction, matchers, action and comment of rule `id` in one
+    /// statement; its priority and enabled flag stay.
+    pub async fn update(&self, id: i64, rule: &NewRule) -> Result<Rule> {
+        if rule.action != Action::Undefined && rule.action.direction() != Some(rule.direction) {
+            return Err(StoreError::Refused(format!(
+                "action {} is not an {} action",
+                rule.action, rule.direction
+            )));
+        }
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE rules SET direction = $1, sender_matcher = $2, recipient_matcher = $3, \
+             action = $4, comment = $5, updated_at = $6 WHERE id = $7 RETURNING {COLUMNS}"
+        )))
+        .bind(rule.direction.as_str())
+        .bind(rule.sender.to_string())
+        .bind(rule.recipient.to_string())
+        .bind(rule.action.as_str())
+        .bind(&rule.comment)
+        .bind(now())
+        .bind(id)
+        .fetch_optional(self.pool)
+        .await
+        .map_err(db("editing rule"))?
+        .ok_or_else(|| StoreError::NotFound(format!("no rule {id}")))?;
+        row_to_rule(&row)
+    }
+
     pub async fn set_enabled(&self, id: i64, enabled: bool) -> Result<Rule> {
         let done = sqlx::query("UPDATE rules SET enabled = $1, updated_at = $2 WHERE id = $3")
             .bind(i64::from(enabled))

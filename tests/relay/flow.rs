@@ -238,3 +238,50 @@ fn every_message_gets_a_received_field_and_loops_end() {
     assert_eq!(code, 554, "{text}");
     assert!(text.contains("5.4.6"), "{text}");
 }
+
+/// The logged rows (newest first) once `n` are there (the log writer commits in
+/// groups, shortly after the reply).
+fn logged(gw: &Gateway, n: usize) -> Vec<serde_json::Value> {
+    for _ in 0..50 {
+        let page: serde_json::Value =
+            serde_json::from_str(&gw.cli(&["log", "--json"])).expect("log JSON");
+        let rows = page["rows"].as_array().cloned().unwrap_or_default();
+        if rows.len() >= n {
+            return rows;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("fewer than {n} rows in the message log");
+}
+
+#[test]
+fn the_log_keeps_the_decoded_subject_and_none_when_subjects_are_off() {
+    let mut gw = Gateway::start(|d| mailbox(d, ALICE));
+    let send = |gw: &Gateway, subject: &str| {
+        let mut client = Client::internal(gw.submission);
+        let t = client.send(ALICE, &[BOB], &message(ALICE, BOB, subject));
+        assert_eq!(t.data.as_ref().map(|d| d.0), Some(250), "{t:?}");
+    };
+    send(&gw, "=?UTF-8?B?R3LDvMOfZSBhdXMgS8O2bG4=?=");
+    let rows = logged(&gw, 1);
+    assert_eq!(rows[0]["subject"], "Grüße aus Köln", "{rows:?}");
+    assert_eq!(rows[0]["crypto"], serde_json::json!(["signed"]), "{rows:?}");
+
+    gw.kill();
+    let config = gw.data().join("smimegate.toml");
+    let text = std::fs::read_to_string(&config).expect("configuration");
+    assert!(
+        text.contains("subjects = true"),
+        "the template names the setting"
+    );
+    std::fs::write(&config, text.replace("subjects = true", "subjects = false")).expect("write");
+    gw.serve();
+    send(&gw, "=?ISO-8859-1?Q?vertraulich:_Gehaltsliste?=");
+    let rows = logged(&gw, 2);
+    assert_eq!(rows[0]["subject"], serde_json::Value::Null, "{rows:?}");
+    // The CSV's subject column (the 7th) is empty too (the test's Message-ID repeats
+    // the subject, so only the column says it).
+    let csv = gw.cli(&["log", "--csv"]);
+    let newest = csv.lines().nth(1).expect("a row");
+    assert_eq!(newest.split(',').nth(6), Some(""), "{csv}");
+}
