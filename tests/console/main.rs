@@ -241,6 +241,12 @@ fn mutations() -> Vec<Mutation> {
         m(Method::POST, "/rules/{id}/disable", None, "editor"),
         m(Method::DELETE, "/rules/{id}", None, "editor"),
         m(
+            Method::PATCH,
+            "/rules/{id}",
+            Some(json!({"comment": "edited"})),
+            "editor",
+        ),
+        m(
             Method::PUT,
             "/settings/smarthost",
             Some(json!({"host_port": "relay.corp.example:25"})),

@@ -178,6 +178,29 @@ async fn the_rules_page_shows_both_directions_in_order_and_its_forms_change_them
     let id = third["id"].to_string();
     assert_audited(&gw, "console:ed", "rule.add", &id).await;
 
+    submit(
+        &editor,
+        "/rules/edit",
+        &[
+            ("id", &id),
+            ("direction", "outbound"),
+            ("from", "anyone"),
+            ("to", "domain:fourth.example"),
+            ("action", "encrypt-enforced"),
+            ("comment", "third-by-page"),
+        ],
+    )
+    .await;
+    assert_audited(&gw, "console:ed", "rule.edit", &id).await;
+    let rules = page(&editor, "/rules").await;
+    let row = &rules[rules.find(&format!("data-rule=\"{id}\"")).expect("row")..];
+    let row = &row[..row.find("</tr>").expect("end")];
+    assert!(
+        row.contains("<td>domain:fourth.example</td>") && row.contains("<td>encrypt-enforced</td>"),
+        "{row}"
+    );
+    assert!(gw.cli(&["rule", "list"]).contains("fourth.example"));
+
     submit(&editor, "/rules/move", &[("id", &id), ("priority", "3")]).await;
     let rules = page(&editor, "/rules").await;
     let third_at = rules.find("third-by-page").expect("shown");

@@ -1,4 +1,4 @@
-//! Policy rules: list and explain (viewer); add, move, enable, disable, remove
+//! Policy rules: list and explain (viewer); add, edit, move, enable, disable, remove
 //! (editor).
 
 use std::sync::Arc;
@@ -25,7 +25,7 @@ pub fn editor() -> ApiRouter {
         .routes(routes!(move_rule))
         .routes(routes!(enable_rule))
         .routes(routes!(disable_rule))
-        .routes(routes!(remove_rule))
+        .routes(routes!(edit_rule, remove_rule))
 }
 
 /// Every rule, both directions, highest priority first.
@@ -68,6 +68,21 @@ async fn add_rule(
     ApiJson(input): ApiJson<ops::rules::AddRule>,
 ) -> Response {
     created(ops::rules::add(&console.ops(), &who.actor(), input).await)
+}
+
+/// Changes a rule's direction, matchers, action or comment (absent fields stay);
+/// its priority and state stay.
+#[utoipa::path(patch, path = "/rules/{id}", tag = "rules", request_body = ops::rules::EditRule,
+    params(("id" = i64, Path, description = "rule id")),
+    responses((status = 200, body = Rule), (status = 400, body = Problem), (status = 401, body = Problem),
+              (status = 403, body = Problem), (status = 404, body = Problem), (status = 422, body = Problem)))]
+async fn edit_rule(
+    State(console): State<Arc<Console>>,
+    who: Who,
+    ApiPath(id): ApiPath<i64>,
+    ApiJson(input): ApiJson<ops::rules::EditRule>,
+) -> Response {
+    answer(ops::rules::edit(&console.ops(), &who.actor(), id, input).await)
 }
 
 /// Where a rule moves to.

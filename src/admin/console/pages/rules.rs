@@ -1,5 +1,5 @@
-//! Rules: both directions in priority order; editors create (at priority 1), move,
-//! enable/disable and delete; everyone may ask *explain* (sender + recipient → the
+//! Rules: both directions in priority order; editors create (at priority 1), edit,
+//! move, enable/disable and delete; everyone may ask *explain* (sender + recipient → the
 //! decision and why), a read that changes nothing.
 
 use std::sync::Arc;
@@ -23,6 +23,7 @@ pub fn viewer() -> Router<Arc<Console>> {
 pub fn editor() -> Router<Arc<Console>> {
     Router::new()
         .route("/rules/add", post(add))
+        .route("/rules/edit", post(edit))
         .route("/rules/move", post(move_rule))
         .route("/rules/enable", post(enable))
         .route("/rules/disable", post(disable))
@@ -50,6 +51,7 @@ const OUTBOUND_ACTIONS: &[&str] = &[
     "encrypt-enforced",
 ];
 const INBOUND_ACTIONS: &[&str] = &[
+    "undefined",
     "no-decrypt",
     "decrypt-optional",
     "decrypt-always",
@@ -120,6 +122,23 @@ async fn list(
                                         input type="hidden" name="id" value=(rule.id);
                                         button type="submit" { "Delete · Löschen" }
                                     }
+                                    details {
+                                        summary { "Edit · Bearbeiten" }
+                                        form method="post" action="/rules/edit" {
+                                            input type="hidden" name="csrf" value=(csrf);
+                                            input type="hidden" name="id" value=(rule.id);
+                                            input type="hidden" name="direction" value=(rule.direction.as_str());
+                                            label { "From " input name="from" required value=(rule.sender.to_string()); } " "
+                                            label { "To " input name="to" required value=(rule.recipient.to_string()); } " "
+                                            label { "Action " select name="action" {
+                                                @for a in (if direction == Direction::Outbound { OUTBOUND_ACTIONS } else { INBOUND_ACTIONS }) {
+                                                    option value=(a) selected[rule.action.to_string() == *a] { (a) }
+                                                }
+                                            } } " "
+                                            label { "Comment " input name="comment" value=(rule.comment); } " "
+                                            button type="submit" { "Save · Speichern" }
+                                        }
+                                    }
                                 }
                             }
                         }
@@ -139,7 +158,7 @@ async fn list(
                     label { "To " input name="to" required placeholder="anyone, domain:partner.example"; } " "
                     label { "Action " select name="action" {
                         optgroup label="outbound" { @for a in OUTBOUND_ACTIONS { option value=(a) { (a) } } }
-                        optgroup label="inbound" { @for a in INBOUND_ACTIONS { option value=(a) { (a) } } }
+                        optgroup label="inbound" { @for a in &INBOUND_ACTIONS[1..] { option value=(a) { (a) } } }
                     } } " "
                     label { "Comment " input name="comment"; } " "
                     button type="submit" { "Create · Anlegen" }
@@ -189,6 +208,27 @@ async fn add(State(console): State<Arc<Console>>, who: Who, body: Bytes) -> Resp
     let outcome = ops::rules::add(&console.ops(), &who.actor(), input)
         .await
         .map(|rule| format!("rule {} added: {}", rule.id, ops::rules::describe(&rule)));
+    back("/rules", outcome)
+}
+
+async fn edit(State(console): State<Arc<Console>>, who: Who, body: Bytes) -> Response {
+    let fields = form_fields(&body);
+    let field = |name| one_of(&fields, name).map(str::to_string);
+    let outcome = match rule_id(&fields) {
+        Ok(id) => {
+            let input = ops::rules::EditRule {
+                direction: field("direction"),
+                from: field("from"),
+                to: field("to"),
+                action: field("action"),
+                comment: field("comment"),
+            };
+            ops::rules::edit(&console.ops(), &who.actor(), id, input)
+                .await
+                .map(|rule| format!("rule {} saved: {}", rule.id, ops::rules::describe(&rule)))
+        }
+        Err(e) => Err(e),
+    };
     back("/rules", outcome)
 }
 
