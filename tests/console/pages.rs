@@ -1,13 +1,10 @@
 //! The certificate, rule, settings, account and mailbox pages over real HTTPS against
 //! `smimegate serve`: each renders real data for a viewer, refuses a change from a
 //! role below its gate, and each change made through a page's form is done and has
-//! its audit row (read from the gateway's own SQLite file).
-
-use std::time::Duration;
+//! its audit row (read with `smimegate audit`).
 
 use reqwest::{Method, StatusCode};
 use serde_json::json;
-use smimegate::store::Store;
 
 use super::client::ConsoleUser;
 use super::common::run_ok;
@@ -23,22 +20,25 @@ async fn logged_in(gw: &Gateway, name: &str, role: &str) -> ConsoleUser {
     user
 }
 
-/// The newest audit rows: (actor, action, target), newest first.
-async fn audit(gw: &Gateway) -> Vec<(String, String, String)> {
-    let url = format!("sqlite://{}", gw.data().join("smimegate.db").display());
-    let store = Store::connect(&url, 1, Duration::from_secs(10))
-        .await
-        .expect("the gateway's database");
-    let rows = store.audit().recent(200).await.expect("audit rows");
-    store.close().await;
-    rows.into_iter()
-        .map(|e| (e.actor, e.action, e.target))
+/// The audit rows of `actor` whose action starts with `action`, as `smimegate audit
+/// --json` reads them: (actor, action, target), newest first.
+fn audit(gw: &Gateway, actor: &str, action: &str) -> Vec<(String, String, String)> {
+    let out = gw.cli(&["audit", "--actor", actor, "--action", action, "--json"]);
+    let page: serde_json::Value = serde_json::from_str(&out).expect("audit JSON");
+    page["rows"]
+        .as_array()
+        .expect("audit rows")
+        .iter()
+        .map(|r| {
+            let field = |name: &str| r[name].as_str().unwrap_or_default().to_string();
+            (field("actor"), field("action"), field("target"))
+        })
         .collect()
 }
 
 /// Asserts an audit row of `actor` doing `action` on a target containing `target`.
 async fn assert_audited(gw: &Gateway, actor: &str, action: &str, target: &str) {
-    let rows = audit(gw).await;
+    let rows = audit(gw, actor, action);
     assert!(
         rows.iter()
             .any(|(a, act, t)| a == actor && act == action && t.contains(target)),
