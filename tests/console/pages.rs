@@ -266,6 +266,43 @@ async fn a_partner_certificate_imported_on_the_page_shows_its_fingerprint_and_de
     submit(&editor, "/certificates/import", &[("pem", &cert_pem)]).await;
     assert_audited(&gw, "console:ed", "cert.import", "").await;
 
+    // A colleague's certificate as a DER file, uploaded (multipart, CSRF in the query).
+    let colleague = partner.certify("carol@partner.example");
+    let der = gw.data().join("carol.der");
+    run_ok(
+        "openssl",
+        &[
+            "x509",
+            "-in",
+            &colleague.cert,
+            "-outform",
+            "DER",
+            "-out",
+            &der.display().to_string(),
+        ],
+    );
+    let der = std::fs::read(&der).expect("DER file");
+    let boundary = "----smimegate-upload";
+    let csrf = editor.csrf().await;
+    let uploaded = editor
+        .http
+        .post(editor.url(&format!("/certificates/upload?csrf={csrf}")))
+        .header(
+            "content-type",
+            format!("multipart/form-data; boundary={boundary}"),
+        )
+        .body(multipart(boundary, &[("file", Some("carol.der"), &der)]))
+        .send()
+        .await
+        .expect("upload");
+    let target = location(&uploaded);
+    assert!(
+        target.starts_with("/certificates?ok="),
+        "{}",
+        urlencoding_decode(&target)
+    );
+    let colleague_fingerprint = fingerprint(&colleague.cert);
+
     let viewer = logged_in(&gw, "vi", "viewer").await;
     let list = page(&viewer, "/certificates").await;
     let partners = &list[list
@@ -274,6 +311,10 @@ async fn a_partner_certificate_imported_on_the_page_shows_its_fingerprint_and_de
     assert!(
         partners.contains(&cert_fingerprint),
         "the imported certificate's fingerprint is listed: {list}"
+    );
+    assert!(
+        partners.contains(&colleague_fingerprint),
+        "the uploaded certificate is listed: {list}"
     );
     let anchors = &list[list.find("id=\"trust-anchors\"").expect("anchors")..];
     assert!(anchors.contains(&ca_fingerprint) && anchors.contains("partner.example"));

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Multipart, Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use maud::html;
@@ -15,7 +15,7 @@ use maud::html;
 use super::super::{Console, Problem, Who, layout};
 use super::{Flash, back, form_fields, one_of};
 use crate::ops::certs::{Kind, ListCertificates};
-use crate::ops::{self, Role};
+use crate::ops::{self, OpError, Role};
 
 pub fn viewer() -> Router<Arc<Console>> {
     Router::new()
@@ -26,6 +26,7 @@ pub fn viewer() -> Router<Arc<Console>> {
 pub fn editor() -> Router<Arc<Console>> {
     Router::new()
         .route("/certificates/import", post(import))
+        .route("/certificates/upload", post(upload))
         .route("/certificates/remove", post(remove))
 }
 
@@ -92,6 +93,14 @@ async fn list(
                     legend { "Import partner certificates (PEM) · Partnerzertifikate importieren" }
                     textarea name="pem" rows="6" cols="70" required placeholder="-----BEGIN CERTIFICATE-----" {}
                     br; button type="submit" id="import-certificate" { "Import" }
+                }
+            }
+            // A file upload is multipart: the CSRF token goes into the action's query.
+            form method="post" enctype="multipart/form-data" action={ "/certificates/upload?csrf=" (who.csrf()) } {
+                fieldset {
+                    legend { "Upload partner certificates (PEM, DER or .p7c) · Zertifikatsdatei hochladen" }
+                    input name="file" type="file" accept=".pem,.crt,.cer,.der,.p7c,.p7b" required; " "
+                    button type="submit" id="upload-certificate" { "Upload" }
                 }
             }
         }
@@ -184,18 +193,36 @@ async fn details(
     layout::page(&who, "/certificates", "Certificate · Zertifikat", body).into_response()
 }
 
+/// What an import did, one clause per certificate.
+fn imported(outcomes: Vec<ops::certs::ImportOutcome>) -> String {
+    outcomes
+        .iter()
+        .map(|o| format!("{} {}: {}", o.fingerprint, o.outcome, o.detail))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 async fn import(State(console): State<Arc<Console>>, who: Who, body: Bytes) -> Response {
     let fields = form_fields(&body);
     let pem = one_of(&fields, "pem").unwrap_or_default();
     let outcome = ops::certs::import(&console.ops(), &who.actor(), pem.as_bytes())
         .await
-        .map(|outcomes| {
-            outcomes
-                .iter()
-                .map(|o| format!("{} {}: {}", o.fingerprint, o.outcome, o.detail))
-                .collect::<Vec<_>>()
-                .join("; ")
-        });
+        .map(imported);
+    back("/certificates", outcome)
+}
+
+async fn upload(State(console): State<Arc<Console>>, who: Who, form: Multipart) -> Response {
+    let file = match super::multipart_fields(form).await {
+        Ok(fields) => super::part(&fields, "file").unwrap_or_default().to_vec(),
+        Err(e) => return back("/certificates", Err(e)),
+    };
+    let outcome = if file.is_empty() {
+        Err(OpError::Invalid("choose a certificate file".into()))
+    } else {
+        ops::certs::import(&console.ops(), &who.actor(), &file)
+            .await
+            .map(imported)
+    };
     back("/certificates", outcome)
 }
 

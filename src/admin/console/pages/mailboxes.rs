@@ -283,40 +283,19 @@ async fn renew(State(console): State<Arc<Console>>, who: Who, body: Bytes) -> Re
     back(&format!("/mailboxes/{address}"), outcome)
 }
 
-/// The largest PKCS#12 file taken.
-const MAX_PKCS12_BYTES: usize = 256 * 1024;
-
 /// The fields of the PKCS#12 form, or why they cannot be read.
-async fn pkcs12_form(mut form: Multipart) -> Result<ops::identities::ImportPkcs12, OpError> {
-    let unreadable = |e: axum::extract::multipart::MultipartError| {
-        tracing::warn!(error = %e, "console: unreadable PKCS#12 upload");
-        OpError::Invalid(format!("the upload could not be read: {}", e.body_text()))
-    };
-    let (mut address, mut file, mut password) = (String::new(), Vec::new(), String::new());
-    while let Some(field) = form.next_field().await.map_err(unreadable)? {
-        match field.name().unwrap_or_default() {
-            "address" => address = field.text().await.map_err(unreadable)?,
-            "password" => password = field.text().await.map_err(unreadable)?,
-            "file" => {
-                let bytes = field.bytes().await.map_err(unreadable)?;
-                if bytes.len() > MAX_PKCS12_BYTES {
-                    return Err(OpError::Invalid(format!(
-                        "the file is larger than {} KiB",
-                        MAX_PKCS12_BYTES / 1024
-                    )));
-                }
-                file = bytes.to_vec();
-            }
-            _ => {}
-        }
-    }
+async fn pkcs12_form(form: Multipart) -> Result<ops::identities::ImportPkcs12, OpError> {
+    let fields = super::multipart_fields(form).await?;
+    let text =
+        |name| String::from_utf8_lossy(super::part(&fields, name).unwrap_or_default()).into_owned();
+    let file = super::part(&fields, "file").unwrap_or_default().to_vec();
     if file.is_empty() {
         return Err(OpError::Invalid("choose a PKCS#12 file".into()));
     }
     Ok(ops::identities::ImportPkcs12 {
-        address,
+        address: text("address"),
         file,
-        password: password.into(),
+        password: text("password").into(),
     })
 }
 

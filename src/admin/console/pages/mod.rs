@@ -51,6 +51,42 @@ pub(super) struct Flash {
     pub error: Option<String>,
 }
 
+/// Largest file a page takes (a PKCS#12 file, a certificate bundle).
+pub(super) const MAX_UPLOAD_BYTES: usize = 256 * 1024;
+
+/// The fields of a multipart form (a file upload): name and bytes, each at most
+/// [`MAX_UPLOAD_BYTES`].
+pub(super) async fn multipart_fields(
+    mut form: axum::extract::Multipart,
+) -> Result<Vec<(String, Vec<u8>)>, OpError> {
+    let unreadable = |e: axum::extract::multipart::MultipartError| {
+        tracing::warn!(error = %e, "console: unreadable upload");
+        OpError::Invalid(format!("the upload could not be read: {}", e.body_text()))
+    };
+    let mut fields = Vec::new();
+    while let Some(field) = form.next_field().await.map_err(unreadable)? {
+        let name = field.name().unwrap_or_default().to_string();
+        let bytes = field.bytes().await.map_err(unreadable)?;
+        if bytes.len() > MAX_UPLOAD_BYTES {
+            tracing::warn!(field = %name, size = bytes.len(), "console: upload too large");
+            return Err(OpError::Invalid(format!(
+                "the file is larger than {} KiB",
+                MAX_UPLOAD_BYTES / 1024
+            )));
+        }
+        fields.push((name, bytes.to_vec()));
+    }
+    Ok(fields)
+}
+
+/// The bytes of multipart field `name`, if any.
+pub(super) fn part<'a>(fields: &'a [(String, Vec<u8>)], name: &str) -> Option<&'a [u8]> {
+    fields
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_slice())
+}
+
 /// The fields of an urlencoded form, repeated names kept (checkbox lists).
 pub(super) fn form_fields(body: &[u8]) -> Vec<(String, String)> {
     form_urlencoded::parse(body)
