@@ -202,6 +202,12 @@ fn mutations() -> Vec<Mutation> {
         m(Method::POST, "/mailboxes/{address}/renew", None, "editor"),
         m(
             Method::POST,
+            "/mailboxes/{address}/pkcs12",
+            Some(json!({"pkcs12": "AAAA", "password": "x"})),
+            "editor",
+        ),
+        m(
+            Method::POST,
             "/certificates",
             Some(json!({"pem": "not a certificate"})),
             "editor",

@@ -20,10 +20,10 @@ async fn logged_in(gw: &Gateway, name: &str, role: &str) -> ConsoleUser {
     user
 }
 
-/// The audit rows of `actor` whose action starts with `action`, as `smimegate audit
-/// --json` reads them: (actor, action, target), newest first.
-fn audit(gw: &Gateway, actor: &str, action: &str) -> Vec<(String, String, String)> {
-    let out = gw.cli(&["audit", "--actor", actor, "--action", action, "--json"]);
+/// The audit rows whose action starts with `action`, as `smimegate audit --json` reads
+/// them: (actor, action, target), newest first.
+fn audit(gw: &Gateway, action: &str) -> Vec<(String, String, String)> {
+    let out = gw.cli(&["audit", "--action", action, "--json"]);
     let page: serde_json::Value = serde_json::from_str(&out).expect("audit JSON");
     page["rows"]
         .as_array()
@@ -38,7 +38,7 @@ fn audit(gw: &Gateway, actor: &str, action: &str) -> Vec<(String, String, String
 
 /// Asserts an audit row of `actor` doing `action` on a target containing `target`.
 async fn assert_audited(gw: &Gateway, actor: &str, action: &str, target: &str) {
-    let rows = audit(gw, actor, action);
+    let rows = audit(gw, action);
     assert!(
         rows.iter()
             .any(|(a, act, t)| a == actor && act == action && t.contains(target)),
@@ -714,6 +714,60 @@ async fn a_pkcs12_identity_uploaded_on_the_mailboxes_page_activates_its_mailbox(
         "{detail}"
     );
     assert!(!detail.contains("PRIVATE KEY"));
+
+    // The same through the API: the file as base64.
+    use base64::Engine;
+    gw.cli(&["mailbox", "add", "dave@corp.example"]);
+    let dave = external.certify("dave@corp.example");
+    let file = gw.data().join("dave.p12");
+    run_ok(
+        "openssl",
+        &[
+            "pkcs12",
+            "-export",
+            "-inkey",
+            &dave.key,
+            "-in",
+            &dave.cert,
+            "-certfile",
+            &dave.ca,
+            "-passout",
+            "pass:Geheim 456",
+            "-out",
+            &file.display().to_string(),
+        ],
+    );
+    let p12 = base64::engine::general_purpose::STANDARD.encode(std::fs::read(&file).expect("p12"));
+    let token = token(&gw, "ed", "editor");
+    let refused = editor
+        .api(
+            Method::POST,
+            "/mailboxes/dave@corp.example/pkcs12",
+            Some(&token),
+            Some(json!({"pkcs12": "not base64!", "password": "Geheim 456"})),
+        )
+        .await;
+    assert_eq!(refused.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let imported = editor
+        .api(
+            Method::POST,
+            "/mailboxes/dave@corp.example/pkcs12",
+            Some(&token),
+            Some(json!({"pkcs12": p12, "password": "Geheim 456"})),
+        )
+        .await;
+    assert_eq!(imported.status(), StatusCode::CREATED);
+    let imported: serde_json::Value = imported.json().await.expect("JSON");
+    assert_eq!(imported["state"], "active");
+    assert!(!imported.to_string().contains("PRIVATE"));
+    let rows = audit(&gw, "mailbox.import");
+    assert!(
+        rows.iter().any(
+            |(actor, _, target)| actor.starts_with("console:ed (API token ")
+                && target == "dave@corp.example"
+        ),
+        "{rows:#?}"
+    );
 }
 
 #[tokio::test]

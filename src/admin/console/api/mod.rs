@@ -71,6 +71,7 @@ pub fn router() -> ApiRouter {
         .routes(routes!(activate_mailboxes))
         .routes(routes!(deactivate_mailboxes))
         .routes(routes!(renew_mailbox))
+        .routes(routes!(import_pkcs12))
         .merge(certificates::editor())
         .merge(rules::editor())
         .route_layer(axum::middleware::from_fn_with_state(
@@ -364,4 +365,43 @@ async fn renew_mailbox(
     ApiPath(address): ApiPath<String>,
 ) -> Response {
     answer(ops::lifecycle::renew(&console.app, &who.actor(), &address).await)
+}
+
+/// A PKCS#12 identity to import for a mailbox.
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+struct Pkcs12Request {
+    /// The PKCS#12 file, base64 (standard alphabet, padded).
+    pkcs12: String,
+    /// The file's password.
+    #[serde(default)]
+    password: String,
+}
+
+/// Imports a PKCS#12 identity (key into the token, certificate and chain into the
+/// database); the mailbox becomes active. The key never leaves the token again.
+#[utoipa::path(post, path = "/mailboxes/{address}/pkcs12", tag = "mailboxes", request_body = Pkcs12Request,
+    params(("address" = String, Path, description = "mailbox address")),
+    responses((status = 201, body = ops::identities::Imported), (status = 400, body = Problem), (status = 401, body = Problem),
+              (status = 403, body = Problem), (status = 404, body = Problem), (status = 409, body = Problem),
+              (status = 422, body = Problem)))]
+async fn import_pkcs12(
+    State(console): State<Arc<Console>>,
+    who: Who,
+    ApiPath(address): ApiPath<String>,
+    ApiJson(input): ApiJson<Pkcs12Request>,
+) -> Response {
+    use base64::Engine;
+    let file = match base64::engine::general_purpose::STANDARD.decode(input.pkcs12.trim()) {
+        Ok(file) => file,
+        Err(e) => {
+            return Problem::from(ops::OpError::Invalid(format!("pkcs12 is not base64: {e}")))
+                .into_response();
+        }
+    };
+    let request = ops::identities::ImportPkcs12 {
+        address,
+        file,
+        password: input.password.into(),
+    };
+    created(ops::identities::import_pkcs12(&console.app, &who.actor(), request).await)
 }
