@@ -688,6 +688,19 @@ async fn a_pkcs12_identity_uploaded_on_the_mailboxes_page_activates_its_mailbox(
         }
     };
 
+    let not_multipart = editor
+        .http
+        .post(editor.url(&format!("/mailboxes/import?csrf={csrf}")))
+        .header("content-type", "text/plain")
+        .body("hello")
+        .send()
+        .await
+        .expect("POST");
+    assert!(
+        location(&not_multipart).starts_with("/mailboxes?error="),
+        "a clear refusal: {}",
+        location(&not_multipart)
+    );
     let without_token = upload("Geheim 123", String::new()).await;
     assert_eq!(
         without_token.status(),

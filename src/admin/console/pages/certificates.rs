@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
+use axum::extract::multipart::MultipartRejection;
 use axum::extract::{Multipart, Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -211,7 +212,11 @@ async fn import(State(console): State<Arc<Console>>, who: Who, body: Bytes) -> R
     back("/certificates", outcome)
 }
 
-async fn upload(State(console): State<Arc<Console>>, who: Who, form: Multipart) -> Response {
+async fn upload(
+    State(console): State<Arc<Console>>,
+    who: Who,
+    form: Result<Multipart, MultipartRejection>,
+) -> Response {
     let file = match super::multipart_fields(form).await {
         Ok(fields) => super::part(&fields, "file").unwrap_or_default().to_vec(),
         Err(e) => return back("/certificates", Err(e)),

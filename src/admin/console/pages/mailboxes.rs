@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
+use axum::extract::multipart::MultipartRejection;
 use axum::extract::{Multipart, Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -284,7 +285,9 @@ async fn renew(State(console): State<Arc<Console>>, who: Who, body: Bytes) -> Re
 }
 
 /// The fields of the PKCS#12 form, or why they cannot be read.
-async fn pkcs12_form(form: Multipart) -> Result<ops::identities::ImportPkcs12, OpError> {
+async fn pkcs12_form(
+    form: Result<Multipart, MultipartRejection>,
+) -> Result<ops::identities::ImportPkcs12, OpError> {
     let fields = super::multipart_fields(form).await?;
     let text =
         |name| String::from_utf8_lossy(super::part(&fields, name).unwrap_or_default()).into_owned();
@@ -299,7 +302,11 @@ async fn pkcs12_form(form: Multipart) -> Result<ops::identities::ImportPkcs12, O
     })
 }
 
-async fn import_pkcs12(State(console): State<Arc<Console>>, who: Who, form: Multipart) -> Response {
+async fn import_pkcs12(
+    State(console): State<Arc<Console>>,
+    who: Who,
+    form: Result<Multipart, MultipartRejection>,
+) -> Response {
     let outcome = match pkcs12_form(form).await {
         Ok(input) => ops::identities::import_pkcs12(&console.app, &who.actor(), input)
             .await

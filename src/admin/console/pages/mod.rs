@@ -57,8 +57,15 @@ pub(super) const MAX_UPLOAD_BYTES: usize = 256 * 1024;
 /// The fields of a multipart form (a file upload): name and bytes, each at most
 /// [`MAX_UPLOAD_BYTES`].
 pub(super) async fn multipart_fields(
-    mut form: axum::extract::Multipart,
+    form: Result<axum::extract::Multipart, axum::extract::multipart::MultipartRejection>,
 ) -> Result<Vec<(String, Vec<u8>)>, OpError> {
+    let mut form = form.map_err(|rejection| {
+        tracing::warn!(%rejection, "console: an upload that is not a multipart form");
+        OpError::Invalid(format!(
+            "the upload is not a file form: {}",
+            rejection.body_text()
+        ))
+    })?;
     let unreadable = |e: axum::extract::multipart::MultipartError| {
         tracing::warn!(error = %e, "console: unreadable upload");
         OpError::Invalid(format!("the upload could not be read: {}", e.body_text()))
