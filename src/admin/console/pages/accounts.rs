@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use maud::{Markup, html};
 
-use super::super::{Console, Problem, Who, layout};
+use super::super::{Console, Who, layout};
 use super::{Flash, back, form_fields, one_of};
 use crate::ops::console::{AddAccount, CreateToken};
 use crate::ops::{self, OpError, Role};
@@ -62,7 +62,7 @@ async fn list(
         ops::console::list_tokens(&ops).await,
     ) {
         (Ok(a), Ok(t)) => (a, t),
-        (Err(e), _) | (_, Err(e)) => return Problem::from(e).into_response(),
+        (Err(e), _) | (_, Err(e)) => return super::failed(e),
     };
     let csrf = who.csrf();
     let body = html! {

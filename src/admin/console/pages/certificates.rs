@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use maud::html;
 
-use super::super::{Console, Problem, Who, layout};
+use super::super::{Console, Who, layout};
 use super::{Flash, back, form_fields, one_of};
 use crate::ops::certs::{Kind, ListCertificates};
 use crate::ops::{self, OpError, Role};
@@ -53,7 +53,7 @@ async fn list(
     .await;
     let (all, anchors) = match (all, ops::trust::views(&ops).await) {
         (Ok(all), Ok(anchors)) => (all, anchors),
-        (Err(e), _) | (_, Err(e)) => return Problem::from(e).into_response(),
+        (Err(e), _) | (_, Err(e)) => return super::failed(e),
     };
     let may_edit = who.caller.role.allows(Role::Editor);
     let is_admin = who.caller.role.allows(Role::Admin);
@@ -152,7 +152,7 @@ async fn details(
 ) -> Response {
     let d = match ops::certs::details(&console.ops(), &fingerprint).await {
         Ok(d) => d,
-        Err(e) => return Problem::from(e).into_response(),
+        Err(e) => return super::failed(e),
     };
     let may_remove = d.kind == "partner" && who.caller.role.allows(Role::Editor);
     let row =

@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use maud::{Markup, html};
 
-use super::super::{Console, Problem, Who, layout};
+use super::super::{Console, Who, layout};
 use super::{all_of, back, form_fields, one_of};
 use crate::ops::{self, OpError, Role};
 use crate::store::MailboxState;
@@ -66,7 +66,7 @@ async fn list(
         ops::licence::show(&ops).await,
     ) {
         (Ok(list), Ok(licence)) => (list, licence),
-        (Err(e), _) | (_, Err(e)) => return Problem::from(e).into_response(),
+        (Err(e), _) | (_, Err(e)) => return super::failed(e),
     };
     let wanted_state = query.state.as_deref().filter(|s| !s.is_empty());
     let needle = query.q.as_deref().unwrap_or("").trim().to_ascii_lowercase();
@@ -230,7 +230,7 @@ async fn detail(
 ) -> Response {
     let d = match ops::mailboxes::show(&console.ops(), &address).await {
         Ok(d) => d,
-        Err(e) => return Problem::from(e).into_response(),
+        Err(e) => return super::failed(e),
     };
     let may_edit = who.caller.role.allows(Role::Editor);
     let body = html! {

@@ -118,6 +118,13 @@ pub(super) fn one_of<'a>(fields: &'a [(String, String)], name: &str) -> Option<&
         .map(|(_, v)| v.as_str())
 }
 
+/// A read that failed, as a page: the status and the operation's message.
+pub(super) fn failed(e: OpError) -> Response {
+    let problem = super::Problem::from(e);
+    let status = problem.status();
+    (status, super::layout::error_page(status, &problem.detail)).into_response()
+}
+
 /// Back to `path` with the outcome of a change shown on top.
 pub(super) fn back(path: &str, outcome: Result<String, OpError>) -> Response {
     let (key, text) = match outcome {

@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use maud::html;
 
-use super::super::{Console, Problem, Who, layout};
+use super::super::{Console, Who, layout};
 use super::{back, form_fields, one_of};
 use crate::ops::{self, OpError, Role};
 use crate::policy::Direction;
@@ -66,7 +66,7 @@ async fn list(
     let ops = console.ops();
     let rules = match ops::rules::list(&ops).await {
         Ok(rules) => rules,
-        Err(e) => return Problem::from(e).into_response(),
+        Err(e) => return super::failed(e),
     };
     let asked = match (query.from.as_deref(), query.to.as_deref()) {
         (Some(from), Some(to)) if !from.is_empty() && !to.is_empty() => {

@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use maud::html;
 
-use super::super::{Console, Problem, Who, layout};
+use super::super::{Console, Who, layout};
 use super::{Flash, back, form_fields, one_of};
 use crate::ops::relay_settings::Source;
 use crate::ops::{self, OpError, Role};
@@ -43,7 +43,7 @@ async fn show(
 ) -> Response {
     let s = match ops::settings::show(&console.ops()).await {
         Ok(s) => s,
-        Err(e) => return Problem::from(e).into_response(),
+        Err(e) => return super::failed(e),
     };
     let admin = who.caller.role.allows(Role::Admin);
     let csrf = who.csrf();
