@@ -60,6 +60,17 @@ pub enum AdminCommand {
     /// API tokens for automation.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Serve the console with your own certificate (P-256): its key is imported into
+    /// the token (non-extractable), the chain written to console-tls.pem. Then set
+    /// [console] tls_certificate = "console-tls.pem" and tls_key = "token".
+    TlsImport {
+        /// PEM certificate chain, leaf first.
+        #[arg(long, value_name = "FILE")]
+        certificate: PathBuf,
+        /// PEM private key of the leaf (PKCS#8 or EC, unencrypted); delete it afterwards.
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -220,10 +231,42 @@ pub async fn run(cmd: AdminCommand, settings: &Settings) -> Result<()> {
                 }
             }
         }
+        AdminCommand::TlsImport { certificate, key } => {
+            tls_import(settings, &actor, &certificate, &key).await?;
+        }
         AdminCommand::Token(TokenCommand::Revoke { id }) => {
             let token = console::revoke_token(&ops, &actor, id).await?;
             println!("revoked token {} of {}", token.id, token.account);
         }
     }
+    Ok(())
+}
+
+async fn tls_import(
+    settings: &Settings,
+    actor: &Actor,
+    certificate: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<()> {
+    use anyhow::Context;
+    let chain = std::fs::read(certificate)
+        .with_context(|| format!("cannot read {}", certificate.display()))?;
+    let key = zeroize::Zeroizing::new(
+        std::fs::read(key).with_context(|| format!("cannot read {}", key.display()))?,
+    );
+    let app = crate::app::App::open(settings.clone()).await?;
+    let imported = crate::ops::console_tls::import(&app, actor, &chain, key).await?;
+    println!(
+        "imported the key of {} into the token (key {}); chain written to {}",
+        imported.subject, imported.key_id, imported.certificate_file
+    );
+    println!("serve it: set in smimegate.toml");
+    println!("  [console]");
+    println!(
+        "  tls_certificate = \"{}\"",
+        crate::ops::console_tls::CHAIN_FILE
+    );
+    println!("  tls_key = \"token\"");
+    println!("and restart; the key file can be deleted now.");
     Ok(())
 }

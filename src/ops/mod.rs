@@ -36,6 +36,7 @@ mod actor;
 pub mod audit;
 pub mod certs;
 pub mod console;
+pub mod console_tls;
 pub mod crl;
 pub mod dashboard;
 pub mod domains;

@@ -484,3 +484,250 @@ async fn every_answer_carries_the_security_headers_and_http_serves_no_console() 
     assert_eq!(gw.http_get("/login").0, 404, "the console is on HTTPS only");
     assert_eq!(gw.http_get("/health").0, 200);
 }
+
+fn message(from: &str, to: &str, subject: &str) -> Vec<u8> {
+    format!(
+        "From: {from}\r\nTo: {to}\r\nSubject: {subject}\r\nMessage-ID: <{}@test>\r\n\r\nHello.\r\n",
+        subject.len()
+    )
+    .into_bytes()
+}
+
+#[tokio::test]
+async fn the_email_overview_finds_a_relayed_message_by_its_crypto_result() {
+    const ALICE: &str = "alice@corp.example";
+    let gw = Gateway::start(|d| harness::mailbox(d, ALICE));
+    add_account(&gw, "watcher", "viewer");
+    // One signed message out (alice has a certificate), one plain one (nobody has).
+    let mut client = harness::Client::internal(gw.submission);
+    let subject = "=?UTF-8?B?UXVhcnRhbHNiZXJpY2h0IMOcYmVyc2ljaHQ=?=";
+    let t = client.send(
+        ALICE,
+        &["bob@partner.example"],
+        &message(ALICE, "bob@partner.example", subject),
+    );
+    assert_eq!(t.data.as_ref().map(|d| d.0), Some(250), "{:?}", t.data);
+    let t = client.send(
+        "carol@corp.example",
+        &["bob@partner.example"],
+        &message("carol@corp.example", "bob@partner.example", "plain"),
+    );
+    assert_eq!(t.data.as_ref().map(|d| d.0), Some(250), "{:?}", t.data);
+
+    let user = ConsoleUser::new(&gw);
+    assert_eq!(
+        user.login("watcher", PASSWORD).await.status(),
+        StatusCode::SEE_OTHER
+    );
+    // The log writer commits in groups: wait until both rows are there.
+    let mut all = String::new();
+    for _ in 0..50 {
+        all = user.get_text("/messages").await.1;
+        if all.contains("2 messages") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(all.contains("2 messages"), "{all}");
+    let (status, signed) = user
+        .get_text("/messages?crypto=signed&direction=outbound&page=")
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(signed.contains("1 messages"), "{signed}");
+    assert!(
+        signed.contains("Quartalsbericht Übersicht"),
+        "the subject is shown decoded: {signed}"
+    );
+    assert!(!signed.contains("carol@corp.example"), "{signed}");
+    let (_, none) = user.get_text("/messages?crypto=none").await;
+    assert!(
+        none.contains("carol@corp.example") && !none.contains("Quartalsbericht"),
+        "{none}"
+    );
+
+    let csv = user.get("/messages.csv?crypto=signed").await;
+    assert_eq!(csv.headers()["content-type"], "text/csv; charset=utf-8");
+    let csv = csv.text().await.expect("csv");
+    assert_eq!(csv.lines().count(), 2, "a header and one row: {csv}");
+    assert!(csv.contains("Quartalsbericht Übersicht"), "{csv}");
+
+    let api: serde_json::Value = user
+        .api(Method::GET, "/messages?crypto=signed", None, None)
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(api["total"], 1);
+    assert_eq!(api["rows"][0]["mail_from"], ALICE);
+
+    let (_, dashboard) = user.get_text("/").await;
+    assert!(dashboard.contains("Outbound, 24 h"), "{dashboard}");
+    let (_, audit) = user.get_text("/audit?action=account.").await;
+    assert!(
+        audit.contains("account.add") && audit.contains("watcher"),
+        "{audit}"
+    );
+    let (status, _) = user.get_text("/messages?crypto=bogus").await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "a wrong filter is shown on the page, not a failure"
+    );
+}
+
+/// An operator CA and a P-256 certificate for `localhost` from it, made by openssl in
+/// `dir`; returns (ca.pem, chain.pem, key.pem).
+fn operator_certificate(dir: &std::path::Path, algorithm: &[&str]) -> (String, String, String) {
+    let path = |name: &str| dir.join(name).display().to_string();
+    let (ca_key, ca, key, csr, leaf) = (
+        path("op-ca.key"),
+        path("op-ca.pem"),
+        path("op.key"),
+        path("op.csr"),
+        path("op.pem"),
+    );
+    common::run_ok(
+        "openssl",
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            &ca_key,
+            "-out",
+            &ca,
+            "-subj",
+            "/CN=Operator Test CA",
+            "-days",
+            "30",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ],
+    );
+    let mut args = vec![
+        "req",
+        "-new",
+        "-nodes",
+        "-keyout",
+        &key,
+        "-out",
+        &csr,
+        "-subj",
+        "/CN=localhost",
+    ];
+    args.extend_from_slice(algorithm);
+    common::run_ok("openssl", &args);
+    let ext = path("op.ext");
+    std::fs::write(&ext, "subjectAltName=DNS:localhost\nextendedKeyUsage=serverAuth\nkeyUsage=critical,digitalSignature\n").expect("ext");
+    common::run_ok(
+        "openssl",
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            &ca,
+            "-CAkey",
+            &ca_key,
+            "-CAcreateserial",
+            "-out",
+            &leaf,
+            "-days",
+            "10",
+            "-extfile",
+            &ext,
+        ],
+    );
+    (ca, leaf, key)
+}
+
+#[tokio::test]
+async fn an_operator_certificate_is_served_with_its_key_imported_into_the_token() {
+    let ops_dir = tempfile::tempdir().expect("temp dir");
+    let (ca, leaf, key) = operator_certificate(
+        ops_dir.path(),
+        &["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"],
+    );
+    let (_, rsa_leaf, rsa_key) = {
+        let rsa_dir = ops_dir.path().join("rsa");
+        std::fs::create_dir(&rsa_dir).expect("dir");
+        operator_certificate(&rsa_dir, &["-newkey", "rsa:2048"])
+    };
+    let gw = Gateway::start(|data| {
+        let refused = common::smimegate(
+            data,
+            &[
+                "admin",
+                "tls-import",
+                "--certificate",
+                &rsa_leaf,
+                "--key",
+                &rsa_key,
+            ],
+        );
+        assert_eq!(refused.status.code(), Some(2));
+        let text = String::from_utf8_lossy(&refused.stderr);
+        assert!(text.contains("only a P-256"), "{text}");
+        let mismatched = common::smimegate(
+            data,
+            &[
+                "admin",
+                "tls-import",
+                "--certificate",
+                &leaf,
+                "--key",
+                &rsa_key,
+            ],
+        );
+        assert_eq!(
+            mismatched.status.code(),
+            Some(2),
+            "{}",
+            String::from_utf8_lossy(&mismatched.stderr)
+        );
+        let out = common::smimegate_ok(
+            data,
+            &["admin", "tls-import", "--certificate", &leaf, "--key", &key],
+        );
+        assert!(
+            out.contains("tls_certificate = \"console-tls.pem\""),
+            "{out}"
+        );
+        std::fs::remove_file(&key).expect("the key file is not needed any more");
+        let config = data.join("smimegate.toml");
+        let text = std::fs::read_to_string(&config).expect("config");
+        let text = text.replacen(
+            "tls_certificate = \"\"",
+            "tls_certificate = \"console-tls.pem\"",
+            1,
+        );
+        std::fs::write(&config, text).expect("config");
+    });
+    let operator_ca =
+        reqwest::Certificate::from_pem(&std::fs::read(&ca).expect("ca")).expect("pem");
+    let http = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(operator_ca)
+        .resolve(
+            "localhost",
+            std::net::SocketAddr::from(([127, 0, 0, 1], gw.console)),
+        )
+        .build()
+        .expect("client");
+    let response = http
+        .get(format!("https://localhost:{}/login", gw.console))
+        .send()
+        .await
+        .expect(
+            "the console presents the operator's certificate, trusted by the operator CA alone",
+        );
+    assert_eq!(response.status(), StatusCode::OK);
+}

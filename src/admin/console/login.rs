@@ -25,10 +25,19 @@ struct LoginQuery {
     error: Option<String>,
 }
 
-/// Only a local path may be the target after login (no open redirect).
+/// Only a local path may be the target after login (no open redirect): it starts with
+/// one `/` and holds only URL characters that need no escaping — no whitespace or
+/// control characters (browsers drop tabs, so `/\t/host` would become `//host`), no
+/// backslash, nothing a `Location` header cannot carry.
 fn local_target(next: Option<&str>) -> String {
+    let safe = |c: char| c.is_ascii_alphanumeric() || "/_-.~?=&%+:@,".contains(c);
     match next {
-        Some(path) if path.starts_with('/') && !path.starts_with("//") && !path.contains('\\') => {
+        Some(path)
+            if path.starts_with('/')
+                && !path.starts_with("//")
+                && path.len() <= 2048
+                && path.chars().all(safe) =>
+        {
             path.to_string()
         }
         _ => "/".into(),
@@ -143,4 +152,29 @@ pub async fn logout(State(console): State<Arc<Console>>, who: Who, headers: Head
         response.headers_mut().insert(header::SET_COOKIE, value);
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::local_target;
+
+    #[test]
+    fn only_a_plain_local_path_is_a_target_after_login() {
+        assert_eq!(
+            local_target(Some("/mailboxes?state=active")),
+            "/mailboxes?state=active"
+        );
+        for hostile in [
+            "//evil.example/",
+            "/\\evil.example",
+            "/\t/evil.example",
+            "https://evil.example/",
+            "/a\r\nSet-Cookie: x=y",
+            "/ümlaut",
+            "",
+        ] {
+            assert_eq!(local_target(Some(hostile)), "/", "{hostile:?}");
+        }
+        assert_eq!(local_target(None), "/");
+    }
 }

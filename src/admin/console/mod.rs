@@ -17,7 +17,7 @@ pub mod api;
 pub mod guard;
 mod layout;
 mod login;
-mod pages;
+pub(crate) mod pages;
 mod problem;
 
 use std::net::{IpAddr, SocketAddr};
@@ -80,6 +80,7 @@ pub fn router(console: Arc<Console>) -> Router {
         .merge(login::router())
         .merge(pages::router())
         .nest("/api/v1", api)
+        .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
             console.clone(),
             guard::same_origin,
@@ -90,6 +91,21 @@ pub fn router(console: Arc<Console>) -> Router {
         ))
         .layer(axum::middleware::from_fn(guard::security_headers))
         .with_state(console)
+}
+
+/// Unknown paths: problem details under `/api/`, a page elsewhere.
+async fn not_found(uri: axum::http::Uri) -> axum::response::Response {
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+    if uri.path().starts_with("/api/") {
+        Problem::new(StatusCode::NOT_FOUND, "no such API route").into_response()
+    } else {
+        (
+            StatusCode::NOT_FOUND,
+            layout::error_page(StatusCode::NOT_FOUND, "There is no such page."),
+        )
+            .into_response()
+    }
 }
 
 /// The caller of a request that passed a role gate, with the client's address.

@@ -12,7 +12,7 @@ mod settings;
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use utoipa::OpenApi;
@@ -60,6 +60,10 @@ pub fn router() -> ApiRouter {
         .routes(routes!(me))
         .routes(routes!(list_mailboxes))
         .routes(routes!(show_mailbox))
+        .routes(routes!(dashboard))
+        .routes(routes!(messages))
+        .routes(routes!(messages_csv))
+        .routes(routes!(audit_log))
         .merge(certificates::viewer())
         .merge(rules::viewer())
         .merge(settings::viewer())
@@ -200,6 +204,84 @@ async fn me(who: Who) -> Json<Me> {
             CallerVia::ApiToken { .. } => "token".into(),
         },
     })
+}
+
+/// The dashboard's figures: seats, the last 24 hours' messages by direction and crypto
+/// result, certificates expiring within 30 days, next-hop errors, and the token.
+#[utoipa::path(get, path = "/dashboard", tag = "dashboard",
+    responses((status = 200, body = DashboardAnswer), (status = 401, body = Problem), (status = 403, body = Problem)))]
+async fn dashboard(State(console): State<Arc<Console>>) -> Response {
+    let summary = match ops::dashboard::summary(&console.ops()).await {
+        Ok(summary) => summary,
+        Err(e) => return Problem::from(e).into_response(),
+    };
+    let token = match console.app.hsm.call("health", |hsm| hsm.health()).await {
+        Ok(t) => TokenStatus {
+            ok: t.logged_in,
+            label: t.label,
+            sessions_in_use: t.sessions.in_use as u64,
+            sessions_capacity: t.sessions.capacity as u64,
+            error: None,
+        },
+        Err(e) => TokenStatus {
+            ok: false,
+            label: console.app.settings.config.hsm.token_label.clone(),
+            sessions_in_use: 0,
+            sessions_capacity: 0,
+            error: Some(e.to_string()),
+        },
+    };
+    Json(DashboardAnswer { summary, token }).into_response()
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct DashboardAnswer {
+    #[serde(flatten)]
+    summary: ops::dashboard::Dashboard,
+    token: TokenStatus,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct TokenStatus {
+    ok: bool,
+    label: String,
+    sessions_in_use: u64,
+    sessions_capacity: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+/// The email overview: the message log, newest first, filtered and paged.
+#[utoipa::path(get, path = "/messages", tag = "messages", params(ops::messages::MessageQuery),
+    responses((status = 200, body = ops::messages::MessagePage), (status = 400, body = Problem),
+              (status = 401, body = Problem), (status = 403, body = Problem), (status = 422, body = Problem)))]
+async fn messages(State(console): State<Arc<Console>>, RawQuery(raw): RawQuery) -> Response {
+    match super::pages::messages::lenient::<ops::messages::MessageQuery>(raw.as_deref()) {
+        Ok(query) => answer(ops::messages::search(&console.ops(), query).await),
+        Err(p) => p.into_response(),
+    }
+}
+
+/// The same messages as CSV (all pages, at most 100 000 rows).
+#[utoipa::path(get, path = "/messages.csv", tag = "messages", params(ops::messages::MessageQuery),
+    responses((status = 200, content_type = "text/csv", body = String), (status = 400, body = Problem),
+              (status = 401, body = Problem), (status = 403, body = Problem), (status = 422, body = Problem)))]
+async fn messages_csv(State(console): State<Arc<Console>>, RawQuery(raw): RawQuery) -> Response {
+    match super::pages::messages::lenient::<ops::messages::MessageQuery>(raw.as_deref()) {
+        Ok(query) => super::pages::messages::csv_answer(&console, query).await,
+        Err(p) => p.into_response(),
+    }
+}
+
+/// The audit log, newest first, filtered and paged.
+#[utoipa::path(get, path = "/audit", tag = "audit", params(ops::audit::AuditQuery),
+    responses((status = 200, body = ops::audit::AuditPage), (status = 400, body = Problem),
+              (status = 401, body = Problem), (status = 403, body = Problem), (status = 422, body = Problem)))]
+async fn audit_log(State(console): State<Arc<Console>>, RawQuery(raw): RawQuery) -> Response {
+    match super::pages::messages::lenient::<ops::audit::AuditQuery>(raw.as_deref()) {
+        Ok(query) => answer(ops::audit::search(&console.ops(), query).await),
+        Err(p) => p.into_response(),
+    }
 }
 
 /// Every known mailbox with its state, the certificate it signs with, and the seats

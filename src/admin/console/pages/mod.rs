@@ -4,9 +4,11 @@
 //! operation and redirects back with `?ok=` or `?error=` (post/redirect/get).
 
 mod accounts;
+mod audit;
 mod certificates;
 mod dashboard;
 mod mailboxes;
+pub(super) mod messages;
 mod rules;
 mod settings;
 
@@ -25,6 +27,8 @@ pub fn router() -> Router<Arc<Console>> {
         .route("/logout", post(super::login::logout))
         .merge(dashboard::viewer())
         .merge(mailboxes::viewer())
+        .merge(messages::viewer())
+        .merge(audit::viewer())
         .merge(certificates::viewer())
         .merge(rules::viewer())
         .merge(settings::viewer());
