@@ -149,15 +149,12 @@ pub struct Rule {
     pub id: i64,
     /// 1 is the highest priority.
     pub priority: i64,
-    /// `inbound` or `outbound`.
-    #[schema(value_type = String)]
     pub direction: Direction,
     /// `anyone`, `managed`, `mailbox:ADDRESS`, `address:ADDRESS`, `domain:DOMAIN`.
     #[schema(value_type = String)]
     pub sender: Matcher,
     #[schema(value_type = String)]
     pub recipient: Matcher,
-    #[schema(value_type = String)]
     pub action: Action,
     pub enabled: bool,
     pub comment: String,

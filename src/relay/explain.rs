@@ -9,7 +9,6 @@ use super::directory::{Directory, Route, party};
 
 #[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct Explanation {
-    #[schema(value_type = String)]
     pub direction: Direction,
     pub sender: String,
     pub sender_managed: bool,
@@ -19,7 +18,6 @@ pub struct Explanation {
     pub sender_can_sign: Option<bool>,
     /// Outbound: a valid certificate is known for the recipient.
     pub recipient_has_certificate: Option<bool>,
-    #[schema(value_type = Object)]
     pub selection: Selection,
     /// What happens, one line per case.
     pub outcomes: Vec<String>,
