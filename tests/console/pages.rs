@@ -824,6 +824,30 @@ async fn the_api_answers_the_pages_reads_as_documented_json_and_problems() {
     ] {
         assert!(schemas.contains_key(name), "no schema {name}");
     }
+    // Every reference in the document names a schema it has (schemathesis needs them).
+    fn refs(value: &serde_json::Value, found: &mut Vec<String>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (key, inner) in map {
+                    match (key.as_str(), inner.as_str()) {
+                        ("$ref", Some(target)) => found.push(target.to_string()),
+                        _ => refs(inner, found),
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|i| refs(i, found)),
+            _ => {}
+        }
+    }
+    let mut found = Vec::new();
+    refs(&document, &mut found);
+    assert!(found.len() > 20, "{found:?}");
+    for target in &found {
+        let name = target
+            .strip_prefix("#/components/schemas/")
+            .unwrap_or_else(|| panic!("unexpected reference {target}"));
+        assert!(schemas.contains_key(name), "{target} names no schema");
+    }
 
     let (status, _, added) = json(
         user.api(

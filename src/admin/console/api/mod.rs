@@ -33,7 +33,9 @@ use crate::ops::{self, Role};
                        `Authorization: Bearer <API token>` (admin: `smimegate admin token create`). \
                        Errors are RFC 9457 problem details."
     ),
-    components(schemas(Problem)),
+    // Types only query parameters name: utoipa-axum collects bodies' schemas, not
+    // those of parameters, and every `$ref` must resolve.
+    components(schemas(Problem, crate::store::CryptoResult)),
     modifiers(&BearerAuth),
     security(("bearer" = []))
 )]
