@@ -501,6 +501,23 @@ async fn the_accounts_page_shows_a_totp_secret_and_a_token_once_and_changes_acco
     )
     .await;
     assert_audited(&gw, "console:root", "account.role", "ops2").await;
+    submit(&admin, "/accounts/totp", &[("name", "ops2"), ("on", "0")]).await;
+    assert_audited(&gw, "console:root", "account.totp", "ops2").await;
+    let csrf = admin.csrf().await;
+    let renewed = admin
+        .post_form(
+            "/accounts/totp",
+            &[("csrf", &csrf), ("name", "ops2"), ("on", "1")],
+        )
+        .await;
+    assert_eq!(renewed.status(), StatusCode::OK);
+    assert!(
+        renewed
+            .text()
+            .await
+            .expect("page")
+            .contains("id=\"totp-secret\"")
+    );
     submit(&admin, "/accounts/disable", &[("name", "ops2")]).await;
     assert_audited(&gw, "console:root", "account.disable", "ops2").await;
     let list = gw.cli(&["admin", "list"]);

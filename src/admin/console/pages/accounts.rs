@@ -25,6 +25,7 @@ pub fn admin() -> Router<Arc<Console>> {
         .route("/accounts/disable", post(disable))
         .route("/accounts/enable", post(enable))
         .route("/accounts/unlock", post(unlock))
+        .route("/accounts/totp", post(set_totp))
         .route("/accounts/remove", post(remove))
         .route("/tokens/create", post(create_token))
         .route("/tokens/revoke", post(revoke_token))
@@ -81,7 +82,15 @@ async fn list(
                                 (role_select(Some(a.role))) " " button type="submit" { "Change" }
                             }
                         }
-                        td { @if a.totp { "on" } @else { "off" } }
+                        td {
+                            @if a.totp { "on " } @else { "off " }
+                            form.inline method="post" action="/accounts/totp" {
+                                input type="hidden" name="csrf" value=(csrf);
+                                input type="hidden" name="name" value=(a.name);
+                                input type="hidden" name="on" value=(if a.totp { "0" } else { "1" });
+                                button type="submit" { @if a.totp { "Turn off" } @else { "Turn on" } }
+                            }
+                        }
                         td {
                             @if a.disabled { span.state.off { (layout::both("Disabled", "Deaktiviert")) } }
                             @else if let Some(until) = a.locked_until { span.state.bad { "Locked until " (layout::when(until)) } }
@@ -203,6 +212,28 @@ async fn add(State(console): State<Arc<Console>>, who: Who, body: Bytes) -> Resp
 
 fn name_of(fields: &[(String, String)]) -> &str {
     one_of(fields, "name").unwrap_or_default()
+}
+
+async fn set_totp(State(console): State<Arc<Console>>, who: Who, body: Bytes) -> Response {
+    let fields = form_fields(&body);
+    let on = one_of(&fields, "on") == Some("1");
+    match ops::console::set_totp(&console.ops(), &who.actor(), name_of(&fields), on).await {
+        Ok(changed) => match (&changed.totp_secret, &changed.totp_uri) {
+            (Some(secret), Some(uri)) => shown_once(
+                &who,
+                &format!("{} has a new TOTP secret", changed.account.name),
+                html! {
+                    p { "TOTP secret: " span.mono #totp-secret { (secret) } }
+                    p { "Provisioning URI: " span.mono { (uri) } }
+                },
+            ),
+            _ => back(
+                "/accounts",
+                Ok(format!("{} logs in without TOTP", changed.account.name)),
+            ),
+        },
+        Err(e) => back("/accounts", Err(e)),
+    }
 }
 
 async fn set_role(State(console): State<Arc<Console>>, who: Who, body: Bytes) -> Response {
