@@ -25,6 +25,8 @@ ensure_packages() {
 }
 
 # Packages the gateway needs to build and run.
-RUNTIME_PACKAGES=(build-essential pkg-config libssl-dev softhsm2 opensc openssl ca-certificates)
-# Packages the test suite needs on top: interop peers and PostgreSQL.
-TEST_PACKAGES=(gpgsm postgresql postgresql-client postfix python3)
+# libxml2-dev, libxmlsec1-dev and libclang-dev build samael (SAML single sign-on, xmlsec).
+RUNTIME_PACKAGES=(build-essential pkg-config libssl-dev libxml2-dev libxmlsec1-dev libclang-dev softhsm2 opensc openssl ca-certificates)
+# Packages the test suite needs on top: interop peers (gpgsm, postfix, the pysaml2 IdP
+# of tests/saml with xmlsec1) and PostgreSQL.
+TEST_PACKAGES=(gpgsm postgresql postgresql-client postfix python3 python3-pysaml2 xmlsec1)

@@ -5,6 +5,7 @@ pub mod console;
 mod health;
 pub mod https;
 mod pki;
+pub mod saml;
 
 use axum::Router;
 

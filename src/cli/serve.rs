@@ -292,10 +292,10 @@ pub async fn serve(settings: Settings, args: ServeArgs) -> Result<()> {
             use axum::serve::Listener as _;
             let local = listener.local_addr()?;
             let origin = crate::admin::console::origin(&app.settings, local);
-            let console = Arc::new(crate::admin::console::Console::new(
-                app.clone(),
-                origin.clone(),
-            ));
+            let console = Arc::new(
+                crate::admin::console::Console::new(app.clone(), origin.clone())
+                    .context("[saml]")?,
+            );
             let mut phase = control.subscribe();
             let service = crate::admin::console::router(console)
                 .into_make_service_with_connect_info::<crate::admin::console::ClientAddr>();

@@ -48,6 +48,7 @@ pub struct Config {
     pub log: LogConfig,
     pub revocation: RevocationConfig,
     pub dns: DnsConfig,
+    pub saml: SamlConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -457,6 +458,111 @@ pub struct HttpConfig {
     pub listen: String,
 }
 
+/// `[saml]`: single sign-on to the console through a SAML 2.0 identity provider
+/// (`crate::admin::saml`). Off while `idp_metadata` is empty.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SamlConfig {
+    /// The IdP's metadata XML (a file; relative to the data directory); "": SSO off.
+    pub idp_metadata: PathBuf,
+    /// Our entity ID; "": `<console URL>/saml/metadata` ([`Config::console_url`]).
+    pub sp_entity_id: String,
+    /// Our assertion consumer service; "": `<console URL>/saml/acs`.
+    pub acs_url: String,
+    /// The IdP attribute whose values are mapped to roles (its Name or FriendlyName).
+    pub role_attribute: String,
+    /// Attribute value (e.g. an IdP group) -> role; the highest matching role wins.
+    pub roles: BTreeMap<String, crate::ops::Role>,
+    /// Clock difference to the IdP tolerated on every time check, in seconds.
+    pub allowed_clock_skew_secs: u64,
+    /// How long a login request waits for the IdP's answer, in seconds.
+    pub request_ttl_secs: u64,
+}
+
+impl Default for SamlConfig {
+    fn default() -> Self {
+        Self {
+            idp_metadata: PathBuf::new(),
+            sp_entity_id: String::new(),
+            acs_url: String::new(),
+            role_attribute: "groups".into(),
+            roles: BTreeMap::new(),
+            allowed_clock_skew_secs: 60,
+            request_ttl_secs: 300,
+        }
+    }
+}
+
+impl SamlConfig {
+    /// Whether SSO is configured.
+    pub fn enabled(&self) -> bool {
+        !self.idp_metadata.as_os_str().is_empty()
+    }
+
+    /// Our entity ID: the configured one, or `console_url` + `/saml/metadata`.
+    pub fn entity_id(&self, console_url: &str) -> String {
+        derived(&self.sp_entity_id, console_url, "/saml/metadata")
+    }
+
+    /// Our ACS URL: the configured one, or `console_url` + `/saml/acs`.
+    pub fn acs(&self, console_url: &str) -> String {
+        derived(&self.acs_url, console_url, "/saml/acs")
+    }
+
+    fn validate(&self, console_url: &str) -> Result<(), ConfigError> {
+        if !self.enabled() {
+            return Ok(());
+        }
+        let invalid = |key: &'static str, message: String| ConfigError::Invalid { key, message };
+        let acs = self.acs(console_url);
+        if !(acs.starts_with("https://") || acs.starts_with("http://")) || acs.contains(['?', '#'])
+        {
+            return Err(invalid(
+                "saml.acs_url",
+                format!(
+                    "'{acs}' is not an http(s) URL without query (set it, or console.public_url)"
+                ),
+            ));
+        }
+        if self.entity_id(console_url).trim().is_empty() {
+            return Err(invalid("saml.sp_entity_id", "must not be empty".into()));
+        }
+        if self.role_attribute.trim().is_empty() {
+            return Err(invalid(
+                "saml.role_attribute",
+                "must name an IdP attribute".into(),
+            ));
+        }
+        if self.roles.is_empty() {
+            return Err(invalid(
+                "saml.roles",
+                "maps no attribute value to a role: nobody could log in".into(),
+            ));
+        }
+        if self.allowed_clock_skew_secs > 600 {
+            return Err(invalid(
+                "saml.allowed_clock_skew_secs",
+                "at most 600".into(),
+            ));
+        }
+        if !(30..=3600).contains(&self.request_ttl_secs) {
+            return Err(invalid(
+                "saml.request_ttl_secs",
+                "between 30 and 3600".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn derived(configured: &str, console_url: &str, path: &str) -> String {
+    if configured.is_empty() {
+        format!("{}{path}", console_url.trim_end_matches('/'))
+    } else {
+        configured.to_string()
+    }
+}
+
 /// `[revocation]`: how partner certificates are checked against their CAs' CRLs.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -694,6 +800,26 @@ impl Default for LogConfig {
 }
 
 impl Config {
+    /// The console's URL as browsers reach it, from the configuration alone:
+    /// `[console].public_url`, else `https://` + `[gateway].hostname` + the port of
+    /// `[console].listen` (omitted when 443). `[saml]` derives its URLs from it.
+    pub fn console_url(&self) -> String {
+        let configured = self.console.public_url.trim_end_matches('/');
+        if !configured.is_empty() {
+            return configured.to_string();
+        }
+        let host = &self.gateway.hostname;
+        let port = self
+            .console
+            .listen
+            .rsplit_once(':')
+            .and_then(|(_, port)| port.parse::<u16>().ok());
+        match port {
+            None | Some(443) => format!("https://{host}"),
+            Some(port) => format!("https://{host}:{port}"),
+        }
+    }
+
     /// Parses a configuration text; `origin` names it in error messages.
     pub fn parse(text: &str, origin: &Path) -> Result<Self, ConfigError> {
         let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
@@ -799,6 +925,7 @@ impl Config {
         }
         self.revocation.validate()?;
         self.console.validate()?;
+        self.saml.validate(&self.console_url())?;
         self.relay.validate()
     }
 }
@@ -939,6 +1066,43 @@ mod tests {
         let err = Config::parse("[revocation]\nreply_wait_ms = 60000\n", Path::new("x.toml"))
             .unwrap_err();
         assert!(err.to_string().contains("reply_wait_ms"), "{err}");
+    }
+
+    #[test]
+    fn saml_settings_parse_and_derive_their_urls_from_the_console_url() {
+        let c = Config::parse(
+            "[console]\npublic_url = \"https://gw.example:8443/\"\n\
+             [saml]\nidp_metadata = \"idp.xml\"\n\
+             [saml.roles]\n\"smimegate-admins\" = \"admin\"\nstaff = \"viewer\"\n",
+            Path::new("x.toml"),
+        )
+        .expect("parses");
+        assert!(c.saml.enabled());
+        assert_eq!(
+            c.saml.acs(&c.console_url()),
+            "https://gw.example:8443/saml/acs"
+        );
+        assert_eq!(
+            c.saml.entity_id(&c.console_url()),
+            "https://gw.example:8443/saml/metadata"
+        );
+        // Without public_url: the gateway's host name and the console's port.
+        let d = Config::parse(
+            "[gateway]\nhostname = \"gw.example\"\n",
+            Path::new("x.toml"),
+        )
+        .expect("parses");
+        assert_eq!(d.console_url(), "https://gw.example:8443");
+        assert_eq!(c.saml.roles["staff"], crate::ops::Role::Viewer);
+        let err = Config::parse(
+            "[saml]\nidp_metadata = \"idp.xml\"\n[saml.roles]\nstaff = \"root\"\n",
+            Path::new("x.toml"),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("unknown variant"), "{err}");
+        let err =
+            Config::parse("[saml]\nidp_metadata = \"idp.xml\"\n", Path::new("x.toml")).unwrap_err();
+        assert!(err.to_string().contains("saml.roles"), "{err}");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! | caller | name | origin |
 //! |---|---|---|
 //! | a CLI command | `cli:USER` (`SUDO_USER`, else `USER`) | `cli` |
-//! | the console or the API | `console:ACCOUNT` | `console ADDRESS` (the client's IP) |
+//! | the console or the API | `console:ACCOUNT` (`saml:NAMEID` after single sign-on) | `console ADDRESS` (the client's IP) |
 //! | a job inside the gateway | `job:NAME` (e.g. `job:lifecycle`) | `job` |
 
 use std::net::IpAddr;

@@ -324,7 +324,7 @@ impl Caller {
             CallerVia::Session {
                 source: SessionSource::Saml,
                 ..
-            } => Actor::console(&format!("saml:{}", self.account), client),
+            } => super::saml::actor(Some(&self.account), client),
             CallerVia::Session { .. } => Actor::console(&self.account, client),
             CallerVia::ApiToken { id } => {
                 Actor::console(&format!("{} (API token {id})", self.account), client)

@@ -50,6 +50,7 @@ pub mod password;
 pub mod relay_settings;
 mod role;
 pub mod rules;
+pub mod saml;
 pub mod settings;
 pub mod submitters;
 pub mod totp;

@@ -65,15 +65,63 @@ pub async fn show(ctx: &Ops<'_>) -> Result<SettingsView, OpError> {
             ca_file: relay.next_hop_ca_file.display().to_string(),
             hops,
         },
-        saml: saml_status(ctx),
+        saml: saml_status(&ctx.settings.config),
     })
 }
 
-/// This build reads no `[saml]` section yet: single sign-on is not configured and
-/// only local accounts log in.
-fn saml_status(_ctx: &Ops<'_>) -> SamlStatus {
+/// Whether `[saml]` names IdP metadata, with the entity ID, the role attribute and
+/// how many values map to roles (no secret: the IdP's certificate is public too).
+fn saml_status(config: &crate::config::Config) -> SamlStatus {
+    let saml = &config.saml;
+    if saml.idp_metadata.as_os_str().is_empty() {
+        return SamlStatus {
+            configured: false,
+            detail: "not configured: only local accounts log in".into(),
+        };
+    }
+    let entity_id = if saml.sp_entity_id.is_empty() {
+        format!("{}/saml/metadata", config.console_url())
+    } else {
+        saml.sp_entity_id.clone()
+    };
     SamlStatus {
-        configured: false,
-        detail: "not configured: only local accounts log in".into(),
+        configured: true,
+        detail: format!(
+            "IdP metadata {}; our entity ID {entity_id}; attribute '{}' maps {} value(s) to roles",
+            saml.idp_metadata.display(),
+            saml.role_attribute,
+            saml.roles.len()
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    #[test]
+    fn saml_is_shown_as_configured_only_when_idp_metadata_is_named() {
+        let mut config = Config::default();
+        let off = saml_status(&config);
+        assert!(!off.configured);
+        assert!(off.detail.contains("only local accounts"), "{}", off.detail);
+
+        config.saml.idp_metadata = "idp-metadata.xml".into();
+        config
+            .saml
+            .roles
+            .insert("gateway-admins".into(), crate::ops::Role::Admin);
+        config.console.public_url = "https://gw.corp.example:8443".into();
+        let on = saml_status(&config);
+        assert!(on.configured);
+        for part in [
+            "idp-metadata.xml",
+            "https://gw.corp.example:8443/saml/metadata",
+            "'groups'",
+            "1 value(s)",
+        ] {
+            assert!(on.detail.contains(part), "{part} missing: {}", on.detail);
+        }
     }
 }

@@ -16,6 +16,7 @@ mod message_log;
 mod published_crls;
 mod relay_settings;
 mod rules;
+mod saml;
 mod submitters;
 mod trust;
 
@@ -42,6 +43,7 @@ pub use message_log::{
 pub use published_crls::{PublishedCrl, PublishedCrls};
 pub use relay_settings::{NetworkRow, RelaySettings};
 pub use rules::{NewRule, Rules};
+pub use saml::SamlState;
 pub use submitters::{NewSubmitter, Submitter, SubmitterCredentials, Submitters};
 pub use trust::{TrustAnchorRow, TrustAnchorStore};
 
@@ -370,6 +372,10 @@ impl Store {
 
     pub fn leases(&self) -> Leases<'_> {
         Leases { pool: &self.pool }
+    }
+
+    pub fn saml(&self) -> SamlState<'_> {
+        SamlState { pool: &self.pool }
     }
 
     pub fn audit(&self) -> AuditLog<'_> {

@@ -4,6 +4,7 @@
 
 pub mod crl;
 pub mod gpgsm;
+pub mod saml;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -87,14 +87,24 @@ pub async fn identify(
     } else {
         Ok(None)
     };
-    match found {
+    let account = match found {
         Ok(Some(caller)) => {
+            let account = caller.account.clone();
             request.extensions_mut().insert(caller);
+            account
         }
-        Ok(None) => {}
+        Ok(None) => String::new(),
         Err(e) => return Problem::from(e).into_response(),
-    }
-    next.run(request).await
+    };
+    let span = tracing::info_span!(
+        "console",
+        method = %request.method(),
+        path = %request.uri().path(),
+        account = %account
+    );
+    let response = tracing::Instrument::instrument(next.run(request), span.clone()).await;
+    span.in_scope(|| tracing::debug!(status = response.status().as_u16(), "answered"));
+    response
 }
 
 /// Marks a request for the JSON API (set before nesting strips the `/api/v1`

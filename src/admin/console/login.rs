@@ -16,7 +16,11 @@ use super::{ClientIp, Console, Who, layout};
 use crate::ops::console::{self, LoginAttempt, LoginError, StartedSession};
 
 pub fn router() -> Router<Arc<Console>> {
-    Router::new().route("/login", get(login_page).post(login))
+    Router::new()
+        .route("/login", get(login_page).post(login))
+        .route("/saml/metadata", get(saml_metadata))
+        .route("/saml/login", get(saml_login))
+        .route("/saml/acs", axum::routing::post(saml_acs))
 }
 
 #[derive(serde::Deserialize)]
@@ -44,15 +48,20 @@ fn local_target(next: Option<&str>) -> String {
     }
 }
 
-async fn login_page(Query(query): Query<LoginQuery>) -> impl IntoResponse {
+async fn login_page(
+    State(console): State<Arc<Console>>,
+    Query(query): Query<LoginQuery>,
+) -> impl IntoResponse {
     let next = local_target(query.next.as_deref());
     layout::bare(
         "Log in · Anmelden",
         html! {
             (layout::flash(None, query.error.as_deref()))
-            fieldset {
-                legend { "Single sign-on" }
-                p { a id="sso" href="/saml/login" { "Log in with your organisation's identity provider" } }
+            @if console.saml.is_some() {
+                fieldset {
+                    legend { "Single sign-on" }
+                    p { a id="sso" href="/saml/login" { "Log in with your organisation's identity provider · Anmeldung über den Identity Provider" } }
+                }
             }
             form method="post" action="/login" {
                 fieldset {
@@ -131,6 +140,126 @@ async fn login(
             );
             (status, page).into_response()
         }
+    }
+}
+
+fn no_sso() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        layout::error_page(
+            StatusCode::NOT_FOUND,
+            "Single sign-on is not configured ([saml]).",
+        ),
+    )
+        .into_response()
+}
+
+/// `GET /saml/metadata`: our SP metadata, for the IdP's administrator.
+async fn saml_metadata(State(console): State<Arc<Console>>) -> Response {
+    let Some(saml) = &console.saml else {
+        return no_sso();
+    };
+    match saml.metadata_xml() {
+        Ok(xml) => (
+            [(header::CONTENT_TYPE, "application/samlmetadata+xml")],
+            xml,
+        )
+            .into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "SAML metadata");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                layout::error_page(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "The SP metadata could not be made; the log says why.",
+                ),
+            )
+                .into_response()
+        }
+    }
+}
+
+/// `GET /saml/login`: SP-initiated login, a redirect to the IdP with a fresh request.
+async fn saml_login(State(console): State<Arc<Console>>) -> Response {
+    let Some(saml) = &console.saml else {
+        return no_sso();
+    };
+    match saml.login_redirect(&console.ops()).await {
+        Ok(url) => Redirect::to(&url).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "SAML login request");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                layout::error_page(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "The login request could not be made; try again.",
+                ),
+            )
+                .into_response()
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct AcsForm {
+    #[serde(rename = "SAMLResponse", default)]
+    saml_response: String,
+    #[serde(rename = "RelayState", default)]
+    relay_state: Option<String>,
+}
+
+/// `POST /saml/acs`: the IdP's answer (HTTP-POST binding). A valid response starts a
+/// session with the mapped role; a refused one shows why (it is audited).
+async fn saml_acs(
+    State(console): State<Arc<Console>>,
+    ClientIp(client): ClientIp,
+    form: Result<Form<AcsForm>, axum::extract::rejection::FormRejection>,
+) -> Response {
+    let Some(saml) = &console.saml else {
+        return no_sso();
+    };
+    let Ok(Form(form)) = form else {
+        return (
+            StatusCode::BAD_REQUEST,
+            layout::error_page(StatusCode::BAD_REQUEST, "The IdP's answer is not a form."),
+        )
+            .into_response();
+    };
+    let ops = console.ops();
+    let login = match saml
+        .consume(
+            &ops,
+            client,
+            &form.saml_response,
+            form.relay_state.as_deref(),
+        )
+        .await
+    {
+        Ok(login) => login,
+        Err(refusal) => {
+            let status = refusal.http_status();
+            let page = layout::bare(
+                "Log in · Anmelden",
+                html! {
+                    p.flash.err role="alert" id="login-error" { (refusal.to_string()) }
+                    p { a href="/login" { "Back to the login page" } }
+                },
+            );
+            return (status, page).into_response();
+        }
+    };
+    match console::start_session(
+        &ops,
+        &login.name_id,
+        login.role,
+        console::SessionSource::Saml,
+        client,
+        login.not_on_or_after,
+    )
+    .await
+    {
+        Ok(session) => logged_in(&session, "/"),
+        Err(e) => super::Problem::from(e).into_response(),
     }
 }
 

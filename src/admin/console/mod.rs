@@ -39,16 +39,22 @@ pub struct Console {
     pub throttle: LoginThrottle,
     /// `scheme://host[:port]` browsers reach the console at (the Origin check).
     pub origin: String,
+    /// Single sign-on, when `[saml]` names an IdP.
+    pub saml: Option<crate::admin::saml::SamlSp>,
 }
 
 impl Console {
-    pub fn new(app: Arc<App>, origin: String) -> Self {
+    /// The console of `app`; fails when `[saml]` is set but unusable (e.g. IdP metadata
+    /// without a signing certificate), so a misconfigured SSO is found at start.
+    pub fn new(app: Arc<App>, origin: String) -> Result<Self, crate::admin::saml::SamlConfigError> {
         let throttle = LoginThrottle::new(app.settings.config.console.failed_logins_per_minute);
-        Console {
+        let saml = crate::admin::saml::SamlSp::from_settings(&app.settings)?;
+        Ok(Console {
             app,
             throttle,
             origin,
-        }
+            saml,
+        })
     }
 
     pub fn ops(&self) -> Ops<'_> {
