@@ -287,6 +287,12 @@ fn mutations() -> Vec<Mutation> {
         m(Method::POST, "/accounts/{name}/unlock", None, "admin"),
         m(
             Method::PUT,
+            "/accounts/{name}/password",
+            Some(json!({"password": "a new password, long enough"})),
+            "admin",
+        ),
+        m(
+            Method::PUT,
             "/accounts/{name}/totp",
             Some(json!({"on": false})),
             "admin",

@@ -518,6 +518,25 @@ async fn the_accounts_page_shows_a_totp_secret_and_a_token_once_and_changes_acco
             .expect("page")
             .contains("id=\"totp-secret\"")
     );
+    submit(
+        &admin,
+        "/accounts/password",
+        &[("name", "ops2"), ("password", "another long password")],
+    )
+    .await;
+    assert_audited(&gw, "console:root", "account.passwd", "ops2").await;
+    submit(&admin, "/accounts/totp", &[("name", "ops2"), ("on", "0")]).await;
+    let ops2 = ConsoleUser::new(&gw);
+    assert_eq!(
+        ops2.login("ops2", PASSWORD).await.status(),
+        StatusCode::UNAUTHORIZED,
+        "the old password no longer works"
+    );
+    assert_eq!(
+        ops2.login("ops2", "another long password").await.status(),
+        StatusCode::SEE_OTHER,
+        "the new one does"
+    );
     submit(&admin, "/accounts/disable", &[("name", "ops2")]).await;
     assert_audited(&gw, "console:root", "account.disable", "ops2").await;
     let list = gw.cli(&["admin", "list"]);

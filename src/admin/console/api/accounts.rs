@@ -1,5 +1,5 @@
 //! Local accounts beyond add/remove (in the parent module): role, disable/enable,
-//! unlock, TOTP on/off (admin).
+//! unlock, TOTP on/off, new password (admin).
 
 use std::sync::Arc;
 
@@ -19,6 +19,7 @@ pub fn admin() -> ApiRouter {
         .routes(routes!(enable_account))
         .routes(routes!(unlock_account))
         .routes(routes!(set_totp))
+        .routes(routes!(set_password))
 }
 
 #[derive(serde::Deserialize, utoipa::ToSchema)]
@@ -97,4 +98,25 @@ async fn set_totp(
     ApiJson(input): ApiJson<TotpRequest>,
 ) -> Response {
     answer(ops::console::set_totp(&console.ops(), &who.actor(), &name, input.on).await)
+}
+
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+pub struct PasswordRequest {
+    /// At least 12 characters.
+    password: String,
+}
+
+/// Sets a new password; clears a lockout and ends the account's sessions.
+#[utoipa::path(put, path = "/accounts/{name}/password", tag = "accounts", request_body = PasswordRequest,
+    params(("name" = String, Path, description = "account name")),
+    responses((status = 200, body = AccountView), (status = 400, body = Problem), (status = 401, body = Problem),
+              (status = 403, body = Problem), (status = 404, body = Problem), (status = 422, body = Problem)))]
+async fn set_password(
+    State(console): State<Arc<Console>>,
+    who: Who,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(input): ApiJson<PasswordRequest>,
+) -> Response {
+    let password = input.password.into();
+    answer(ops::console::set_password(&console.ops(), &who.actor(), &name, &password).await)
 }

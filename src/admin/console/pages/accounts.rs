@@ -26,6 +26,7 @@ pub fn admin() -> Router<Arc<Console>> {
         .route("/accounts/enable", post(enable))
         .route("/accounts/unlock", post(unlock))
         .route("/accounts/totp", post(set_totp))
+        .route("/accounts/password", post(set_password))
         .route("/accounts/remove", post(remove))
         .route("/tokens/create", post(create_token))
         .route("/tokens/revoke", post(revoke_token))
@@ -103,6 +104,15 @@ async fn list(
                             " "
                             @if a.locked_until.is_some() { (account_button(csrf, "/accounts/unlock", &a.name, "Unlock")) " " }
                             (account_button(csrf, "/accounts/remove", &a.name, "Remove · Entfernen"))
+                            details {
+                                summary { "New password · Neues Passwort" }
+                                form method="post" action="/accounts/password" {
+                                    input type="hidden" name="csrf" value=(csrf);
+                                    input type="hidden" name="name" value=(a.name);
+                                    input name="password" type="password" required autocomplete="new-password" aria-label="new password";
+                                    " " button type="submit" { "Set" }
+                                }
+                            }
                         }
                     }
                 }
@@ -234,6 +244,19 @@ async fn set_totp(State(console): State<Arc<Console>>, who: Who, body: Bytes) ->
         },
         Err(e) => back("/accounts", Err(e)),
     }
+}
+
+async fn set_password(State(console): State<Arc<Console>>, who: Who, body: Bytes) -> Response {
+    let fields = form_fields(&body);
+    let password = one_of(&fields, "password")
+        .unwrap_or_default()
+        .to_string()
+        .into();
+    let outcome =
+        ops::console::set_password(&console.ops(), &who.actor(), name_of(&fields), &password)
+            .await
+            .map(|a| format!("{} has a new password; its sessions ended", a.name));
+    back("/accounts", outcome)
 }
 
 async fn set_role(State(console): State<Arc<Console>>, who: Who, body: Bytes) -> Response {
