@@ -568,6 +568,19 @@ async fn the_email_overview_finds_a_relayed_message_by_its_crypto_result() {
 
     let (_, dashboard) = user.get_text("/").await;
     assert!(dashboard.contains("Outbound, 24 h"), "{dashboard}");
+    let figures: serde_json::Value = user
+        .api(Method::GET, "/dashboard", None, None)
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(figures["outbound"]["signed"], 1, "{figures}");
+    assert_eq!(figures["outbound"]["none"], 1, "{figures}");
+    assert_eq!(figures["token"]["ok"], true, "{figures}");
+    assert!(
+        figures["token"].get("details").is_none(),
+        "the token's details are the admin's: {figures}"
+    );
     let (_, audit) = user.get_text("/audit?action=account.").await;
     assert!(
         audit.contains("account.add") && audit.contains("watcher"),

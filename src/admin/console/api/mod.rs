@@ -212,28 +212,37 @@ async fn me(who: Who) -> Json<Me> {
 /// result, certificates expiring within 30 days, next-hop errors, and the token.
 #[utoipa::path(get, path = "/dashboard", tag = "dashboard",
     responses((status = 200, body = DashboardAnswer), (status = 401, body = Problem), (status = 403, body = Problem)))]
-async fn dashboard(State(console): State<Arc<Console>>) -> Response {
+async fn dashboard(State(console): State<Arc<Console>>, who: Who) -> Response {
     let summary = match ops::dashboard::summary(&console.ops()).await {
         Ok(summary) => summary,
         Err(e) => return Problem::from(e).into_response(),
     };
-    let token = match console.app.hsm.call("health", |hsm| hsm.health()).await {
-        Ok(t) => TokenStatus {
-            ok: t.logged_in,
+    let health = console.app.hsm.call("health", |hsm| hsm.health()).await;
+    let ok = health.as_ref().is_ok_and(|t| t.logged_in);
+    // The token's details are the admin's; everyone sees whether it works.
+    let details = who.caller.role.allows(Role::Admin).then(|| match health {
+        Ok(t) => TokenDetails {
             label: t.label,
+            manufacturer: t.manufacturer,
+            model: t.model,
             sessions_in_use: t.sessions.in_use as u64,
             sessions_capacity: t.sessions.capacity as u64,
             error: None,
         },
-        Err(e) => TokenStatus {
-            ok: false,
+        Err(e) => TokenDetails {
             label: console.app.settings.config.hsm.token_label.clone(),
+            manufacturer: String::new(),
+            model: String::new(),
             sessions_in_use: 0,
             sessions_capacity: 0,
             error: Some(e.to_string()),
         },
-    };
-    Json(DashboardAnswer { summary, token }).into_response()
+    });
+    Json(DashboardAnswer {
+        summary,
+        token: TokenStatus { ok, details },
+    })
+    .into_response()
 }
 
 #[derive(serde::Serialize, utoipa::ToSchema)]
@@ -245,8 +254,18 @@ struct DashboardAnswer {
 
 #[derive(serde::Serialize, utoipa::ToSchema)]
 struct TokenStatus {
+    /// The token answers and the gateway is logged in.
     ok: bool,
+    /// For admins only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    details: Option<TokenDetails>,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct TokenDetails {
     label: String,
+    manufacturer: String,
+    model: String,
     sessions_in_use: u64,
     sessions_capacity: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
