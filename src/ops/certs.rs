@@ -44,12 +44,14 @@ pub struct ListCertificates {
 }
 
 /// One certificate as `cert list` shows it.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct CertificateView {
     pub fingerprint: String,
     pub address: Option<String>,
+    #[schema(value_type = String)]
     pub source: CertificateSource,
     /// `managed`, `partner` or `trust-anchor`.
+    #[schema(value_type = String)]
     pub kind: &'static str,
     pub subject: String,
     pub issuer: String,
@@ -58,11 +60,12 @@ pub struct CertificateView {
 }
 
 /// What `cert import` did with each certificate of the file.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct ImportOutcome {
     pub fingerprint: String,
     pub subject: String,
     /// `imported`, `known` (held already), `skipped` (a CA certificate) or `refused`.
+    #[schema(value_type = String)]
     pub outcome: &'static str,
     pub address: Option<String>,
     pub detail: String,
@@ -266,16 +269,7 @@ pub async fn remove(
     actor: &Actor,
     fingerprint: &str,
 ) -> Result<CertificateView, OpError> {
-    let wanted: String = fingerprint
-        .chars()
-        .filter(|c| *c != ':')
-        .collect::<String>()
-        .to_ascii_lowercase();
-    if wanted.len() != 64 || !wanted.chars().all(|c| c.is_ascii_hexdigit()) {
-        return Err(OpError::Invalid(format!(
-            "'{fingerprint}' is not a SHA-256 fingerprint (64 hex digits, as `cert list` shows)"
-        )));
-    }
+    let wanted = fingerprint_hex(fingerprint)?;
     let cert = ctx
         .store
         .certificates()
@@ -412,4 +406,144 @@ fn pkcs7_certificates(der_bytes: &[u8]) -> Result<Vec<Certificate>, OpError> {
         ));
     }
     Ok(certificates)
+}
+
+/// A certificate's details as the console's details view shows them (public data
+/// only: nothing here reads or offers a private key).
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct CertificateDetails {
+    pub fingerprint_sha256: String,
+    /// `managed`, `partner` or `trust-anchor`.
+    pub kind: String,
+    #[schema(value_type = String)]
+    pub source: CertificateSource,
+    pub address: Option<String>,
+    pub subject: String,
+    pub issuer: String,
+    pub serial: String,
+    pub not_before: i64,
+    pub not_after: i64,
+    /// `email:…`, `dns:…` entries of the subjectAltName.
+    pub alt_names: Vec<String>,
+    /// The public key's algorithm.
+    pub public_key: String,
+    /// keyUsage bits (e.g. `DigitalSignature`, `KeyEncipherment`).
+    pub key_usage: Vec<String>,
+    /// extendedKeyUsage purposes (e.g. `id-kp-emailProtection`).
+    pub extended_key_usage: Vec<String>,
+    /// The key is in the gateway's token (a managed mailbox's certificate).
+    pub key_in_token: bool,
+    /// Unix seconds when the gateway recorded it revoked, if it did.
+    pub revoked_at: Option<i64>,
+    /// For a trust anchor: the domains it vouches for (empty: any but the managed).
+    pub vouches_for: Option<Vec<String>>,
+}
+
+/// The details of the certificate with this SHA-256 fingerprint (hex, colons and
+/// case ignored): any certificate the gateway holds, ours, partners' or an anchor.
+pub async fn details(ctx: &Ops<'_>, fingerprint: &str) -> Result<CertificateDetails, OpError> {
+    use const_oid::db::DB;
+    use x509_cert::ext::pkix::name::GeneralName;
+    use x509_cert::ext::pkix::{ExtendedKeyUsage, KeyUsage, SubjectAltName};
+
+    let wanted = fingerprint_hex(fingerprint)?;
+    let cert = ctx
+        .store
+        .certificates()
+        .by_fingerprint(&wanted)
+        .await?
+        .ok_or_else(|| OpError::NotFound(format!("no certificate with fingerprint {wanted}")))?;
+    let parsed = Certificate::from_der(&cert.record.der).map_err(|e| {
+        OpError::Store(crate::store::StoreError::Corrupt(format!(
+            "stored certificate {wanted} does not parse: {e}"
+        )))
+    })?;
+    let tbs = parsed.tbs_certificate();
+    let corrupt = |e: der::Error| {
+        OpError::Store(crate::store::StoreError::Corrupt(format!(
+            "certificate {wanted}: {e}"
+        )))
+    };
+    let alt_names = tbs
+        .get_extension::<SubjectAltName>()
+        .map_err(corrupt)?
+        .map(|(_, san)| {
+            san.0
+                .iter()
+                .map(|n| match n {
+                    GeneralName::Rfc822Name(e) => format!("email:{e}"),
+                    GeneralName::DnsName(d) => format!("dns:{d}"),
+                    other => format!("{other:?}"),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let key_usage = tbs
+        .get_extension::<KeyUsage>()
+        .map_err(corrupt)?
+        .map(|(_, ku)| ku.0.into_iter().map(|u| format!("{u:?}")).collect())
+        .unwrap_or_default();
+    let extended_key_usage = tbs
+        .get_extension::<ExtendedKeyUsage>()
+        .map_err(corrupt)?
+        .map(|(_, eku)| {
+            eku.0
+                .iter()
+                .map(|o| DB.by_oid(o).map(str::to_string).unwrap_or(o.to_string()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let key_oid = &tbs.subject_public_key_info().algorithm.oid;
+    let vouches_for = if cert.source == CertificateSource::TrustAnchor {
+        ctx.store
+            .trust_anchors()
+            .list()
+            .await?
+            .into_iter()
+            .find(|a| a.certificate.id == cert.id)
+            .map(|a| a.domains)
+    } else {
+        None
+    };
+    Ok(CertificateDetails {
+        kind: kind_of(&cert).to_string(),
+        fingerprint_sha256: cert.record.fingerprint_sha256.clone(),
+        source: cert.source,
+        address: cert.owner_address.clone(),
+        subject: cert.record.subject.clone(),
+        issuer: cert.record.issuer.clone(),
+        serial: cert.record.serial.clone(),
+        not_before: cert.record.not_before,
+        not_after: cert.record.not_after,
+        alt_names,
+        public_key: DB
+            .by_oid(key_oid)
+            .map(str::to_string)
+            .unwrap_or(key_oid.to_string()),
+        key_usage,
+        extended_key_usage,
+        key_in_token: cert.key_id.is_some(),
+        revoked_at: cert.revoked_at,
+        vouches_for,
+    })
+}
+
+/// A SHA-256 fingerprint as the store keeps it (lower-case hex), or why it is not one.
+fn fingerprint_hex(fingerprint: &str) -> Result<String, OpError> {
+    let wanted: String = fingerprint
+        .chars()
+        .filter(|c| *c != ':')
+        .collect::<String>()
+        .to_ascii_lowercase();
+    if wanted.len() != 64 || !wanted.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(OpError::Invalid(format!(
+            "'{}' is not a SHA-256 fingerprint (64 hex digits, as `cert list` shows)",
+            fingerprint
+                .chars()
+                .take(80)
+                .collect::<String>()
+                .escape_default()
+        )));
+    }
+    Ok(wanted)
 }

@@ -58,15 +58,18 @@ pub struct ImportCertificate {
 }
 
 /// An identity just imported.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct Imported {
     pub address: String,
+    #[schema(value_type = Object)]
     pub certificate: StoredCertificate,
+    #[schema(value_type = String)]
     pub key: KeyAlgorithm,
     /// The key's CKA_ID (hex).
     pub key_id: String,
     /// Chain certificates that came with it.
     pub chain: usize,
+    #[schema(value_type = String)]
     pub state: MailboxState,
     /// The label of the token holding the key.
     pub token: String,

@@ -10,7 +10,7 @@ use super::{Actor, OpError, Ops, audit};
 use crate::store::{LicenceRow, SeatUsage};
 
 /// `licence set`.
-#[derive(Debug, Clone, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Deserialize, utoipa::ToSchema)]
 pub struct SetLicence {
     pub smime_seats: i64,
     pub mail_security_seats: i64,

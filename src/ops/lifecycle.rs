@@ -32,11 +32,12 @@ const LEASE: &str = "lifecycle";
 const LEASE_SECS: i64 = 15 * 60;
 
 /// A mailbox whose certificate was renewed.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct Renewed {
     pub address: String,
     /// Serial of the certificate it signed with before, if it had one.
     pub previous_serial: Option<String>,
+    #[schema(value_type = Object)]
     pub certificate: StoredCertificate,
 }
 

@@ -22,7 +22,7 @@ pub struct AddedMailbox {
 }
 
 /// The mailboxes and the licence seats they hold.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct MailboxList {
     pub mailboxes: Vec<MailboxSummary>,
     /// Mailboxes in a state that holds a seat (pending, active, revoke-pending).
@@ -30,13 +30,14 @@ pub struct MailboxList {
 }
 
 /// One line of `mailbox list`: the mailbox and the certificate it signs with.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct MailboxSummary {
     #[serde(flatten)]
     pub mailbox: MailboxRow,
     /// Expiry (unix seconds) of the certificate it signs with; none when it cannot sign.
     pub certificate_expires: Option<i64>,
     /// Where that certificate comes from: issued by us or uploaded.
+    #[schema(value_type = Option<String>)]
     pub source: Option<CertificateSource>,
 }
 
@@ -259,15 +260,17 @@ pub enum ActivationOutcome {
     NotAttempted,
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct BatchEntry {
     pub address: String,
+    /// `outcome` (`activated`, `skipped`, `failed`, `not-attempted`) and its fields.
     #[serde(flatten)]
+    #[schema(value_type = Object)]
     pub outcome: ActivationOutcome,
 }
 
 /// The outcome of every mailbox of a batch, in order.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct ActivationReport {
     pub mailboxes: Vec<BatchEntry>,
     /// Why the batch stopped early (no seat left), if it did.
@@ -412,7 +415,7 @@ async fn select(app: &App, input: &ActivateMany) -> Result<Vec<MailboxRow>, OpEr
 }
 
 /// A mailbox just deactivated.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct Deactivated {
     pub address: String,
     /// Serials (hex) of the certificates revoked.
@@ -422,7 +425,7 @@ pub struct Deactivated {
 }
 
 /// `mailbox deactivate`.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct DeactivationReport {
     pub mailboxes: Vec<Deactivated>,
     /// The CRL listing the revocations could not be signed now (the lifecycle job
@@ -527,11 +530,13 @@ pub struct CertificateHistory {
 }
 
 /// `mailbox show`: the mailbox, its certificates (newest first) and its keys.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct MailboxDetail {
     #[serde(flatten)]
     pub mailbox: MailboxRow,
+    #[schema(value_type = Vec<Object>)]
     pub certificates: Vec<CertificateHistory>,
+    #[schema(value_type = Vec<Object>)]
     pub keys: Vec<KeyRow>,
     /// For a revoke-pending mailbox: when it becomes inactive.
     pub inactive_from: Option<i64>,

@@ -51,6 +51,7 @@ pub mod relay_settings;
 mod role;
 pub mod rules;
 pub mod saml;
+pub mod settings;
 pub mod submitters;
 pub mod totp;
 pub mod trust;

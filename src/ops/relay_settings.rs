@@ -6,7 +6,7 @@ use super::input;
 use super::{Actor, OpError, Ops, audit};
 
 /// Where a setting in force comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Source {
     /// Set with the CLI or the console.
@@ -16,7 +16,7 @@ pub enum Source {
 }
 
 /// The smarthost in force.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct Smarthost {
     /// `HOST:PORT`; none: outbound mail is deferred until one is set.
     pub host_port: Option<String>,
@@ -24,7 +24,7 @@ pub struct Smarthost {
 }
 
 /// `network allow`.
-#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[derive(Debug, Clone, Default, serde::Deserialize, utoipa::ToSchema)]
 pub struct AllowNetwork {
     /// `ADDRESS/PREFIX` or one address; host bits are cleared.
     pub cidr: String,
@@ -36,7 +36,7 @@ pub struct AllowNetwork {
 }
 
 /// An allowed network.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct AllowedNetwork {
     /// Canonical CIDR.
     pub cidr: String,

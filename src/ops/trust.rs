@@ -114,3 +114,29 @@ fn is_ca(cert: &Certificate) -> bool {
         .flatten()
         .is_some_and(|(_, bc)| bc.ca)
 }
+
+/// A trust anchor as the console lists it.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct TrustAnchorView {
+    pub fingerprint: String,
+    pub subject: String,
+    pub not_after: i64,
+    /// The domain patterns it vouches for; empty: any domain except the managed ones.
+    pub domains: Vec<String>,
+}
+
+impl From<TrustAnchorRow> for TrustAnchorView {
+    fn from(row: TrustAnchorRow) -> Self {
+        TrustAnchorView {
+            fingerprint: row.certificate.record.fingerprint_sha256,
+            subject: row.certificate.record.subject,
+            not_after: row.certificate.record.not_after,
+            domains: row.domains,
+        }
+    }
+}
+
+/// The trust anchors as the console lists them.
+pub async fn views(ctx: &Ops<'_>) -> Result<Vec<TrustAnchorView>, OpError> {
+    Ok(list(ctx).await?.into_iter().map(Into::into).collect())
+}

@@ -5,7 +5,7 @@ use sqlx::{AnyPool, Row};
 
 use super::{Result, StoreError, db, now};
 
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct LicenceRow {
     pub smime_seats: i64,
     pub mail_security_seats: i64,

@@ -41,11 +41,13 @@ impl MailboxState {
     }
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct MailboxRow {
     pub id: i64,
     pub address: String,
     pub domain: String,
+    /// `inactive`, `pending`, `active` or `revoke-pending`.
+    #[schema(value_type = String)]
     pub state: MailboxState,
     pub state_changed_at: i64,
     /// When deactivation began (the mailbox went revoke-pending).

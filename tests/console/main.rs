@@ -8,6 +8,7 @@ mod common;
 #[allow(dead_code)]
 mod harness;
 mod schema;
+mod pages;
 
 use std::os::unix::fs::PermissionsExt;
 
@@ -199,11 +200,117 @@ fn mutations() -> Vec<Mutation> {
             "admin",
         ),
         m(Method::DELETE, "/tokens/{id}", None, "admin"),
+        m(Method::POST, "/mailboxes/{address}/renew", None, "editor"),
+        m(
+            Method::POST,
+            "/mailboxes/{address}/pkcs12",
+            Some(json!({"pkcs12": "AAAA", "password": "x"})),
+            "editor",
+        ),
+        m(
+            Method::POST,
+            "/certificates",
+            Some(json!({"pem": "not a certificate"})),
+            "editor",
+        ),
+        m(
+            Method::DELETE,
+            "/certificates/{fingerprint}",
+            None,
+            "editor",
+        ),
+        m(
+            Method::POST,
+            "/trust-anchors",
+            Some(json!({"pem": "not a certificate", "domains": ["partner.example"]})),
+            "admin",
+        ),
+        m(
+            Method::DELETE,
+            "/trust-anchors/{fingerprint}",
+            None,
+            "admin",
+        ),
+        m(
+            Method::POST,
+            "/rules",
+            Some(json!({"direction": "outbound", "from": "anyone",
+                        "to": "domain:partner.example", "action": "sign"})),
+            "editor",
+        ),
+        m(
+            Method::POST,
+            "/rules/{id}/move",
+            Some(json!({"priority": 1})),
+            "editor",
+        ),
+        m(Method::POST, "/rules/{id}/enable", None, "editor"),
+        m(Method::POST, "/rules/{id}/disable", None, "editor"),
+        m(Method::DELETE, "/rules/{id}", None, "editor"),
+        m(
+            Method::PATCH,
+            "/rules/{id}",
+            Some(json!({"comment": "edited"})),
+            "editor",
+        ),
+        m(
+            Method::PUT,
+            "/settings/smarthost",
+            Some(json!({"host_port": "relay.corp.example:25"})),
+            "admin",
+        ),
+        m(
+            Method::POST,
+            "/settings/networks",
+            Some(json!({"cidr": "10.9.0.0/16"})),
+            "admin",
+        ),
+        m(
+            Method::DELETE,
+            "/settings/networks/{address}/{prefix}",
+            None,
+            "admin",
+        ),
+        m(
+            Method::PUT,
+            "/settings/licence",
+            Some(json!({"smime_seats": 100, "mail_security_seats": 100})),
+            "admin",
+        ),
+        m(
+            Method::PUT,
+            "/accounts/{name}/role",
+            Some(json!({"role": "viewer"})),
+            "admin",
+        ),
+        m(Method::POST, "/accounts/{name}/disable", None, "admin"),
+        m(Method::POST, "/accounts/{name}/enable", None, "admin"),
+        m(Method::POST, "/accounts/{name}/unlock", None, "admin"),
+        m(
+            Method::PUT,
+            "/accounts/{name}/password",
+            Some(json!({"password": "a new password, long enough"})),
+            "admin",
+        ),
+        m(
+            Method::PUT,
+            "/accounts/{name}/totp",
+            Some(json!({"on": false})),
+            "admin",
+        ),
     ]
 }
 
 fn concrete(path: &str) -> String {
-    path.replace("{name}", "nobody").replace("{id}", "999999")
+    path.replace(
+        "/settings/networks/{address}",
+        "/settings/networks/10.8.0.0",
+    )
+    .replace("{address}", "nobody@corp.example")
+    .replace("{prefix}", "16")
+    .replace("{fingerprint}", &"0".repeat(64))
+    .replace("{name}", "nobody")
+    .replace("{id}", "999999")
 }
 
 #[tokio::test]
@@ -462,6 +569,19 @@ async fn the_email_overview_finds_a_relayed_message_by_its_crypto_result() {
 
     let (_, dashboard) = user.get_text("/").await;
     assert!(dashboard.contains("Outbound, 24 h"), "{dashboard}");
+    let figures: serde_json::Value = user
+        .api(Method::GET, "/dashboard", None, None)
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(figures["outbound"]["signed"], 1, "{figures}");
+    assert_eq!(figures["outbound"]["none"], 1, "{figures}");
+    assert_eq!(figures["token"]["ok"], true, "{figures}");
+    assert!(
+        figures["token"].get("details").is_none(),
+        "the token's details are the admin's: {figures}"
+    );
     let (_, audit) = user.get_text("/audit?action=account.").await;
     assert!(
         audit.contains("account.add") && audit.contains("watcher"),

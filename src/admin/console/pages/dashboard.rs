@@ -10,8 +10,8 @@ use axum::routing::get;
 use maud::{Markup, html};
 
 use super::super::{Console, Problem, Who, layout};
-use crate::ops;
 use crate::ops::dashboard::MessageCounts;
+use crate::ops::{self, Role};
 
 pub fn viewer() -> Router<Arc<Console>> {
     Router::new().route("/", get(dashboard))
@@ -45,13 +45,19 @@ async fn dashboard(State(console): State<Arc<Console>>, who: Who) -> Response {
             div.card #token {
                 h2 { (layout::both("Token", "Token")) }
                 @match &token {
-                    Ok(t) if t.logged_in => {
-                        p.n { span.state.ok { "OK" } }
-                        p { (t.label) " — " (t.manufacturer) " " (t.model) }
-                        p { "Sessions " (t.sessions.in_use) " in use of " (t.sessions.capacity) }
+                    Ok(t) if t.logged_in => { p.n { span.state.ok { "OK" } } }
+                    Ok(_) => { p.n { span.state.bad { "not logged in" } } }
+                    Err(_) => { p.n { span.state.bad { "unreachable" } } }
+                }
+                // The token's details are the admin's (its role covers token status).
+                @if who.caller.role.allows(Role::Admin) {
+                    @match &token {
+                        Ok(t) => {
+                            p { (t.label) " — " (t.manufacturer) " " (t.model) " (serial " (t.serial) ")" }
+                            p { "Sessions " (t.sessions.in_use) " in use of " (t.sessions.capacity) }
+                        }
+                        Err(e) => { p { (e.to_string()) } }
                     }
-                    Ok(t) => { p.n { span.state.bad { "not logged in" } } p { (t.label) } }
-                    Err(e) => { p.n { span.state.bad { "unreachable" } } p { (e.to_string()) } }
                 }
             }
             div.card #seats {

@@ -4,10 +4,15 @@
 //! OpenAPI 3.1 document is generated from these handlers (utoipa) and served at
 //! `/api/v1/openapi.json`.
 
+mod accounts;
+mod certificates;
+mod rules;
+mod settings;
+
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Path, Query, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use utoipa::OpenApi;
@@ -28,7 +33,9 @@ use crate::ops::{self, Role};
                        `Authorization: Bearer <API token>` (admin: `smimegate admin token create`). \
                        Errors are RFC 9457 problem details."
     ),
-    components(schemas(Problem)),
+    // Types only query parameters name: utoipa-axum collects bodies' schemas, not
+    // those of parameters, and every `$ref` must resolve.
+    components(schemas(Problem, crate::store::CryptoResult)),
     modifiers(&BearerAuth),
     security(("bearer" = []))
 )]
@@ -47,7 +54,7 @@ impl utoipa::Modify for BearerAuth {
     }
 }
 
-type ApiRouter = OpenApiRouter<Arc<Console>>;
+pub(super) type ApiRouter = OpenApiRouter<Arc<Console>>;
 
 /// Makes the document say what the handlers answer on errors (schemathesis checks it,
 /// tests/console/schema.rs): every error response is `application/problem+json`, an
@@ -130,10 +137,14 @@ pub fn router() -> ApiRouter {
     let viewer = OpenApiRouter::new()
         .routes(routes!(me))
         .routes(routes!(list_mailboxes))
+        .routes(routes!(show_mailbox))
         .routes(routes!(dashboard))
         .routes(routes!(messages))
         .routes(routes!(messages_csv))
         .routes(routes!(audit_log))
+        .merge(certificates::viewer())
+        .merge(rules::viewer())
+        .merge(settings::viewer())
         .route_layer(axum::middleware::from_fn_with_state(
             Role::Viewer,
             super::guard::require,
@@ -141,6 +152,10 @@ pub fn router() -> ApiRouter {
     let editor = OpenApiRouter::new()
         .routes(routes!(activate_mailboxes))
         .routes(routes!(deactivate_mailboxes))
+        .routes(routes!(renew_mailbox))
+        .routes(routes!(import_pkcs12))
+        .merge(certificates::editor())
+        .merge(rules::editor())
         .route_layer(axum::middleware::from_fn_with_state(
             Role::Editor,
             super::guard::require,
@@ -150,6 +165,9 @@ pub fn router() -> ApiRouter {
         .routes(routes!(remove_account))
         .routes(routes!(list_tokens, create_token))
         .routes(routes!(revoke_token))
+        .merge(accounts::admin())
+        .merge(certificates::admin())
+        .merge(settings::admin())
         .route_layer(axum::middleware::from_fn_with_state(
             Role::Admin,
             super::guard::require,
@@ -210,6 +228,27 @@ where
     }
 }
 
+/// `Query` whose rejections are problem details.
+pub struct ApiQuery<T>(pub T);
+
+impl<S, T> axum::extract::FromRequestParts<S> for ApiQuery<T>
+where
+    S: Send + Sync,
+    T: serde::de::DeserializeOwned + Send,
+{
+    type Rejection = Problem;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Problem> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(value)| ApiQuery(value))
+            .map_err(|rejection| Problem::new(rejection.status(), rejection.body_text()))
+    }
+}
+
 fn answer<T: serde::Serialize>(result: Result<T, ops::OpError>) -> Response {
     match result {
         Ok(value) => Json(value).into_response(),
@@ -250,28 +289,37 @@ async fn me(who: Who) -> Json<Me> {
 /// result, certificates expiring within 30 days, next-hop errors, and the token.
 #[utoipa::path(get, path = "/dashboard", tag = "dashboard",
     responses((status = 200, body = DashboardAnswer), (status = 401, body = Problem), (status = 403, body = Problem)))]
-async fn dashboard(State(console): State<Arc<Console>>) -> Response {
+async fn dashboard(State(console): State<Arc<Console>>, who: Who) -> Response {
     let summary = match ops::dashboard::summary(&console.ops()).await {
         Ok(summary) => summary,
         Err(e) => return Problem::from(e).into_response(),
     };
-    let token = match console.app.hsm.call("health", |hsm| hsm.health()).await {
-        Ok(t) => TokenStatus {
-            ok: t.logged_in,
+    let health = console.app.hsm.call("health", |hsm| hsm.health()).await;
+    let ok = health.as_ref().is_ok_and(|t| t.logged_in);
+    // The token's details are the admin's; everyone sees whether it works.
+    let details = who.caller.role.allows(Role::Admin).then(|| match health {
+        Ok(t) => TokenDetails {
             label: t.label,
+            manufacturer: t.manufacturer,
+            model: t.model,
             sessions_in_use: t.sessions.in_use as u64,
             sessions_capacity: t.sessions.capacity as u64,
             error: None,
         },
-        Err(e) => TokenStatus {
-            ok: false,
+        Err(e) => TokenDetails {
             label: console.app.settings.config.hsm.token_label.clone(),
+            manufacturer: String::new(),
+            model: String::new(),
             sessions_in_use: 0,
             sessions_capacity: 0,
             error: Some(e.to_string()),
         },
-    };
-    Json(DashboardAnswer { summary, token }).into_response()
+    });
+    Json(DashboardAnswer {
+        summary,
+        token: TokenStatus { ok, details },
+    })
+    .into_response()
 }
 
 #[derive(serde::Serialize, utoipa::ToSchema)]
@@ -283,8 +331,18 @@ struct DashboardAnswer {
 
 #[derive(serde::Serialize, utoipa::ToSchema)]
 struct TokenStatus {
+    /// The token answers and the gateway is logged in.
     ok: bool,
+    /// For admins only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    details: Option<TokenDetails>,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct TokenDetails {
     label: String,
+    manufacturer: String,
+    model: String,
     sessions_in_use: u64,
     sessions_capacity: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -327,7 +385,7 @@ async fn audit_log(State(console): State<Arc<Console>>, RawQuery(raw): RawQuery)
 /// Every known mailbox with its state, the certificate it signs with, and the seats
 /// in use.
 #[utoipa::path(get, path = "/mailboxes", tag = "mailboxes",
-    responses((status = 200, body = serde_json::Value), (status = 401, body = Problem), (status = 403, body = Problem)))]
+    responses((status = 200, body = ops::mailboxes::MailboxList), (status = 401, body = Problem), (status = 403, body = Problem)))]
 async fn list_mailboxes(State(console): State<Arc<Console>>) -> Response {
     answer(ops::mailboxes::list(&console.ops()).await)
 }
@@ -348,7 +406,7 @@ struct ActivateRequest {
 
 /// Activates mailboxes (one seat each): a key in the token and a certificate each.
 #[utoipa::path(post, path = "/mailboxes/activate", tag = "mailboxes", request_body = ActivateRequest,
-    responses((status = 200, body = serde_json::Value), (status = 401, body = Problem),
+    responses((status = 200, body = ops::mailboxes::ActivationReport), (status = 401, body = Problem),
               (status = 403, body = Problem), (status = 404, body = Problem), (status = 409, body = Problem),
               (status = 422, body = Problem)))]
 async fn activate_mailboxes(
@@ -374,7 +432,7 @@ struct AddressList {
 /// Deactivates mailboxes: certificates revoked, keys retired, seat held while revoke
 /// pending.
 #[utoipa::path(post, path = "/mailboxes/deactivate", tag = "mailboxes", request_body = AddressList,
-    responses((status = 200, body = serde_json::Value), (status = 401, body = Problem),
+    responses((status = 200, body = ops::mailboxes::DeactivationReport), (status = 401, body = Problem),
               (status = 403, body = Problem), (status = 404, body = Problem), (status = 422, body = Problem)))]
 async fn deactivate_mailboxes(
     State(console): State<Arc<Console>>,
@@ -461,4 +519,69 @@ async fn revoke_token(
     ApiPath(id): ApiPath<i64>,
 ) -> Response {
     answer(ops::console::revoke_token(&console.ops(), &who.actor(), id).await)
+}
+
+/// One mailbox: its state, its certificates (newest first) and its keys.
+#[utoipa::path(get, path = "/mailboxes/{address}", tag = "mailboxes",
+    params(("address" = String, Path, description = "mailbox address")),
+    responses((status = 200, body = ops::mailboxes::MailboxDetail), (status = 401, body = Problem),
+              (status = 404, body = Problem), (status = 422, body = Problem)))]
+async fn show_mailbox(
+    State(console): State<Arc<Console>>,
+    ApiPath(address): ApiPath<String>,
+) -> Response {
+    answer(ops::mailboxes::show(&console.ops(), &address).await)
+}
+
+/// Renews an active mailbox's certificate now: a new key in the token, a new
+/// certificate from the built-in CA.
+#[utoipa::path(post, path = "/mailboxes/{address}/renew", tag = "mailboxes",
+    params(("address" = String, Path, description = "mailbox address")),
+    responses((status = 200, body = ops::lifecycle::Renewed), (status = 401, body = Problem), (status = 403, body = Problem),
+              (status = 404, body = Problem), (status = 422, body = Problem)))]
+async fn renew_mailbox(
+    State(console): State<Arc<Console>>,
+    who: Who,
+    ApiPath(address): ApiPath<String>,
+) -> Response {
+    answer(ops::lifecycle::renew(&console.app, &who.actor(), &address).await)
+}
+
+/// A PKCS#12 identity to import for a mailbox.
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+struct Pkcs12Request {
+    /// The PKCS#12 file, base64 (standard alphabet, padded).
+    pkcs12: String,
+    /// The file's password.
+    #[serde(default)]
+    password: String,
+}
+
+/// Imports a PKCS#12 identity (key into the token, certificate and chain into the
+/// database); the mailbox becomes active. The key never leaves the token again.
+#[utoipa::path(post, path = "/mailboxes/{address}/pkcs12", tag = "mailboxes", request_body = Pkcs12Request,
+    params(("address" = String, Path, description = "mailbox address")),
+    responses((status = 201, body = ops::identities::Imported), (status = 400, body = Problem), (status = 401, body = Problem),
+              (status = 403, body = Problem), (status = 404, body = Problem), (status = 409, body = Problem),
+              (status = 422, body = Problem)))]
+async fn import_pkcs12(
+    State(console): State<Arc<Console>>,
+    who: Who,
+    ApiPath(address): ApiPath<String>,
+    ApiJson(input): ApiJson<Pkcs12Request>,
+) -> Response {
+    use base64::Engine;
+    let file = match base64::engine::general_purpose::STANDARD.decode(input.pkcs12.trim()) {
+        Ok(file) => file,
+        Err(e) => {
+            return Problem::from(ops::OpError::Invalid(format!("pkcs12 is not base64: {e}")))
+                .into_response();
+        }
+    };
+    let request = ops::identities::ImportPkcs12 {
+        address,
+        file,
+        password: input.password.into(),
+    };
+    created(ops::identities::import_pkcs12(&console.app, &who.actor(), request).await)
 }
