@@ -82,8 +82,80 @@ async fn log_in_with_sso(browser: &mut Browser) {
     assert_eq!(browser.text("h1").await, "Dashboard · Übersicht");
 }
 
+/// Creates a rule with the "new rule" form of the rules page.
+async fn add_rule(browser: &Browser, from: &str, to: &str, action: &str, comment: &str) {
+    let form = "form#add-rule";
+    browser
+        .find(&format!("{form} select[name='direction']"))
+        .await
+        .select_by_value("outbound")
+        .await
+        .expect("direction");
+    browser
+        .fill(&format!("{form} input[name='from']"), from)
+        .await;
+    browser.fill(&format!("{form} input[name='to']"), to).await;
+    browser
+        .find(&format!("{form} select[name='action']"))
+        .await
+        .select_by_value(action)
+        .await
+        .expect("action");
+    browser
+        .fill(&format!("{form} input[name='comment']"), comment)
+        .await;
+    browser
+        .click_and_load(&format!("{form} button[type='submit']"))
+        .await;
+    let flash = browser.text("p.flash.ok").await;
+    assert!(flash.contains("added"), "{flash}");
+}
+
+/// The comments of the outbound rules, in priority order, as the page lists them.
+async fn outbound_comments(browser: &Browser) -> Vec<String> {
+    let mut comments = Vec::new();
+    for row in browser
+        .client
+        .find_all(fantoccini::Locator::Css("#outbound-rules tbody tr"))
+        .await
+        .expect("rule rows")
+    {
+        // Priority, from, to, action, state, comment: the sixth cell.
+        let cell = row
+            .find(fantoccini::Locator::Css("td:nth-child(6)"))
+            .await
+            .expect("comment cell");
+        comments.push(cell.text().await.expect("comment"));
+    }
+    comments
+}
+
+/// The id of the outbound rule with `comment`.
+async fn rule_id(browser: &Browser, comment: &str) -> String {
+    for row in browser
+        .client
+        .find_all(fantoccini::Locator::Css("#outbound-rules tbody tr"))
+        .await
+        .expect("rule rows")
+    {
+        let cell = row
+            .find(fantoccini::Locator::Css("td:nth-child(6)"))
+            .await
+            .expect("comment cell");
+        if cell.text().await.expect("comment") == comment {
+            return row
+                .attr("data-rule")
+                .await
+                .expect("attr")
+                .expect("data-rule");
+        }
+    }
+    panic!("no outbound rule {comment:?}")
+}
+
 #[tokio::test]
-async fn an_sso_user_activates_a_mailbox_sees_its_signed_mail_and_logs_out_in_a_real_browser() {
+async fn an_sso_user_activates_a_mailbox_moves_a_rule_sees_signed_mail_and_logs_out_in_a_real_browser()
+ {
     let (gw, _sso) = sso::gateway_with_sso(|data| {
         common::smimegate_ok(data, &["mailbox", "add", CEO]);
     })
@@ -237,6 +309,66 @@ async fn an_sso_user_activates_a_mailbox_sees_its_signed_mail_and_logs_out_in_a_
         "the email overview fits 1280 px"
     );
 
+    // Rules: two outbound rules, each created at priority 1; then the first one
+    // created is moved back to priority 1.
+    browser.click_and_load("header nav a[href='/rules']").await;
+    assert_eq!(browser.text("h1").await, "Rules · Regeln");
+    add_rule(
+        &browser,
+        "managed",
+        "domain:partner.example",
+        "sign",
+        "partners get signed mail",
+    )
+    .await;
+    add_rule(
+        &browser,
+        "anyone",
+        "domain:other.example",
+        "none",
+        "nothing for other.example",
+    )
+    .await;
+    assert_eq!(
+        outbound_comments(&browser).await,
+        ["nothing for other.example", "partners get signed mail"],
+        "a new rule comes first"
+    );
+    browser.screenshot("rules-added").await;
+    let partners = rule_id(&browser, "partners get signed mail").await;
+    let row = format!("#outbound-rules tr[data-rule='{partners}']");
+    browser
+        .fill(&format!("{row} input[name='priority']"), "1")
+        .await;
+    browser
+        .click_and_load(&format!("{row} form[action='/rules/move'] button"))
+        .await;
+    assert!(
+        browser.text("p.flash.ok").await.contains("at priority 1"),
+        "{}",
+        browser.text("main").await
+    );
+    assert_eq!(
+        outbound_comments(&browser).await,
+        ["partners get signed mail", "nothing for other.example"],
+        "the moved rule is first"
+    );
+    let first = browser.text("#outbound-rules tbody tr:first-child").await;
+    assert!(
+        first.starts_with('1') && first.contains("domain:partner.example"),
+        "{first}"
+    );
+    browser.screenshot("rules").await;
+
+    // The dashboard counts the two outbound messages.
+    browser.click_and_load("header nav a[href='/']").await;
+    let outbound = browser.text("#outbound").await;
+    assert!(
+        outbound.lines().any(|l| l.trim() == "2"),
+        "two outbound messages in 24 h: {outbound}"
+    );
+    browser.screenshot("dashboard-busy").await;
+
     // Log out: back on the login page, and the console is closed again.
     browser.click_and_load("#logout").await;
     assert_eq!(browser.path().await, "/login");
@@ -276,6 +408,10 @@ async fn the_console_pages_fit_a_tablet_without_sideways_scrolling() {
         ("/mailboxes", "mailboxes"),
         ("/messages", "email-overview"),
         ("/audit", "audit"),
+        ("/rules", "rules"),
+        ("/certificates", "certificates"),
+        ("/settings", "settings"),
+        ("/accounts", "accounts"),
     ] {
         browser.open(path).await;
         assert_eq!(browser.path().await, path);

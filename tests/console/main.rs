@@ -7,8 +7,8 @@ mod common;
 #[path = "../relay/harness.rs"]
 #[allow(dead_code)]
 mod harness;
-mod schema;
 mod pages;
+mod schema;
 
 use std::os::unix::fs::PermissionsExt;
 
