@@ -147,12 +147,32 @@ pub async fn add_account(
     })
 }
 
+/// Refuses a change that would leave no enabled local admin account: the console
+/// would then have nobody (but single sign-on, if set up) to manage accounts. Add
+/// another admin first.
+async fn keep_an_admin(ctx: &Ops<'_>, name: &str, what: &str) -> Result<(), OpError> {
+    let console = ctx.store.console();
+    let Some(account) = console.account(name).await? else {
+        return Ok(());
+    };
+    if account.role == Role::Admin.as_str()
+        && !account.disabled
+        && console.other_enabled_admins(name).await? == 0
+    {
+        return Err(OpError::Invalid(format!(
+            "{name} is the last enabled local admin account; add another admin before you {what} it"
+        )));
+    }
+    Ok(())
+}
+
 pub async fn remove_account(
     ctx: &Ops<'_>,
     actor: &Actor,
     name: &str,
 ) -> Result<AccountView, OpError> {
     let name = normalise_name(name)?;
+    keep_an_admin(ctx, &name, "remove").await?;
     let account = ctx.store.console().remove_account(&name).await?;
     audit(
         ctx.store,
@@ -197,6 +217,9 @@ pub async fn set_role(
     role: Role,
 ) -> Result<AccountView, OpError> {
     let name = normalise_name(name)?;
+    if role != Role::Admin {
+        keep_an_admin(ctx, &name, "demote").await?;
+    }
     let account = ctx.store.console().set_role(&name, role.as_str()).await?;
     audit(
         ctx.store,
@@ -216,6 +239,9 @@ pub async fn set_disabled(
     disabled: bool,
 ) -> Result<AccountView, OpError> {
     let name = normalise_name(name)?;
+    if disabled {
+        keep_an_admin(ctx, &name, "disable").await?;
+    }
     let account = ctx.store.console().set_disabled(&name, disabled).await?;
     let action = if disabled {
         "account.disable"

@@ -211,6 +211,18 @@ impl Console<'_> {
         rows.iter().map(row_to_account).collect()
     }
 
+    /// Enabled admin accounts other than `name`.
+    pub async fn other_enabled_admins(&self, name: &str) -> Result<i64> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n FROM console_accounts WHERE role = 'admin' AND disabled = 0 AND name <> $1",
+        )
+        .bind(name)
+        .fetch_one(self.pool)
+        .await
+        .map_err(db("counting admin accounts"))?;
+        row.try_get("n").map_err(db("counting admin accounts"))
+    }
+
     /// Removes the account and ends its sessions; its API tokens are revoked.
     pub async fn remove_account(&self, name: &str) -> Result<Account> {
         let mut tx = self

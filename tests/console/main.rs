@@ -751,3 +751,30 @@ async fn an_operator_certificate_is_served_with_its_key_imported_into_the_token(
         );
     assert_eq!(response.status(), StatusCode::OK);
 }
+
+#[tokio::test]
+async fn the_last_enabled_local_admin_cannot_be_removed_demoted_or_disabled() {
+    let gw = Gateway::start(|_| {});
+    add_account(&gw, "root", "admin");
+    for args in [
+        vec!["admin", "remove", "root"],
+        vec!["admin", "role", "root", "editor"],
+        vec!["admin", "disable", "root"],
+    ] {
+        let out = common::smimegate(gw.data(), &args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert!(text.contains("last enabled local admin"), "{text}");
+    }
+    add_account(&gw, "second", "admin");
+    gw.cli(&["admin", "disable", "root"]);
+    let refused = common::smimegate(gw.data(), &["admin", "remove", "second"]);
+    assert_eq!(
+        refused.status.code(),
+        Some(2),
+        "root is disabled: second is the last one"
+    );
+    gw.cli(&["admin", "enable", "root"]);
+    gw.cli(&["admin", "remove", "second"]);
+    assert!(!gw.cli(&["admin", "list"]).contains("second"));
+}

@@ -152,7 +152,14 @@ async fn overview(
                                 @if row.crypto.is_empty() { (crypto_label("none")) }
                                 @for c in &row.crypto { (crypto_label(c)) " " }
                             }
-                            td.mono { @if let Some(code) = row.smtp_code { (code) " " } (row.smtp_reply.clone().unwrap_or_default()) }
+                            // The reply text starts with its code; the code alone when there is no text.
+                            td.mono {
+                                @match (&row.smtp_reply, row.smtp_code) {
+                                    (Some(reply), _) => { (reply) }
+                                    (None, Some(code)) => { (code) }
+                                    (None, None) => {}
+                                }
+                            }
                         }
                     }
                 }
