@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod dns;
 pub mod hsm;
+pub mod metrics;
 pub mod mime;
 pub mod ops;
 pub mod pki;

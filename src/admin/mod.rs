@@ -1,9 +1,10 @@
-//! The HTTP side: on plain HTTP the health endpoint and what the built-in CA
+//! The HTTP side: on plain HTTP the health endpoint, the Prometheus metrics and what the built-in CA
 //! publishes (its certificates and CRLs); on HTTPS the admin console and its API.
 
 pub mod console;
 mod health;
 pub mod https;
+mod metrics;
 mod pki;
 pub mod saml;
 
@@ -11,9 +12,13 @@ use axum::Router;
 
 use crate::app::App;
 
-pub fn router(app: std::sync::Arc<App>) -> Router {
+pub fn router(
+    app: std::sync::Arc<App>,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
+) -> Router {
     Router::new()
         .merge(health::router())
         .merge(pki::router())
-        .with_state(app)
+        .with_state(app.clone())
+        .merge(metrics::router(app, metrics))
 }

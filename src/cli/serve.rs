@@ -232,7 +232,12 @@ pub async fn serve(settings: Settings, args: ServeArgs) -> Result<()> {
     );
     // Keeps the CRLs of known partner certificates current, outside any SMTP reply.
     let refresh_task = tokio::spawn(revocation.clone().run_refresh());
+    // One set of metrics for the relay, the listeners' budget and the token pool.
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    metrics.watch_budget(control.budget().clone());
+    app.hsm.attach_metrics(metrics.clone());
     let relay = Arc::new(Relay {
+        metrics: metrics.clone(),
         revocation,
         log_writer: crate::relay::log_writer::LogWriter::start(app.store.clone()),
         hops: crate::relay::HopPool::default(),
@@ -278,7 +283,7 @@ pub async fn serve(settings: Settings, args: ServeArgs) -> Result<()> {
     let submission_task = tokio::spawn(async move { submission_server.serve(submission).await });
     let mut http_phase = control.subscribe();
     let http_task = tokio::spawn(
-        axum::serve(http, crate::admin::router(app.clone()))
+        axum::serve(http, crate::admin::router(app.clone(), metrics.clone()))
             .with_graceful_shutdown(async move {
                 let _ = http_phase.wait_for(|p| *p >= Phase::Draining).await;
             })

@@ -77,6 +77,8 @@ struct Inner {
     /// Private key handles by CKA_ID. Handles are valid in every session of this
     /// application; a handle the token no longer accepts is looked up again.
     handles: Mutex<HashMap<KeyId, ObjectHandle>>,
+    /// Where operations, errors and pool waits are counted (`serve` attaches it).
+    metrics: std::sync::OnceLock<Arc<crate::metrics::Metrics>>,
 }
 
 /// Key generation is slow on software tokens (RSA-3072 takes seconds): it gets at
@@ -120,12 +122,19 @@ impl Hsm {
                 operation_timeout: config.operation_timeout,
                 acquire_timeout: config.acquire_timeout,
                 handles: Mutex::new(HashMap::new()),
+                metrics: std::sync::OnceLock::new(),
             }),
         })
     }
 
     pub fn token_label(&self) -> &str {
         &self.inner.label
+    }
+
+    /// Counts this token's operations, errors and pool waits in `metrics` from now on
+    /// (once; a second call is ignored).
+    pub fn attach_metrics(&self, metrics: Arc<crate::metrics::Metrics>) {
+        let _ = self.inner.metrics.set(metrics);
     }
 
     pub fn pool_usage(&self) -> PoolUsage {
@@ -166,12 +175,33 @@ impl Hsm {
         F: FnOnce(&Hsm) -> Result<T> + Send + 'static,
     {
         let hsm = self.clone();
-        self.inner
+        let Some(metrics) = self.inner.metrics.get().cloned() else {
+            return self
+                .inner
+                .workers
+                .run(operation, self.inner.acquire_timeout, timeout, move || {
+                    work(&hsm)
+                })
+                .await;
+        };
+        let queued = std::time::Instant::now();
+        let on_worker = metrics.clone();
+        let result = self
+            .inner
             .workers
             .run(operation, self.inner.acquire_timeout, timeout, move || {
+                on_worker.token_wait(queued.elapsed());
                 work(&hsm)
             })
-            .await
+            .await;
+        let error = match &result {
+            Ok(_) => None,
+            Err(HsmError::Busy { .. }) => Some("busy"),
+            Err(HsmError::Timeout { .. }) => Some("timeout"),
+            Err(_) => Some("error"),
+        };
+        metrics.token_operation(operation, queued.elapsed(), error);
+        result
     }
 
     /// Borrows a session for `work`. A session that failed at the session level is

@@ -3,6 +3,9 @@
 //! stamped; outbound: signed as its sender and encrypted per group), and handed to the
 //! next hop over the transaction's link, whose answer is ours.
 
+use std::time::Instant;
+
+use crate::metrics::{HopStep, Stage};
 use crate::pki::address::Address;
 use crate::policy::{Action, Transform};
 use crate::smime::verify::FromField;
@@ -77,6 +80,7 @@ impl Relay {
                     .iter()
                     .map(|r| r.address.clone())
                     .collect();
+                let started = Instant::now();
                 let processed = inbound::process(
                     self.app.clone(),
                     tx.mail.snapshot.clone(),
@@ -87,6 +91,7 @@ impl Relay {
                     message,
                 )
                 .await;
+                self.metrics.stage(Stage::Smime, started.elapsed());
                 let processed = match processed {
                     Ok(p) => p,
                     Err(reply) => {
@@ -99,10 +104,13 @@ impl Relay {
                     }
                 };
                 actions.extend(processed.actions);
-                Ok(routed
+                let started = Instant::now();
+                let reply = routed
                     .link
                     .data(&self.hops, &self.client, &processed.message)
-                    .await)
+                    .await;
+                self.metrics.next_hop(HopStep::Data, started, reply.code);
+                Ok(reply)
             }
             Class::Outbound { transform, .. } => {
                 let sender = tx.mail.sender.as_ref();
@@ -168,6 +176,7 @@ impl Relay {
                 "A recipient certificate is no longer available; try again later",
             ));
         }
+        let started = Instant::now();
         let outputs = outbound::transform(
             &self.app,
             snapshot,
@@ -177,7 +186,9 @@ impl Relay {
             &certs,
             message,
         )
-        .await?;
+        .await;
+        self.metrics.stage(Stage::Smime, started.elapsed());
+        let outputs = outputs?;
         if transform.signs() {
             actions.push(LogAction::Signed);
         }
@@ -188,7 +199,10 @@ impl Relay {
         }
         match outputs.as_slice() {
             [only] if groups.len() == 1 => {
-                Ok(routed.link.data(&self.hops, &self.client, only).await)
+                let started = Instant::now();
+                let reply = routed.link.data(&self.hops, &self.client, only).await;
+                self.metrics.next_hop(HopStep::Data, started, reply.code);
+                Ok(reply)
             }
             _ => Ok(self.send_groups(routed, &groups, &outputs).await),
         }
@@ -272,10 +286,12 @@ impl Relay {
                     .collect(),
                 ..routed.link.envelope.clone()
             };
+            let started = Instant::now();
             let reply = routed
                 .link
                 .copy(&self.hops, &self.client, &envelope, output)
                 .await;
+            self.metrics.next_hop(HopStep::Data, started, reply.code);
             if reply.is_positive() {
                 delivered += 1;
                 last = reply;

@@ -62,6 +62,8 @@ pub struct Relay {
     pub config_smarthost: Option<String>,
     /// Revocation checks of partner certificates (CRL cache and downloads).
     pub revocation: Arc<crate::pki::revocation::Revocations>,
+    /// Counters and latencies for `GET /metrics`.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 fn transaction_id() -> String {
@@ -119,6 +121,8 @@ impl Relay {
             rule_id,
             duration_ms: tx.mail.started.elapsed().as_millis() as i64,
         };
+        self.metrics
+            .message(direction.as_str(), status, &entry.actions);
         self.log_writer.record(entry).await;
     }
 
@@ -214,6 +218,8 @@ impl Handler for Relay {
             State::Routed(r) => r.recipients.len(),
             State::Open => 0,
         };
+        self.metrics
+            .stage(crate::metrics::Stage::Receive, tx.mail.started.elapsed());
         let span = tracing::info_span!("message", id = %tx.mail.id, from = %tx.mail.from, recipients, size = message.len());
         tx.size = message.len();
         let outcome = self
@@ -254,6 +260,11 @@ impl Handler for Relay {
                 ))
             }
         }
+    }
+
+    fn replied(&self, session: &SessionInfo, reply: &Reply) {
+        self.metrics
+            .smtp_reply(session.listener.as_str(), reply.code);
     }
 
     async fn abandon(&self, _session: &SessionInfo, tx: Transaction, reply: Option<&Reply>) {

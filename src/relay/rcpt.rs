@@ -5,6 +5,7 @@
 //! submission listener takes mail from the internal networks or authenticated
 //! submitters, to anywhere.
 
+use crate::metrics::{HopStep, Stage};
 use crate::pki::address::Address;
 use crate::policy::{self, Direction, Selection};
 use crate::smtp::Reply;
@@ -166,7 +167,10 @@ impl Relay {
                 format!("Invalid recipient address: {}", e.reason),
             )
         })?;
-        let decided = self.classify(session, tx, &address).await?;
+        let started = std::time::Instant::now();
+        let decided = self.classify(session, tx, &address).await;
+        self.metrics.stage(Stage::Policy, started.elapsed());
+        let decided = decided?;
         let accepted = |partner| AcceptedRecipient {
             envelope: to.to_string(),
             address: address.clone(),
@@ -184,7 +188,9 @@ impl Relay {
                         format!("<{address}>: send this recipient in a separate transaction"),
                     ));
                 }
+                let started = std::time::Instant::now();
                 let reply = routed.link.rcpt(&self.hops, &self.client, to, params).await;
+                self.metrics.next_hop(HopStep::Rcpt, started, reply.code);
                 if reply.is_positive() {
                     routed.recipients.push(accepted(decided.partner));
                 }
@@ -199,11 +205,16 @@ impl Relay {
                     xforward: Some(xforward(session)),
                 };
                 let hop = decided.class.hop().to_string();
-                let (conn, reply) = self
+                let started = std::time::Instant::now();
+                let begun = self
                     .hops
                     .begin(&self.client, &hop, &envelope, to, params)
-                    .await
-                    .map_err(RelayError::NextHop)?;
+                    .await;
+                let code = match &begun {
+                    Ok((_, reply)) | Err(reply) => reply.code,
+                };
+                self.metrics.next_hop(HopStep::Rcpt, started, code);
+                let (conn, reply) = begun.map_err(RelayError::NextHop)?;
                 if !reply.is_positive() {
                     // Nobody was accepted: the connection goes back, the state stays.
                     self.hops.put_back(conn).await;

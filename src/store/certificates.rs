@@ -235,6 +235,24 @@ impl Certificates<'_> {
         rows.iter().map(row_to_certificate).collect()
     }
 
+    /// How many certificates [`Certificates::managed_expiring`] would list without a
+    /// limit (one count, for the metrics).
+    pub async fn count_managed_expiring(&self, from: i64, until: i64) -> Result<i64> {
+        sqlx::query_scalar(
+            "SELECT COUNT(*) FROM certificates c \
+             WHERE c.source IN ('issued', 'uploaded') AND c.owner_address IS NOT NULL \
+             AND c.revoked_at IS NULL AND c.not_after >= $1 AND c.not_after < $2 \
+             AND NOT EXISTS (SELECT 1 FROM certificates n \
+                 WHERE n.owner_address = c.owner_address AND n.source IN ('issued', 'uploaded') \
+                 AND n.revoked_at IS NULL AND n.not_after > c.not_after)",
+        )
+        .bind(from)
+        .bind(until)
+        .fetch_one(self.pool)
+        .await
+        .map_err(db("counting expiring certificates"))
+    }
+
     /// Every certificate from `source`, newest first.
     pub async fn by_source(&self, source: CertificateSource) -> Result<Vec<StoredCertificate>> {
         let rows = sqlx::query(AssertSqlSafe(format!(

@@ -9,6 +9,7 @@ mod identities;
 mod inbound_trust;
 mod interop;
 mod lifecycle;
+mod metrics;
 mod postfix;
 mod protocol;
 mod revocation;

@@ -176,6 +176,9 @@ pub trait Handler: Send + Sync + 'static {
         message: Vec<u8>,
     ) -> impl Future<Output = Reply> + Send;
 
+    /// A reply was queued for the client (for counting; must be cheap and not block).
+    fn replied(&self, _session: &SessionInfo, _reply: &Reply) {}
+
     /// A transaction that ended without DATA (RSET, a new MAIL, QUIT, a dropped
     /// connection, a message refused as too large, a shutdown): for the log.
     fn abandon(

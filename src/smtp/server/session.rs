@@ -81,6 +81,7 @@ impl<'a, H: Handler> Session<'a, H> {
     }
 
     pub(crate) fn queue(&mut self, reply: &Reply) {
+        self.handler.replied(&self.info, reply);
         self.out.extend_from_slice(&reply.to_wire());
     }
 
