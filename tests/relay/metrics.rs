@@ -61,12 +61,34 @@ fn parse(text: &str) -> HashMap<String, f64> {
     samples
 }
 
-fn scrape(gw: &Gateway) -> HashMap<String, f64> {
+fn scrape_text(gw: &Gateway) -> String {
     let (status, body) = gw.http_get("/metrics");
     assert_eq!(status, 200);
     let text = String::from_utf8(body).expect("UTF-8");
     assert!(text.ends_with("# EOF\n"), "{text}");
-    parse(&text)
+    text
+}
+
+fn scrape(gw: &Gateway) -> HashMap<String, f64> {
+    parse(&scrape_text(gw))
+}
+
+/// The `smimegate_…` names a text mentions, without the sample suffixes.
+fn names_in(text: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    for (at, _) in text.match_indices("smimegate_") {
+        let name: String = text[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        let family = ["_bucket", "_count", "_sum", "_total"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .unwrap_or(&name)
+            .to_string();
+        names.insert(family);
+    }
+    names
 }
 
 fn value(samples: &HashMap<String, f64>, series: &str) -> f64 {
@@ -148,4 +170,33 @@ fn metrics_count_a_signed_message_and_a_refused_one_and_time_their_stages() {
     assert!(token_ops >= 1.0, "{after:?}");
     assert!(value(&after, "smimegate_token_pool_wait_seconds_count") >= 1.0);
     assert_eq!(value(&after, "smimegate_in_flight_bytes"), 0.0);
+
+    // The operations guide lists every metric exposed (families without samples yet
+    // are not in the text), and the sample dashboard uses only metrics it lists.
+    let text = scrape_text(&gw);
+    let families: std::collections::BTreeSet<String> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .map(str::to_string)
+        .collect();
+    let root = env!("CARGO_MANIFEST_DIR");
+    let guide =
+        std::fs::read_to_string(format!("{root}/docs/operations.md")).expect("operations.md");
+    let section = guide
+        .split("\n## Metrics\n")
+        .nth(1)
+        .and_then(|s| s.split("\n## ").next())
+        .expect("a Metrics section");
+    let listed = names_in(section);
+    assert!(
+        families.is_subset(&listed),
+        "{families:?} not all in {listed:?}"
+    );
+    let dashboard =
+        std::fs::read_to_string(format!("{root}/docs/grafana-dashboard.json")).expect("dashboard");
+    serde_json::from_str::<serde_json::Value>(&dashboard).expect("the dashboard is JSON");
+    let used = names_in(&dashboard);
+    assert!(used.len() >= 8, "{used:?}");
+    assert!(used.is_subset(&listed), "{used:?} not all in {listed:?}");
 }
