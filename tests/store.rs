@@ -1313,6 +1313,14 @@ async fn expiring_suite(store: &Store) {
         .collect();
     assert_eq!(addresses, ["soon@corp.example"]);
     assert_eq!(summary.expiring[0].source, "issued");
+    // The metrics' count agrees with the list.
+    let now = smimegate::store::unix_now();
+    let count = store
+        .certificates()
+        .count_managed_expiring(now, now + dashboard::EXPIRING_SECS)
+        .await
+        .expect("count");
+    assert_eq!(count, 1);
 }
 
 /// The migration's backfill of `crypto` for rows written before it (SQL) agrees with
