@@ -35,6 +35,8 @@ fn a_restored_backup_relays_and_decrypts_again_with_the_same_token() {
     let archive_s = archive.display().to_string();
     let said = gw.cli(&["backup", "create", &archive_s]);
     assert!(said.contains("backup written to"), "{said}");
+    let audit = gw.cli(&["audit", "--action", "backup."]);
+    assert!(audit.contains("backup.create"), "{audit}");
     let mode = std::fs::metadata(&archive)
         .expect("archive")
         .permissions()
@@ -104,11 +106,9 @@ fn a_restored_backup_relays_and_decrypts_again_with_the_same_token() {
         explained.contains("valid certificate known: yes"),
         "partner certificate not restored: {explained}"
     );
-    let audit = gw.cli(&["audit"]);
-    assert!(
-        audit.contains("backup.create") && audit.contains("backup.restore"),
-        "{audit}"
-    );
+    // The snapshot predates its own `backup.create` row; the restore is audited.
+    let audit = gw.cli(&["audit", "--action", "backup."]);
+    assert!(audit.contains("backup.restore"), "{audit}");
     // …and mail encrypted to the mailbox's certificate made before the backup is
     // decrypted with the token's key.
     let plain = data.join("for-alice.eml");
@@ -138,10 +138,9 @@ fn a_restored_backup_relays_and_decrypts_again_with_the_same_token() {
     let text = gw
         .internal
         .messages()
-        .into_iter()
-        .map(|m| m.text())
-        .find(|t| t.contains("Subject: after-restore"))
-        .expect("delivered to the internal server");
+        .pop()
+        .expect("delivered to the internal server")
+        .text();
     assert!(text.contains("X-Smimegate: decrypted"), "{text}");
     assert!(text.contains("the restored gateway reads this"), "{text}");
 }
