@@ -225,3 +225,54 @@ fn a_backup_of_a_newer_schema_or_with_a_foreign_member_is_refused_and_nothing_ch
         "a refused restore changed the database"
     );
 }
+
+fn psql(url: &str, sql: &str) {
+    run_ok("psql", &["-v", "ON_ERROR_STOP=1", "-q", url, "-c", sql]);
+}
+
+#[test]
+fn a_postgresql_database_is_dumped_wiped_and_restored() {
+    let admin = super::common::postgres_base_url();
+    let name = format!("smimegate_backup_{}", std::process::id());
+    psql(&admin, &format!("DROP DATABASE IF EXISTS {name}"));
+    psql(&admin, &format!("CREATE DATABASE {name}"));
+    let (base, query) = match admin.split_once('?') {
+        Some((b, q)) => (b.to_string(), format!("?{q}")),
+        None => (admin.clone(), String::new()),
+    };
+    let url = format!(
+        "{}/{name}{query}",
+        &base[..base.rfind('/').expect("db name")]
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path();
+    super::common::smimegate_ok(data, &["init"]);
+    let config = data.join("smimegate.toml");
+    let text = std::fs::read_to_string(&config).expect("configuration");
+    assert!(text.contains("url = \"sqlite:smimegate.db\""));
+    std::fs::write(
+        &config,
+        text.replace("url = \"sqlite:smimegate.db\"", &format!("url = \"{url}\"")),
+    )
+    .expect("configuration");
+    super::common::smimegate_ok(data, &["init"]);
+    super::common::smimegate_ok(data, &["domain", "add", "corp.example"]);
+    let archive = data.join("pg.smgbak").display().to_string();
+    super::common::smimegate_ok(data, &["backup", "create", &archive]);
+    assert_eq!(
+        members(&archive),
+        ["manifest.json", "smimegate.toml", "database.pgdump"]
+    );
+    // Wipe every object of the database.
+    psql(&url, "DROP SCHEMA public CASCADE; CREATE SCHEMA public");
+    let said = super::common::smimegate_ok(data, &["backup", "restore", &archive]);
+    assert!(said.contains("restored from"), "{said}");
+    let domains = super::common::smimegate_ok(data, &["domain", "list"]);
+    assert!(domains.contains("corp.example"), "{domains}");
+    let audit = super::common::smimegate_ok(data, &["audit", "--action", "backup."]);
+    assert!(audit.contains("backup.restore"), "{audit}");
+    psql(
+        &admin,
+        &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+    );
+}
