@@ -404,8 +404,8 @@ pub async fn restore(
     actor: &Actor,
     file: &Path,
 ) -> Result<BackupSummary, OpError> {
-    let _lock = crate::cli::serve::lock_data_dir(&settings.data_dir)
-        .map_err(|e| OpError::Invalid(crate::cli::error_line(&e)))?;
+    let _lock = crate::data_dir::lock_data_dir(&settings.data_dir)
+        .map_err(|e| OpError::Invalid(format!("{e:#}")))?;
     let config_path = settings.data_dir.join(CONFIG_FILE);
     let unpacked = read_archive(file, &config_path)?;
     let manifest = unpacked.manifest.clone();
