@@ -6,6 +6,7 @@ pub mod admin;
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod data_dir;
 pub mod dns;
 pub mod hsm;
 pub mod metrics;
