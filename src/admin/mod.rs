@@ -1,10 +1,11 @@
-//! The HTTP side: on plain HTTP the health endpoint and what the built-in CA
+//! The HTTP side: on plain HTTP the health (liveness) and readiness endpoints and what the built-in CA
 //! publishes (its certificates and CRLs); on HTTPS the admin console and its API.
 
 pub mod console;
 mod health;
 pub mod https;
 mod pki;
+mod ready;
 pub mod saml;
 
 use axum::Router;
@@ -14,6 +15,7 @@ use crate::app::App;
 pub fn router(app: std::sync::Arc<App>) -> Router {
     Router::new()
         .merge(health::router())
+        .merge(ready::router())
         .merge(pki::router())
         .with_state(app)
 }
