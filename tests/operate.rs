@@ -316,3 +316,62 @@ fn a_database_of_the_previous_release_is_migrated_by_migrate_without_loss() {
         "{domains}"
     );
 }
+
+#[test]
+fn sighup_with_a_wrong_log_filter_keeps_the_running_one_and_says_why() {
+    let dir = initialised_dir();
+    let data = dir.path().join("var");
+    for (key, port) in [
+        ("inbound_listen = \"127.0.0.1:2525\"", free_port()),
+        ("submission_listen = \"127.0.0.1:2587\"", free_port()),
+    ] {
+        let (name, _) = key.split_once(" = ").expect("key");
+        set_config(&data, key, &format!("{name} = \"127.0.0.1:{port}\""));
+    }
+    set_config(
+        &data,
+        "listen = \"127.0.0.1:8443\"",
+        &format!("listen = \"127.0.0.1:{}\"", free_port()),
+    );
+    let http = free_port();
+    let log = dir.path().join("serve.log");
+    let child = Command::new(env!("CARGO_BIN_EXE_smimegate"))
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["serve", "--http", &format!("127.0.0.1:{http}")])
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"))
+        .spawn()
+        .expect("start serve");
+    let serve = Killed(child);
+    assert_eq!(get(http, "/health").0, 200);
+    set_config(&data, "filter = \"info\"", "filter = \"inof\"");
+    let hup = Command::new("kill")
+        .args(["-HUP", &serve.0.id().to_string()])
+        .status()
+        .expect("kill -HUP");
+    assert!(hup.success());
+    let until = Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let text = std::fs::read_to_string(&log).expect("read log");
+        if text.contains("SIGHUP") {
+            break text;
+        }
+        assert!(Instant::now() < until, "no SIGHUP line: {text}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let line = text
+        .lines()
+        .find(|l| l.contains("SIGHUP"))
+        .expect("SIGHUP line");
+    assert!(line.contains("ERROR"), "{line}");
+    assert!(
+        line.contains("not reloaded; keeping the running one"),
+        "{line}"
+    );
+    assert!(line.contains("log.filter"), "{line}");
+    // Still serving, and still logging at the old level.
+    assert_eq!(get(http, "/health").0, 200);
+    assert!(!text.contains('\u{1b}'), "{text}");
+}
