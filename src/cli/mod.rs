@@ -4,6 +4,7 @@
 //! validation or auditing here: that is the operation's, so the console does the same.
 
 mod admins;
+mod backup;
 mod bench;
 mod certs;
 mod domains;
@@ -106,6 +107,9 @@ pub enum Command {
     /// Local console accounts (break-glass) and API tokens.
     #[command(subcommand)]
     Admin(admins::AdminCommand),
+    /// Backup and restore of the database and the configuration (never keys or PINs).
+    #[command(subcommand)]
+    Backup(backup::BackupCommand),
 }
 
 /// Runs a command whose settings are already loaded (and whose SoftHSM2 configuration,
@@ -132,6 +136,7 @@ pub async fn run(command: Command, settings: Settings, init_changes: Vec<String>
         Command::Network(cmd) => relay::network(cmd, &settings).await,
         Command::Submitter(cmd) => submitters::run(cmd, &settings).await,
         Command::Admin(cmd) => admins::run(cmd, &settings).await,
+        Command::Backup(cmd) => backup::run(cmd, &settings).await,
     }
 }
 

@@ -509,6 +509,15 @@ impl LoginThrottle {
         }
     }
 
+    /// Counts one attempt of `client` and says whether it is within the limit (for
+    /// requests that cost something whether or not they succeed, e.g. SAML login
+    /// requests, each of which the database keeps until it expires).
+    pub fn admit(&self, client: IpAddr) -> bool {
+        let allowed = !self.throttled(client);
+        self.failed(client);
+        allowed
+    }
+
     fn throttled(&self, client: IpAddr) -> bool {
         let Ok(map) = self.failures.lock() else {
             return true;
@@ -794,4 +803,33 @@ pub async fn prune_sessions(ctx: &Ops<'_>) -> Result<u64, OpError> {
         .console()
         .prune_sessions(unix_now().saturating_sub(idle))
         .await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_address_is_admitted_up_to_its_limit_a_minute_and_others_are_not_affected() {
+        let throttle = LoginThrottle::new(3);
+        let (a, b): (IpAddr, IpAddr) = (
+            "192.0.2.1".parse().expect("ip"),
+            "192.0.2.2".parse().expect("ip"),
+        );
+        assert!((0..3).all(|_| throttle.admit(a)));
+        assert!(!throttle.admit(a), "the fourth in a minute is refused");
+        assert!(throttle.admit(b), "another address has its own count");
+    }
+
+    #[test]
+    fn session_and_api_tokens_are_random_and_only_their_hash_is_kept() {
+        let (one, two) = (
+            random_token().expect("random"),
+            random_token().expect("random"),
+        );
+        assert_ne!(one, two);
+        assert_eq!(one.len(), 43, "256 bits, base64url without padding");
+        assert_eq!(token_hash(&one).len(), 64);
+        assert_ne!(token_hash(&one), one);
+    }
 }

@@ -34,6 +34,7 @@
 
 mod actor;
 pub mod audit;
+pub mod backup;
 pub mod certs;
 pub mod console;
 pub mod console_tls;

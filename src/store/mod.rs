@@ -50,7 +50,7 @@ pub use trust::{TrustAnchorRow, TrustAnchorStore};
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Backend {
     Sqlite,
@@ -350,6 +350,26 @@ impl Store {
             }
         }
         Ok(())
+    }
+
+    /// The newest migration this binary knows for `backend` (the schema level a backup
+    /// made by it can have at most).
+    pub fn known_schema_level(backend: Backend) -> i64 {
+        let migrator = match backend {
+            Backend::Sqlite => &SQLITE_MIGRATIONS,
+            Backend::Postgres => &POSTGRES_MIGRATIONS,
+        };
+        migrator.iter().map(|m| m.version).max().unwrap_or(0)
+    }
+
+    /// The newest migration applied to this database.
+    pub async fn schema_level(&self) -> Result<i64> {
+        let level: Option<i64> =
+            sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations WHERE success")
+                .fetch_one(&self.pool)
+                .await
+                .map_err(db("reading the schema level"))?;
+        Ok(level.unwrap_or(0))
     }
 
     pub fn backend(&self) -> Backend {

@@ -1,6 +1,7 @@
 //! The relay over real SMTP on loopback: `smimegate serve` between a plain client and
 //! `smimegate sink`, with what reaches the sink checked by `openssl cms`.
 
+mod backup;
 #[path = "../common/mod.rs"]
 mod common;
 mod flow;

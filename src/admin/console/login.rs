@@ -180,10 +180,21 @@ async fn saml_metadata(State(console): State<Arc<Console>>) -> Response {
 }
 
 /// `GET /saml/login`: SP-initiated login, a redirect to the IdP with a fresh request.
-async fn saml_login(State(console): State<Arc<Console>>) -> Response {
+async fn saml_login(State(console): State<Arc<Console>>, ClientIp(client): ClientIp) -> Response {
     let Some(saml) = &console.saml else {
         return no_sso();
     };
+    if !console.saml_requests.admit(client) {
+        tracing::warn!(%client, "SAML login requests throttled");
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            layout::error_page(
+                StatusCode::TOO_MANY_REQUESTS,
+                "Too many login requests from this address; try again in a minute.",
+            ),
+        )
+            .into_response();
+    }
     match saml.login_redirect(&console.ops()).await {
         Ok(url) => Redirect::to(&url).into_response(),
         Err(e) => {

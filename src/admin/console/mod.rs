@@ -41,7 +41,13 @@ pub struct Console {
     pub origin: String,
     /// Single sign-on, when `[saml]` names an IdP.
     pub saml: Option<crate::admin::saml::SamlSp>,
+    /// SAML login requests per client address and minute (each is a database row
+    /// until it expires).
+    pub saml_requests: LoginThrottle,
 }
+
+/// SAML login requests one client address may start a minute.
+const SAML_REQUESTS_PER_MINUTE: u32 = 30;
 
 impl Console {
     /// The console of `app`; fails when `[saml]` is set but unusable (e.g. IdP metadata
@@ -54,6 +60,7 @@ impl Console {
             throttle,
             origin,
             saml,
+            saml_requests: LoginThrottle::new(SAML_REQUESTS_PER_MINUTE),
         })
     }
 
