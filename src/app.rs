@@ -59,16 +59,17 @@ pub fn hsm_config(settings: &Settings) -> Result<HsmConfig, HsmError> {
 }
 
 pub async fn open_store(settings: &Settings) -> Result<Store, StoreError> {
+    Store::connect_with(&settings.database_url(), &connect_options(settings)).await
+}
+
+/// How the configuration says to connect to the database.
+pub fn connect_options(settings: &Settings) -> crate::store::ConnectOptions {
     let db = &settings.config.database;
-    Store::connect_with(
-        &settings.database_url(),
-        &crate::store::ConnectOptions {
-            max_connections: db.max_connections,
-            acquire_timeout: Duration::from_secs(db.connect_timeout_secs),
-            statement_timeout: Some(Duration::from_secs(db.statement_timeout_secs)),
-        },
-    )
-    .await
+    crate::store::ConnectOptions {
+        max_connections: db.max_connections,
+        acquire_timeout: Duration::from_secs(db.connect_timeout_secs),
+        statement_timeout: Some(Duration::from_secs(db.statement_timeout_secs)),
+    }
 }
 
 pub async fn open_hsm(settings: &Settings) -> Result<Hsm, HsmError> {

@@ -71,7 +71,8 @@ fn fail(err: &anyhow::Error) -> ExitCode {
 }
 
 /// The service logs at the configured level; one-shot commands only warn, so their
-/// output stays readable. RUST_LOG overrides both. The service's filter can be
+/// output stays readable. RUST_LOG, when set and valid, overrides both (an invalid
+/// [log].filter was already refused when the configuration loaded). The service's filter can be
 /// changed at run time (SIGHUP reloads [log].filter).
 fn init_tracing(settings: &Settings, service: bool) {
     use tracing_subscriber::EnvFilter;
@@ -92,7 +93,11 @@ fn init_tracing(settings: &Settings, service: bool) {
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let (filter, handle) = tracing_subscriber::reload::Layer::new(quiet_cryptoki(filter));
     let registry = tracing_subscriber::registry().with(filter);
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    // One line per event; colour codes only on a terminal, so journald (or a file,
+    // or a pipe) gets plain text.
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     if settings.config.log.json {
         registry.with(fmt.json()).init();
     } else {

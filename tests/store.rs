@@ -1431,3 +1431,115 @@ async fn the_overview_filters_pages_and_counts_by_crypto_result_on_postgres() {
     expiring_suite(&db.store).await;
     db.drop_database().await;
 }
+
+/// `[log].keep_days`: rows older than the cut-off go, in batches smaller than the
+/// backlog, the rest stay, one audit row says how many; 0 keeps everything.
+async fn retention_suite(store: &Store) {
+    use smimegate::config::{Config, Settings};
+    use smimegate::ops::{Actor, Ops, retention};
+    use smimegate::policy::Direction::Outbound;
+    use smimegate::store::LogStatus::Relayed;
+    let day = 86_400;
+    let mut rows = Vec::new();
+    // 7 rows past 30 days, 3 within.
+    for age in [31, 32, 40, 45, 60, 90, 400] {
+        rows.push(log_row(
+            Outbound,
+            "old@a.test",
+            "x@b.test",
+            &["signed"],
+            Relayed,
+            age * day,
+        ));
+    }
+    for age in [0, 1, 29] {
+        rows.push(log_row(
+            Outbound,
+            "new@a.test",
+            "x@b.test",
+            &["signed"],
+            Relayed,
+            age * day,
+        ));
+    }
+    for row in &rows {
+        store.message_log().record(row).await.expect("record");
+    }
+    let count = || async {
+        store
+            .message_log()
+            .count(&Default::default())
+            .await
+            .expect("count")
+    };
+    assert_eq!(count().await, 10);
+
+    let mut config = Config::default();
+    config.log.keep_days = 0;
+    let forever = Settings {
+        data_dir: ".".into(),
+        config: config.clone(),
+    };
+    let actor = Actor::job("lifecycle");
+    let now = smimegate::store::unix_now();
+    let kept = retention::purge_message_log(&Ops::new(&forever, store), &actor, now, 2)
+        .await
+        .expect("purge with keep_days = 0");
+    assert_eq!(kept.deleted, 0);
+    assert_eq!(kept.cutoff, None);
+    assert_eq!(count().await, 10, "keep_days = 0 keeps every row");
+
+    config.log.keep_days = 30;
+    let thirty = Settings {
+        data_dir: ".".into(),
+        config,
+    };
+    // A batch of 2 makes four statements for the 7 old rows.
+    let purged = retention::purge_message_log(&Ops::new(&thirty, store), &actor, now, 2)
+        .await
+        .expect("purge");
+    assert_eq!(purged.deleted, 7);
+    assert_eq!(purged.cutoff, Some(now - 30 * day));
+    let left = store
+        .message_log()
+        .list(&Default::default())
+        .await
+        .expect("list");
+    assert_eq!(left.len(), 3);
+    assert!(left.iter().all(|r| r.mail_from == "new@a.test"), "{left:?}");
+    let audit = store.audit().recent(5).await.expect("audit");
+    let row = audit
+        .iter()
+        .find(|a| a.action == "message_log.purge")
+        .expect("an audit row for the purge");
+    assert_eq!(row.actor, actor.name);
+    assert!(row.detail.starts_with("7 rows"), "{}", row.detail);
+
+    // Nothing left to delete: no row, no audit noise.
+    let again = retention::purge_message_log(&Ops::new(&thirty, store), &actor, now, 2)
+        .await
+        .expect("purge again");
+    assert_eq!(again.deleted, 0);
+    let purges = store
+        .audit()
+        .recent(50)
+        .await
+        .expect("audit")
+        .into_iter()
+        .filter(|a| a.action == "message_log.purge")
+        .count();
+    assert_eq!(purges, 1);
+}
+
+#[tokio::test]
+async fn message_log_rows_past_keep_days_are_purged_in_batches_on_sqlite() {
+    let (store, _dir) = common::sqlite_store().await;
+    retention_suite(&store).await;
+}
+
+#[tokio::test]
+async fn message_log_rows_past_keep_days_are_purged_in_batches_on_postgres() {
+    let db = common::postgres_store().await;
+    retention_suite(&db.store).await;
+    db.drop_database().await;
+}

@@ -1,11 +1,13 @@
-//! The HTTP side: on plain HTTP the health endpoint, the Prometheus metrics and what the built-in CA
-//! publishes (its certificates and CRLs); on HTTPS the admin console and its API.
+//! The HTTP side: on plain HTTP the health (liveness) and readiness endpoints, the
+//! Prometheus metrics and what the built-in CA publishes (its certificates and CRLs);
+//! on HTTPS the admin console and its API.
 
 pub mod console;
 mod health;
 pub mod https;
 mod metrics;
 mod pki;
+mod ready;
 pub mod saml;
 
 use axum::Router;
@@ -18,6 +20,7 @@ pub fn router(
 ) -> Router {
     Router::new()
         .merge(health::router())
+        .merge(ready::router())
         .merge(pki::router())
         .with_state(app.clone())
         .merge(metrics::router(app, metrics))

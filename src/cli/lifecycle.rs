@@ -60,12 +60,19 @@ pub async fn run(cmd: LifecycleCommand, settings: Settings) -> Result<()> {
         for warning in &report.warnings {
             println!("warning: {warning}");
         }
+        if report.message_log_purged > 0 {
+            println!(
+                "deleted {} message-log rows past [log].keep_days",
+                report.message_log_purged
+            );
+        }
         if report.released.is_empty()
             && report.renewed.is_empty()
             && report.expiring_uploads.is_empty()
             && report.crls_signed.is_empty()
             && report.failed.is_empty()
             && report.warnings.is_empty()
+            && report.message_log_purged == 0
         {
             println!("nothing due");
         }

@@ -53,6 +53,9 @@ pub struct Cli {
 pub enum Command {
     /// Create the data directory, configuration, token, database and built-in CA (idempotent).
     Init,
+    /// Apply pending database migrations and list them (`serve` applies them at start
+    /// too); exits 0 when the schema is up to date.
+    Migrate,
     /// Token health, key custody proofs and benchmarks.
     #[command(subcommand)]
     Token(token::TokenCommand),
@@ -114,6 +117,7 @@ pub enum Command {
 pub async fn run(command: Command, settings: Settings, init_changes: Vec<String>) -> Result<()> {
     match command {
         Command::Init => init(&settings, init_changes).await,
+        Command::Migrate => migrate(&settings).await,
         Command::Token(cmd) => token::run(cmd, settings).await,
         Command::Domain(cmd) => domains::run(cmd, &settings).await,
         Command::Mailbox(cmd) => mailboxes::run(cmd, settings).await,
@@ -147,6 +151,28 @@ async fn init(settings: &Settings, mut changes: Vec<String>) -> Result<()> {
     for change in &changes {
         println!("created {change}");
     }
+    Ok(())
+}
+
+/// `smimegate migrate`: the schema brought to this release's, each applied migration
+/// printed. Needs no token.
+async fn migrate(settings: &Settings) -> Result<()> {
+    let url = settings.database_url();
+    let store =
+        crate::store::Store::connect_unmigrated(&url, &crate::app::connect_options(settings))
+            .await?;
+    let applied = store.apply_migrations().await?;
+    for m in &applied {
+        println!("applied migration {:04} {}", m.version, m.description);
+    }
+    let latest = store.latest_migration().unwrap_or(0);
+    if applied.is_empty() {
+        println!("database schema is up to date (migration {latest:04})");
+    } else {
+        println!("database schema migrated to {latest:04}");
+    }
+    tracing::info!(applied = applied.len(), latest, "database migrated");
+    store.close().await;
     Ok(())
 }
 

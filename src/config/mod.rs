@@ -662,6 +662,9 @@ pub struct LogConfig {
     /// Whether the message log keeps each message's Subject (decoded). Some
     /// regulated customers must not log it.
     pub subjects: bool,
+    /// Days the message log keeps a message's row; older rows are deleted by the
+    /// lifecycle job. 0 keeps them forever.
+    pub keep_days: u32,
 }
 
 impl Default for GatewayConfig {
@@ -789,12 +792,49 @@ impl Default for HttpConfig {
     }
 }
 
+/// The level names a directive without `=` may be.
+const LOG_LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+
+impl LogConfig {
+    /// The filter must parse as a `tracing` filter, and each directive without `=`
+    /// must be a level: `EnvFilter` takes a bare word as a target name, so a
+    /// misspelt level (`inof`) would silence every line.
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            key: "log.filter",
+            message,
+        };
+        if self.filter.trim().is_empty() {
+            return Err(invalid(
+                "is empty; write a level (trace, debug, info, warn, error, off) or \
+                 TARGET=LEVEL directives"
+                    .into(),
+            ));
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.filter)
+            .map_err(|e| invalid(format!("{:?} is not a log filter: {e}", self.filter)))?;
+        for directive in self.filter.split(',').map(str::trim) {
+            if directive.is_empty() || directive.contains('=') || directive.contains('[') {
+                continue;
+            }
+            if !LOG_LEVELS.contains(&directive.to_ascii_lowercase().as_str()) {
+                return Err(invalid(format!(
+                    "{directive:?} is not a level (trace, debug, info, warn, error, off); \
+                     to name a target write {directive}=LEVEL"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Default for LogConfig {
     fn default() -> Self {
         Self {
             filter: "info".into(),
             json: false,
             subjects: true,
+            keep_days: 90,
         }
     }
 }
@@ -847,6 +887,7 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        self.log.validate()?;
         if self.hsm.max_sessions == 0 {
             return Err(ConfigError::Invalid {
                 key: "hsm.max_sessions",
@@ -1109,5 +1150,49 @@ mod tests {
     fn zero_sessions_are_refused() {
         let err = Config::parse("[hsm]\nmax_sessions = 0\n", Path::new("x.toml")).unwrap_err();
         assert!(err.to_string().contains("hsm.max_sessions"));
+    }
+
+    #[test]
+    fn a_log_filter_that_does_not_parse_is_refused_naming_the_key() {
+        let err =
+            Config::parse("[log]\nfilter = \"smimegate=loud\"\n", Path::new("x.toml")).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ConfigError::Invalid {
+                    key: "log.filter",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_misspelt_level_in_the_log_filter_is_refused_not_taken_as_a_target() {
+        let err = Config::parse("[log]\nfilter = \"inof\"\n", Path::new("x.toml")).unwrap_err();
+        assert!(err.to_string().contains("log.filter"), "{err}");
+        assert!(err.to_string().contains("not a level"), "{err}");
+    }
+
+    #[test]
+    fn levels_and_target_directives_are_accepted_as_log_filters() {
+        for filter in [
+            "info",
+            "WARN",
+            "smimegate=debug,info",
+            "off",
+            "sqlx=warn,smimegate::relay=trace",
+        ] {
+            let text = format!("[log]\nfilter = {filter:?}\n");
+            Config::parse(&text, Path::new("x.toml")).unwrap_or_else(|e| panic!("{filter}: {e}"));
+        }
+    }
+
+    #[test]
+    fn message_log_retention_defaults_to_ninety_days_and_zero_is_forever() {
+        assert_eq!(Config::default().log.keep_days, 90);
+        let config = Config::parse("[log]\nkeep_days = 0\n", Path::new("x.toml")).expect("parses");
+        assert_eq!(config.log.keep_days, 0);
     }
 }

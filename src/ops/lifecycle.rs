@@ -9,7 +9,9 @@
 //!    older keys are retired from signing and stay in the token, so mail encrypted to
 //!    any earlier certificate still decrypts. Uploaded identities are not ours to
 //!    renew: they are reported (and logged at WARN) as their expiry approaches;
-//! 3. the built-in CA's CRL is re-signed when a revocation is newer than it or less
+//! 3. message-log rows older than `[log].keep_days` are deleted
+//!    ([`super::retention`]);
+//! 4. the built-in CA's CRL is re-signed when a revocation is newer than it or less
 //!    than half of its validity is left.
 //!
 //! `serve` runs it at start and every `[lifecycle].interval_secs`; `smimegate
@@ -72,6 +74,8 @@ pub struct LifecycleReport {
     pub crls_signed: Vec<SignedCrl>,
     /// Things the operator should act on (e.g. the licence ended).
     pub warnings: Vec<String>,
+    /// Message-log rows deleted as older than `[log].keep_days`.
+    pub message_log_purged: u64,
 }
 
 /// Renews `address`'s certificate now: a new key in the token, a new certificate from
@@ -231,6 +235,13 @@ async fn run_locked(app: &App, actor: &Actor, at: i64) -> Result<LifecycleReport
         Err(e) => tracing::warn!(error = %e, "ended console sessions not deleted"),
     }
 
+    // The message log keeps `[log].keep_days`; a failure here stops nothing else.
+    match super::retention::purge_message_log(&app.ops(), actor, at, super::retention::BATCH).await
+    {
+        Ok(purged) => report.message_log_purged = purged.deleted,
+        Err(e) => tracing::warn!(error = %e, "message log not purged; next run tries again"),
+    }
+
     let window = i64::from(config.renew_before_days) * 86_400;
     for mailbox in app.store.mailboxes().in_state(MailboxState::Active).await? {
         let address = super::input::address(&mailbox.address)?;
@@ -311,6 +322,7 @@ pub async fn run_periodically(
                 failed = report.failed.len(),
                 expiring_uploads = report.expiring_uploads.len(),
                 crls_signed = report.crls_signed.len(),
+                message_log_purged = report.message_log_purged,
                 "lifecycle run done"
             ),
             Ok(_) => {}

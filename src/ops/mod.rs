@@ -49,6 +49,7 @@ pub mod mailboxes;
 pub mod messages;
 pub mod password;
 pub mod relay_settings;
+pub mod retention;
 mod role;
 pub mod rules;
 pub mod saml;

@@ -385,6 +385,31 @@ fn row_to_entry(row: &sqlx::any::AnyRow) -> std::result::Result<LogEntry, sqlx::
 }
 
 impl MessageLog<'_> {
+    /// Deletes the rows received before `cutoff` (unix seconds), at most `batch` per
+    /// statement, until none is left; returns how many. Each batch is a statement of
+    /// its own, so a large backlog never holds SQLite's write lock or one PostgreSQL
+    /// transaction for long: the relay's inserts go on between batches.
+    pub async fn purge_before(&self, cutoff: i64, batch: i64) -> Result<u64> {
+        let batch = batch.max(1);
+        let mut total = 0;
+        loop {
+            let deleted = sqlx::query(
+                "DELETE FROM message_log WHERE id IN \
+                 (SELECT id FROM message_log WHERE received_at < $1 LIMIT $2)",
+            )
+            .bind(cutoff)
+            .bind(batch)
+            .execute(self.pool)
+            .await
+            .map_err(db("purging the message log"))?
+            .rows_affected();
+            total += deleted;
+            if deleted < batch.unsigned_abs() {
+                return Ok(total);
+            }
+        }
+    }
+
     /// Records one transaction; `entry.id` is ignored.
     pub async fn record(&self, entry: &LogEntry) -> Result<i64> {
         let mut conn = self

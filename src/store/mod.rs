@@ -174,6 +174,13 @@ pub struct ConnectOptions {
     pub statement_timeout: Option<Duration>,
 }
 
+/// A schema migration `smimegate migrate` applied.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Migration {
+    pub version: i64,
+    pub description: String,
+}
+
 /// The statement timeout of [`Store::connect`] (and the `[database]` default).
 pub const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -194,6 +201,14 @@ impl Store {
 
     /// Connects as `options` say and applies pending migrations.
     pub async fn connect_with(url: &str, options: &ConnectOptions) -> Result<Store> {
+        let store = Self::connect_unmigrated(url, options).await?;
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Connects as `options` say and leaves the schema as it is (`smimegate migrate`
+    /// then says what it applies with [`Store::apply_migrations`]).
+    pub async fn connect_unmigrated(url: &str, options: &ConnectOptions) -> Result<Store> {
         let max_connections = options.max_connections;
         let timeout = options.acquire_timeout;
         // Whole milliseconds, at least 1 when set (0 would mean "no limit").
@@ -261,9 +276,61 @@ impl Store {
                 url: redact(url),
                 source,
             })?;
-        let store = Store { pool, backend };
-        store.migrate().await?;
-        Ok(store)
+        Ok(Store { pool, backend })
+    }
+
+    fn migrator(&self) -> &'static sqlx::migrate::Migrator {
+        match self.backend {
+            Backend::Sqlite => &SQLITE_MIGRATIONS,
+            Backend::Postgres => &POSTGRES_MIGRATIONS,
+        }
+    }
+
+    /// The migration versions applied to this database (none on a new one).
+    pub async fn applied_migrations(&self) -> Result<Vec<i64>> {
+        let exists = match self.backend {
+            Backend::Sqlite => {
+                "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' \
+                 AND name = '_sqlx_migrations'"
+            }
+            Backend::Postgres => {
+                "SELECT COUNT(*) FROM information_schema.tables \
+                 WHERE table_name = '_sqlx_migrations' AND table_schema = current_schema()"
+            }
+        };
+        let found: i64 = sqlx::query_scalar(exists)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db("reading the applied migrations"))?;
+        if found == 0 {
+            return Ok(Vec::new());
+        }
+        sqlx::query_scalar("SELECT version FROM _sqlx_migrations ORDER BY version")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("reading the applied migrations"))
+    }
+
+    /// Applies the pending migrations and returns those it applied, in order (none
+    /// when the schema is up to date). A database with a migration this binary does
+    /// not know (a newer release's) is refused.
+    pub async fn apply_migrations(&self) -> Result<Vec<Migration>> {
+        let before = self.applied_migrations().await?;
+        self.migrate().await?;
+        Ok(self
+            .migrator()
+            .iter()
+            .filter(|m| !m.migration_type.is_down_migration() && !before.contains(&m.version))
+            .map(|m| Migration {
+                version: m.version,
+                description: m.description.to_string(),
+            })
+            .collect())
+    }
+
+    /// The newest migration this binary has.
+    pub fn latest_migration(&self) -> Option<i64> {
+        self.migrator().iter().map(|m| m.version).max()
     }
 
     async fn migrate(&self) -> Result<()> {
