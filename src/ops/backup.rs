@@ -109,9 +109,16 @@ impl Drop for TempFile {
     }
 }
 
-/// Runs a PostgreSQL client program; its stderr is the error.
-fn run_pg(program: &str, args: &[&std::ffi::OsStr]) -> Result<(), OpError> {
-    let out = Command::new(program).args(args).output().map_err(|e| {
+/// Runs a PostgreSQL client program; its stderr is the error. The password, if any,
+/// goes in `PGPASSWORD` (readable only by this user and root), never on the command
+/// line, which every local user can see in `ps`.
+fn run_pg(program: &str, args: &[&std::ffi::OsStr], password: Option<&str>) -> Result<(), OpError> {
+    let mut command = Command::new(program);
+    command.args(args);
+    if let Some(password) = password {
+        command.env("PGPASSWORD", password);
+    }
+    let out = command.output().map_err(|e| {
         setup(format!(
             "cannot run {program} (install the postgresql-client package): {e}"
         ))
@@ -123,6 +130,46 @@ fn run_pg(program: &str, args: &[&std::ffi::OsStr]) -> Result<(), OpError> {
         return Err(setup(format!("{program} failed: {stderr}")));
     }
     Ok(())
+}
+
+/// `url` without the password of its user information, and that password
+/// (percent-decoded), so that it can be passed in the environment.
+fn split_password(url: &str) -> (String, Option<String>) {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return (url.to_string(), None);
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    let Some((userinfo, host)) = authority.rsplit_once('@') else {
+        return (url.to_string(), None);
+    };
+    let Some((user, password)) = userinfo.split_once(':') else {
+        return (url.to_string(), None);
+    };
+    (
+        format!("{scheme}://{user}@{host}{path}"),
+        Some(percent_decode(password)),
+    )
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let (Some(hi), Some(lo)) = (hex(bytes[i + 1]), hex(bytes[i + 2]))
+        {
+            out.push((hi * 16 + lo) as u8);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The database URL as libpq takes it: sqlx's own query parameters would be refused.
@@ -215,7 +262,7 @@ pub async fn create(ctx: &Ops<'_>, actor: &Actor, file: &Path) -> Result<BackupS
                 .map_err(|e| setup(format!("the SQLite snapshot failed: {e}")))?;
         }
         Backend::Postgres => {
-            let url = libpq_url(&settings.database_url());
+            let (url, password) = split_password(&libpq_url(&settings.database_url()));
             let file_arg = snapshot.path.as_os_str();
             run_pg(
                 "pg_dump",
@@ -228,6 +275,7 @@ pub async fn create(ctx: &Ops<'_>, actor: &Actor, file: &Path) -> Result<BackupS
                     "--dbname".as_ref(),
                     url.as_ref(),
                 ],
+                password.as_deref(),
             )?;
         }
     }
@@ -484,7 +532,7 @@ pub async fn restore(
             beside.keep = true;
         }
         Backend::Postgres => {
-            let url = libpq_url(&url);
+            let (url, password) = split_password(&libpq_url(&url));
             run_pg(
                 "pg_restore",
                 &[
@@ -498,6 +546,7 @@ pub async fn restore(
                     url.as_ref(),
                     unpacked.database.path.as_os_str(),
                 ],
+                password.as_deref(),
             )?;
         }
     }
@@ -542,6 +591,25 @@ mod tests {
             "postgres://u@h/db?sslmode=require"
         );
         assert_eq!(libpq_url("postgres://u@h/db"), "postgres://u@h/db");
+    }
+
+    #[test]
+    fn the_password_is_taken_out_of_the_url_for_the_environment() {
+        assert_eq!(
+            split_password("postgres://gw:s%40cr%3At@db.example:5432/gw?sslmode=require"),
+            (
+                "postgres://gw@db.example:5432/gw?sslmode=require".to_string(),
+                Some("s@cr:t".to_string())
+            )
+        );
+        assert_eq!(
+            split_password("postgres://gw@db/gw"),
+            ("postgres://gw@db/gw".to_string(), None)
+        );
+        assert_eq!(
+            split_password("postgres://db/gw"),
+            ("postgres://db/gw".to_string(), None)
+        );
     }
 
     #[test]
