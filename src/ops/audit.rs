@@ -6,10 +6,7 @@ use super::input;
 use super::{OpError, Ops, rfc3339};
 use crate::store::{AuditEntry, AuditFilter};
 
-/// The largest page.
-pub const MAX_PAGE_SIZE: i64 = 500;
-/// The page size when none is asked for.
-pub const DEFAULT_PAGE_SIZE: i64 = 50;
+pub use super::messages::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
 
 /// Which audit rows to show; every field narrows, an empty one does not.
 #[derive(Debug, Clone, Default, serde::Deserialize, utoipa::ToSchema, utoipa::IntoParams)]
@@ -86,16 +83,7 @@ fn given<'a>(name: &str, field: &'a Option<String>) -> Result<Option<&'a str>, O
 /// One page of the audit rows matching `query`, newest first, with the total count.
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn search(ctx: &Ops<'_>, query: AuditQuery) -> Result<AuditPage, OpError> {
-    let page_size = query.page_size.unwrap_or(DEFAULT_PAGE_SIZE);
-    if !(1..=MAX_PAGE_SIZE).contains(&page_size) {
-        return Err(OpError::Invalid(format!(
-            "page_size must be 1 to {MAX_PAGE_SIZE}"
-        )));
-    }
-    let page = query.page.unwrap_or(1);
-    if !(1..=1_000_000).contains(&page) {
-        return Err(OpError::Invalid("page must be 1 or more".into()));
-    }
+    let (page, page_size) = super::messages::paging(query.page, query.page_size)?;
     let since = given("from", &query.from)?
         .map(|t| input::time("from", t))
         .transpose()?;

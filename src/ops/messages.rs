@@ -17,6 +17,22 @@ use crate::store::{CryptoResult, LogEntry, LogFilter, LogStatus, crypto_bits};
 pub const MAX_PAGE_SIZE: i64 = 500;
 /// The page size when none is asked for.
 pub const DEFAULT_PAGE_SIZE: i64 = 50;
+/// The page and page size asked for (defaults 1 and [`DEFAULT_PAGE_SIZE`]), or why
+/// they are out of range; shared by every paged read.
+pub(super) fn paging(page: Option<i64>, page_size: Option<i64>) -> Result<(i64, i64), OpError> {
+    let page_size = page_size.unwrap_or(DEFAULT_PAGE_SIZE);
+    if !(1..=MAX_PAGE_SIZE).contains(&page_size) {
+        return Err(OpError::Invalid(format!(
+            "page_size must be 1 to {MAX_PAGE_SIZE}"
+        )));
+    }
+    let page = page.unwrap_or(1);
+    if !(1..=1_000_000).contains(&page) {
+        return Err(OpError::Invalid("page must be 1 or more".into()));
+    }
+    Ok((page, page_size))
+}
+
 /// The most rows one CSV export holds (narrow the filter for more).
 pub const MAX_CSV_ROWS: i64 = 100_000;
 
@@ -183,16 +199,7 @@ pub fn filter(query: &MessageQuery) -> Result<LogFilter, OpError> {
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn search(ctx: &Ops<'_>, query: MessageQuery) -> Result<MessagePage, OpError> {
     let mut filter = filter(&query)?;
-    let page_size = query.page_size.unwrap_or(DEFAULT_PAGE_SIZE);
-    if !(1..=MAX_PAGE_SIZE).contains(&page_size) {
-        return Err(OpError::Invalid(format!(
-            "page_size must be 1 to {MAX_PAGE_SIZE}"
-        )));
-    }
-    let page = query.page.unwrap_or(1);
-    if !(1..=1_000_000).contains(&page) {
-        return Err(OpError::Invalid("page must be 1 or more".into()));
-    }
+    let (page, page_size) = paging(query.page, query.page_size)?;
     filter.limit = Some(page_size);
     filter.offset = Some((page - 1) * page_size);
     let log = ctx.store.message_log();
