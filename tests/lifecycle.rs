@@ -454,26 +454,51 @@ async fn renewal(store: &Store) {
         .count();
     assert_eq!(renewals, 3);
 
-    // Another node holding the lease: this run does nothing.
-    assert!(
+    // Another node running the job: this run does nothing. On PostgreSQL the other
+    // node holds the advisory lock (on a session of its own); on SQLite the lease row.
+    if app.store.backend() == smimegate::store::Backend::Postgres {
+        let other = app
+            .store
+            .leases()
+            .try_advisory_lock(lifecycle::ADVISORY_LOCK_KEY)
+            .await
+            .expect("lock")
+            .expect("free before");
+        let skipped = lifecycle::run(&app, &job(), long_after).await.expect("run");
+        assert!(skipped.skipped && skipped.renewed.is_empty(), "{skipped:?}");
+        // The other node dies: its connection ends, and with it the lock, at once.
+        drop(other);
+        let mut ran = false;
+        for _ in 0..100 {
+            let report = lifecycle::run(&app, &job(), long_after).await.expect("run");
+            if !report.skipped {
+                ran = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert!(ran, "the lock of a node that died was not freed");
+    } else {
+        assert!(
+            app.store
+                .leases()
+                .acquire(
+                    "lifecycle",
+                    "node2:1",
+                    smimegate::store::unix_now(),
+                    smimegate::store::unix_now() + 600
+                )
+                .await
+                .expect("lease")
+        );
+        let skipped = lifecycle::run(&app, &job(), long_after).await.expect("run");
+        assert!(skipped.skipped && skipped.renewed.is_empty(), "{skipped:?}");
         app.store
             .leases()
-            .acquire(
-                "lifecycle",
-                "node2:1",
-                smimegate::store::unix_now(),
-                smimegate::store::unix_now() + 600
-            )
+            .release("lifecycle", "node2:1")
             .await
-            .expect("lease")
-    );
-    let skipped = lifecycle::run(&app, &job(), long_after).await.expect("run");
-    assert!(skipped.skipped && skipped.renewed.is_empty(), "{skipped:?}");
-    app.store
-        .leases()
-        .release("lifecycle", "node2:1")
-        .await
-        .expect("release");
+            .expect("release");
+    }
 }
 
 #[tokio::test]

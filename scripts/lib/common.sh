@@ -51,3 +51,33 @@ ensure_schemathesis() {
     /usr/bin/python3 -m venv "$venv"
     "$venv/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
 }
+
+# start_test_postgres: exports TEST_DATABASE_URL for a PostgreSQL the scripts may create
+# databases on: TEST_DATABASE_URL if set; else a server on 127.0.0.1:5432 (CI has one);
+# else a throwaway cluster started here (stop it with stop_throwaway_postgres).
+pg_throwaway=""
+start_test_postgres() {
+    [ -n "${TEST_DATABASE_URL:-}" ] && return 0
+    if pg_isready -q -h 127.0.0.1 -p 5432 && psql -q -h 127.0.0.1 -U postgres -d test -c 'select 1' >/dev/null 2>&1; then
+        export TEST_DATABASE_URL=postgres://postgres@127.0.0.1:5432/test
+        return 0
+    fi
+    pg_bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
+    pg_throwaway=$(mktemp -d /tmp/smimegate-pg.XXXXXX)
+    chown postgres "$pg_throwaway"
+    local port=54329
+    echo "==> starting a throwaway PostgreSQL on 127.0.0.1:$port"
+    runuser -u postgres -- "$pg_bin/initdb" -D "$pg_throwaway/data" -A trust -U postgres >/dev/null
+    runuser -u postgres -- "$pg_bin/pg_ctl" -D "$pg_throwaway/data" -l "$pg_throwaway/log" -w \
+        -o "-p $port -k $pg_throwaway -c listen_addresses=127.0.0.1" start >/dev/null
+    export TEST_DATABASE_URL=postgres://postgres@127.0.0.1:$port/postgres
+}
+
+# stop_throwaway_postgres: stops and removes the cluster start_test_postgres started.
+stop_throwaway_postgres() {
+    if [ -n "$pg_throwaway" ]; then
+        runuser -u postgres -- "$pg_bin/pg_ctl" -D "$pg_throwaway/data" -m fast stop >/dev/null 2>&1 || true
+        rm -rf "$pg_throwaway"
+        pg_throwaway=""
+    fi
+}

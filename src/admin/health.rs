@@ -24,6 +24,14 @@ struct Health {
 struct Component {
     ok: bool,
     backend: crate::store::Backend,
+    /// The configuration version in the database (its read is the round trip that
+    /// checks the database).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    config_version: Option<i64>,
+    /// The configuration version this node acts on; behind `config_version` only for
+    /// the moment a change takes to arrive (a lasting gap: the node misses changes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    config_version_in_force: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
 }
@@ -44,7 +52,7 @@ pub fn router() -> Router<Arc<App>> {
 }
 
 async fn health(State(app): State<Arc<App>>) -> impl IntoResponse {
-    let db = app.store.ping().await;
+    let db = app.store.config_version().await;
     let token = app.hsm.call("health", |hsm| hsm.health()).await;
     if let Err(e) = &db {
         tracing::warn!(error = %e, "health: database check failed");
@@ -58,6 +66,8 @@ async fn health(State(app): State<Arc<App>>) -> impl IntoResponse {
         database: Component {
             ok: db.is_ok(),
             backend: app.store.backend(),
+            config_version: db.as_ref().ok().copied(),
+            config_version_in_force: app.store.config_watch().map(|w| w.version()),
             // Only the kind of failure: internals stay in the log.
             error: db.err().map(|e| {
                 if e.is_transient() {

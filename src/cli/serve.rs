@@ -173,6 +173,16 @@ pub async fn serve(settings: Settings, args: ServeArgs) -> Result<()> {
     let node = settings.config.gateway.node_name.clone();
     let mime_limits = settings.config.limits.mime();
     let app = Arc::new(App::open(settings).await?);
+    // Background jobs (the configuration watch, the certificate lifecycle) stop when
+    // this turns true.
+    let (background_stop, background_stopped) = tokio::sync::watch::channel(false);
+    // The configuration version in force, learnt in the background (NOTIFY on
+    // PostgreSQL, a poll on SQLite) so that no transaction asks the database.
+    let config_watch_task = app
+        .store
+        .watch_config(background_stopped.clone())
+        .await
+        .context("watching the configuration version")?;
     // A changed [gateway].hostname gets its TLS certificate before the listeners start.
     if let Some(done) = crate::setup::ensure_smtp_tls(
         &app.settings,
@@ -254,7 +264,6 @@ pub async fn serve(settings: Settings, args: ServeArgs) -> Result<()> {
     );
     // The certificate lifecycle: at start, then every [lifecycle].interval_secs (one
     // node at a time, by a lease in the database).
-    let (lifecycle_stop, lifecycle_stopped) = tokio::sync::watch::channel(false);
     let console_url = match console_listener {
         Some(listener) => {
             use axum::serve::Listener as _;
@@ -281,7 +290,7 @@ pub async fn serve(settings: Settings, args: ServeArgs) -> Result<()> {
     };
     let lifecycle_task = tokio::spawn(crate::ops::lifecycle::run_periodically(
         app.clone(),
-        lifecycle_stopped,
+        background_stopped,
     ));
     tracing::info!(inbound = %inbound_listen, submission = %submission_listen, http = %http_listen, "listening");
     println!(
@@ -297,7 +306,7 @@ pub async fn serve(settings: Settings, args: ServeArgs) -> Result<()> {
             }
         }
     }
-    let _ = lifecycle_stop.send(true);
+    let _ = background_stop.send(true);
     drain(&control, current.smtp.shutdown_grace()).await;
     refresh_task.abort();
     if tokio::time::timeout(CLOSE_WAIT, lifecycle_task)
@@ -305,6 +314,12 @@ pub async fn serve(settings: Settings, args: ServeArgs) -> Result<()> {
         .is_err()
     {
         tracing::warn!("lifecycle run did not stop in time");
+    }
+    if tokio::time::timeout(CLOSE_WAIT, config_watch_task)
+        .await
+        .is_err()
+    {
+        tracing::warn!("configuration watch did not stop in time");
     }
     let _ = inbound_task.await;
     let _ = submission_task.await;

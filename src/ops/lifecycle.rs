@@ -32,6 +32,8 @@ use crate::store::{CertificateSource, MailboxState, StoredCertificate};
 /// The lease's name, and how long a run may hold it before another node may take over.
 const LEASE: &str = "lifecycle";
 const LEASE_SECS: i64 = 15 * 60;
+/// The PostgreSQL advisory lock key of the lifecycle job ("smimegat" in ASCII).
+pub const ADVISORY_LOCK_KEY: i64 = 0x736d_696d_6567_6174;
 
 /// A mailbox whose certificate was renewed.
 #[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
@@ -175,15 +177,29 @@ pub async fn run(app: &App, actor: &Actor, at: SystemTime) -> Result<LifecycleRe
     );
     let now = crate::store::unix_now();
     let leases = app.store.leases();
+    let skipped = || {
+        tracing::info!("lifecycle job: another node runs it now; nothing done");
+        Ok(LifecycleReport {
+            skipped: true,
+            ..LifecycleReport::default()
+        })
+    };
+    // Several nodes share PostgreSQL: an advisory lock, freed the moment its holder's
+    // connection ends (a node killed mid-run does not block the job). One node on
+    // SQLite: a lease row (against a `smimegate lifecycle run` beside `serve`).
+    if app.store.backend() == crate::store::Backend::Postgres {
+        let Some(lock) = leases.try_advisory_lock(ADVISORY_LOCK_KEY).await? else {
+            return skipped();
+        };
+        let result = run_locked(app, actor, at).await;
+        lock.release().await;
+        return result;
+    }
     if !leases
         .acquire(LEASE, &holder, now, now + LEASE_SECS)
         .await?
     {
-        tracing::info!("lifecycle job: another node holds the lease; nothing done");
-        return Ok(LifecycleReport {
-            skipped: true,
-            ..LifecycleReport::default()
-        });
+        return skipped();
     }
     let result = run_locked(app, actor, at).await;
     if let Err(e) = leases.release(LEASE, &holder).await {
@@ -327,6 +343,11 @@ pub async fn run_periodically(
             ),
             Ok(_) => {}
             Err(e) => tracing::error!(error = %e, "lifecycle run failed; next try in {interval:?}"),
+        }
+        // What the run changed (renewed certificates, released mailboxes) counts on this
+        // node from its next transaction on.
+        if let Err(e) = app.store.refresh_config_version().await {
+            tracing::warn!(error = %e, "cannot read the configuration version");
         }
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}

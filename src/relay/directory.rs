@@ -1,10 +1,11 @@
 //! What the relay needs to know about an address: is it in a managed domain (and where
 //! does its mail go), is it a managed mailbox, can it sign, which partner certificate
 //! encrypts to it; and the rules, networks and smarthost. All of it is held in memory
-//! as a [`Snapshot`] and reloaded the moment the database's configuration version
-//! changes (every write to those tables bumps it, by trigger, on every node), so a
-//! change made in the console or the CLI counts for the next transaction, and a
-//! transaction costs one query instead of ten.
+//! as a [`Snapshot`] and reloaded when the database's configuration version changes
+//! (every write to those tables bumps it, by trigger, on every node). A serving
+//! gateway learns the version in the background (`store::ConfigWatch`: PostgreSQL
+//! LISTEN/NOTIFY, a poll on SQLite), so a transaction reads an atomic, not the
+//! database, and a change made on any node is in force within a second.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -200,9 +201,10 @@ impl SnapshotCache {
         }
     }
 
-    /// The snapshot for the database's current configuration version.
+    /// The snapshot for the configuration version in force (in a serving gateway an
+    /// atomic kept current by the store's watch: no query per transaction).
     pub async fn get(&self) -> Result<Arc<Snapshot>, StoreError> {
-        let version = self.store.config_version().await?;
+        let version = self.store.config_version_in_force().await?;
         let cached = self
             .current
             .lock()

@@ -369,6 +369,11 @@ async fn harvest(
             Ok(true) => {
                 tracing::info!(%owner, "harvested a partner certificate");
                 actions.push(LogAction::Harvested);
+                // This node encrypts to it from its next transaction on (the others
+                // within a second, by the version's notification).
+                if let Err(e) = app.store.refresh_config_version().await {
+                    tracing::warn!(error = %e, "cannot read the configuration version");
+                }
             }
             Ok(false) => {}
             Err(e) => tracing::warn!(error = %e, "could not store the signer's certificate"),

@@ -4,6 +4,7 @@
 
 mod audit;
 mod certificates;
+mod config_watch;
 mod console;
 mod crls;
 mod domains;
@@ -20,6 +21,7 @@ mod saml;
 mod submitters;
 mod trust;
 
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use sqlx::AnyPool;
@@ -30,11 +32,12 @@ pub use certificates::{
     CertificateRecord, CertificateSource, Certificates, IdentityKey, NewIdentity, PartnerRow,
     StoredCertificate,
 };
+pub use config_watch::ConfigWatch;
 pub use console::{Account, AccountCredentials, ApiToken, Console, NewSession, Session};
 pub use crls::{CachedCrl, Crls, OwnCertificate};
 pub use domains::{DomainRow, Domains};
 pub use keys::{KeyPurpose, KeyRow, Keys};
-pub use leases::Leases;
+pub use leases::{AdvisoryLock, Leases};
 pub use licence::{Licence, LicenceRow, SeatUsage};
 pub use mailboxes::{MailboxRow, MailboxState, Mailboxes};
 pub use message_log::{
@@ -158,6 +161,10 @@ pub(crate) fn now() -> i64 {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// As given to [`Store::connect_with`] (the PostgreSQL listener connects with it).
+    url: Arc<str>,
+    /// Set once by [`Store::watch_config`] in a serving gateway.
+    watch: Arc<OnceLock<ConfigWatch>>,
 }
 
 /// How [`Store::connect_with`] connects.
@@ -276,7 +283,12 @@ impl Store {
                 url: redact(url),
                 source,
             })?;
-        Ok(Store { pool, backend })
+        Ok(Store {
+            pool,
+            backend,
+            url: Arc::from(url),
+            watch: Arc::new(OnceLock::new()),
+        })
     }
 
     fn migrator(&self) -> &'static sqlx::migrate::Migrator {
@@ -391,6 +403,50 @@ impl Store {
                 operation: "reading the configuration version",
                 source,
             })
+    }
+
+    /// The configuration version this process acts on: kept current in the
+    /// background once [`Store::watch_config`] ran (no query), else read now.
+    pub async fn config_version_in_force(&self) -> Result<i64> {
+        match self.watch.get() {
+            Some(watch) => Ok(watch.version()),
+            None => self.config_version().await,
+        }
+    }
+
+    /// The background watch of the configuration version, when one runs.
+    pub fn config_watch(&self) -> Option<&ConfigWatch> {
+        self.watch.get()
+    }
+
+    /// Starts keeping the configuration version current in the background (a gateway
+    /// that serves mail does this once) until `stop` turns true; see
+    /// [`config_watch`](ConfigWatch).
+    pub async fn watch_config(
+        &self,
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<tokio::task::JoinHandle<()>> {
+        let (watch, task) = ConfigWatch::start(self, stop).await?;
+        if self.watch.set(watch).is_err() {
+            task.abort();
+            return Err(StoreError::Refused(
+                "the configuration version is already watched".into(),
+            ));
+        }
+        Ok(task)
+    }
+
+    /// After a change made by this process: the watch reads the version now rather
+    /// than at its next poll or notification.
+    pub async fn refresh_config_version(&self) -> Result<()> {
+        if let Some(watch) = self.watch.get() {
+            watch.refresh(self).await?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn url(&self) -> &str {
+        &self.url
     }
 
     /// A cheap round trip, for health checks.

@@ -151,7 +151,7 @@ impl PgDatabase {
     }
 }
 
-fn replace_database(url: &str, name: &str) -> String {
+pub fn replace_database(url: &str, name: &str) -> String {
     let (base, query) = match url.split_once('?') {
         Some((b, q)) => (b, Some(q)),
         None => (url, None),
@@ -181,7 +181,78 @@ pub fn smimegate_env(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Ou
     for (k, v) in env {
         cmd.env(k, v);
     }
-    cmd.output().expect("run smimegate")
+    let out = cmd.output().expect("run smimegate");
+    // A gateway serving from this data directory learns a change in the background
+    // (NOTIFY on PostgreSQL, a poll on SQLite): wait until it acts on it, as an
+    // operator reading /health would, so the next step of a test sees it in force.
+    let http = serving().lock().ok().and_then(|s| {
+        s.iter()
+            .find(|(dir, _)| dir.as_path() == data_dir)
+            .map(|(_, port)| *port)
+    });
+    if let Some(port) = http {
+        wait_config_in_force(port, Duration::from_secs(5));
+    }
+    out
+}
+
+/// Data directories with a serving gateway, and its HTTP port.
+fn serving() -> &'static std::sync::Mutex<Vec<(PathBuf, u16)>> {
+    static SERVING: OnceLock<std::sync::Mutex<Vec<(PathBuf, u16)>>> = OnceLock::new();
+    SERVING.get_or_init(|| std::sync::Mutex::new(Vec::new()))
+}
+
+/// A gateway now serves from `data_dir` with its health endpoint on `http_port`.
+pub fn register_serving(data_dir: &Path, http_port: u16) {
+    if let Ok(mut s) = serving().lock() {
+        s.retain(|(dir, _)| dir.as_path() != data_dir);
+        s.push((data_dir.to_path_buf(), http_port));
+    }
+}
+
+/// The gateway serving from `data_dir` stopped.
+pub fn unregister_serving(data_dir: &Path) {
+    if let Ok(mut s) = serving().lock() {
+        s.retain(|(dir, _)| dir.as_path() != data_dir);
+    }
+}
+
+/// The configuration versions `/health` reports: (in the database, in force here).
+pub fn config_versions(http_port: u16) -> Option<(i64, i64)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", http_port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        stream,
+        "GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).ok()?;
+    let start = response.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let body: serde_json::Value = serde_json::from_slice(&response[start..]).ok()?;
+    let database = &body["database"];
+    Some((
+        database["config_version"].as_i64()?,
+        database["config_version_in_force"].as_i64()?,
+    ))
+}
+
+/// Waits (at most `limit`) until the gateway on `http_port` acts on the database's
+/// configuration version; true when it does.
+pub fn wait_config_in_force(http_port: u16, limit: Duration) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some((database, in_force)) = config_versions(http_port)
+            && in_force >= database
+        {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Runs smimegate and insists on success; returns stdout.

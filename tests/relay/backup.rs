@@ -22,7 +22,7 @@ fn stderr_of(out: &std::process::Output) -> String {
 
 #[test]
 fn a_restored_backup_relays_and_decrypts_again_with_the_same_token() {
-    let mut gw = Gateway::start(|d| mailbox(d, ALICE));
+    let mut gw = Gateway::start_on_sqlite(|d| mailbox(d, ALICE));
     let partner = Partner::new(gw.data(), PARTNER);
     gw.introduce(&partner, ALICE);
     let rule = gw.add_rule("outbound", ALICE, PARTNER, "encrypt-enforced");
@@ -147,7 +147,7 @@ fn a_restored_backup_relays_and_decrypts_again_with_the_same_token() {
 
 #[test]
 fn a_backup_of_a_newer_schema_or_with_a_foreign_member_is_refused_and_nothing_changes() {
-    let mut gw = Gateway::start(|_| {});
+    let mut gw = Gateway::start_on_sqlite(|_| {});
     let data = gw.data().to_path_buf();
     let archive = data.join("gw.smgbak");
     let archive_s = archive.display().to_string();

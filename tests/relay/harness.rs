@@ -214,6 +214,104 @@ impl Delivered {
 /// prepares the relay under test, such a death is shown on stderr and `init` run once
 /// more; any other failure, or a second death, fails the test. tests/cli.rs tests
 /// `init` itself without this.
+/// Which database the relay suite's gateways use: SQLite in the data directory, or,
+/// with `SMIMEGATE_TEST_RELAY_DB=postgres` (./scripts/test runs the suite both ways),
+/// a fresh PostgreSQL database per gateway on `TEST_DATABASE_URL`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Db {
+    Sqlite,
+    Postgres,
+}
+
+impl Db {
+    /// The database the suite runs on.
+    pub fn for_suite() -> Db {
+        match std::env::var("SMIMEGATE_TEST_RELAY_DB").as_deref() {
+            Ok("postgres") => Db::Postgres,
+            Ok("sqlite") | Ok("") | Err(_) => Db::Sqlite,
+            Ok(other) => panic!("SMIMEGATE_TEST_RELAY_DB={other}: say sqlite or postgres"),
+        }
+    }
+}
+
+/// A PostgreSQL database of one gateway (several nodes share it), dropped with it.
+pub struct PgDatabase {
+    pub name: String,
+    pub url: String,
+    admin_url: String,
+}
+
+impl PgDatabase {
+    pub fn create() -> PgDatabase {
+        let admin_url = super::common::postgres_base_url();
+        let mut suffix = [0u8; 6];
+        getrandom::fill(&mut suffix).expect("random");
+        let name = format!("smimegate_relay_{}", hex::encode(suffix));
+        run_ok(
+            "psql",
+            &[
+                &admin_url,
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-c",
+                &format!("CREATE DATABASE {name}"),
+            ],
+        );
+        PgDatabase {
+            url: super::common::replace_database(&admin_url, &name),
+            name,
+            admin_url,
+        }
+    }
+
+    /// Runs one SQL statement on it.
+    pub fn sql(&self, statement: &str) -> String {
+        run_ok(
+            "psql",
+            &[
+                &self.url,
+                "-q",
+                "-At",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-c",
+                statement,
+            ],
+        )
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let _ = Command::new("psql")
+            .args([
+                &self.admin_url,
+                "-q",
+                "-c",
+                &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+            ])
+            .output();
+    }
+}
+
+/// A data directory whose configuration names `url` as its database (before `init`,
+/// which then keeps it).
+pub fn configure_database(data: &Path, url: &str) {
+    const TEMPLATE: &str = include_str!("../../src/config/template.toml");
+    const DEFAULT: &str = "url = \"sqlite:smimegate.db\"";
+    assert!(
+        TEMPLATE.contains(DEFAULT),
+        "the template's database line changed"
+    );
+    std::fs::create_dir_all(data).expect("data directory");
+    std::fs::write(
+        data.join("smimegate.toml"),
+        TEMPLATE.replace(DEFAULT, &format!("url = \"{url}\"")),
+    )
+    .expect("configuration");
+}
+
 fn init_data_dir(data: &Path) {
     let first = super::common::smimegate(data, &["init"]);
     if first.status.success() {
@@ -230,6 +328,75 @@ fn init_data_dir(data: &Path) {
         String::from_utf8_lossy(&first.stderr).trim()
     );
     smimegate_ok(data, &["init"]);
+}
+
+/// A running `smimegate serve` and the ports it bound.
+pub struct Served {
+    pub child: Child,
+    pub stdout: BufReader<std::process::ChildStdout>,
+    pub inbound: u16,
+    pub submission: u16,
+    pub http: u16,
+    pub console: u16,
+}
+
+/// Starts `smimegate serve` on `data` on free ports (it says which ones it bound),
+/// logging to `serve.log` there.
+pub fn spawn_serve(data: &Path, console_port: u16) -> Served {
+    let log = std::fs::File::create(data.join("serve.log")).expect("log file");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_smimegate"))
+        .arg("--data-dir")
+        .arg(data)
+        .args([
+            "serve",
+            "--inbound",
+            "127.0.0.1:0",
+            "--submission",
+            "127.0.0.1:0",
+        ])
+        .args(["--http", "127.0.0.1:0", "--console"])
+        .arg(format!("127.0.0.1:{}", console_port))
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .expect("start gateway");
+    // "smimegate serving: SMTP inbound A, SMTP submission B, http://C/health"
+    let (line, stdout) = first_line(&mut child, "gateway");
+    let port_after = |label: &str| -> u16 {
+        line.split(label)
+            .nth(1)
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|addr| addr.trim().rsplit(':').next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("gateway said: {line}"))
+    };
+    let inbound = port_after("SMTP inbound ");
+    let submission = port_after("SMTP submission ");
+    let http = line
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|addr| addr.rsplit(':').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("gateway said: {line}"));
+    // "…, console https://127.0.0.1:P/ (https://localhost:P)"
+    let console = line
+        .split("console https://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|addr| addr.rsplit(':').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("gateway said no console: {line}"));
+    wait_for_port(submission, &mut child, "gateway");
+    Served {
+        child,
+        stdout,
+        inbound,
+        submission,
+        http,
+        console,
+    }
 }
 
 /// The gateway under test.
@@ -252,6 +419,8 @@ pub struct Gateway {
     pub smarthost: Sink,
     /// The port the console is to listen on (0: any free one).
     console_port: u16,
+    /// The PostgreSQL database, when the gateway runs on one.
+    pub postgres: Option<PgDatabase>,
     child: Option<Child>,
     _stdout: Option<BufReader<std::process::ChildStdout>>,
 }
@@ -270,8 +439,27 @@ impl Gateway {
     /// As [`Gateway::start`], with the console on `console_port` (0: any free one),
     /// for a configuration that must name the console's URL before it starts (SAML).
     pub fn start_with_console_port(console_port: u16, prepare: impl FnOnce(&Path)) -> Gateway {
+        Gateway::start_with(Db::for_suite(), console_port, prepare)
+    }
+
+    /// As [`Gateway::start`], on SQLite whatever the suite runs on (for what only
+    /// SQLite has: its files).
+    pub fn start_on_sqlite(prepare: impl FnOnce(&Path)) -> Gateway {
+        Gateway::start_with(Db::Sqlite, 0, prepare)
+    }
+
+    /// As [`Gateway::start`], on a fresh PostgreSQL database whatever the suite runs on.
+    pub fn start_on_postgres(prepare: impl FnOnce(&Path)) -> Gateway {
+        Gateway::start_with(Db::Postgres, 0, prepare)
+    }
+
+    fn start_with(db: Db, console_port: u16, prepare: impl FnOnce(&Path)) -> Gateway {
         let dir = tempfile::tempdir().expect("temp dir");
         let data = dir.path();
+        let postgres = (db == Db::Postgres).then(PgDatabase::create);
+        if let Some(pg) = &postgres {
+            configure_database(data, &pg.url);
+        }
         init_data_dir(data);
         let config = data.join("smimegate.toml");
         let text = std::fs::read_to_string(&config).expect("configuration");
@@ -311,6 +499,7 @@ impl Gateway {
             http: 0,
             console: 0,
             console_port,
+            postgres,
             internal,
             smarthost,
             child: None,
@@ -327,57 +516,39 @@ impl Gateway {
 
     /// Starts `smimegate serve` on free ports (it says which ones it bound).
     pub fn serve(&mut self) {
-        let log = std::fs::File::create(self.data().join("serve.log")).expect("log file");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_smimegate"))
-            .arg("--data-dir")
-            .arg(self.data())
-            .args([
-                "serve",
-                "--inbound",
-                "127.0.0.1:0",
-                "--submission",
-                "127.0.0.1:0",
-            ])
-            .args(["--http", "127.0.0.1:0", "--console"])
-            .arg(format!("127.0.0.1:{}", self.console_port))
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .expect("start gateway");
-        // "smimegate serving: SMTP inbound A, SMTP submission B, http://C/health"
-        let (line, stdout) = first_line(&mut child, "gateway");
-        let port_after = |label: &str| -> u16 {
-            line.split(label)
-                .nth(1)
-                .and_then(|rest| rest.split(',').next())
-                .and_then(|addr| addr.trim().rsplit(':').next())
-                .and_then(|p| p.parse().ok())
-                .unwrap_or_else(|| panic!("gateway said: {line}"))
+        let served = spawn_serve(self.data(), self.console_port);
+        self.inbound = served.inbound;
+        self.submission = served.submission;
+        self.http = served.http;
+        self.console = served.console;
+        self.child = Some(served.child);
+        self._stdout = Some(served.stdout);
+        super::common::register_serving(self.data(), self.http);
+    }
+
+    /// Runs one SQL statement on the gateway's database, SQLite or PostgreSQL (to
+    /// damage it the way a test needs).
+    pub fn sql(&self, statement: &str) -> String {
+        let out = match &self.postgres {
+            Some(pg) => pg.sql(statement),
+            None => run_ok(
+                "python3",
+                &[
+                    "-c",
+                    "import sqlite3,sys\nc=sqlite3.connect(sys.argv[1])\nc.execute(sys.argv[2])\nc.commit()",
+                    &self.data().join("smimegate.db").display().to_string(),
+                    statement,
+                ],
+            ),
         };
-        self.inbound = port_after("SMTP inbound ");
-        self.submission = port_after("SMTP submission ");
-        self.http = line
-            .split("http://")
-            .nth(1)
-            .and_then(|rest| rest.split('/').next())
-            .and_then(|addr| addr.rsplit(':').next())
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("gateway said: {line}"));
-        // "…, console https://127.0.0.1:P/ (https://localhost:P)"
-        self.console = line
-            .split("console https://")
-            .nth(1)
-            .and_then(|rest| rest.split('/').next())
-            .and_then(|addr| addr.rsplit(':').next())
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("gateway said no console: {line}"));
-        wait_for_port(self.submission, &mut child, "gateway");
-        self.child = Some(child);
-        self._stdout = Some(stdout);
+        if self.child.is_some() {
+            super::common::wait_config_in_force(self.http, Duration::from_secs(5));
+        }
+        out
     }
 
     pub fn kill(&mut self) {
+        super::common::unregister_serving(self.data());
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -771,4 +942,88 @@ pub fn openssl_decrypt(dir: &Path, message: &[u8], partner: &Partner) -> Vec<u8>
         ],
     );
     std::fs::read(&out).expect("decrypted")
+}
+
+/// Another node of a gateway on PostgreSQL: its own data directory and `serve`, the
+/// same database and the same token (SoftHSM2's token directory shared on one host
+/// stands in for a network HSM partition), and so the same next hops.
+pub struct Node {
+    pub dir: tempfile::TempDir,
+    pub inbound: u16,
+    pub submission: u16,
+    pub http: u16,
+    child: Option<Child>,
+    _stdout: Option<BufReader<std::process::ChildStdout>>,
+}
+
+impl Node {
+    /// Joins `first` (which must run on PostgreSQL) as node `name`.
+    pub fn join(first: &Gateway, name: &str) -> Node {
+        assert!(first.postgres.is_some(), "several nodes need PostgreSQL");
+        let dir = tempfile::tempdir().expect("temp dir");
+        // Configuration, SoftHSM2 configuration (it names the shared token directory),
+        // PIN files, TLS certificates: everything but the first node's own log, lock
+        // and mail.
+        for entry in std::fs::read_dir(first.data()).expect("first node's data") {
+            let entry = entry.expect("entry");
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let keep = entry.file_type().is_ok_and(|t| t.is_file())
+                && !name.ends_with(".log")
+                && !name.contains(".lock")
+                && !name.starts_with("smimegate.db");
+            if keep {
+                std::fs::copy(entry.path(), dir.path().join(&name)).expect("copy");
+            }
+        }
+        let config = dir.path().join("smimegate.toml");
+        let text = std::fs::read_to_string(&config).expect("configuration");
+        assert!(text.contains("node_name = \"node1\""));
+        std::fs::write(
+            &config,
+            text.replace("node_name = \"node1\"", &format!("node_name = \"{name}\"")),
+        )
+        .expect("configuration");
+        let mut node = Node {
+            dir,
+            inbound: 0,
+            submission: 0,
+            http: 0,
+            child: None,
+            _stdout: None,
+        };
+        node.serve();
+        node
+    }
+
+    pub fn data(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn serve(&mut self) {
+        let served = spawn_serve(self.data(), 0);
+        self.inbound = served.inbound;
+        self.submission = served.submission;
+        self.http = served.http;
+        self.child = Some(served.child);
+        self._stdout = Some(served.stdout);
+        super::common::register_serving(self.data(), self.http);
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data().join("serve.log")).unwrap_or_default()
+    }
+
+    pub fn kill(&mut self) {
+        super::common::unregister_serving(self.data());
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }

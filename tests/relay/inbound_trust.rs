@@ -375,23 +375,17 @@ fn unreadable_trust_anchors_defer_instead_of_judging_the_sender() {
     assert_eq!(send(&gw, BOB, &message).0, 250);
     assert!(last_stamp(&gw).contains("signature=valid"));
     // A trust anchor row the gateway cannot read (a damaged database).
-    let db = gw.data().join("smimegate.db").display().to_string();
-    let sql = |statement: &str| {
-        run_ok(
-            "python3",
-            &[
-                "-c",
-                "import sqlite3,sys\nc=sqlite3.connect(sys.argv[1])\nc.execute(sys.argv[2])\nc.commit()",
-                &db,
-                statement,
-            ],
-        )
+    let sql = |statement: &str| gw.sql(statement);
+    let der = if gw.postgres.is_some() {
+        "decode('3000', 'hex')"
+    } else {
+        "x'3000'"
     };
-    sql(
+    sql(&format!(
         "INSERT INTO certificates (der, subject, issuer, serial, not_before, not_after, \
-         fingerprint_sha256, source, created_at) VALUES (x'3000', 'CN=damaged', 'CN=damaged', \
-         '01', 0, 0, 'damaged', 'trust-anchor', 0)",
-    );
+         fingerprint_sha256, source, created_at) VALUES ({der}, 'CN=damaged', 'CN=damaged', \
+         '01', 0, 0, 'damaged', 'trust-anchor', 0)"
+    ));
     // The configuration with its anchors cannot be read: the transaction is deferred
     // (at MAIL, where the configuration is read).
     let t = Client::connect(gw.inbound).send(BOB, &[ALICE], &message);

@@ -11,6 +11,7 @@ mod inbound_trust;
 mod interop;
 mod lifecycle;
 mod metrics;
+mod nodes;
 mod postfix;
 mod protocol;
 mod revocation;

@@ -96,6 +96,10 @@ pub fn router(console: Arc<Console>) -> Router {
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
             console.clone(),
+            in_force_at_once,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            console.clone(),
             guard::same_origin,
         ))
         .layer(axum::middleware::from_fn_with_state(
@@ -104,6 +108,22 @@ pub fn router(console: Arc<Console>) -> Router {
         ))
         .layer(axum::middleware::from_fn(guard::security_headers))
         .with_state(console)
+}
+
+/// After a request that may have changed something, this node reads the configuration
+/// version at once, so the change counts for its next SMTP transaction (the other
+/// nodes learn it by NOTIFY, or the SQLite poll, within a second).
+async fn in_force_at_once(
+    axum::extract::State(console): axum::extract::State<Arc<Console>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let changes = !request.method().is_safe();
+    let response = next.run(request).await;
+    if changes && let Err(e) = console.app.store.refresh_config_version().await {
+        tracing::warn!(error = %e, "cannot read the configuration version after a change");
+    }
+    response
 }
 
 /// Unknown paths: problem details under `/api/`, a page elsewhere.
