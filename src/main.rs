@@ -11,17 +11,20 @@ use smimegate::setup;
 
 fn main() -> ExitCode {
     let args = Cli::parse();
+    let config_file = args
+        .config
+        .clone()
+        .unwrap_or_else(|| args.data_dir.join(smimegate::config::CONFIG_FILE));
     let loaded = match &args.command {
-        Command::Init => setup::prepare_data_dir(&args.data_dir).map_err(anyhow::Error::from),
+        Command::Init => {
+            setup::prepare_data_dir(&args.data_dir, &config_file).map_err(anyhow::Error::from)
+        }
         // The sink needs no data directory.
         Command::Sink(_) | Command::SmtpLoad(_) => Ok((
-            Settings {
-                data_dir: args.data_dir.clone(),
-                config: smimegate::config::Config::default(),
-            },
+            Settings::new(args.data_dir.clone(), smimegate::config::Config::default()),
             Vec::new(),
         )),
-        _ => Settings::load(&args.data_dir)
+        _ => Settings::load_from(&args.data_dir, &config_file)
             .map(|s| (s, Vec::new()))
             .map_err(anyhow::Error::from),
     };

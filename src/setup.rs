@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use secrecy::ExposeSecret;
 
 use crate::app::{self, AppError};
-use crate::config::{CONFIG_FILE, Settings, TEMPLATE};
+use crate::config::{Settings, TEMPLATE};
 use crate::hsm::HsmError;
 use crate::hsm::provision::{self, TokenInit};
 use crate::ops::Actor;
@@ -40,21 +40,25 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SetupError + '_ {
 }
 
 /// The file-system half of `init`, run before the token module is loaded: data
-/// directory, configuration, SoftHSM2 configuration and token directory.
+/// directory, configuration (`config_file`, normally `DATA_DIR/smimegate.toml`; one
+/// that exists, such as the Debian package's `/etc/smimegate/smimegate.toml`, is
+/// used as it is), SoftHSM2 configuration and token directory.
 /// Returns the settings and what it created.
-pub fn prepare_data_dir(data_dir: &Path) -> Result<(Settings, Vec<String>), SetupError> {
+pub fn prepare_data_dir(
+    data_dir: &Path,
+    config_file: &Path,
+) -> Result<(Settings, Vec<String>), SetupError> {
     let mut created = Vec::new();
     if !data_dir.exists() {
         fs::create_dir_all(data_dir).map_err(io(data_dir))?;
         fs::set_permissions(data_dir, fs::Permissions::from_mode(0o700)).map_err(io(data_dir))?;
         created.push(format!("data directory {}", data_dir.display()));
     }
-    let config_path = data_dir.join(CONFIG_FILE);
-    if !config_path.exists() {
-        write_new(&config_path, TEMPLATE.as_bytes(), 0o640)?;
-        created.push(format!("configuration {}", config_path.display()));
+    if !config_file.exists() {
+        write_new(config_file, TEMPLATE.as_bytes(), 0o640)?;
+        created.push(format!("configuration {}", config_file.display()));
     }
-    let settings = Settings::load(data_dir)?;
+    let settings = Settings::load_from(data_dir, config_file)?;
     if let Some(conf) = settings.softhsm2_conf().filter(|conf| !conf.exists()) {
         let token_dir = data_dir.join("tokens");
         fs::create_dir_all(&token_dir).map_err(io(&token_dir))?;

@@ -132,10 +132,7 @@ fn settings_with_dns(resolver: &str) -> Settings {
     config.gateway.hostname = "gw.test".into();
     config.dns.resolver = resolver.into();
     config.dns.timeout_secs = 2;
-    Settings {
-        data_dir: std::path::PathBuf::from("."),
-        config,
-    }
+    Settings::new(std::path::PathBuf::from("."), config)
 }
 
 fn console() -> Actor {

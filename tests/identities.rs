@@ -888,10 +888,7 @@ async fn app_on(store: &Store) -> App {
         .await
         .expect("CA certificate row");
     App {
-        settings: Settings {
-            data_dir: PathBuf::from("."),
-            config: Config::default(),
-        },
+        settings: Settings::new(PathBuf::from("."), Config::default()),
         store: store.clone(),
         hsm: common::token().hsm.clone(),
     }

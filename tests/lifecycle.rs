@@ -47,10 +47,7 @@ async fn app_on(store: &Store) -> App {
     let mut config = Config::default();
     config.ca.mailbox_key = KeyAlgorithm::P256;
     App {
-        settings: Settings {
-            data_dir: std::path::PathBuf::from("."),
-            config,
-        },
+        settings: Settings::new(std::path::PathBuf::from("."), config),
         store: store.clone(),
         hsm: common::token().hsm.clone(),
     }

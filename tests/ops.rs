@@ -77,10 +77,7 @@ impl<'a> AuditTrail<'a> {
 }
 
 fn settings() -> Settings {
-    Settings {
-        data_dir: std::path::PathBuf::from("."),
-        config: Config::default(),
-    }
+    Settings::new(std::path::PathBuf::from("."), Config::default())
 }
 
 fn job() -> Actor {

@@ -1080,10 +1080,7 @@ async fn overview_suite(store: &Store) {
     other_deferral.smtp_reply = Some("451 4.7.0 try again later".into());
     log.record(&other_deferral).await.expect("record deferral");
 
-    let settings = Settings {
-        data_dir: ".".into(),
-        config: smimegate::config::Config::default(),
-    };
+    let settings = Settings::new(".".into(), smimegate::config::Config::default());
     let ctx = Ops::new(&settings, store);
     let search = |q: MessageQuery| async move { messages::search(&ctx, q).await.expect("search") };
     let senders = |page: &messages::MessagePage| {
@@ -1299,10 +1296,7 @@ async fn expiring_suite(store: &Store) {
         )
         .await
         .expect("partner");
-    let settings = Settings {
-        data_dir: ".".into(),
-        config: smimegate::config::Config::default(),
-    };
+    let settings = Settings::new(".".into(), smimegate::config::Config::default());
     let summary = dashboard::summary(&Ops::new(&settings, store))
         .await
         .expect("dashboard");
@@ -1476,10 +1470,7 @@ async fn retention_suite(store: &Store) {
 
     let mut config = Config::default();
     config.log.keep_days = 0;
-    let forever = Settings {
-        data_dir: ".".into(),
-        config: config.clone(),
-    };
+    let forever = Settings::new(".".into(), config.clone());
     let actor = Actor::job("lifecycle");
     let now = smimegate::store::unix_now();
     let kept = retention::purge_message_log(&Ops::new(&forever, store), &actor, now, 2)
@@ -1490,10 +1481,7 @@ async fn retention_suite(store: &Store) {
     assert_eq!(count().await, 10, "keep_days = 0 keeps every row");
 
     config.log.keep_days = 30;
-    let thirty = Settings {
-        data_dir: ".".into(),
-        config,
-    };
+    let thirty = Settings::new(".".into(), config);
     // A batch of 2 makes four statements for the 7 old rows.
     let purged = retention::purge_message_log(&Ops::new(&thirty, store), &actor, now, 2)
         .await

@@ -81,3 +81,23 @@ stop_throwaway_postgres() {
         pg_throwaway=""
     fi
 }
+
+# The cargo-deb release scripts/package builds the Debian package with (from crates.io;
+# `cargo install` compiles it, a few minutes on 2 cores, once per machine).
+CARGO_DEB_VERSION=3.8.0
+# Debian packages scripts/package and its test need beside the build ones:
+# dpkg-shlibdeps (dpkg-dev) for the package's library dependencies; systemd-analyze,
+# systemd-sysusers and systemd-tmpfiles (systemd) to check the unit and the scripts.
+PACKAGE_PACKAGES=(dpkg-dev systemd)
+
+# ensure_cargo_deb: installs cargo-deb $CARGO_DEB_VERSION when it is missing or another
+# version.
+ensure_cargo_deb() {
+    if cargo deb --version 2>/dev/null | grep -q " $CARGO_DEB_VERSION\$"; then
+        return 0
+    fi
+    echo "==> installing cargo-deb $CARGO_DEB_VERSION (cargo install)"
+    local started=$SECONDS
+    cargo install cargo-deb --version "=$CARGO_DEB_VERSION" --locked --quiet
+    echo "==> cargo-deb installed in $((SECONDS - started)) s"
+}

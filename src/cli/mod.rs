@@ -45,6 +45,11 @@ pub struct Cli {
         default_value = "./var"
     )]
     pub data_dir: PathBuf,
+    /// Configuration file, when it does not live in the data directory (the Debian
+    /// package: /etc/smimegate/smimegate.toml). Relative paths in it still resolve
+    /// against the data directory. Default: DATA_DIR/smimegate.toml.
+    #[arg(long, global = true, env = "SMIMEGATE_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }

@@ -299,7 +299,7 @@ pub async fn serve(settings: Settings, args: ServeArgs) -> Result<()> {
     let mut current = app.settings.config.clone();
     loop {
         match signals.next().await {
-            Signal::Reload => current = reload(&app.settings.data_dir, current, &control),
+            Signal::Reload => current = reload(&app.settings, current, &control),
             Signal::Stop(name) => {
                 tracing::info!(signal = name, "shutting down");
                 break;
@@ -361,11 +361,11 @@ async fn drain(control: &Control, grace: Duration) {
     }
 }
 
-/// SIGHUP: reads smimegate.toml again and applies what can change at run time (the
+/// SIGHUP: reads the configuration file again and applies what can change at run time (the
 /// log filter and the SMTP limits); says what needs a restart. A file that does not
 /// load leaves everything as it was.
-fn reload(data_dir: &Path, current: Config, control: &Control) -> Config {
-    let config = match Config::load(data_dir)
+fn reload(settings: &Settings, current: Config, control: &Control) -> Config {
+    let config = match Config::load_file(&settings.config_file, &settings.data_dir)
         .map_err(anyhow::Error::from)
         .and_then(|c| {
             let limits = limits(&c)?;

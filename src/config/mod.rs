@@ -14,7 +14,9 @@ use crate::hsm::KeyAlgorithm;
 /// so the documentation beside each key cannot drift from the code.
 pub const TEMPLATE: &str = include_str!("template.toml");
 
-/// Name of the configuration file inside the data directory.
+/// Name of the configuration file inside the data directory (where it is unless
+/// `--config FILE` / `SMIMEGATE_CONFIG` names another place, as the Debian package's
+/// `/etc/smimegate/smimegate.toml`).
 pub const CONFIG_FILE: &str = "smimegate.toml";
 
 #[derive(Debug, thiserror::Error)]
@@ -26,8 +28,8 @@ pub enum ConfigError {
     },
     #[error("invalid configuration {path}: {message}")]
     Parse { path: PathBuf, message: String },
-    #[error("no configuration at {path}: run `smimegate init --data-dir {data_dir}` first")]
-    Missing { path: PathBuf, data_dir: PathBuf },
+    #[error("no configuration at {path}: run `{init}` first")]
+    Missing { path: PathBuf, init: String },
     #[error("invalid value for {key}: {message}")]
     Invalid { key: &'static str, message: String },
 }
@@ -872,18 +874,32 @@ impl Config {
 
     /// Loads `DATA_DIR/smimegate.toml`.
     pub fn load(data_dir: &Path) -> Result<Self, ConfigError> {
-        let path = data_dir.join(CONFIG_FILE);
-        let text = match std::fs::read_to_string(&path) {
+        Self::load_file(&data_dir.join(CONFIG_FILE), data_dir)
+    }
+
+    /// Loads the configuration file `path` of the data directory `data_dir` (named
+    /// only in the hint of a missing file).
+    pub fn load_file(path: &Path, data_dir: &Path) -> Result<Self, ConfigError> {
+        let text = match std::fs::read_to_string(path) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let mut init = format!("smimegate init --data-dir {}", data_dir.display());
+                if path != data_dir.join(CONFIG_FILE) {
+                    init.push_str(&format!(" --config {}", path.display()));
+                }
                 return Err(ConfigError::Missing {
-                    path,
-                    data_dir: data_dir.to_path_buf(),
+                    path: path.to_path_buf(),
+                    init,
                 });
             }
-            Err(source) => return Err(ConfigError::Read { path, source }),
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
         };
-        Self::parse(&text, &path)
+        Self::parse(&text, path)
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -972,18 +988,38 @@ impl Config {
 }
 
 /// A configuration bound to its data directory: relative paths resolve against it.
+/// The configuration file itself is `config_file`: `DATA_DIR/smimegate.toml` unless
+/// the command line names another (`--config`, e.g. `/etc/smimegate/smimegate.toml`).
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub data_dir: PathBuf,
+    pub config_file: PathBuf,
     pub config: Config,
 }
 
 impl Settings {
+    /// Loads `DATA_DIR/smimegate.toml`.
     pub fn load(data_dir: &Path) -> Result<Self, ConfigError> {
+        Self::load_from(data_dir, &data_dir.join(CONFIG_FILE))
+    }
+
+    /// Loads the configuration file `config_file`; relative paths in it resolve
+    /// against `data_dir`.
+    pub fn load_from(data_dir: &Path, config_file: &Path) -> Result<Self, ConfigError> {
         Ok(Self {
             data_dir: data_dir.to_path_buf(),
-            config: Config::load(data_dir)?,
+            config_file: config_file.to_path_buf(),
+            config: Config::load_file(config_file, data_dir)?,
         })
+    }
+
+    /// Settings of `config` in `data_dir`, its file where `load` looks for it.
+    pub fn new(data_dir: PathBuf, config: Config) -> Self {
+        Self {
+            config_file: data_dir.join(CONFIG_FILE),
+            data_dir,
+            config,
+        }
     }
 
     /// Resolves a configured path against the data directory.

@@ -247,8 +247,8 @@ pub async fn create(ctx: &Ops<'_>, actor: &Actor, file: &Path) -> Result<BackupS
     }
     let settings = ctx.settings;
     let store = ctx.store;
-    let config_path = settings.data_dir.join(CONFIG_FILE);
-    let config_text = std::fs::read(&config_path)
+    let config_path = &settings.config_file;
+    let config_text = std::fs::read(config_path)
         .map_err(|e| setup(format!("cannot read {}: {e}", config_path.display())))?;
     let schema = store.schema_level().await?;
     let backend = store.backend();
@@ -454,8 +454,10 @@ pub async fn restore(
 ) -> Result<BackupSummary, OpError> {
     let _lock = crate::data_dir::lock_data_dir(&settings.data_dir)
         .map_err(|e| OpError::Invalid(format!("{e:#}")))?;
-    let config_path = settings.data_dir.join(CONFIG_FILE);
-    let unpacked = read_archive(file, &config_path)?;
+    let config_path = settings.config_file.clone();
+    // Unpacked into the data directory: the configuration's may be read-only
+    // (/etc/smimegate in the Debian package).
+    let unpacked = read_archive(file, &settings.data_dir.join(CONFIG_FILE))?;
     let manifest = unpacked.manifest.clone();
     let known = Store::known_schema_level(manifest.backend);
     if manifest.schema > known {
@@ -472,6 +474,7 @@ pub async fn restore(
         .map_err(|e| OpError::Invalid(format!("{CONFIG_FILE} in the archive: {e}")))?;
     let restored = Settings {
         data_dir: settings.data_dir.clone(),
+        config_file: config_path.clone(),
         config,
     };
     let url = restored.database_url();
@@ -494,6 +497,15 @@ pub async fn restore(
         ))
     })?;
     drop(hsm);
+    // The configuration is replaced only when it differs, and its new file is made
+    // before the database is touched: a configuration the restoring user cannot write
+    // (root's /etc/smimegate) stops the restore while nothing has changed yet.
+    let unchanged = std::fs::read(&config_path).is_ok_and(|c| c == config_text.as_bytes());
+    let config_new = if unchanged {
+        None
+    } else {
+        Some(TempFile::new(&config_path, "conf")?)
+    };
     match backend {
         Backend::Sqlite => {
             let db = sqlite_file(&url)?;
@@ -551,13 +563,14 @@ pub async fn restore(
         }
     }
     // The configuration: a new file beside it, renamed over it.
-    let (mut conf_tmp, mut out) = TempFile::new(&config_path, "conf")?;
-    out.write_all(config_text.as_bytes())
-        .and_then(|()| out.sync_all())
-        .map_err(|e| setup(format!("cannot write {}: {e}", conf_tmp.path.display())))?;
-    std::fs::rename(&conf_tmp.path, &config_path)
-        .map_err(|e| setup(format!("cannot replace {}: {e}", config_path.display())))?;
-    conf_tmp.keep = true;
+    if let Some((mut conf_tmp, mut out)) = config_new {
+        out.write_all(config_text.as_bytes())
+            .and_then(|()| out.sync_all())
+            .map_err(|e| setup(format!("cannot write {}: {e}", conf_tmp.path.display())))?;
+        std::fs::rename(&conf_tmp.path, &config_path)
+            .map_err(|e| setup(format!("cannot replace {}: {e}", config_path.display())))?;
+        conf_tmp.keep = true;
+    }
     // Opening migrates an older snapshot to this binary's schema.
     let store = crate::app::open_store(&restored).await?;
     tracing::info!(schema = manifest.schema, ?backend, "backup restored");

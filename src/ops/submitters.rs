@@ -284,10 +284,10 @@ mod tests {
     }
 
     fn settings() -> crate::config::Settings {
-        crate::config::Settings {
-            data_dir: std::path::PathBuf::from("."),
-            config: crate::config::Config::default(),
-        }
+        crate::config::Settings::new(
+            std::path::PathBuf::from("."),
+            crate::config::Config::default(),
+        )
     }
 
     fn secret(s: &str) -> SecretString {
