@@ -10,9 +10,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// How many times its size a message may occupy at once while it is processed: the
 /// DATA buffer and what the S/MIME work makes from it (a signed copy; a base64
-/// ciphertext about 1.4 times the size; a decrypted entity). Measured by
-/// `BENCH_ONLY=big scripts/bench-relay`, which prints the peak resident memory of each
-/// mode divided by the message size; the largest of them, rounded up, is this.
+/// ciphertext about 1.4 times the size; a decrypted entity). `BENCH_ONLY=big
+/// scripts/bench-relay` prints the peak resident memory of each mode above the idle
+/// gateway divided by the message size (2.0 signing, 2.4 signing and encrypting, 2.5
+/// decrypting and verifying when this was set): 4 leaves room for Bcc copies and for
+/// what the allocator keeps, and is the bound issue 12 sets.
 pub const PROCESSING_MULTIPLE: usize = 4;
 
 /// Bytes reserved by all sessions together, against a capacity that may change at
