@@ -10,6 +10,7 @@ use smimegate::hsm::provision::export_softhsm2_conf;
 use smimegate::setup;
 
 fn main() -> ExitCode {
+    large_buffers_mapped();
     let args = Cli::parse();
     let config_file = args
         .config
@@ -57,6 +58,29 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e),
+    }
+}
+
+/// Every allocation of 256 KiB or more gets its own mapping from glibc (`mallopt`
+/// `M_MMAP_THRESHOLD`, which also stops glibc from raising that threshold to the size
+/// of the last large block freed): a message buffer goes back to the system the moment
+/// it is dropped and grows by `mremap` without being copied, instead of staying in a
+/// per-thread heap where the next message cannot always reuse it. Without this, the
+/// gateway's resident memory after a few 10 MB messages was several times what they
+/// needed at once (DESIGN §8, docs/operations.md "Memory").
+fn large_buffers_mapped() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        const M_MMAP_THRESHOLD: std::ffi::c_int = -3;
+        #[allow(unsafe_code)]
+        // SAFETY: glibc's mallopt(3), declared with its C signature; called before any
+        // other thread exists, with a documented parameter and a value in range.
+        unsafe {
+            unsafe extern "C" {
+                fn mallopt(param: std::ffi::c_int, value: std::ffi::c_int) -> std::ffi::c_int;
+            }
+            mallopt(M_MMAP_THRESHOLD, 256 * 1024);
+        }
     }
 }
 

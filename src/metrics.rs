@@ -173,7 +173,7 @@ impl Metrics {
         let in_flight_bytes = Gauge::default();
         registry.register(
             "in_flight_bytes",
-            "Message bytes held by SMTP sessions now (the in-flight budget's use)",
+            "Memory reserved by the messages SMTP sessions hold now, 4 times each one's size (the in-flight budget's use)",
             in_flight_bytes.clone(),
         );
         Metrics {

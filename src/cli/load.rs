@@ -33,6 +33,10 @@ pub struct LoadArgs {
     pub message: Option<PathBuf>,
     #[arg(long, default_value_t = 4096)]
     pub size: usize,
+    /// Messages each session sends at most (0: as many as --seconds allow). A message
+    /// refused with a 4xx is sent again, and counts only once it is accepted.
+    #[arg(long, default_value_t = 0)]
+    pub count: usize,
 }
 
 fn text_message(from: &str, to: &str, size: usize) -> Vec<u8> {
@@ -53,6 +57,8 @@ pub async fn run(args: LoadArgs) -> Result<()> {
         }
         None => text_message(&args.from, &args.to, args.size),
     };
+    // One copy shared by every session, however many there are.
+    let message = std::sync::Arc::new(message);
     let client = ClientConfig::new(
         "load.invalid".into(),
         Duration::from_secs(10),
@@ -63,6 +69,7 @@ pub async fn run(args: LoadArgs) -> Result<()> {
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..args.concurrency.max(1) {
+        let count = args.count;
         let (client, target, from, to, message) = (
             client.clone(),
             args.target.clone(),
@@ -73,8 +80,9 @@ pub async fn run(args: LoadArgs) -> Result<()> {
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             let mut errors = 0u64;
+            let mut busy = 0u64;
             let mut conn: Option<Connection> = None;
-            while Instant::now() < deadline {
+            while Instant::now() < deadline && (count == 0 || latencies.len() < count) {
                 if conn.is_none() {
                     match Connection::open(&client, &target).await {
                         Ok(c) => conn = Some(c),
@@ -87,18 +95,35 @@ pub async fn run(args: LoadArgs) -> Result<()> {
                 }
                 let Some(c) = conn.as_mut() else { continue };
                 let t0 = Instant::now();
-                let ok = async {
-                    let r = c.mail(&from, &MailParams::default(), None).await.ok()?;
-                    r.is_positive().then_some(())?;
-                    let r = c.rcpt(&to, &RcptParams::default()).await.ok()?;
-                    r.is_positive().then_some(())?;
-                    let r = c.data(&message).await.ok()?;
-                    r.is_positive().then_some(())
+                // The reply that refused the message, if one did.
+                let refused = async {
+                    let r = c
+                        .mail(&from, &MailParams::default(), Some(message.len() as u64))
+                        .await?;
+                    if !r.is_positive() {
+                        return Err(r);
+                    }
+                    let r = c.rcpt(&to, &RcptParams::default()).await?;
+                    if !r.is_positive() {
+                        return Err(r);
+                    }
+                    let r = c.data(&message).await?;
+                    if !r.is_positive() {
+                        return Err(r);
+                    }
+                    Ok(())
                 }
                 .await;
-                match ok {
-                    Some(()) => latencies.push(t0.elapsed()),
-                    None => {
+                match refused {
+                    Ok(()) => latencies.push(t0.elapsed()),
+                    // The gateway's memory budget is full: the transaction is over
+                    // (RFC 5321 §4.2.5), the connection stays usable; wait a little.
+                    Err(r) if r.code == 452 && r.enhanced == "4.3.1" => {
+                        busy += 1;
+                        let _ = c.rset().await;
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    Err(_) => {
                         errors += 1;
                         if let Some(c) = conn.take() {
                             c.quit().await;
@@ -109,15 +134,17 @@ pub async fn run(args: LoadArgs) -> Result<()> {
             if let Some(c) = conn {
                 c.quit().await;
             }
-            (latencies, errors)
+            (latencies, errors, busy)
         }));
     }
     let mut latencies = Vec::new();
     let mut errors = 0;
+    let mut busy = 0;
     for task in tasks {
-        let (l, e) = task.await?;
+        let (l, e, b) = task.await?;
         latencies.extend(l);
         errors += e;
+        busy += b;
     }
     let elapsed = started.elapsed().as_secs_f64();
     latencies.sort();
@@ -131,6 +158,7 @@ pub async fn run(args: LoadArgs) -> Result<()> {
         serde_json::json!({
             "sent": latencies.len(),
             "errors": errors,
+            "busy_452": busy,
             "seconds": elapsed,
             "per_sec": latencies.len() as f64 / elapsed,
             "p50_ms": percentile(0.50),

@@ -223,14 +223,15 @@ pub fn seven_bit_entity<'a>(
     body: &'a [u8],
     limits: &Limits,
 ) -> Result<(Vec<Header>, std::borrow::Cow<'a, [u8]>), MimeError> {
-    let ct = content_type(&headers);
-    if !ct.is_multipart() && !ct.is_message() && !needs_encoding(body) {
-        if body.len() > limits.max_size {
-            return Err(MimeError::TooLarge {
-                size: body.len(),
-                limit: limits.max_size,
-            });
-        }
+    if body.len() > limits.max_size {
+        return Err(MimeError::TooLarge {
+            size: body.len(),
+            limit: limits.max_size,
+        });
+    }
+    // A clean, well-formed entity (a multipart with its attachments base64 already,
+    // the common large message) is what the walk would give back: it is borrowed.
+    if walk_keeps(&headers, body, limits, 0)? {
         return Ok((headers, std::borrow::Cow::Borrowed(body)));
     }
     let walked = make_seven_bit_safe(
@@ -327,30 +328,7 @@ fn walk_multipart(
     limits: &Limits,
     depth: usize,
 ) -> Result<Vec<u8>, MimeError> {
-    let mut delimiter = b"--".to_vec();
-    delimiter.extend_from_slice(boundary);
-    // Start offsets of delimiter lines, and whether each is the closing one.
-    let mut lines: Vec<(usize, usize, bool)> = Vec::new();
-    let mut at = 0;
-    while let Some(p) = find(body, &delimiter, at) {
-        let line_start = p == 0 || (p >= 2 && &body[p - 2..p] == b"\r\n");
-        let line_end = find(body, b"\r\n", p).map(|i| i + 2).unwrap_or(body.len());
-        if line_start {
-            let rest = &body[p + delimiter.len()..line_end];
-            let closing = rest.starts_with(b"--");
-            let trailing = if closing { &rest[2..] } else { rest };
-            if trailing
-                .iter()
-                .all(|b| matches!(b, b' ' | b'\t' | b'\r' | b'\n'))
-            {
-                lines.push((p, line_end, closing));
-                if closing {
-                    break;
-                }
-            }
-        }
-        at = line_end.max(p + 1);
-    }
+    let lines = delimiter_lines(body, boundary);
     if lines.is_empty() {
         return Err(MimeError::Malformed("multipart body without its boundary"));
     }
@@ -378,6 +356,85 @@ fn walk_multipart(
     }
     // No closing delimiter: keep what we have (RFC 2046 asks for robustness here).
     Ok(out)
+}
+
+/// The delimiter lines of a multipart body: (start, end after its CRLF, closing), up
+/// to and including the closing one.
+fn delimiter_lines(body: &[u8], boundary: &[u8]) -> Vec<(usize, usize, bool)> {
+    let mut delimiter = b"--".to_vec();
+    delimiter.extend_from_slice(boundary);
+    let mut lines: Vec<(usize, usize, bool)> = Vec::new();
+    let mut at = 0;
+    while let Some(p) = find(body, &delimiter, at) {
+        let line_start = p == 0 || (p >= 2 && &body[p - 2..p] == b"\r\n");
+        let line_end = find(body, b"\r\n", p).map(|i| i + 2).unwrap_or(body.len());
+        if line_start {
+            let rest = &body[p + delimiter.len()..line_end];
+            let closing = rest.starts_with(b"--");
+            let trailing = if closing { &rest[2..] } else { rest };
+            if trailing
+                .iter()
+                .all(|b| matches!(b, b' ' | b'\t' | b'\r' | b'\n'))
+            {
+                lines.push((p, line_end, closing));
+                if closing {
+                    break;
+                }
+            }
+        }
+        at = line_end.max(p + 1);
+    }
+    lines
+}
+
+/// Whether [`walk`] would give the entity back byte for byte (every leaf 7-bit clean,
+/// every body part with its header block), found without copying anything large. An
+/// error is the one the walk would report.
+fn walk_keeps(
+    headers: &[Header],
+    body: &[u8],
+    limits: &Limits,
+    depth: usize,
+) -> Result<bool, MimeError> {
+    if depth > limits.max_depth {
+        return Err(MimeError::TooDeep {
+            limit: limits.max_depth,
+        });
+    }
+    let ct = content_type(headers);
+    if !ct.is_multipart() {
+        return Ok(!needs_encoding(body));
+    }
+    let boundary = match ct.param("boundary") {
+        Some(boundary) if !boundary.is_empty() => boundary,
+        _ => return Err(MimeError::Malformed("multipart without a boundary")),
+    };
+    let lines = delimiter_lines(body, boundary.as_bytes());
+    if lines.is_empty() {
+        return Err(MimeError::Malformed("multipart body without its boundary"));
+    }
+    for (k, &(_, end, closing)) in lines.iter().enumerate() {
+        if closing {
+            return Ok(true);
+        }
+        // The CRLF before the next delimiter belongs to that delimiter; two delimiter
+        // lines in a row make an empty part, which the walk writes out differently.
+        let content_end = match lines.get(k + 1) {
+            Some(&(next, ..)) if next >= end + 2 => next - 2,
+            Some(_) => return Ok(false),
+            None => body.len(),
+        };
+        let part = &body[end..content_end];
+        if !part.starts_with(b"\r\n") && find(part, b"\r\n\r\n", 0).is_none() {
+            // No empty line: the walk would add one.
+            return Ok(false);
+        }
+        let (part_headers, body_start) = split_headers(part)?;
+        if !walk_keeps(&part_headers, &part[body_start..], limits, depth + 1)? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 fn find(haystack: &[u8], needle: &[u8], from: usize) -> Option<usize> {
@@ -414,6 +471,59 @@ mod tests {
         let e = entity("Content-Type: text/plain\n\nhello\n");
         let out = make_seven_bit_safe(e.clone(), &Limits::default()).expect("ok");
         assert_eq!(out, e);
+    }
+
+    /// The borrowed path of [`seven_bit_entity`] is taken exactly when the walk would
+    /// give the entity back unchanged, and reports the walk's errors.
+    #[test]
+    fn a_borrowed_entity_is_what_the_walk_would_give() {
+        let cases = [
+            "Content-Type: text/plain\n\nhello\n",
+            "Content-Type: multipart/mixed; boundary=b\n\npre\n--b\nContent-Type: text/plain\n\none\n--b\n\
+             Content-Type: application/pdf\nContent-Transfer-Encoding: base64\n\nQUJD\n--b--\nepilogue\n",
+            // A part without an empty line, two delimiters in a row, no closing one.
+            "Content-Type: multipart/mixed; boundary=b\n\n--b\nContent-Type: text/plain\n--b--\n",
+            "Content-Type: multipart/mixed; boundary=b\n\n--b\n--b\n\nx\n--b--\n",
+            "Content-Type: multipart/mixed; boundary=b\n\n--b\n\nunclosed\n",
+            // Nested, and 8-bit inside.
+            "Content-Type: multipart/mixed; boundary=o\n\n--o\nContent-Type: multipart/alternative; boundary=i\n\n\
+             --i\n\nplain\n--i--\n\n--o--\n",
+            "Content-Type: multipart/mixed; boundary=b\n\n--b\nContent-Type: text/plain\n\ncaf\u{e9}\n--b--\n",
+            "Content-Type: message/rfc822\n\nSubject: x\n\nbody\n",
+        ];
+        for case in cases {
+            let e = entity(case);
+            let walked = make_seven_bit_safe(e.clone(), &Limits::default()).expect("walks");
+            let (headers, body) =
+                seven_bit_entity(e.headers.clone(), &e.body, &Limits::default()).expect("ok");
+            assert_eq!(headers, walked.headers, "{case}");
+            assert_eq!(&body[..], &walked.body[..], "{case}");
+            let kept = walk_keeps(&e.headers, &e.body, &Limits::default(), 0).expect("ok");
+            assert_eq!(kept, walked == e, "{case}");
+            assert_eq!(
+                matches!(body, std::borrow::Cow::Borrowed(_)),
+                kept,
+                "{case}"
+            );
+        }
+        // Too deep, and a multipart without its boundary: the walk's errors.
+        let limits = Limits {
+            max_depth: 1,
+            ..Limits::default()
+        };
+        let deep = entity(
+            "Content-Type: multipart/mixed; boundary=a\n\n--a\nContent-Type: multipart/mixed; boundary=b\n\n\
+             --b\nContent-Type: multipart/mixed; boundary=c\n\n--c\n\nx\n--c--\n--b--\n--a--\n",
+        );
+        assert!(matches!(
+            seven_bit_entity(deep.headers.clone(), &deep.body, &limits),
+            Err(MimeError::TooDeep { .. })
+        ));
+        let lost = entity("Content-Type: multipart/mixed; boundary=zz\n\n--b\n\nx\n--b--\n");
+        assert!(matches!(
+            seven_bit_entity(lost.headers.clone(), &lost.body, &Limits::default()),
+            Err(MimeError::Malformed(_))
+        ));
     }
 
     #[test]

@@ -72,7 +72,9 @@ impl Relay {
         }
         let single = (routed.recipients.len() == 1).then(|| routed.recipients[0].envelope.as_str());
         let trace = received::field(session, &self.hostname, &tx.mail.id, single);
-        let message = [trace.as_bytes(), &message].concat();
+        // In the message's own buffer: a large message is never held twice.
+        let mut message = message;
+        message.splice(0..0, trace.into_bytes());
         match routed.class.clone() {
             Class::Inbound { .. } => {
                 let recipients: Vec<Address> = routed

@@ -193,14 +193,27 @@ pub fn is_smime(message: &[u8]) -> bool {
 
 /// Puts a field at the top of the header section. The value is cleaned of CR/LF.
 pub fn prepend(message: &[u8], name: &str, value: &str) -> Vec<u8> {
+    let line = field_line(name, value);
+    let mut out = Vec::with_capacity(message.len() + line.len());
+    out.extend_from_slice(&line);
+    out.extend_from_slice(message);
+    out
+}
+
+/// [`prepend`] in the message's own buffer (a large message is not copied).
+pub fn prepend_owned(mut message: Vec<u8>, name: &str, value: &str) -> Vec<u8> {
+    let line = field_line(name, value);
+    message.splice(0..0, line);
+    message
+}
+
+/// `name: value` and CRLF, the value cleaned of CR/LF.
+pub fn field_line(name: &str, value: &str) -> Vec<u8> {
     let clean: String = value
         .chars()
         .map(|c| if c == '\r' || c == '\n' { ' ' } else { c })
         .collect();
-    let mut out = Vec::with_capacity(message.len() + clean.len() + name.len() + 4);
-    out.extend_from_slice(format!("{name}: {clean}\r\n").as_bytes());
-    out.extend_from_slice(message);
-    out
+    format!("{name}: {clean}\r\n").into_bytes()
 }
 
 /// The addr-specs of an address-list header value (`Name <a@b>, c@d, group: e@f;`).

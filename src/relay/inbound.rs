@@ -143,15 +143,19 @@ pub async fn process(
     let content = content_of(&opened);
     let outcome = policy::decide_inbound(selection, content);
     let Opened {
-        layers,
+        mut layers,
         decrypted,
         truncated,
     } = opened;
-    let message = match (outcome, decrypted) {
-        (InboundOutcome::Reject(rejection), _) => return Err(rejection.into()),
-        (_, Some(entity)) if decrypt => with_entity(&message, &entity)?,
-        _ => message,
-    };
+    if let InboundOutcome::Reject(rejection) = outcome {
+        return Err(rejection.into());
+    }
+    // What was verified inside is not delivered: only the verdicts are kept.
+    for layer in &mut layers {
+        if let Layer::Signed(v) = layer {
+            v.content = None;
+        }
+    }
     let opened = Opened {
         layers,
         decrypted: None,
@@ -159,7 +163,12 @@ pub async fn process(
     };
     harvest(&app, &snapshot, revocation, &opened, &from, &mut actions).await;
     let stamp = stamp(&opened, &from);
-    let message = headers::prepend(&message, headers::STAMP, &stamp);
+    // One new buffer at most: the decrypted entity under the outer header fields, or
+    // the message as it came with the stamp put in place.
+    let message = match decrypted {
+        Some(entity) if decrypt => with_entity(message, entity, &stamp)?,
+        _ => headers::prepend_owned(message, headers::STAMP, &stamp),
+    };
     Ok(Processed {
         message,
         stamp,
@@ -293,11 +302,19 @@ fn stamp(opened: &Opened, from: &FromField) -> String {
 /// sit beside the outer one the signature verdict was bound to, a stamp there would
 /// pose as ours. Decrypted content is never a reason for a reply of its own (it would
 /// be an oracle), so whatever its header looks like, it is delivered.
-fn with_entity(message: &[u8], entity: &[u8]) -> Result<Vec<u8>, Reply> {
-    let (outer, _) = crate::mime::split_raw_headers(message)
+fn with_entity(message: Vec<u8>, entity: Vec<u8>, stamp: &str) -> Result<Vec<u8>, Reply> {
+    let (outer, _) = crate::mime::split_raw_headers(&message)
         .map_err(|e| Reply::new(554, "5.6.0", format!("Malformed message header: {e}")))?;
+    // The encrypted message is not needed any more: given back before the new one is
+    // built.
+    drop(message);
     // SMTP carries CRLF lines only (RFC 5321 §2.3.8); openssl encrypts LF text.
-    let entity = headers::canonical_header(crate::mime::to_crlf(entity).into_owned());
+    let converted = match crate::mime::to_crlf(&entity) {
+        std::borrow::Cow::Owned(canonical) => Some(canonical),
+        std::borrow::Cow::Borrowed(_) => None,
+    };
+    let entity = converted.unwrap_or(entity);
+    let entity = headers::canonical_header(entity);
     let fields_end = headers::field_lines_len(&entity);
     let kept = headers::retain(entity[..fields_end].to_vec(), |name| {
         name.len() > 8 && name[..8].eq_ignore_ascii_case(b"content-")
@@ -309,13 +326,15 @@ fn with_entity(message: &[u8], entity: &[u8]) -> Result<Vec<u8>, Reply> {
     } else {
         b"\r\n"
     };
-    let entity = [kept.as_slice(), separator, rest].concat();
-    let mut out = Vec::with_capacity(entity.len() + 4096);
+    let mut out = Vec::with_capacity(kept.len() + rest.len() + 4096);
+    out.extend_from_slice(&headers::field_line(headers::STAMP, stamp));
     for h in outer.iter().filter(|h| !h.is_content_header()) {
         out.extend_from_slice(&h.raw);
     }
     out.extend_from_slice(b"MIME-Version: 1.0\r\n");
-    out.extend_from_slice(&entity);
+    out.extend_from_slice(&kept);
+    out.extend_from_slice(separator);
+    out.extend_from_slice(rest);
     Ok(out)
 }
 

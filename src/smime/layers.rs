@@ -258,12 +258,14 @@ impl Opener<'_> {
             };
             let kind = kind(&current, limits);
             if kind == Kind::Plain {
+                give_back(current, &mut layers);
                 break;
             }
             if layers.len() >= self.max_layers {
                 // Inside decrypted content nothing may change the answer (it would
                 // tell the sender about the plaintext): stop, deliver what is open.
                 if decrypted.is_some() {
+                    give_back(current, &mut layers);
                     return Ok(Opened {
                         layers,
                         decrypted,
@@ -273,8 +275,11 @@ impl Opener<'_> {
                 return Err(OpenError::TooDeep(self.max_layers));
             }
             if kind == Kind::Signed {
-                let verification = verify::verify(&current, from, &self.verify);
-                let content = verification.content.clone();
+                let mut verification = verify::verify(&current, from, &self.verify);
+                drop(current);
+                // The content is looked at next (not copied: a large message is held
+                // once); it goes back to its layer if nothing is inside it.
+                let content = verification.content.take();
                 layers.push(Layer::Signed(Box::new(verification)));
                 match content {
                     Some(content) => inner = Some(content),
@@ -317,5 +322,13 @@ impl Opener<'_> {
             decrypted,
             truncated: false,
         })
+    }
+}
+
+/// The signed content that was looked at for a further layer and held none goes back
+/// to its signature layer ([`Opened::innermost`]).
+fn give_back(current: Cow<'_, [u8]>, layers: &mut [Layer]) {
+    if let (Cow::Owned(content), Some(Layer::Signed(v))) = (current, layers.last_mut()) {
+        v.content = Some(content);
     }
 }

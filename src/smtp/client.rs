@@ -420,6 +420,12 @@ impl Connection {
     }
 
     async fn write(&mut self, stage: Stage, bytes: &[u8]) -> Result<(), HopError> {
+        self.write_unflushed(stage, bytes).await?;
+        self.flush(stage).await
+    }
+
+    /// Writes `bytes` in pieces of at most [`WRITE_CHUNK`], each under the reply timeout.
+    async fn write_unflushed(&mut self, stage: Stage, bytes: &[u8]) -> Result<(), HopError> {
         let timeout = self.reply_timeout;
         for chunk in bytes.chunks(WRITE_CHUNK) {
             let stream = self.io.get_mut();
@@ -430,12 +436,32 @@ impl Connection {
                 Err(_) => return Err(self.fail(stage, HopErrorKind::Timeout)),
             }
         }
+        Ok(())
+    }
+
+    async fn flush(&mut self, stage: Stage) -> Result<(), HopError> {
+        let timeout = self.reply_timeout;
         let stream = self.io.get_mut();
         match tokio::time::timeout(timeout, stream.flush()).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(self.fail(stage, HopErrorKind::Io(e))),
             Err(_) => Err(self.fail(stage, HopErrorKind::Timeout)),
         }
+    }
+
+    /// The message dot-stuffed and terminated, written piece by piece: never a second
+    /// copy of a large message (a piece is about [`WRITE_CHUNK`] bytes).
+    async fn write_message(&mut self, message: &[u8]) -> Result<(), HopError> {
+        let mut stuffed = DotStuffed::new(message);
+        let mut piece = Vec::with_capacity(WRITE_CHUNK + 1024);
+        loop {
+            piece.clear();
+            if !stuffed.fill(&mut piece, WRITE_CHUNK) {
+                break;
+            }
+            self.write_unflushed(Stage::Message, &piece).await?;
+        }
+        self.flush(Stage::Message).await
     }
 
     /// Reads one (possibly multi-line) reply, strictly and sanitised (`wire`).
@@ -711,8 +737,7 @@ impl Connection {
         }
         // The final "." is in the last bytes written: if any write fails, it did not
         // go out, and the hop must not deliver an unterminated message.
-        let out = dot_stuff(message);
-        self.write(Stage::Message, &out)
+        self.write_message(message)
             .await
             .map_err(DataError::NotHandedOver)?;
         let reply = match self.read_reply(Stage::EndOfData).await {
@@ -777,22 +802,52 @@ impl Connection {
 }
 
 /// The message as DATA carries it: CRLF line ends, a leading "." doubled (RFC 5321
-/// §4.5.2), and the terminating `.` line.
-fn dot_stuff(message: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(message.len() + message.len() / 50 + 5);
-    for line in message.split_inclusive(|&b| b == b'\n') {
-        let content = line
-            .strip_suffix(b"\n")
-            .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
-            .unwrap_or(line);
-        if content.first() == Some(&b'.') {
-            out.push(b'.');
+/// §4.5.2), and the terminating `.` line — produced in pieces, so a large message is
+/// not copied whole.
+struct DotStuffed<'a> {
+    rest: &'a [u8],
+    ended: bool,
+}
+
+impl<'a> DotStuffed<'a> {
+    fn new(message: &'a [u8]) -> Self {
+        DotStuffed {
+            rest: message,
+            ended: false,
         }
-        out.extend_from_slice(content);
-        out.extend_from_slice(b"\r\n");
     }
-    out.extend_from_slice(b".\r\n");
-    out
+
+    /// Appends the next lines to `out` until it holds at least `want` bytes or the
+    /// terminating `.` line was added. False once everything was given.
+    fn fill(&mut self, out: &mut Vec<u8>, want: usize) -> bool {
+        if self.ended {
+            return false;
+        }
+        while out.len() < want {
+            if self.rest.is_empty() {
+                out.extend_from_slice(b".\r\n");
+                self.ended = true;
+                break;
+            }
+            let end = self
+                .rest
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(self.rest.len(), |i| i + 1);
+            let (line, rest) = self.rest.split_at(end);
+            self.rest = rest;
+            let content = line
+                .strip_suffix(b"\n")
+                .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+                .unwrap_or(line);
+            if content.first() == Some(&b'.') {
+                out.push(b'.');
+            }
+            out.extend_from_slice(content);
+            out.extend_from_slice(b"\r\n");
+        }
+        true
+    }
 }
 
 #[cfg(test)]
@@ -801,8 +856,27 @@ mod tests {
 
     #[test]
     fn dot_stuffing_and_line_ends() {
-        assert_eq!(dot_stuff(b"a\n.b\r\n..c"), b"a\r\n..b\r\n...c\r\n.\r\n");
-        assert_eq!(dot_stuff(b""), b".\r\n");
+        fn dot_stuff(message: &[u8], want: usize) -> Vec<u8> {
+            let mut stuffed = DotStuffed::new(message);
+            let mut out = Vec::new();
+            let mut piece = Vec::new();
+            while {
+                piece.clear();
+                stuffed.fill(&mut piece, want)
+            } {
+                assert!(!piece.is_empty());
+                out.extend_from_slice(&piece);
+            }
+            out
+        }
+        for want in [1, 3, 1000] {
+            assert_eq!(
+                dot_stuff(b"a\n.b\r\n..c", want),
+                b"a\r\n..b\r\n...c\r\n.\r\n"
+            );
+            assert_eq!(dot_stuff(b"", want), b".\r\n");
+            assert_eq!(dot_stuff(b"x\r\n", want), b"x\r\n.\r\n");
+        }
     }
 
     #[test]

@@ -10,6 +10,7 @@ mod identities;
 mod inbound_trust;
 mod interop;
 mod lifecycle;
+mod memory;
 mod metrics;
 mod nodes;
 mod postfix;

@@ -41,6 +41,7 @@ pub(crate) enum DataOutcome {
 pub(crate) struct NoBudget;
 
 pub(crate) struct DataReader {
+    budget: Arc<Budget>,
     message: Vec<u8>,
     held: Option<Held>,
     max_message: usize,
@@ -81,8 +82,9 @@ impl DataReader {
             Some(size) => usize::try_from(size).unwrap_or(usize::MAX).min(max_message),
             None => FIRST_RESERVATION.min(max_message),
         };
-        let held = budget.hold(first).ok_or(NoBudget)?;
+        let held = budget.hold(budget.cost(first)).ok_or(NoBudget)?;
         Ok(DataReader {
+            budget: budget.clone(),
             message: Vec::with_capacity(first),
             held: Some(held),
             max_message,
@@ -198,13 +200,21 @@ impl DataReader {
         let Some(held) = self.held.as_mut() else {
             return;
         };
-        if !held.ensure(needed, self.max_message) {
+        // The reservation covers what the message will cost once processed, not
+        // only the bytes kept.
+        let cost = self.budget.cost(needed);
+        if !held.ensure(cost, self.budget.cost(self.max_message)) {
             self.fail(Failure::NoBudget);
             return;
         }
         if self.message.capacity() < needed {
+            let grown = self
+                .message
+                .capacity()
+                .saturating_mul(2)
+                .clamp(needed, self.max_message.max(needed));
             self.message
-                .reserve_exact(held.bytes().saturating_sub(self.message.len()));
+                .reserve_exact(grown.saturating_sub(self.message.len()));
         }
         self.message.extend_from_slice(bytes);
     }
@@ -297,11 +307,26 @@ mod tests {
 
     #[test]
     fn the_budget_is_reserved_before_bytes_are_kept() {
-        let budget = Budget::new(100_000);
-        assert!(DataReader::start(&budget, Some(100_001), 1 << 20, 1000).is_err());
+        use super::super::budget::PROCESSING_MULTIPLE;
+        let budget = Budget::new(100_000 * PROCESSING_MULTIPLE);
+        assert!(
+            DataReader::start(
+                &budget,
+                Some(100_001 * PROCESSING_MULTIPLE as u64),
+                1 << 30,
+                1000
+            )
+            .is_err()
+        );
         let mut reader = DataReader::start(&budget, None, 1 << 20, 1000).expect("first piece");
-        assert_eq!(budget.used(), FIRST_RESERVATION);
-        let other = budget.hold(30_000).expect("another session");
+        assert_eq!(
+            budget.used(),
+            FIRST_RESERVATION * PROCESSING_MULTIPLE,
+            "what the message will cost processed, not only its bytes"
+        );
+        let other = budget
+            .hold(30_000 * PROCESSING_MULTIPLE)
+            .expect("another session");
         let body = [&b"\r\n"[..], &[b'x'; 90_000][..], b"\r\n.\r\n"].concat();
         assert_eq!(
             reader.feed(&body),
@@ -317,6 +342,7 @@ mod tests {
             panic!("fits now");
         };
         assert_eq!(message.len(), 90_004);
-        assert!(held.bytes() >= message.len() && message.capacity() <= held.bytes());
+        assert!(held.bytes() >= message.len() * PROCESSING_MULTIPLE);
+        assert!(message.capacity() <= held.bytes());
     }
 }

@@ -44,7 +44,7 @@ use super::command::{MailParams, RcptParams};
 use super::reply::Reply;
 use crate::relay::network::Network;
 
-pub use budget::{Budget, Held};
+pub use budget::{Budget, Held, PROCESSING_MULTIPLE};
 pub use control::{Control, Phase};
 
 /// Which listener a session came in on.
@@ -102,7 +102,8 @@ pub struct Limits {
     /// For one command, one chunk of message data, and one write of replies.
     pub command_timeout: Duration,
     pub session_deadline: Duration,
-    /// Message bytes held by all sessions together; past it `452 4.3.1`.
+    /// Memory all sessions' messages may reserve together (each [`PROCESSING_MULTIPLE`]
+    /// times its size); past it `452 4.3.1`.
     pub message_budget_bytes: usize,
 }
 
