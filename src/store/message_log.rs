@@ -397,8 +397,12 @@ fn bind_entry<'q>(
 async fn insert_rows(conn: &mut sqlx::AnyConnection, entries: &[LogEntry]) -> Result<Vec<i64>> {
     let mut ids = Vec::with_capacity(entries.len());
     for chunk in entries.chunks(MAX_ROWS_PER_INSERT) {
-        let Some(sql) = INSERT_SQL.get(chunk.len() - 1) else {
-            break; // unreachable: chunks are 1..=MAX_ROWS_PER_INSERT long
+        let Some(sql) = INSERT_SQL.get(chunk.len().saturating_sub(1)) else {
+            // Unreachable: chunks are 1..=MAX_ROWS_PER_INSERT rows long.
+            return Err(StoreError::Unavailable(format!(
+                "writing the message log: no statement for {} rows",
+                chunk.len()
+            )));
         };
         let query = chunk
             .iter()
@@ -542,7 +546,7 @@ impl MessageLog<'_> {
     /// holds none, and kept there for the next group. Every connection that goes back
     /// to sqlx's pool is pinged on the way (for SQLite a round trip to its worker
     /// thread); a writer that keeps its connection between groups saves that per
-    /// group. A connection the database failed on is given back, not kept.
+    /// group. After a failure the connection is given back, not kept.
     pub async fn record_all_on(
         &self,
         held: &mut HeldConnection,
@@ -554,15 +558,20 @@ impl MessageLog<'_> {
         };
         match together {
             Ok(ids) => return Ok(ids.into_iter().map(Ok).collect()),
-            Err(e) if e.is_transient() => {
+            Err(e) => {
+                // Given back after any failure: the pool checks it (and finishes an
+                // undone transaction), and the rows below take connections of their
+                // own, which a pool of one connection could not give while it is held.
                 held.release();
-                return Err(e);
+                if e.is_transient() {
+                    return Err(e);
+                }
+                tracing::debug!(
+                    error = %e,
+                    rows = entries.len(),
+                    "the database refused a message-log group; writing its rows one by one"
+                );
             }
-            Err(e) => tracing::debug!(
-                error = %e,
-                rows = entries.len(),
-                "the database refused a message-log group; writing its rows one by one"
-            ),
         }
         let mut outcomes = Vec::with_capacity(entries.len());
         let mut database_failed: Option<String> = None;
