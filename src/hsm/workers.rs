@@ -29,6 +29,9 @@ struct QueueState {
     jobs: VecDeque<Job>,
     /// Set when the last handle is gone: workers finish what is queued, then stop.
     closed: bool,
+    /// Workers asleep waiting for a job: a job is announced (a futex wake, a system
+    /// call) only when one is, not while every worker is busy.
+    idle: usize,
 }
 
 impl Queue {
@@ -44,8 +47,11 @@ impl Queue {
             return Err(HsmError::Task("token workers stopped".into()));
         }
         state.jobs.push_back(job);
+        let asleep = state.idle > 0;
         drop(state);
-        self.ready.notify_one();
+        if asleep {
+            self.ready.notify_one();
+        }
         Ok(())
     }
 
@@ -59,10 +65,12 @@ impl Queue {
             if state.closed {
                 return None;
             }
+            state.idle += 1;
             state = self
                 .ready
                 .wait(state)
                 .unwrap_or_else(PoisonError::into_inner);
+            state.idle -= 1;
         }
     }
 
@@ -90,6 +98,7 @@ impl Workers {
             state: Mutex::new(QueueState {
                 jobs: VecDeque::new(),
                 closed: false,
+                idle: 0,
             }),
             ready: Condvar::new(),
         });
