@@ -910,6 +910,46 @@ async fn log_batch_suite(store: &Store, poison: &[&str]) {
     assert!(at.contains(&1_005) && at.contains(&1_007), "{at:?}");
     assert!(!at.contains(&1_006), "{at:?}");
     assert_eq!(rows.len(), 6);
+
+    // A group larger than one INSERT carries (32 rows) is written in one transaction
+    // (here 32 + 32 + 6 rows): every row, each with its own id, in order.
+    let big: Vec<LogEntry> = (100..170)
+        .map(|n| entry(n, "bulk", "<bulk@partner.example>"))
+        .collect();
+    let ids: Vec<i64> = log
+        .record_all(&big)
+        .await
+        .expect("the big group reaches the database")
+        .into_iter()
+        .map(|r| r.expect("every row of the big group is written"))
+        .collect();
+    assert_eq!(ids.len(), 70);
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    let all = LogFilter {
+        limit: Some(1000),
+        ..LogFilter::default()
+    };
+    let rows = log.list(&all).await.expect("list");
+    assert_eq!(rows.len(), 76);
+    for (n, id) in (100..170).zip(&ids) {
+        let row = rows.iter().find(|r| r.id == *id).expect("row by its id");
+        assert_eq!(row.received_at, 1_000 + n);
+    }
+    // One refused row in such a group: the transaction is undone, the rest written
+    // one by one, nothing twice.
+    let mut big: Vec<LogEntry> = (200..240)
+        .map(|n| entry(n, "bulk", "<bulk@partner.example>"))
+        .collect();
+    big[35].subject = Some("poison".into());
+    let written = log
+        .record_all(&big)
+        .await
+        .expect("the big group reaches the database");
+    assert!(written[35].is_err(), "{:?}", written[35]);
+    assert_eq!(written.iter().filter(|r| r.is_ok()).count(), 39);
+    let rows = log.list(&all).await.expect("list");
+    assert_eq!(rows.len(), 76 + 39);
+    assert!(!rows.iter().any(|r| r.received_at == 1_235));
 }
 
 #[tokio::test]

@@ -6,6 +6,12 @@
 //! a `Hsm::call` ("pool", what the relay does under load); and, for the record, one
 //! caller at a time through that pool ("pool-seq", latency-bound: every signature waits
 //! for two thread hand-offs).
+//!
+//! Each figure also carries the process's CPU time per signature over its measurement
+//! (`/proc/self/stat` utime+stime, every thread of this process: the signing threads,
+//! and for the pool modes the async callers and their hand-offs too). One bare worker's
+//! figure is the token's own CPU cost of a signature, the unit `scripts/bench-relay`
+//! divides the gateway's CPU per message by.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,6 +46,58 @@ struct Figure {
     threads: usize,
     ops_per_sec: f64,
     ratio_to_bare: Option<f64>,
+    /// Process CPU time per signature, in milliseconds.
+    cpu_ms_per_op: f64,
+    /// `cpu_ms_per_op` of this mode ÷ that of the bare loop (pool modes only).
+    cpu_ratio_to_bare: Option<f64>,
+}
+
+/// What one measurement did: signatures, wall time and process CPU time.
+#[derive(Clone, Copy, Default)]
+struct Run {
+    ops: u64,
+    wall: Duration,
+    cpu: Duration,
+}
+
+impl Run {
+    fn per_sec(&self) -> f64 {
+        self.ops as f64 / self.wall.as_secs_f64().max(f64::EPSILON)
+    }
+
+    fn cpu_ms_per_op(&self) -> f64 {
+        self.cpu.as_secs_f64() * 1000.0 / self.ops.max(1) as f64
+    }
+
+    fn plus(self, other: Run) -> Run {
+        Run {
+            ops: self.ops + other.ops,
+            wall: self.wall + other.wall,
+            cpu: self.cpu + other.cpu,
+        }
+    }
+}
+
+/// CPU time (user + system) this process has used so far, from `/proc/self/stat`
+/// fields 14 and 15, in clock ticks of 1/100 s (Linux's `USER_HZ` for every
+/// architecture the gateway runs on).
+fn process_cpu() -> Result<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat")
+        .map_err(|e| anyhow::anyhow!("cannot read /proc/self/stat: {e}"))?;
+    // The command name (field 2) is in parentheses and may hold spaces: count from
+    // after its closing parenthesis, where field 3 starts.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .ok_or_else(|| anyhow::anyhow!("/proc/self/stat: no command name"))?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |n: usize| -> Result<u64> {
+        fields
+            .get(n - 3)
+            .and_then(|f| f.parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("/proc/self/stat: field {n} missing or not a number"))
+    };
+    Ok(Duration::from_millis((ticks(14)? + ticks(15)?) * 10))
 }
 
 pub async fn run(hsm: Hsm, settings: &crate::config::Settings, args: BenchArgs) -> Result<()> {
@@ -68,9 +126,17 @@ pub async fn run(hsm: Hsm, settings: &crate::config::Settings, args: BenchArgs) 
                     .ratio_to_bare
                     .map(|r| format!("  ({:.1} % of bare)", r * 100.0))
                     .unwrap_or_default();
+                let cpu_ratio = figure
+                    .cpu_ratio_to_bare
+                    .map(|r| format!(" ({:.2}× bare)", r))
+                    .unwrap_or_default();
                 println!(
-                    "{:<8} {:<8} {} session(s): {:>9.1} sign/s{ratio}",
-                    figure.key, figure.mode, figure.threads, figure.ops_per_sec
+                    "{:<8} {:<8} {} session(s): {:>9.1} sign/s{ratio}, {:.3} ms CPU/sign{cpu_ratio}",
+                    figure.key,
+                    figure.mode,
+                    figure.threads,
+                    figure.ops_per_sec,
+                    figure.cpu_ms_per_op
                 );
             }
         }
@@ -103,28 +169,34 @@ async fn measure(
         let saturated = pooled_rate(&pool, id, scheme, &data, threads * 4, duration).await?;
         let sequential = pooled_rate(&pool, id, scheme, &data, 1, duration).await?;
         let after = bare_rate(hsm, id, scheme, &data, threads, half).await?;
-        let bare = (before + after) / 2.0;
+        let bare_run = before.plus(after);
+        let bare = (before.per_sec() + after.per_sec()) / 2.0;
+        let bare_cpu = bare_run.cpu_ms_per_op();
         figures.push(Figure {
             key,
             mode: "bare",
             threads,
             ops_per_sec: bare,
             ratio_to_bare: None,
+            cpu_ms_per_op: bare_cpu,
+            cpu_ratio_to_bare: None,
         });
-        for (mode, rate) in [("pool", saturated), ("pool-seq", sequential)] {
+        for (mode, run) in [("pool", saturated), ("pool-seq", sequential)] {
             figures.push(Figure {
                 key,
                 mode,
                 threads,
-                ops_per_sec: rate,
-                ratio_to_bare: Some(rate / bare),
+                ops_per_sec: run.per_sec(),
+                ratio_to_bare: Some(run.per_sec() / bare),
+                cpu_ms_per_op: run.cpu_ms_per_op(),
+                cpu_ratio_to_bare: Some(run.cpu_ms_per_op() / bare_cpu.max(f64::EPSILON)),
             });
         }
     }
     Ok(figures)
 }
 
-/// Signatures per second from `threads` OS threads each looping on its own session.
+/// Signatures from `threads` OS threads each looping on its own session.
 async fn bare_rate(
     hsm: &Hsm,
     id: &crate::hsm::KeyId,
@@ -132,7 +204,8 @@ async fn bare_rate(
     data: &Arc<[u8]>,
     threads: usize,
     duration: Duration,
-) -> Result<f64> {
+) -> Result<Run> {
+    let cpu = process_cpu()?;
     let start = Instant::now();
     let mut handles = Vec::new();
     for _ in 0..threads {
@@ -147,10 +220,14 @@ async fn bare_rate(
             .join()
             .map_err(|_| anyhow::anyhow!("bare signing thread panicked"))??;
     }
-    Ok(total as f64 / start.elapsed().as_secs_f64())
+    Ok(Run {
+        ops: total,
+        wall: start.elapsed(),
+        cpu: process_cpu()?.saturating_sub(cpu),
+    })
 }
 
-/// Signatures per second from `callers` async tasks looping on `Hsm::call`.
+/// Signatures from `callers` async tasks looping on `Hsm::call`.
 async fn pooled_rate(
     pool: &Hsm,
     id: &crate::hsm::KeyId,
@@ -158,8 +235,9 @@ async fn pooled_rate(
     data: &Arc<[u8]>,
     callers: usize,
     duration: Duration,
-) -> Result<f64> {
+) -> Result<Run> {
     let done = Arc::new(AtomicU64::new(0));
+    let cpu = process_cpu()?;
     let start = Instant::now();
     let deadline = start + duration;
     let mut tasks = Vec::new();
@@ -178,5 +256,9 @@ async fn pooled_rate(
     for t in tasks {
         t.await??;
     }
-    Ok(done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64())
+    Ok(Run {
+        ops: done.load(Ordering::Relaxed),
+        wall: start.elapsed(),
+        cpu: process_cpu()?.saturating_sub(cpu),
+    })
 }

@@ -78,7 +78,7 @@ pub struct Snapshot {
     /// (their revocation status is asked each time: it changes with the CRLs).
     partners: Mutex<HashMap<String, Vec<PartnerCertificate>>>,
     /// Filled on first use: a mailbox's signing identity.
-    signers: Mutex<HashMap<String, crate::smime::SignerIdentity>>,
+    signers: Mutex<HashMap<String, Arc<crate::smime::SignerIdentity>>>,
 }
 
 impl Snapshot {
@@ -170,7 +170,7 @@ impl Snapshot {
         &self,
         app: &crate::app::App,
         address: &Address,
-    ) -> Result<crate::smime::SignerIdentity, crate::app::AppError> {
+    ) -> Result<Arc<crate::smime::SignerIdentity>, crate::app::AppError> {
         if let Some(known) = self
             .signers
             .lock()
@@ -179,7 +179,8 @@ impl Snapshot {
         {
             return Ok(known);
         }
-        let signer = app.signer_for(address).await?;
+        // Shared, not copied per message: the certificate chain is parsed structures.
+        let signer = Arc::new(app.signer_for(address).await?);
         if let Ok(mut m) = self.signers.lock() {
             m.insert(address.to_string(), signer.clone());
         }

@@ -4,12 +4,20 @@
 //! database refuses is lost alone (the store retries the group row by row) and named
 //! at WARN; a database that cannot be used at all loses the group, logged at ERROR.
 
+use std::time::Duration;
+
 use tokio::sync::{mpsc, oneshot};
 
-use crate::store::{LogEntry, Store};
+use crate::store::{HeldConnection, LogEntry, Store};
 
 /// Most rows in one commit.
 const BATCH: usize = 256;
+
+/// How long the writer keeps its database connection while no row waits. Under load
+/// the next row comes sooner, and the connection is not given back and taken again per
+/// group (sqlx pings every connection it is given back); when mail stops, the
+/// connection goes back to the pool for the rest of the gateway.
+const LINGER: Duration = Duration::from_millis(50);
 
 type Job = (LogEntry, oneshot::Sender<()>);
 
@@ -23,8 +31,22 @@ impl LogWriter {
     pub fn start(store: Store) -> LogWriter {
         let (jobs, mut queue) = mpsc::channel::<Job>(4 * BATCH);
         tokio::spawn(async move {
-            while let Some(first) = queue.recv().await {
-                let mut batch = vec![first];
+            let mut held = HeldConnection::default();
+            let mut batch = Vec::with_capacity(BATCH);
+            loop {
+                let first = if held.is_held() {
+                    match tokio::time::timeout(LINGER, queue.recv()).await {
+                        Ok(job) => job,
+                        Err(_) => {
+                            held.release();
+                            continue;
+                        }
+                    }
+                } else {
+                    queue.recv().await
+                };
+                let Some(first) = first else { break };
+                batch.push(first);
                 while batch.len() < BATCH {
                     match queue.try_recv() {
                         Ok(job) => batch.push(job),
@@ -32,8 +54,8 @@ impl LogWriter {
                     }
                 }
                 let (entries, waiters): (Vec<LogEntry>, Vec<oneshot::Sender<()>>) =
-                    batch.into_iter().unzip();
-                write(&store, &entries).await;
+                    batch.drain(..).unzip();
+                write(&store, &mut held, &entries).await;
                 for waiter in waiters {
                     let _ = waiter.send(());
                 }
@@ -54,8 +76,8 @@ impl LogWriter {
 }
 
 /// Writes one group and logs what was lost.
-async fn write(store: &Store, entries: &[LogEntry]) {
-    match store.message_log().record_all(entries).await {
+async fn write(store: &Store, held: &mut HeldConnection, entries: &[LogEntry]) {
+    match store.message_log().record_all_on(held, entries).await {
         Ok(outcomes) => {
             for (entry, outcome) in entries.iter().zip(outcomes) {
                 if let Err(e) = outcome {

@@ -323,39 +323,151 @@ fn clean_list(items: &[String], max: usize, count: usize) -> String {
     serde_json::Value::Array(cleaned).to_string()
 }
 
-async fn insert(conn: &mut sqlx::AnyConnection, entry: &LogEntry) -> Result<i64> {
-    let node = clean(&entry.node, MAX_NODE);
-    let mail_from = clean(&entry.mail_from, MAX_ADDRESS);
+/// The columns an insert writes, in the order [`bind_entry`] binds them.
+const INSERT_COLUMNS: &str = "received_at, node, direction, mail_from, rcpt_to, message_id, \
+    subject, size_bytes, status, actions, smtp_code, smtp_reply, rule_id, duration_ms, crypto";
+const INSERT_ARITY: usize = 15;
+
+/// `INSERT … VALUES (…), (…) … RETURNING id` for `rows` rows.
+fn insert_sql(rows: usize) -> String {
+    let mut sql = format!("INSERT INTO message_log ({INSERT_COLUMNS}) VALUES ");
+    for row in 0..rows {
+        if row > 0 {
+            sql.push_str(", ");
+        }
+        sql.push('(');
+        for column in 0..INSERT_ARITY {
+            if column > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!("${}", row * INSERT_ARITY + column + 1));
+        }
+        sql.push(')');
+    }
+    sql.push_str(" RETURNING id");
+    sql
+}
+
+/// Most rows one INSERT statement carries (15 parameters each: well inside SQLite's
+/// and PostgreSQL's limits). The statement for each row count up to this is prepared
+/// once per connection and kept in sqlx's statement cache.
+const MAX_ROWS_PER_INSERT: usize = 32;
+
+static INSERT_SQL: std::sync::LazyLock<Vec<String>> =
+    std::sync::LazyLock::new(|| (1..=MAX_ROWS_PER_INSERT).map(insert_sql).collect());
+
+fn bind_entry<'q>(
+    query: sqlx::query::QueryScalar<'q, sqlx::Any, i64, sqlx::any::AnyArguments>,
+    entry: &LogEntry,
+) -> sqlx::query::QueryScalar<'q, sqlx::Any, i64, sqlx::any::AnyArguments> {
+    let node = clean(&entry.node, MAX_NODE).into_owned();
+    let mail_from = clean(&entry.mail_from, MAX_ADDRESS).into_owned();
     let message_id = entry
         .message_id
         .as_deref()
-        .map(|v| clean(v, MAX_HEADER_VALUE));
-    let subject = entry.subject.as_deref().map(|v| clean(v, MAX_HEADER_VALUE));
-    let smtp_reply = entry.smtp_reply.as_deref().map(|v| clean(v, MAX_REPLY));
-    sqlx::query_scalar(
-        "INSERT INTO message_log (received_at, node, direction, mail_from, rcpt_to, \
-         message_id, subject, size_bytes, status, actions, smtp_code, smtp_reply, rule_id, \
-         duration_ms, crypto) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, \
-         $14, $15) RETURNING id",
-    )
-    .bind(entry.received_at)
-    .bind(node.as_ref())
-    .bind(entry.direction.as_str())
-    .bind(mail_from.as_ref())
-    .bind(clean_list(&entry.rcpt_to, MAX_ADDRESS, MAX_RECIPIENTS))
-    .bind(message_id.as_deref())
-    .bind(subject.as_deref())
-    .bind(entry.size_bytes)
-    .bind(entry.status.as_str())
-    .bind(clean_list(&entry.actions, MAX_ACTION, MAX_ACTIONS))
-    .bind(entry.smtp_code)
-    .bind(smtp_reply.as_deref())
-    .bind(entry.rule_id)
-    .bind(entry.duration_ms)
-    .bind(crypto_bits(&entry.actions))
-    .fetch_one(&mut *conn)
-    .await
-    .map_err(db("writing the message log"))
+        .map(|v| clean(v, MAX_HEADER_VALUE).into_owned());
+    let subject = entry
+        .subject
+        .as_deref()
+        .map(|v| clean(v, MAX_HEADER_VALUE).into_owned());
+    let smtp_reply = entry
+        .smtp_reply
+        .as_deref()
+        .map(|v| clean(v, MAX_REPLY).into_owned());
+    query
+        .bind(entry.received_at)
+        .bind(node)
+        .bind(entry.direction.as_str())
+        .bind(mail_from)
+        .bind(clean_list(&entry.rcpt_to, MAX_ADDRESS, MAX_RECIPIENTS))
+        .bind(message_id)
+        .bind(subject)
+        .bind(entry.size_bytes)
+        .bind(entry.status.as_str())
+        .bind(clean_list(&entry.actions, MAX_ACTION, MAX_ACTIONS))
+        .bind(entry.smtp_code)
+        .bind(smtp_reply)
+        .bind(entry.rule_id)
+        .bind(entry.duration_ms)
+        .bind(crypto_bits(&entry.actions))
+}
+
+/// Inserts `entries`, [`MAX_ROWS_PER_INSERT`] rows per statement; their ids in the
+/// order of `entries`.
+async fn insert_rows(conn: &mut sqlx::AnyConnection, entries: &[LogEntry]) -> Result<Vec<i64>> {
+    let mut ids = Vec::with_capacity(entries.len());
+    for chunk in entries.chunks(MAX_ROWS_PER_INSERT) {
+        let Some(sql) = INSERT_SQL.get(chunk.len().saturating_sub(1)) else {
+            // Unreachable: chunks are 1..=MAX_ROWS_PER_INSERT rows long.
+            return Err(StoreError::Unavailable(format!(
+                "writing the message log: no statement for {} rows",
+                chunk.len()
+            )));
+        };
+        let query = chunk
+            .iter()
+            .fold(sqlx::query_scalar(sql.as_str()), bind_entry);
+        let mut chunk_ids: Vec<i64> = query
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(db("writing the message log"))?;
+        // Ids are handed out in the order of the VALUES rows; RETURNING need not
+        // list them in that order.
+        chunk_ids.sort_unstable();
+        ids.extend(chunk_ids);
+    }
+    Ok(ids)
+}
+
+/// All of `entries` or none: in one INSERT statement when they fit one (atomic by
+/// itself, so without the round trips of BEGIN and COMMIT), else in a transaction.
+async fn record_together(conn: &mut sqlx::AnyConnection, entries: &[LogEntry]) -> Result<Vec<i64>> {
+    if entries.len() <= MAX_ROWS_PER_INSERT {
+        return insert_rows(conn, entries).await;
+    }
+    let mut tx = sqlx::Connection::begin(conn)
+        .await
+        .map_err(db("writing the message log"))?;
+    let ids = insert_rows(&mut tx, entries).await?;
+    tx.commit().await.map_err(db("writing the message log"))?;
+    Ok(ids)
+}
+
+/// A pool connection a writer keeps between its writes (see
+/// [`MessageLog::record_all_on`]); empty until first used.
+#[derive(Default)]
+pub struct HeldConnection(Option<sqlx::pool::PoolConnection<sqlx::Any>>);
+
+impl HeldConnection {
+    async fn connection(&mut self, pool: &AnyPool) -> Result<&mut sqlx::AnyConnection> {
+        let conn = match self.0.take() {
+            Some(conn) => conn,
+            None => pool
+                .acquire()
+                .await
+                .map_err(db("writing the message log"))?,
+        };
+        Ok(&mut **self.0.insert(conn))
+    }
+
+    pub fn is_held(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// Gives the connection back to the pool (if one is held).
+    pub fn release(&mut self) {
+        self.0 = None;
+    }
+}
+
+async fn insert(conn: &mut sqlx::AnyConnection, entry: &LogEntry) -> Result<i64> {
+    insert_rows(conn, std::slice::from_ref(entry))
+        .await?
+        .first()
+        .copied()
+        .ok_or_else(|| {
+            StoreError::Unavailable("writing the message log: the database returned no id".into())
+        })
 }
 
 const COLUMNS: &str = "id, received_at, node, direction, mail_from, rcpt_to, message_id, \
@@ -426,14 +538,40 @@ impl MessageLog<'_> {
     /// own, so only the refused one is lost. `Err`: the database could not be used at
     /// all (unreachable, busy, statement timeout), and nothing was written.
     pub async fn record_all(&self, entries: &[LogEntry]) -> Result<Vec<Result<i64>>> {
-        match self.record_together(entries).await {
+        self.record_all_on(&mut HeldConnection::default(), entries)
+            .await
+    }
+
+    /// [`Self::record_all`] on `held`'s connection, taken from the pool first if it
+    /// holds none, and kept there for the next group. Every connection that goes back
+    /// to sqlx's pool is pinged on the way (for SQLite a round trip to its worker
+    /// thread); a writer that keeps its connection between groups saves that per
+    /// group. After a failure the connection is given back, not kept.
+    pub async fn record_all_on(
+        &self,
+        held: &mut HeldConnection,
+        entries: &[LogEntry],
+    ) -> Result<Vec<Result<i64>>> {
+        let together = match held.connection(self.pool).await {
+            Ok(conn) => record_together(conn, entries).await,
+            Err(e) => Err(e),
+        };
+        match together {
             Ok(ids) => return Ok(ids.into_iter().map(Ok).collect()),
-            Err(e) if e.is_transient() => return Err(e),
-            Err(e) => tracing::debug!(
-                error = %e,
-                rows = entries.len(),
-                "the database refused a message-log group; writing its rows one by one"
-            ),
+            Err(e) => {
+                // Given back after any failure: the pool checks it (and finishes an
+                // undone transaction), and the rows below take connections of their
+                // own, which a pool of one connection could not give while it is held.
+                held.release();
+                if e.is_transient() {
+                    return Err(e);
+                }
+                tracing::debug!(
+                    error = %e,
+                    rows = entries.len(),
+                    "the database refused a message-log group; writing its rows one by one"
+                );
+            }
         }
         let mut outcomes = Vec::with_capacity(entries.len());
         let mut database_failed: Option<String> = None;
@@ -455,21 +593,6 @@ impl MessageLog<'_> {
             outcomes.push(outcome);
         }
         Ok(outcomes)
-    }
-
-    /// All of `entries` in one transaction, or none.
-    async fn record_together(&self, entries: &[LogEntry]) -> Result<Vec<i64>> {
-        let mut tx = self
-            .pool
-            .begin()
-            .await
-            .map_err(db("writing the message log"))?;
-        let mut ids = Vec::with_capacity(entries.len());
-        for entry in entries {
-            ids.push(insert(&mut tx, entry).await?);
-        }
-        tx.commit().await.map_err(db("writing the message log"))?;
-        Ok(ids)
     }
 
     /// Rows matching `filter`, newest first.

@@ -41,7 +41,8 @@ pub use leases::{AdvisoryLock, Leases};
 pub use licence::{Licence, LicenceRow, SeatUsage};
 pub use mailboxes::{MailboxRow, MailboxState, Mailboxes};
 pub use message_log::{
-    CryptoCounts, CryptoResult, LogEntry, LogFilter, LogStatus, MessageLog, crypto_bits,
+    CryptoCounts, CryptoResult, HeldConnection, LogEntry, LogFilter, LogStatus, MessageLog,
+    crypto_bits,
 };
 pub use published_crls::{PublishedCrl, PublishedCrls};
 pub use relay_settings::{NetworkRow, RelaySettings};
@@ -253,6 +254,11 @@ impl Store {
         let pool = AnyPoolOptions::new()
             .max_connections(max)
             .acquire_timeout(timeout)
+            // A SQLite connection is a file handle in this process: it cannot have been
+            // dropped by a server, so it is not pinged on every acquire (each ping is a
+            // round trip to sqlx's SQLite worker thread, per query). PostgreSQL
+            // connections are checked.
+            .test_before_acquire(!sqlite)
             .after_connect(move |conn, _meta| {
                 Box::pin(async move {
                     if sqlite {
