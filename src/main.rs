@@ -56,8 +56,13 @@ fn main() -> ExitCode {
     drop(runtime);
     smimegate::hsm::finalize_modules();
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        // A reader that closed the pipe (`| head`) took what it wanted.
+        Err(e) if cli::output::is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => fail(&e),
+        Ok(()) => match cli::output::write_error() {
+            Some(e) => fail(&anyhow::Error::msg(format!("cannot write to stdout: {e}"))),
+            None => ExitCode::SUCCESS,
+        },
     }
 }
 

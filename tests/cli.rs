@@ -408,6 +408,57 @@ fn pkcs11_tool_private_keys(data: &Path) -> String {
     listing
 }
 
+/// Runs a command with stdout a pipe whose reader has already gone, as in
+/// `smimegate rules list | head -0`.
+fn with_stdout_closed(data: &Path, args: &[&str]) -> std::process::Output {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_smimegate"))
+        .arg("--data-dir")
+        .arg(data)
+        .args(args)
+        .env_remove("SMIMEGATE_HSM_PIN")
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run smimegate");
+    drop(child.stdout.take());
+    child.wait_with_output().expect("wait for smimegate")
+}
+
+#[test]
+fn a_reader_that_closes_the_pipe_early_gets_no_panic() {
+    let dir = initialised_dir();
+    let data = dir.path().join("var");
+    smimegate_ok(&data, &["domain", "add", "corp.example"]);
+    for args in [
+        &["rule", "list"][..],
+        &["domain", "list"][..],
+        &["token", "status"][..],
+        &["cert", "list"][..],
+    ] {
+        let out = with_stdout_closed(&data, args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+    }
+    // A write failure that is not the reader's choice is still an error.
+    if std::path::Path::new("/dev/full").exists() {
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .expect("/dev/full");
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_smimegate"))
+            .arg("--data-dir")
+            .arg(&data)
+            .args(["domain", "list"])
+            .env_remove("SMIMEGATE_HSM_PIN")
+            .stdout(full)
+            .output()
+            .expect("run smimegate");
+        assert_clean_failure(&out, "cannot write to stdout");
+    }
+}
+
 #[test]
 fn user_errors_are_one_clear_line() {
     let dir = initialised_dir();

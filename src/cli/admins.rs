@@ -103,14 +103,14 @@ fn print_account(a: &AccountView) {
     if let Some(until) = a.locked_until {
         flags.push(format!("locked until {}", crate::ops::rfc3339(until)));
     }
-    println!("{}\t{}\t{}", a.name, a.role, flags.join(", "));
+    outln!("{}\t{}\t{}", a.name, a.role, flags.join(", "));
 }
 
 fn print_added(added: &AddedAccount, what: &str) {
-    println!("{what} {} ({})", added.account.name, added.account.role);
+    outln!("{what} {} ({})", added.account.name, added.account.role);
     if let (Some(secret), Some(uri)) = (&added.totp_secret, &added.totp_uri) {
-        println!("TOTP secret (shown once; enter it in an authenticator app): {secret}");
-        println!("{uri}");
+        outln!("TOTP secret (shown once; enter it in an authenticator app): {secret}");
+        outln!("{uri}");
     }
 }
 
@@ -147,7 +147,7 @@ pub async fn run(cmd: AdminCommand, settings: &Settings) -> Result<()> {
         }
         AdminCommand::Remove { name } => {
             let removed = console::remove_account(&ops, &actor, &name).await?;
-            println!(
+            outln!(
                 "removed {} (sessions ended, API tokens revoked)",
                 removed.name
             );
@@ -155,7 +155,7 @@ pub async fn run(cmd: AdminCommand, settings: &Settings) -> Result<()> {
         AdminCommand::List { json } => {
             let accounts = console::list_accounts(&ops).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&accounts)?);
+                outln!("{}", serde_json::to_string_pretty(&accounts)?);
             } else {
                 accounts.iter().for_each(print_account);
             }
@@ -171,13 +171,14 @@ pub async fn run(cmd: AdminCommand, settings: &Settings) -> Result<()> {
                 true,
             )?;
             let account = console::set_password(&ops, &actor, &name, &password).await?;
-            println!("password of {} changed; its sessions ended", account.name);
+            outln!("password of {} changed; its sessions ended", account.name);
         }
         AdminCommand::Role { name, role } => {
             let account = console::set_role(&ops, &actor, &name, role).await?;
-            println!(
+            outln!(
                 "{} is {} now; its sessions ended",
-                account.name, account.role
+                account.name,
+                account.role
             );
         }
         AdminCommand::Totp { name, state } => {
@@ -186,15 +187,15 @@ pub async fn run(cmd: AdminCommand, settings: &Settings) -> Result<()> {
         }
         AdminCommand::Disable { name } => {
             let account = console::set_disabled(&ops, &actor, &name, true).await?;
-            println!("disabled {}", account.name);
+            outln!("disabled {}", account.name);
         }
         AdminCommand::Enable { name } => {
             let account = console::set_disabled(&ops, &actor, &name, false).await?;
-            println!("enabled {}", account.name);
+            outln!("enabled {}", account.name);
         }
         AdminCommand::Unlock { name } => {
             let account = console::unlock(&ops, &actor, &name).await?;
-            println!("unlocked {}", account.name);
+            outln!("unlocked {}", account.name);
         }
         AdminCommand::Token(TokenCommand::Create {
             account,
@@ -211,23 +212,25 @@ pub async fn run(cmd: AdminCommand, settings: &Settings) -> Result<()> {
                 },
             )
             .await?;
-            println!(
+            outln!(
                 "token {} for {} ({}); shown once:",
-                created.view.id, created.view.account, created.view.role
+                created.view.id,
+                created.view.account,
+                created.view.role
             );
-            println!("{}", created.token);
+            outln!("{}", created.token);
         }
         AdminCommand::Token(TokenCommand::List { json }) => {
             let tokens = console::list_tokens(&ops).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&tokens)?);
+                outln!("{}", serde_json::to_string_pretty(&tokens)?);
             } else {
                 for t in tokens {
                     let state = match t.revoked_at {
                         Some(at) => format!("revoked {}", crate::ops::rfc3339(at)),
                         None => "live".into(),
                     };
-                    println!("{}\t{}\t{}\t{}\t{state}", t.id, t.account, t.role, t.label);
+                    outln!("{}\t{}\t{}\t{}\t{state}", t.id, t.account, t.role, t.label);
                 }
             }
         }
@@ -236,7 +239,7 @@ pub async fn run(cmd: AdminCommand, settings: &Settings) -> Result<()> {
         }
         AdminCommand::Token(TokenCommand::Revoke { id }) => {
             let token = console::revoke_token(&ops, &actor, id).await?;
-            println!("revoked token {} of {}", token.id, token.account);
+            outln!("revoked token {} of {}", token.id, token.account);
         }
     }
     Ok(())
@@ -256,17 +259,19 @@ async fn tls_import(
     );
     let app = crate::app::App::open(settings.clone()).await?;
     let imported = crate::ops::console_tls::import(&app, actor, &chain, key).await?;
-    println!(
+    outln!(
         "imported the key of {} into the token (key {}); chain written to {}",
-        imported.subject, imported.key_id, imported.certificate_file
+        imported.subject,
+        imported.key_id,
+        imported.certificate_file
     );
-    println!("serve it: set in smimegate.toml");
-    println!("  [console]");
-    println!(
+    outln!("serve it: set in smimegate.toml");
+    outln!("  [console]");
+    outln!(
         "  tls_certificate = \"{}\"",
         crate::ops::console_tls::CHAIN_FILE
     );
-    println!("  tls_key = \"token\"");
-    println!("and restart; the key file can be deleted now.");
+    outln!("  tls_key = \"token\"");
+    outln!("and restart; the key file can be deleted now.");
     Ok(())
 }

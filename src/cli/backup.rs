@@ -49,11 +49,11 @@ pub async fn run(cmd: BackupCommand, settings: &Settings) -> Result<()> {
 
 fn print(verb: &str, s: &BackupSummary, json: bool) -> Result<()> {
     if json {
-        println!("{}", serde_json::to_string_pretty(s)?);
+        outln!("{}", serde_json::to_string_pretty(s)?);
         return Ok(());
     }
     let m = &s.manifest;
-    println!(
+    outln!(
         "{verb} {}: {:?} database of schema {} ({} bytes) and the configuration, made {} on {} by smimegate {}",
         s.file.display(),
         m.backend,

@@ -120,7 +120,7 @@ pub async fn run(hsm: Hsm, settings: &crate::config::Settings, args: BenchArgs) 
             .await?;
         for figure in outcome? {
             if args.json {
-                println!("{}", serde_json::to_string(&figure)?);
+                outln!("{}", serde_json::to_string(&figure)?);
             } else {
                 let ratio = figure
                     .ratio_to_bare
@@ -130,7 +130,7 @@ pub async fn run(hsm: Hsm, settings: &crate::config::Settings, args: BenchArgs) 
                     .cpu_ratio_to_bare
                     .map(|r| format!(" ({:.2}× bare)", r))
                     .unwrap_or_default();
-                println!(
+                outln!(
                     "{:<8} {:<8} {} session(s): {:>9.1} sign/s{ratio}, {:.3} ms CPU/sign{cpu_ratio}",
                     figure.key,
                     figure.mode,

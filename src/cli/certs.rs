@@ -64,11 +64,11 @@ pub async fn run(cmd: CertCommand, settings: &Settings) -> Result<()> {
             let outcomes =
                 ops::certs::import(&Ops::new(settings, &store), &Actor::cli(), &bytes).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&outcomes)?);
+                outln!("{}", serde_json::to_string_pretty(&outcomes)?);
                 return Ok(());
             }
             for o in &outcomes {
-                println!(
+                outln!(
                     "{:<8} {} {} ({}){}",
                     o.outcome,
                     o.fingerprint,
@@ -101,15 +101,19 @@ pub async fn run(cmd: CertCommand, settings: &Settings) -> Result<()> {
             )
             .await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&rows)?);
+                outln!("{}", serde_json::to_string_pretty(&rows)?);
                 return Ok(());
             }
-            println!(
+            outln!(
                 "{:<64} {:<36} {:<12} {:<12} {:<20} REVOKED",
-                "SHA-256", "ADDRESS", "SOURCE", "KIND", "NOT AFTER"
+                "SHA-256",
+                "ADDRESS",
+                "SOURCE",
+                "KIND",
+                "NOT AFTER"
             );
             for c in &rows {
-                println!(
+                outln!(
                     "{:<64} {:<36} {:<12} {:<12} {:<20} {}",
                     c.fingerprint,
                     c.address.as_deref().unwrap_or("-"),
@@ -119,7 +123,7 @@ pub async fn run(cmd: CertCommand, settings: &Settings) -> Result<()> {
                     if c.revoked { "yes" } else { "no" }
                 );
             }
-            println!("{} certificate(s)", rows.len());
+            outln!("{} certificate(s)", rows.len());
             Ok(())
         }
         CertCommand::Remove { fingerprint } => {
@@ -127,7 +131,7 @@ pub async fn run(cmd: CertCommand, settings: &Settings) -> Result<()> {
             let removed =
                 ops::certs::remove(&Ops::new(settings, &store), &Actor::cli(), &fingerprint)
                     .await?;
-            println!(
+            outln!(
                 "removed the certificate of {} ({})",
                 removed.address.as_deref().unwrap_or("-"),
                 removed.fingerprint
@@ -166,18 +170,18 @@ async fn show(store: &Store, address: &Address, pem: bool) -> Result<()> {
     }
     if pem {
         for cert in &chain {
-            print!("{}", cert.to_pem(der::pem::LineEnding::LF)?);
+            out!("{}", cert.to_pem(der::pem::LineEnding::LF)?);
         }
         return Ok(());
     }
     for (i, cert) in chain.iter().enumerate() {
         if i > 0 {
-            println!();
+            outln!();
         }
         print_details(cert, if i == 0 { "certificate" } else { "issuer" })?;
     }
     if leaf.revoked_at.is_some() {
-        println!("\nstatus:       REVOKED");
+        outln!("\nstatus:       REVOKED");
     }
     Ok(())
 }
@@ -187,21 +191,21 @@ fn print_details(cert: &Certificate, role: &str) -> Result<()> {
     use sha2::Digest;
     let tbs = cert.tbs_certificate();
     let der = cert.to_der()?;
-    println!("{role}:");
-    println!("  subject:      {}", tbs.subject());
-    println!("  issuer:       {}", tbs.issuer());
-    println!(
+    outln!("{role}:");
+    outln!("  subject:      {}", tbs.subject());
+    outln!("  issuer:       {}", tbs.issuer());
+    outln!(
         "  serial:       {}",
         hex::encode(tbs.serial_number().as_bytes())
     );
-    println!("  not before:   {}", tbs.validity().not_before);
-    println!("  not after:    {}", tbs.validity().not_after);
-    println!(
+    outln!("  not before:   {}", tbs.validity().not_before);
+    outln!("  not after:    {}", tbs.validity().not_after);
+    outln!(
         "  sha-256:      {}",
         hex::encode(sha2::Sha256::digest(&der))
     );
     let alg = &tbs.subject_public_key_info().algorithm.oid;
-    println!("  public key:   {}", DB.by_oid(alg).unwrap_or("unknown"));
+    outln!("  public key:   {}", DB.by_oid(alg).unwrap_or("unknown"));
     if let Some((_, san)) = tbs.get_extension::<SubjectAltName>()? {
         let names: Vec<String> = san
             .0
@@ -212,11 +216,11 @@ fn print_details(cert: &Certificate, role: &str) -> Result<()> {
                 other => format!("{other:?}"),
             })
             .collect();
-        println!("  alt names:    {}", names.join(", "));
+        outln!("  alt names:    {}", names.join(", "));
     }
     if let Some((critical, ku)) = tbs.get_extension::<KeyUsage>()? {
         let usages: Vec<String> = ku.0.into_iter().map(|u| format!("{u:?}")).collect();
-        println!(
+        outln!(
             "  key usage:    {}{}",
             usages.join(", "),
             if critical { " (critical)" } else { "" }
@@ -228,7 +232,7 @@ fn print_details(cert: &Certificate, role: &str) -> Result<()> {
             .iter()
             .map(|o| DB.by_oid(o).unwrap_or("unknown"))
             .collect();
-        println!("  ext. usage:   {}", usages.join(", "));
+        outln!("  ext. usage:   {}", usages.join(", "));
     }
     Ok(())
 }

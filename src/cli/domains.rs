@@ -98,7 +98,7 @@ pub async fn run(cmd: DomainCommand, settings: &Settings) -> Result<()> {
 
 async fn add(ctx: &Ops<'_>, input: AddDomain) -> Result<()> {
     let row = domains::add(ctx, &Actor::cli(), input).await?;
-    println!(
+    outln!(
         "added domain {} (next hop {}, {})",
         row.name,
         row.next_hop.as_deref().unwrap_or("none"),
@@ -125,14 +125,14 @@ async fn set(ctx: &Ops<'_>, input: SetDomain) -> Result<()> {
         )
     };
     if change.changed() {
-        println!(
+        outln!(
             "changed domain {}: {} (was {})",
             change.after.name,
             describe(&change.after),
             describe(&change.before)
         );
     } else {
-        println!(
+        outln!(
             "domain {} unchanged: {}",
             change.after.name,
             describe(&change.after)
@@ -144,10 +144,10 @@ async fn set(ctx: &Ops<'_>, input: SetDomain) -> Result<()> {
 async fn check(ctx: &Ops<'_>, domain: &str, json: bool) -> Result<()> {
     let report = domains::check(ctx, domain).await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         for mx in &report.mx {
-            println!(
+            outln!(
                 "MX {:<5} {:<40} {:<4} {}",
                 mx.preference,
                 mx.exchange,
@@ -162,7 +162,7 @@ async fn check(ctx: &Ops<'_>, domain: &str, json: bool) -> Result<()> {
     }
     if report.ok() {
         if !json {
-            println!("{}", report.message);
+            outln!("{}", report.message);
         }
         Ok(())
     } else {
@@ -173,7 +173,7 @@ async fn check(ctx: &Ops<'_>, domain: &str, json: bool) -> Result<()> {
 async fn list(ctx: &Ops<'_>, json: bool) -> Result<()> {
     let rows = domains::list(ctx).await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        outln!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
         print_table(&rows);
     }
@@ -182,14 +182,14 @@ async fn list(ctx: &Ops<'_>, json: bool) -> Result<()> {
 
 async fn remove(ctx: &Ops<'_>, domain: &str) -> Result<()> {
     let removed = domains::remove(ctx, &Actor::cli(), domain).await?;
-    println!("removed domain {}", removed.name);
+    outln!("removed domain {}", removed.name);
     Ok(())
 }
 
 fn print_table(rows: &[DomainRow]) {
-    println!("{:<40} {:<28} ROUTE", "DOMAIN", "NEXT HOP");
+    outln!("{:<40} {:<28} ROUTE", "DOMAIN", "NEXT HOP");
     for d in rows {
-        println!(
+        outln!(
             "{:<40} {:<28} {}",
             d.name,
             d.next_hop.as_deref().unwrap_or("-"),

@@ -57,10 +57,10 @@ pub async fn import(
 
 fn print_imported(done: &Imported, json: bool) -> Result<()> {
     if json {
-        println!("{}", serde_json::to_string_pretty(done)?);
+        outln!("{}", serde_json::to_string_pretty(done)?);
         return Ok(());
     }
-    println!(
+    outln!(
         "imported {} ({}): certificate serial {} from {} valid until {}, {} chain certificate(s), key in token '{}'; mailbox {}",
         done.address,
         done.key,
@@ -82,7 +82,7 @@ pub async fn csr(settings: Settings, address: String, key: Option<KeyAlgorithm>)
     let request =
         identities::request_certificate(&app, &Actor::cli(), RequestCertificate { address, key })
             .await?;
-    print!("{}", request.pem);
+    out!("{}", request.pem);
     eprintln!(
         "new {} key {} for {} in the token; mailbox {}: import the certificate with `smimegate mailbox import {} --certificate FILE`",
         request.key,

@@ -46,7 +46,7 @@ pub async fn run(cmd: LicenceCommand, settings: &Settings) -> Result<()> {
                 },
             )
             .await?;
-            println!(
+            outln!(
                 "licence: {} S/MIME seats, {} mail-security seats, {}",
                 row.smime_seats,
                 row.mail_security_seats,
@@ -58,12 +58,12 @@ pub async fn run(cmd: LicenceCommand, settings: &Settings) -> Result<()> {
         LicenceCommand::Show { json } => {
             let status = licence::show(&ctx).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&status)?);
+                outln!("{}", serde_json::to_string_pretty(&status)?);
                 return Ok(());
             }
             match &status.licence {
-                None => println!("licence: none set (no seat limit until `smimegate licence set`)"),
-                Some(l) => println!(
+                None => outln!("licence: none set (no seat limit until `smimegate licence set`)"),
+                Some(l) => outln!(
                     "licence: {} S/MIME seats, {} mail-security seats, {}{}",
                     l.smime_seats,
                     l.mail_security_seats,
@@ -78,7 +78,7 @@ pub async fn run(cmd: LicenceCommand, settings: &Settings) -> Result<()> {
                 ),
             }
             let u = &status.usage;
-            println!(
+            outln!(
                 "S/MIME seats used: {} (pending {}, active issued {}, active uploaded {}, revoke-pending {}); free: {}",
                 status.smime_seats_used,
                 u.pending,
@@ -90,7 +90,7 @@ pub async fn run(cmd: LicenceCommand, settings: &Settings) -> Result<()> {
                     .map(|f| f.to_string())
                     .unwrap_or_else(|| "no limit".into())
             );
-            println!(
+            outln!(
                 "mail-security: {} known mailbox(es){}",
                 status.mail_security_used,
                 status

@@ -24,15 +24,15 @@ pub async fn run(cmd: LifecycleCommand, settings: Settings) -> Result<()> {
     let app = App::open(settings).await?;
     let report = lifecycle::run(&app, &Actor::cli(), std::time::SystemTime::now()).await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?);
     } else if report.skipped {
-        println!("another node is running the lifecycle job; nothing done");
+        outln!("another node is running the lifecycle job; nothing done");
     } else {
         for address in &report.released {
-            println!("inactive {address}: revoke-pending period over, seat free");
+            outln!("inactive {address}: revoke-pending period over, seat free");
         }
         for r in &report.renewed {
-            println!(
+            outln!(
                 "renewed {}: certificate serial {} valid until {}{}",
                 r.address,
                 r.certificate.record.serial,
@@ -44,7 +44,7 @@ pub async fn run(cmd: LifecycleCommand, settings: Settings) -> Result<()> {
             );
         }
         for u in &report.expiring_uploads {
-            println!(
+            outln!(
                 "warning {}: uploaded certificate {} expires {}; import its successor",
                 u.address,
                 u.serial,
@@ -52,16 +52,16 @@ pub async fn run(cmd: LifecycleCommand, settings: Settings) -> Result<()> {
             );
         }
         for crl in &report.crls_signed {
-            println!("signed CRL number {} of {}", crl.crl_number, crl.ca);
+            outln!("signed CRL number {} of {}", crl.crl_number, crl.ca);
         }
         for (address, why) in &report.failed {
-            println!("failed {address}: {why}");
+            outln!("failed {address}: {why}");
         }
         for warning in &report.warnings {
-            println!("warning: {warning}");
+            outln!("warning: {warning}");
         }
         if report.message_log_purged > 0 {
-            println!(
+            outln!(
                 "deleted {} message-log rows past [log].keep_days",
                 report.message_log_purged
             );
@@ -74,7 +74,7 @@ pub async fn run(cmd: LifecycleCommand, settings: Settings) -> Result<()> {
             && report.warnings.is_empty()
             && report.message_log_purged == 0
         {
-            println!("nothing due");
+            outln!("nothing due");
         }
     }
     if !report.failed.is_empty() {

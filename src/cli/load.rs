@@ -153,7 +153,7 @@ pub async fn run(args: LoadArgs) -> Result<()> {
             .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
             .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
     };
-    println!(
+    outln!(
         "{}",
         serde_json::json!({
             "sent": latencies.len(),

@@ -144,13 +144,13 @@ async fn add(settings: &Settings, address: &str) -> Result<()> {
     let store = app::open_store(settings).await?;
     let added = mailboxes::add(&Ops::new(settings, &store), &Actor::cli(), address).await?;
     let mailbox = &added.mailbox;
-    println!(
+    outln!(
         "added mailbox {} ({})",
         mailbox.address,
         mailbox.state.as_str()
     );
     if added.wildcard_domain {
-        println!(
+        outln!(
             "note: {} is wildcard-routed; listed mailboxes can be activated",
             mailbox.domain
         );
@@ -162,15 +162,17 @@ async fn list(settings: &Settings, json: bool) -> Result<()> {
     let store = app::open_store(settings).await?;
     let list = mailboxes::list(&Ops::new(settings, &store)).await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&list.mailboxes)?);
+        outln!("{}", serde_json::to_string_pretty(&list.mailboxes)?);
         return Ok(());
     }
-    println!(
+    outln!(
         "{:<40} {:<15} {:<9} CERTIFICATE EXPIRES",
-        "MAILBOX", "STATE", "SOURCE"
+        "MAILBOX",
+        "STATE",
+        "SOURCE"
     );
     for m in &list.mailboxes {
-        println!(
+        outln!(
             "{:<40} {:<15} {:<9} {}",
             m.address,
             m.state.as_str(),
@@ -180,7 +182,7 @@ async fn list(settings: &Settings, json: bool) -> Result<()> {
                 .unwrap_or_else(|| "-".into())
         );
     }
-    println!(
+    outln!(
         "{} mailbox(es), {} holding a seat",
         list.mailboxes.len(),
         list.seats_in_use
@@ -192,21 +194,21 @@ async fn show(settings: &Settings, address: &str, json: bool) -> Result<()> {
     let store = app::open_store(settings).await?;
     let detail = mailboxes::show(&Ops::new(settings, &store), address).await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&detail)?);
+        outln!("{}", serde_json::to_string_pretty(&detail)?);
         return Ok(());
     }
-    println!("mailbox  {}", detail.mailbox.address);
-    println!(
+    outln!("mailbox  {}", detail.mailbox.address);
+    outln!(
         "state    {} since {}",
         detail.mailbox.state.as_str(),
         format_time(detail.mailbox.state_changed_at)
     );
     if let Some(at) = detail.inactive_from {
-        println!("inactive from {} (its seat is free then)", format_time(at));
+        outln!("inactive from {} (its seat is free then)", format_time(at));
     }
-    println!("certificates (newest first):");
+    outln!("certificates (newest first):");
     if detail.certificates.is_empty() {
-        println!("  none");
+        outln!("  none");
     }
     for c in &detail.certificates {
         let status = if c.signing {
@@ -230,7 +232,7 @@ async fn show(settings: &Settings, address: &str, json: bool) -> Result<()> {
                 format!("key {} {} ({use_})", k.cka_id, k.algorithm)
             })
             .unwrap_or_else(|| "no key".into());
-        println!(
+        outln!(
             "  serial {}  {}  {} .. {}  {}  {}",
             c.certificate.record.serial,
             c.certificate.source.as_str(),
@@ -240,7 +242,7 @@ async fn show(settings: &Settings, address: &str, json: bool) -> Result<()> {
             key
         );
     }
-    println!(
+    outln!(
         "keys in the token: {} ({} retired from signing, all decrypt)",
         detail.keys.len(),
         detail
@@ -255,7 +257,7 @@ async fn show(settings: &Settings, address: &str, json: bool) -> Result<()> {
 async fn remove(settings: &Settings, address: &str) -> Result<()> {
     let store = app::open_store(settings).await?;
     let removed = mailboxes::remove(&Ops::new(settings, &store), &Actor::cli(), address).await?;
-    println!("removed mailbox {}", removed.address);
+    outln!("removed mailbox {}", removed.address);
     Ok(())
 }
 
@@ -267,24 +269,24 @@ async fn activate(settings: Settings, request: ActivateMany, json: bool) -> Resu
     let app = App::open(settings).await?;
     let report = mailboxes::activate_many(&app, &Actor::cli(), request).await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         for entry in &report.mailboxes {
             match &entry.outcome {
-                ActivationOutcome::Activated { serial, not_after } => println!(
+                ActivationOutcome::Activated { serial, not_after } => outln!(
                     "activated {}: certificate serial {serial} valid until {}, key in token '{}'",
                     entry.address,
                     format_time(*not_after),
                     app.hsm.token_label()
                 ),
                 ActivationOutcome::Skipped { state } => {
-                    println!("skipped {}: {} already", entry.address, state.as_str())
+                    outln!("skipped {}: {} already", entry.address, state.as_str())
                 }
                 ActivationOutcome::Failed { reason } => {
-                    println!("failed {}: {reason}", entry.address)
+                    outln!("failed {}: {reason}", entry.address)
                 }
                 ActivationOutcome::NotAttempted => {
-                    println!("not activated {}: stopped before it", entry.address)
+                    outln!("not activated {}: stopped before it", entry.address)
                 }
             }
         }
@@ -311,7 +313,7 @@ async fn deactivate(settings: Settings, addresses: &[String], json: bool) -> Res
     let app = App::open(settings).await?;
     let report = mailboxes::deactivate(&app, &Actor::cli(), addresses).await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         for m in &report.mailboxes {
             let revoked = if m.revoked.is_empty() {
@@ -319,7 +321,7 @@ async fn deactivate(settings: Settings, addresses: &[String], json: bool) -> Res
             } else {
                 format!("revoked certificate(s) {}", m.revoked.join(", "))
             };
-            println!(
+            outln!(
                 "deactivated {}: {revoked}; revoke-pending until {}, then inactive",
                 m.address,
                 format_time(m.inactive_from)
@@ -338,7 +340,7 @@ async fn renew(settings: Settings, address: &str) -> Result<()> {
     input::address(address)?;
     let app = App::open(settings).await?;
     let renewed = crate::ops::lifecycle::renew(&app, &Actor::cli(), address).await?;
-    println!(
+    outln!(
         "renewed {}: certificate serial {} valid until {}{}",
         renewed.address,
         renewed.certificate.record.serial,

@@ -3,6 +3,9 @@
 //! `smime`, `token`, `serve`), and prints: human text, or JSON with `--json`. No
 //! validation or auditing here: that is the operation's, so the console does the same.
 
+#[macro_use]
+pub mod output;
+
 mod admins;
 mod backup;
 mod bench;
@@ -148,13 +151,13 @@ pub async fn run(command: Command, settings: Settings, init_changes: Vec<String>
 async fn init(settings: &Settings, mut changes: Vec<String>) -> Result<()> {
     crate::setup::initialise(settings, &mut changes).await?;
     if changes.is_empty() {
-        println!(
+        outln!(
             "nothing to do: {} is already initialised",
             settings.data_dir.display()
         );
     }
     for change in &changes {
-        println!("created {change}");
+        outln!("created {change}");
     }
     Ok(())
 }
@@ -168,13 +171,13 @@ async fn migrate(settings: &Settings) -> Result<()> {
             .await?;
     let applied = store.apply_migrations().await?;
     for m in &applied {
-        println!("applied migration {:04} {}", m.version, m.description);
+        outln!("applied migration {:04} {}", m.version, m.description);
     }
     let latest = store.latest_migration().unwrap_or(0);
     if applied.is_empty() {
-        println!("database schema is up to date (migration {latest:04})");
+        outln!("database schema is up to date (migration {latest:04})");
     } else {
-        println!("database schema migrated to {latest:04}");
+        outln!("database schema migrated to {latest:04}");
     }
     tracing::info!(applied = applied.len(), latest, "database migrated");
     store.close().await;

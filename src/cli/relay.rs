@@ -98,15 +98,20 @@ pub async fn log(args: LogArgs, settings: &Settings) -> Result<()> {
     }
     let page = messages::search(&ctx, query).await?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&page)?);
+        outln!("{}", serde_json::to_string_pretty(&page)?);
         return Ok(());
     }
-    println!(
+    outln!(
         "{:<20} {:<8} {:<8} {:<30} {:<30} {:<28} REPLY",
-        "TIME (UTC)", "DIR", "STATUS", "FROM", "TO", "ACTIONS"
+        "TIME (UTC)",
+        "DIR",
+        "STATUS",
+        "FROM",
+        "TO",
+        "ACTIONS"
     );
     for r in &page.rows {
-        println!(
+        outln!(
             "{:<20} {:<8} {:<8} {:<30} {:<30} {:<28} {}",
             r.received.trim_end_matches('Z').replace('T', " "),
             r.direction,
@@ -170,15 +175,19 @@ pub async fn audit(args: AuditArgs, settings: &Settings) -> Result<()> {
     };
     let page = crate::ops::audit::search(&ctx, query).await?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&page)?);
+        outln!("{}", serde_json::to_string_pretty(&page)?);
         return Ok(());
     }
-    println!(
+    outln!(
         "{:<20} {:<24} {:<20} {:<22} {:<28} DETAIL",
-        "TIME (UTC)", "ACTOR", "ORIGIN", "ACTION", "TARGET"
+        "TIME (UTC)",
+        "ACTOR",
+        "ORIGIN",
+        "ACTION",
+        "TARGET"
     );
     for r in &page.rows {
-        println!(
+        outln!(
             "{:<20} {:<24} {:<20} {:<22} {:<28} {}",
             r.time.trim_end_matches('Z').replace('T', " "),
             r.actor,
@@ -212,7 +221,7 @@ pub async fn smarthost(cmd: SmarthostCommand, settings: &Settings) -> Result<()>
 
 async fn set_smarthost(ctx: &Ops<'_>, host_port: &str) -> Result<()> {
     let set = relay_settings::set_smarthost(ctx, &Actor::cli(), host_port).await?;
-    println!(
+    outln!(
         "outbound mail now goes to {}",
         set.host_port.as_deref().unwrap_or(host_port)
     );
@@ -223,10 +232,10 @@ async fn show_smarthost(ctx: &Ops<'_>) -> Result<()> {
     let shown = relay_settings::smarthost(ctx).await?;
     match (shown.host_port, shown.source) {
         (Some(host), Some(Source::Configuration)) => {
-            println!("{host} (from the configuration file)")
+            outln!("{host} (from the configuration file)")
         }
-        (Some(host), _) => println!("{host}"),
-        (None, _) => println!("no smarthost: outbound mail is deferred until one is set"),
+        (Some(host), _) => outln!("{host}"),
+        (None, _) => outln!("no smarthost: outbound mail is deferred until one is set"),
     }
     Ok(())
 }
@@ -255,12 +264,12 @@ pub async fn network(cmd: NetworkCommand, settings: &Settings) -> Result<()> {
 async fn allow_network(ctx: &Ops<'_>, input: AllowNetwork) -> Result<()> {
     let allowed = relay_settings::allow_network(ctx, &Actor::cli(), input).await?;
     if allowed.require_auth {
-        println!(
+        outln!(
             "{} may now submit outbound mail as an authenticated submitter",
             allowed.cidr
         );
     } else {
-        println!("{} may now relay outbound mail", allowed.cidr);
+        outln!("{} may now relay outbound mail", allowed.cidr);
     }
     Ok(())
 }
@@ -274,9 +283,9 @@ async fn list_networks(ctx: &Ops<'_>) -> Result<()> {
                 } else {
                     ""
                 };
-                println!("{:<40} {}{auth}", n.cidr, n.comment);
+                outln!("{:<40} {}{auth}", n.cidr, n.comment);
             }
-            Source::Configuration => println!("{:<40} (from the configuration file)", n.cidr),
+            Source::Configuration => outln!("{:<40} (from the configuration file)", n.cidr),
         }
     }
     Ok(())
@@ -284,6 +293,6 @@ async fn list_networks(ctx: &Ops<'_>) -> Result<()> {
 
 async fn remove_network(ctx: &Ops<'_>, cidr: &str) -> Result<()> {
     let removed = relay_settings::remove_network(ctx, &Actor::cli(), cidr).await?;
-    println!("{removed} removed");
+    outln!("{removed} removed");
     Ok(())
 }

@@ -113,7 +113,7 @@ pub async fn run(cmd: RuleCommand, settings: &Settings) -> Result<()> {
                 comment,
             };
             let edited = rules::edit(&ctx, &actor, id, input).await?;
-            println!("edited rule {}: {}", edited.id, rules::describe(&edited));
+            outln!("edited rule {}: {}", edited.id, rules::describe(&edited));
             Ok(())
         }
         RuleCommand::List { json } => list(&ctx, json).await.map_err(exit_status_1),
@@ -135,7 +135,7 @@ pub async fn run(cmd: RuleCommand, settings: &Settings) -> Result<()> {
 
 async fn add(ctx: &Ops<'_>, actor: &Actor, input: AddRule) -> Result<()> {
     let added = rules::add(ctx, actor, input).await?;
-    println!(
+    outln!(
         "added rule {} at priority 1: {}",
         added.id,
         rules::describe(&added)
@@ -146,7 +146,7 @@ async fn add(ctx: &Ops<'_>, actor: &Actor, input: AddRule) -> Result<()> {
 async fn list(ctx: &Ops<'_>, json: bool) -> Result<()> {
     let rules = rules::list(ctx).await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&rules)?);
+        outln!("{}", serde_json::to_string_pretty(&rules)?);
     } else {
         print_table(&rules);
     }
@@ -154,12 +154,18 @@ async fn list(ctx: &Ops<'_>, json: bool) -> Result<()> {
 }
 
 fn print_table(rules: &[Rule]) {
-    println!(
+    outln!(
         "{:>4} {:>4} {:<9} {:<32} {:<32} {:<17} {:<3} COMMENT",
-        "PRIO", "ID", "DIRECTION", "FROM", "TO", "ACTION", "ON"
+        "PRIO",
+        "ID",
+        "DIRECTION",
+        "FROM",
+        "TO",
+        "ACTION",
+        "ON"
     );
     for r in rules {
-        println!(
+        outln!(
             "{:>4} {:>4} {:<9} {:<32} {:<32} {:<17} {:<3} {}",
             r.priority,
             r.id,
@@ -175,13 +181,13 @@ fn print_table(rules: &[Rule]) {
 
 async fn move_to(ctx: &Ops<'_>, actor: &Actor, input: MoveRule) -> Result<()> {
     let moved = rules::move_to(ctx, actor, input).await?;
-    println!("rule {} is now at priority {}", moved.id, moved.priority);
+    outln!("rule {} is now at priority {}", moved.id, moved.priority);
     Ok(())
 }
 
 async fn remove(ctx: &Ops<'_>, actor: &Actor, id: i64) -> Result<()> {
     let removed = rules::remove(ctx, actor, id).await?;
-    println!("removed rule {}", removed.id);
+    outln!("removed rule {}", removed.id);
     Ok(())
 }
 
@@ -192,14 +198,14 @@ async fn set_enabled(ctx: &Ops<'_>, actor: &Actor, id: i64, enable: bool) -> Res
         rules::disable(ctx, actor, id).await?
     };
     let state = if rule.enabled { "enabled" } else { "disabled" };
-    println!("rule {} {state}", rule.id);
+    outln!("rule {} {state}", rule.id);
     Ok(())
 }
 
 async fn explain(ctx: &Ops<'_>, input: Explain, json: bool) -> Result<()> {
     let e = rules::explain(ctx, input).await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&e)?);
+        outln!("{}", serde_json::to_string_pretty(&e)?);
     } else {
         print_explanation(&e);
     }
@@ -212,7 +218,7 @@ fn print_explanation(e: &Explanation) {
         Some(false) => "no",
         None => "-",
     };
-    println!(
+    outln!(
         "direction: {} ({} {} a managed domain)",
         e.direction,
         e.recipient,
@@ -222,7 +228,7 @@ fn print_explanation(e: &Explanation) {
             "is not in"
         }
     );
-    println!(
+    outln!(
         "sender:    {} ({}{})",
         e.sender,
         if e.sender_managed {
@@ -235,7 +241,7 @@ fn print_explanation(e: &Explanation) {
             None => String::new(),
         }
     );
-    println!(
+    outln!(
         "recipient: {} ({}{})",
         e.recipient,
         if e.recipient_managed {
@@ -255,27 +261,29 @@ fn print_explanation(e: &Explanation) {
 }
 
 fn print_walk(e: &Explanation) {
-    println!("rules walked ({}):", e.direction);
+    outln!("rules walked ({}):", e.direction);
     if e.selection.considered.is_empty() {
-        println!("  (no {} rules)", e.direction);
+        outln!("  (no {} rules)", e.direction);
     }
     for c in &e.selection.considered {
-        println!(
+        outln!(
             "  priority {:>3}, rule {:>4}: {}",
-            c.priority, c.rule_id, c.outcome
+            c.priority,
+            c.rule_id,
+            c.outcome
         );
     }
     match e.selection.rule_id {
-        Some(id) => println!("action:    {} (rule {id})", e.selection.action),
-        None => println!(
+        Some(id) => outln!("action:    {} (rule {id})", e.selection.action),
+        None => outln!(
             "action:    {} (default: no rule decided)",
             e.selection.action
         ),
     }
     for outcome in &e.outcomes {
-        println!("outcome:   {outcome}");
+        outln!("outcome:   {outcome}");
     }
     for note in &e.notes {
-        println!("note:      {note}");
+        outln!("note:      {note}");
     }
 }

@@ -293,7 +293,7 @@ pub async fn serve(settings: Settings, args: ServeArgs) -> Result<()> {
         background_stopped,
     ));
     tracing::info!(inbound = %inbound_listen, submission = %submission_listen, http = %http_listen, "listening");
-    println!(
+    outln!(
         "smimegate serving: SMTP inbound {inbound_listen}, SMTP submission {submission_listen}, http://{http_listen}/health{console_url}"
     );
     let mut current = app.settings.config.clone();
@@ -512,7 +512,7 @@ pub async fn sink(args: SinkArgs) -> Result<()> {
         session_deadline: Duration::from_secs(3600),
         ..Limits::default()
     });
-    println!(
+    outln!(
         "smimegate sink: SMTP on {}, writing to {}",
         listener
             .local_addr()

@@ -45,7 +45,7 @@ pub async fn run(app: App, args: SmimeBenchArgs) -> Result<()> {
         .call("destroy bench key", move |h| h.destroy_bench_key(&key_id))
         .await?;
     for line in outcome? {
-        println!("{line}");
+        outln!("{line}");
     }
     Ok(())
 }

@@ -77,7 +77,7 @@ pub async fn run(cmd: SubmitterCommand, settings: &Settings) -> Result<()> {
                 },
             )
             .await?;
-            println!(
+            outln!(
                 "added submitter {} (may send as {})",
                 added.name,
                 submitters::describe(&added.may_send_as)
@@ -86,13 +86,13 @@ pub async fn run(cmd: SubmitterCommand, settings: &Settings) -> Result<()> {
         SubmitterCommand::Remove { name } => {
             let store = app::open_store(settings).await?;
             let removed = submitters::remove(&Ops::new(settings, &store), &actor, &name).await?;
-            println!("removed submitter {}", removed.name);
+            outln!("removed submitter {}", removed.name);
         }
         SubmitterCommand::List { json } => {
             let store = app::open_store(settings).await?;
             let rows = submitters::list(&Ops::new(settings, &store)).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&rows)?);
+                outln!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
                 print_table(&rows);
             }
@@ -111,31 +111,34 @@ pub async fn run(cmd: SubmitterCommand, settings: &Settings) -> Result<()> {
             let row =
                 submitters::set_password(&Ops::new(settings, &store), &actor, &name, password)
                     .await?;
-            println!("changed the password of submitter {}", row.name);
+            outln!("changed the password of submitter {}", row.name);
         }
         SubmitterCommand::Disable { name } => {
             let store = app::open_store(settings).await?;
             let row =
                 submitters::set_disabled(&Ops::new(settings, &store), &actor, &name, true).await?;
-            println!("disabled submitter {}", row.name);
+            outln!("disabled submitter {}", row.name);
         }
         SubmitterCommand::Enable { name } => {
             let store = app::open_store(settings).await?;
             let row =
                 submitters::set_disabled(&Ops::new(settings, &store), &actor, &name, false).await?;
-            println!("enabled submitter {}", row.name);
+            outln!("enabled submitter {}", row.name);
         }
     }
     Ok(())
 }
 
 fn print_table(rows: &[SubmitterView]) {
-    println!(
+    outln!(
         "{:<32} {:<9} {:<21} {:<40} COMMENT",
-        "NAME", "STATE", "PASSWORD SET (UTC)", "MAY SEND AS"
+        "NAME",
+        "STATE",
+        "PASSWORD SET (UTC)",
+        "MAY SEND AS"
     );
     for s in rows {
-        println!(
+        outln!(
             "{:<32} {:<9} {:<21} {:<40} {}",
             s.name,
             if s.disabled { "disabled" } else { "enabled" },
@@ -144,5 +147,5 @@ fn print_table(rows: &[SubmitterView]) {
             s.comment
         );
     }
-    println!("{} submitter(s)", rows.len());
+    outln!("{} submitter(s)", rows.len());
 }

@@ -31,24 +31,28 @@ pub async fn run(cmd: TokenCommand, settings: Settings) -> Result<()> {
         TokenCommand::Status { json } => {
             let health = hsm.call("health", |h| h.health()).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&health)?);
+                outln!("{}", serde_json::to_string_pretty(&health)?);
                 return Ok(());
             }
-            println!("module:       {}", health.module);
-            println!(
+            outln!("module:       {}", health.module);
+            outln!(
                 "library:      {} {}",
-                health.library, health.library_version
+                health.library,
+                health.library_version
             );
-            println!("slot:         {}", health.slot);
-            println!(
+            outln!("slot:         {}", health.slot);
+            outln!(
                 "token:        {} ({} {}, serial {})",
-                health.label, health.manufacturer, health.model, health.serial
+                health.label,
+                health.manufacturer,
+                health.model,
+                health.serial
             );
-            println!(
+            outln!(
                 "logged in:    {}",
                 if health.logged_in { "yes" } else { "no" }
             );
-            println!(
+            outln!(
                 "sessions:     {} in use, {} idle, {} open of {} allowed",
                 health.sessions.in_use,
                 health.sessions.idle,
@@ -56,13 +60,13 @@ pub async fn run(cmd: TokenCommand, settings: Settings) -> Result<()> {
                 health.sessions.capacity
             );
             if health.pin_locked {
-                println!("PIN:          LOCKED");
+                outln!("PIN:          LOCKED");
             } else if health.pin_count_low {
-                println!("PIN:          a wrong PIN was entered recently");
+                outln!("PIN:          a wrong PIN was entered recently");
             }
-            println!("mechanisms:");
+            outln!("mechanisms:");
             for m in &health.mechanisms {
-                println!(
+                outln!(
                     "  {:<28} {:<8} {}",
                     m.name,
                     if m.offered { "offered" } else { "MISSING" },
@@ -73,7 +77,7 @@ pub async fn run(cmd: TokenCommand, settings: Settings) -> Result<()> {
         TokenCommand::Custody { json } => {
             let check = hsm.call("custody", |h| h.custody_reports()).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&check)?);
+                outln!("{}", serde_json::to_string_pretty(&check)?);
             } else {
                 print_custody(&check);
             }
@@ -85,19 +89,19 @@ pub async fn run(cmd: TokenCommand, settings: Settings) -> Result<()> {
 }
 
 fn print_custody(check: &CustodyCheck) {
-    println!("How the token treats attempts to get a key out, probed on throwaway keys");
-    println!("(never on the keys below):");
+    outln!("How the token treats attempts to get a key out, probed on throwaway keys");
+    outln!("(never on the keys below):");
     for p in &check.probes {
-        println!("  {}: {}", p.kind, p.probed_on);
+        outln!("  {}: {}", p.kind, p.probed_on);
         let mechanism = p.wrap_mechanism.unwrap_or("every wrapping mechanism");
-        println!("    wrap ({mechanism}): {}", p.wrap);
-        println!("    set CKA_EXTRACTABLE=true: {}", p.set_extractable);
-        println!("    set CKA_SENSITIVE=false: {}", p.clear_sensitive);
+        outln!("    wrap ({mechanism}): {}", p.wrap);
+        outln!("    set CKA_EXTRACTABLE=true: {}", p.set_extractable);
+        outln!("    set CKA_SENSITIVE=false: {}", p.clear_sensitive);
     }
-    println!("Keys (attributes read, nothing changed):");
+    outln!("Keys (attributes read, nothing changed):");
     for r in &check.keys {
         let kind = r.kind.map_or("unknown type".to_string(), |k| k.to_string());
-        println!(
+        outln!(
             "{} {:<32} {kind} usage={} sensitive={} always_sensitive={} extractable={} never_extractable={} local={}",
             r.id,
             r.label,
@@ -108,9 +112,9 @@ fn print_custody(check: &CustodyCheck) {
             r.never_extractable,
             r.local
         );
-        println!("    read secret: {}; probed as: {kind}", r.read_secret);
+        outln!("    read secret: {}; probed as: {kind}", r.read_secret);
     }
-    println!("{} key(s) checked", check.keys.len());
+    outln!("{} key(s) checked", check.keys.len());
 }
 
 /// Fails unless every key is proven to stay in the token: keys that can get out are

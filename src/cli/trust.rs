@@ -35,15 +35,16 @@ pub async fn run(cmd: TrustCommand, settings: &Settings) -> Result<()> {
         TrustCommand::Add { file, domains } => add(&ctx, file, domains).await,
         TrustCommand::Remove { fingerprint } => {
             let row = trust::remove(&ctx, &Actor::cli(), &fingerprint).await?;
-            println!(
+            outln!(
                 "removed trust anchor {} (sha-256 {})",
-                row.certificate.record.subject, row.certificate.record.fingerprint_sha256
+                row.certificate.record.subject,
+                row.certificate.record.fingerprint_sha256
             );
             Ok(())
         }
         TrustCommand::List => {
             for row in trust::list(&ctx).await? {
-                println!(
+                outln!(
                     "{}  {}  until {}  vouches for {}",
                     row.certificate.record.fingerprint_sha256,
                     row.certificate.record.subject,
@@ -62,7 +63,7 @@ async fn add(ctx: &Ops<'_>, file: PathBuf, domains: Vec<String>) -> Result<()> {
         .await
         .with_context(|| format!("trust add {}", file.display()))?;
     for row in added {
-        println!(
+        outln!(
             "trusted {} (sha-256 {}) for {}",
             row.certificate.record.subject,
             row.certificate.record.fingerprint_sha256,

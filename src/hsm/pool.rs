@@ -22,6 +22,10 @@ pub(crate) struct SessionPool {
 struct PoolState {
     idle: Vec<Session>,
     open: usize,
+    /// Callers asleep waiting for a session: a returned session is announced (a futex
+    /// wake, a system call) only when one is. With one worker per session, nobody
+    /// usually is.
+    waiting: usize,
 }
 
 /// Counters for the health report.
@@ -42,6 +46,7 @@ impl SessionPool {
             state: Mutex::new(PoolState {
                 idle: vec![first],
                 open: 1,
+                waiting: 0,
             }),
             returned: Condvar::new(),
         }
@@ -56,7 +61,7 @@ impl SessionPool {
     /// Borrows a session, opening a new one while below capacity, else waiting up to
     /// `timeout` for one to come back.
     pub(crate) fn acquire(&self, timeout: Duration) -> Result<PooledSession<'_>> {
-        let deadline = Instant::now() + timeout;
+        let mut deadline = None;
         let mut state = self.lock();
         loop {
             if let Some(session) = state.idle.pop() {
@@ -76,38 +81,54 @@ impl SessionPool {
                         broken: false,
                     }),
                     Err(e) => {
-                        self.lock().open -= 1;
-                        self.returned.notify_one();
+                        self.release_slot();
                         Err(HsmError::token("open session", e))
                     }
                 };
             }
+            // The clock is read only when a caller has to wait.
             let now = Instant::now();
+            let deadline = *deadline.get_or_insert(now + timeout);
             if now >= deadline {
                 return Err(HsmError::Busy {
                     seconds: timeout.as_secs(),
                     capacity: self.capacity,
                 });
             }
+            state.waiting += 1;
             state = self
                 .returned
                 .wait_timeout(state, deadline - now)
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
+            state.waiting -= 1;
+        }
+    }
+
+    /// Gives up a slot whose session is gone (failed to open, or closed as broken).
+    fn release_slot(&self) {
+        let mut state = self.lock();
+        state.open -= 1;
+        let waiting = state.waiting > 0;
+        drop(state);
+        if waiting {
+            self.returned.notify_one();
         }
     }
 
     fn give_back(&self, session: Session, broken: bool) {
-        let mut state = self.lock();
         if broken {
-            state.open -= 1;
-            drop(state);
             drop(session); // closes the session
-        } else {
-            state.idle.push(session);
-            drop(state);
+            self.release_slot();
+            return;
         }
-        self.returned.notify_one();
+        let mut state = self.lock();
+        state.idle.push(session);
+        let waiting = state.waiting > 0;
+        drop(state);
+        if waiting {
+            self.returned.notify_one();
+        }
     }
 
     pub(crate) fn usage(&self) -> PoolUsage {
