@@ -411,12 +411,7 @@ fn pkcs11_tool_private_keys(data: &Path) -> String {
 /// Runs a command with stdout a pipe whose reader has already gone, as in
 /// `smimegate rules list | head -0`.
 fn with_stdout_closed(data: &Path, args: &[&str]) -> std::process::Output {
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_smimegate"))
-        .arg("--data-dir")
-        .arg(data)
-        .args(args)
-        .env_remove("SMIMEGATE_HSM_PIN")
-        .env_remove("RUST_LOG")
+    let mut child = common::smimegate_command(data, args)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -447,11 +442,7 @@ fn a_reader_that_closes_the_pipe_early_gets_no_panic() {
             .write(true)
             .open("/dev/full")
             .expect("/dev/full");
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_smimegate"))
-            .arg("--data-dir")
-            .arg(&data)
-            .args(["domain", "list"])
-            .env_remove("SMIMEGATE_HSM_PIN")
+        let out = common::smimegate_command(&data, &["domain", "list"])
             .stdout(full)
             .output()
             .expect("run smimegate");

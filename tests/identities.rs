@@ -97,12 +97,7 @@ fn private_file(path: &Path, text: &str) {
 }
 
 fn smimegate_stdin(data: &Path, args: &[&str], input: &[u8]) -> std::process::Output {
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_smimegate"))
-        .arg("--data-dir")
-        .arg(data)
-        .args(args)
-        .env_remove("SMIMEGATE_HSM_PIN")
-        .env_remove("RUST_LOG")
+    let mut child = common::smimegate_command(data, args)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

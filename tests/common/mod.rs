@@ -174,10 +174,16 @@ pub fn smimegate(data_dir: &Path, args: &[&str]) -> Output {
     smimegate_env(data_dir, args, &[])
 }
 
-pub fn smimegate_env(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+/// The binary on `data_dir` with `args`, without the caller's PIN or log filter.
+pub fn smimegate_command(data_dir: &Path, args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_smimegate"));
     cmd.arg("--data-dir").arg(data_dir).args(args);
     cmd.env_remove("SMIMEGATE_HSM_PIN").env_remove("RUST_LOG");
+    cmd
+}
+
+pub fn smimegate_env(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = smimegate_command(data_dir, args);
     for (k, v) in env {
         cmd.env(k, v);
     }
