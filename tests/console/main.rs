@@ -4,6 +4,7 @@
 mod client;
 #[path = "../common/mod.rs"]
 mod common;
+mod connection;
 #[path = "../relay/harness.rs"]
 #[allow(dead_code)]
 mod harness;

@@ -19,6 +19,9 @@ use crate::ops::console::{self, Caller, CallerVia};
 pub const SESSION_COOKIE: &str = "__Host-smimegate-session";
 /// Largest form body read for its CSRF field.
 const MAX_FORM_BYTES: usize = 1024 * 1024;
+/// Largest request body the console reads: axum's own extractor limit, so every form,
+/// JSON document and upload the console takes fits.
+pub const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
 /// Paths a cross-site POST may reach: the IdP posts the SAML response to the ACS.
 const CROSS_SITE_POSTS: &[&str] = &["/saml/acs"];
 /// Paths that start a new session rather than act in the current one: they need the
@@ -48,6 +51,64 @@ pub async fn security_headers(request: Request, next: Next) -> Response {
     if !headers.contains_key(header::CACHE_CONTROL) {
         set(headers, "cache-control", "no-store");
     }
+    response
+}
+
+/// Reads the whole request body before anything answers, so that an early answer (401,
+/// 403, 415, 422) leaves the connection usable. hyper closes a keep-alive connection
+/// whose request body was still unread when the answer went out, and when it decides
+/// that after the response head is written the head does not say `Connection: close`:
+/// a client that reuses the connection (requests, reqwest, browsers) then gets a reset
+/// instead of an answer (schemathesis saw "SSL EOF" in CI). A body over
+/// [`MAX_BODY_BYTES`] is 413, one that cannot be read 400, both with `Connection: close`.
+pub async fn whole_body_first(request: Request, next: Next) -> Response {
+    let headers = request.headers();
+    if !headers.contains_key(header::CONTENT_LENGTH)
+        && !headers.contains_key(header::TRANSFER_ENCODING)
+    {
+        return next.run(request).await;
+    }
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let too_large = || {
+        Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the request body is larger than {MAX_BODY_BYTES} bytes"),
+        )
+    };
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return closing(too_large());
+    }
+    let (parts, body) = request.into_parts();
+    match to_bytes(body, MAX_BODY_BYTES).await {
+        Ok(bytes) => {
+            next.run(Request::from_parts(parts, Body::from(bytes)))
+                .await
+        }
+        Err(e) => {
+            let e = e.into_inner();
+            if e.is::<http_body_util::LengthLimitError>() {
+                closing(too_large())
+            } else {
+                tracing::debug!(error = %e, path = %parts.uri.path(), "console: request body unreadable");
+                closing(Problem::new(
+                    StatusCode::BAD_REQUEST,
+                    "the request body could not be read",
+                ))
+            }
+        }
+    }
+}
+
+/// `problem` with `Connection: close`: the rest of the request is not read, so the
+/// connection cannot carry another one.
+fn closing(problem: Problem) -> Response {
+    let mut response = problem.into_response();
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
     response
 }
 

@@ -106,6 +106,7 @@ pub fn router(console: Arc<Console>) -> Router {
             console.clone(),
             guard::identify,
         ))
+        .layer(axum::middleware::from_fn(guard::whole_body_first))
         .layer(axum::middleware::from_fn(guard::security_headers))
         .with_state(console)
 }
