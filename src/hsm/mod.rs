@@ -309,6 +309,9 @@ impl Hsm {
     }
 }
 
+/// How long [`finalize_modules`] waits for the token's worker threads to stop.
+const FINALIZE_WAIT: Duration = Duration::from_secs(10);
+
 /// The modules this process loaded, each initialised once (see [`load_module`]).
 static LOADED: std::sync::OnceLock<Mutex<HashMap<PathBuf, Pkcs11>>> = std::sync::OnceLock::new();
 
@@ -317,9 +320,18 @@ static LOADED: std::sync::OnceLock<Mutex<HashMap<PathBuf, Pkcs11>>> = std::sync:
 /// it, SoftHSM2's static state is torn down by the C++ runtime at `exit`, in an order
 /// against OpenSSL's own `atexit` clean-up that can end in "double free or
 /// corruption". A module finalised here answers `CKR_CRYPTOKI_NOT_INITIALIZED` to any
-/// straggler instead of crashing.
+/// straggler instead of crashing. The token's worker threads are joined first: a
+/// thread still exiting frees its OpenSSL state inside the module. If one is still
+/// inside the token after [`FINALIZE_WAIT`], the module is left as it is.
 pub fn finalize_modules() {
     let Some(loaded) = LOADED.get() else { return };
+    if !workers::join_all(FINALIZE_WAIT) {
+        tracing::warn!(
+            seconds = FINALIZE_WAIT.as_secs(),
+            "a token worker is still busy in the token; its module is not finalised"
+        );
+        return;
+    }
     let Ok(mut loaded) = loaded.lock() else {
         return;
     };
