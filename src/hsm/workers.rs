@@ -100,10 +100,11 @@ impl Queue {
 }
 
 /// Every worker thread this process started and has not yet joined. A worker stops on
-/// its own once its queue is closed, but the thread's exit (OpenSSL's per-thread state,
-/// freed by a thread-local destructor inside the token's library) may still be running
-/// when `main` calls `C_Finalize`: SoftHSM2 then tore down the same state twice and the
-/// CLI died with "double free or corruption" (seen once in CI). [`join_all`] waits.
+/// its own once its queue is closed, but the thread's exit (the per-thread state of the
+/// token's library and of OpenSSL under it, freed by thread-local destructors) may
+/// still be running when `main` calls `C_Finalize`. That overlap is the likely cause of
+/// a CLI that died once in CI with "double free or corruption" (not reproduced in 600
+/// runs); [`join_all`] rules it out.
 static THREADS: Mutex<Vec<std::thread::JoinHandle<()>>> = Mutex::new(Vec::new());
 
 fn threads() -> MutexGuard<'static, Vec<std::thread::JoinHandle<()>>> {
