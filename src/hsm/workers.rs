@@ -89,10 +89,6 @@ impl Queue {
         }
     }
 
-    fn has_jobs(&self) -> bool {
-        !self.lock().jobs.is_empty()
-    }
-
     fn close(&self) {
         self.lock().closed = true;
         self.ready.notify_all();
@@ -285,7 +281,8 @@ fn work(queue: &Queue) {
         let started = Instant::now();
         let Some(reply) = job() else { continue };
         held.push(reply);
-        if held.len() >= MAX_HELD || started.elapsed() >= HOLD_JOBS_UNDER || !queue.has_jobs() {
+        // An empty queue sends them at the top of the loop, before the worker sleeps.
+        if held.len() >= MAX_HELD || started.elapsed() >= HOLD_JOBS_UNDER {
             held.drain(..).for_each(|reply| reply());
         }
     }
