@@ -42,7 +42,7 @@ pub use health::{MechanismSupport, TokenHealth};
 pub use keys::{GeneratedKey, KeyAlgorithm, KeyId, KeyInfo, KeyRole, KeyUsage};
 pub use ops::{ContentKey, KeyTransport, OaepHash, OaepParams, SignatureScheme, oaep_decode_fixed};
 pub use pool::PoolUsage;
-pub use signer::{TokenSignature, TokenSigner};
+pub use signer::{TokenSignature, TokenSigner, signature_algorithm};
 
 use error::poisons_session;
 use pool::SessionPool;

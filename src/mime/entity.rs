@@ -10,10 +10,9 @@ const MAX_LINE: usize = 998;
 /// Line endings made canonical: bare LF and bare CR become CRLF. Borrows the input
 /// when it is canonical already (large messages are not copied for nothing).
 pub fn to_crlf(input: &[u8]) -> std::borrow::Cow<'_, [u8]> {
-    let canonical = input.iter().enumerate().all(|(i, &b)| match b {
+    let canonical = memchr::memchr2_iter(b'\r', b'\n', input).all(|i| match input[i] {
         b'\r' => input.get(i + 1) == Some(&b'\n'),
-        b'\n' => i > 0 && input[i - 1] == b'\r',
-        _ => true,
+        _ => i > 0 && input[i - 1] == b'\r',
     });
     if canonical {
         return std::borrow::Cow::Borrowed(input);
@@ -441,10 +440,7 @@ fn find(haystack: &[u8], needle: &[u8], from: usize) -> Option<usize> {
     if needle.is_empty() || from >= haystack.len() {
         return None;
     }
-    haystack[from..]
-        .windows(needle.len())
-        .position(|w| w == needle)
-        .map(|i| i + from)
+    memchr::memmem::find(&haystack[from..], needle).map(|i| i + from)
 }
 
 #[cfg(test)]
@@ -464,6 +460,22 @@ mod tests {
         ));
         assert_eq!(&*to_crlf(b"\n"), b"\r\n");
         assert_eq!(&*to_crlf(b"\r"), b"\r\n");
+        // Only exact CRLF pairs are left as they are.
+        for (input, expected) in [
+            (&b""[..], &b""[..]),
+            (b"\r\n\r\n", b"\r\n\r\n"),
+            (b"\r\r\n", b"\r\n\r\n"),
+            (b"\r\n\n", b"\r\n\r\n"),
+            (b"\n\r", b"\r\n\r\n"),
+            (b"x\r\ny\rz", b"x\r\ny\r\nz"),
+        ] {
+            let out = to_crlf(input);
+            assert_eq!(&*out, expected, "{:?}", String::from_utf8_lossy(input));
+            assert_eq!(
+                matches!(out, std::borrow::Cow::Borrowed(_)),
+                input == expected
+            );
+        }
     }
 
     #[test]

@@ -5,6 +5,7 @@
 use crate::app::App;
 use crate::pki::address::Address;
 use crate::policy::Transform;
+use crate::smime::DetachedSigning;
 use crate::smime::capabilities::{choose_cipher, choose_transport};
 use crate::smime::encrypt::{Recipient, encrypt_message, encrypt_message_owned};
 
@@ -32,7 +33,7 @@ fn encryption_failed(e: crate::smime::encrypt::EncryptError) -> RelayError {
 }
 
 /// Signs (if the transform says so) as `from` and then encrypts once per group of
-/// recipients. Returns one message per group, in order. Signing goes through the
+/// recipients. Returns one message per group, in order. The signature goes through the
 /// token's worker queue (its timeouts and session limit), like every token operation.
 pub async fn transform(
     app: &App,
@@ -49,18 +50,7 @@ pub async fn transform(
             crate::app::AppError::Store(s) => RelayError::Database(s),
             other => RelayError::gateway("signing", other),
         })?;
-        let limits = *limits;
-        app.hsm
-            .call("sign message", move |hsm| {
-                Ok(crate::smime::sign_detached(hsm, &signer, &message, &limits))
-            })
-            .await
-            .map_err(|e| RelayError::gateway("signing", e))?
-            .map_err(|e| match e {
-                // The message itself cannot be signed: retrying will not help.
-                crate::smime::SmimeError::Mime(m) => unusable(&m),
-                other => RelayError::gateway("signing", other),
-            })?
+        sign(app, signer, message, *limits).await?
     } else {
         message
     };
@@ -73,6 +63,56 @@ pub async fn transform(
     tokio::task::spawn_blocking(move || encrypt_groups(body, &groups, &limits))
         .await
         .map_err(|e| RelayError::gateway("encryption", e))?
+}
+
+/// Messages up to this size are prepared for signing and assembled on the async
+/// thread (tens of microseconds for a typical message); larger ones on the blocking pool.
+const SIGN_INLINE_UP_TO: usize = 64 * 1024;
+
+/// Signs `message` as multipart/signed. Only the signature itself takes a token
+/// session: canonical form, digest, signed attributes and the CMS around the signature
+/// are host work, done before and after it.
+async fn sign(
+    app: &App,
+    signer: std::sync::Arc<crate::smime::SignerIdentity>,
+    message: Vec<u8>,
+    limits: crate::mime::Limits,
+) -> Result<Vec<u8>, RelayError> {
+    let inline = message.len() <= SIGN_INLINE_UP_TO;
+    let prepared = if inline {
+        DetachedSigning::new(signer, message, &limits)
+    } else {
+        tokio::task::spawn_blocking(move || DetachedSigning::new(signer, message, &limits))
+            .await
+            .map_err(|e| RelayError::gateway("signing", e))?
+    }
+    .map_err(signing_failed)?;
+    let (key, scheme, to_be_signed) = prepared.to_be_signed();
+    let (key, to_be_signed) = (key.clone(), to_be_signed.to_vec());
+    let signature = app
+        .hsm
+        .call("sign message", move |hsm| {
+            hsm.sign(&key, scheme, &to_be_signed)
+        })
+        .await
+        .map_err(|e| RelayError::gateway("signing", e))?;
+    if inline {
+        prepared.finish(&signature)
+    } else {
+        tokio::task::spawn_blocking(move || prepared.finish(&signature))
+            .await
+            .map_err(|e| RelayError::gateway("signing", e))?
+    }
+    .map_err(signing_failed)
+}
+
+/// Why signing failed: the message (permanent: retrying will not help) or the gateway
+/// (temporary).
+fn signing_failed(e: crate::smime::SmimeError) -> RelayError {
+    match e {
+        crate::smime::SmimeError::Mime(m) => unusable(&m),
+        other => RelayError::gateway("signing", other),
+    }
 }
 
 fn encrypt_groups(

@@ -10,6 +10,9 @@ mod ecdh;
 pub mod encrypt;
 pub mod layers;
 mod sign;
+mod signed_data;
 pub mod verify;
 
-pub use sign::{DigestAlgorithm, SignerIdentity, SmimeError, sign_detached, sign_opaque};
+pub use sign::{
+    DetachedSigning, DigestAlgorithm, SignerIdentity, SmimeError, sign_detached, sign_opaque,
+};

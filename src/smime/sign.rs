@@ -1,18 +1,11 @@
 //! Signing a message as `multipart/signed` with a detached `application/pkcs7-signature`
 //! (RFC 8551 §3.5.3). The signed entity is made canonical and 7-bit clean first.
 
-use cms::builder::{SignedDataBuilder, SignerInfoBuilder, create_signing_time_attribute};
-use cms::cert::{CertificateChoices, IssuerAndSerialNumber};
-use cms::signed_data::{EncapsulatedContentInfo, SignerIdentifier};
-use der::Encode;
 use sha2::Digest;
-use spki::AlgorithmIdentifierOwned;
 use x509_cert::certificate::Certificate;
 
-use super::attributes;
-use crate::hsm::{
-    Hsm, HsmError, KeyAlgorithm, KeyId, SignatureScheme, TokenSignature, TokenSigner,
-};
+use super::signed_data;
+use crate::hsm::{Hsm, HsmError, KeyAlgorithm, KeyId, SignatureScheme};
 use crate::mime::{self, Header, Limits, MimeError};
 
 #[derive(Debug, thiserror::Error)]
@@ -47,7 +40,7 @@ impl DigestAlgorithm {
         }
     }
 
-    fn oid(self) -> const_oid::ObjectIdentifier {
+    pub(crate) fn oid(self) -> const_oid::ObjectIdentifier {
         use const_oid::db::rfc5912::{ID_SHA_256, ID_SHA_384, ID_SHA_512};
         match self {
             DigestAlgorithm::Sha256 => ID_SHA_256,
@@ -105,13 +98,81 @@ pub fn sign_detached(
     let canonical = mime::to_crlf(message);
     let entity = prepare(&canonical, limits)?;
     let digest = DigestAlgorithm::of(signer.scheme);
-    let signature = cms_signature(
-        hsm,
-        signer,
-        digest,
-        Signed::Detached(&digest.digest_parts(&entity.parts())),
-    )?;
-    Ok(assemble(&entity, &signature, digest))
+    let attributes =
+        signed_data::signed_attributes(signer, &digest.digest_parts(&entity.parts(&canonical)))?;
+    let signature = hsm.sign(&signer.key_id, signer.scheme, &attributes)?;
+    let cms = signed_data::content_info(signer, digest, &attributes, &signature, None)?;
+    Ok(assemble(&entity, &canonical, &cms, digest))
+}
+
+/// A message on its way to a detached signature, for callers that must not hold a
+/// token session while the host works: [`DetachedSigning::new`] does everything
+/// before the signature (canonical form, 7-bit entity, digest, signed attributes),
+/// the token signs [`DetachedSigning::to_be_signed`] alone, and
+/// [`DetachedSigning::finish`] builds the multipart/signed. The result is the one
+/// [`sign_detached`] gives.
+pub struct DetachedSigning {
+    signer: std::sync::Arc<SignerIdentity>,
+    canonical: Vec<u8>,
+    entity: Prepared,
+    digest: DigestAlgorithm,
+    attributes: Vec<u8>,
+}
+
+impl DetachedSigning {
+    /// Takes the message (any line endings; CRLF, as SMTP delivers it, is not copied).
+    pub fn new(
+        signer: std::sync::Arc<SignerIdentity>,
+        message: Vec<u8>,
+        limits: &Limits,
+    ) -> Result<Self, SmimeError> {
+        check(&signer, &message, limits)?;
+        let converted = match mime::to_crlf(&message) {
+            std::borrow::Cow::Owned(converted) => Some(converted),
+            std::borrow::Cow::Borrowed(_) => None,
+        };
+        let canonical = converted.unwrap_or(message);
+        let entity = prepare(&canonical, limits)?;
+        let digest = DigestAlgorithm::of(signer.scheme);
+        let attributes = signed_data::signed_attributes(
+            &signer,
+            &digest.digest_parts(&entity.parts(&canonical)),
+        )?;
+        Ok(DetachedSigning {
+            signer,
+            canonical,
+            entity,
+            digest,
+            attributes,
+        })
+    }
+
+    /// The key and scheme to sign with, and the bytes the token signs (the DER of the
+    /// signed attributes, RFC 5652 §5.4).
+    pub fn to_be_signed(&self) -> (&KeyId, SignatureScheme, &[u8]) {
+        (&self.signer.key_id, self.signer.scheme, &self.attributes)
+    }
+
+    /// The multipart/signed message around `signature` (as [`Hsm::sign`] returns it).
+    pub fn finish(self, signature: &[u8]) -> Result<Vec<u8>, SmimeError> {
+        let cms = signed_data::content_info(
+            &self.signer,
+            self.digest,
+            &self.attributes,
+            signature,
+            None,
+        )?;
+        Ok(assemble(&self.entity, &self.canonical, &cms, self.digest))
+    }
+
+    /// The size of the message being signed, in bytes.
+    pub fn len(&self) -> usize {
+        self.canonical.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.canonical.is_empty()
+    }
 }
 
 /// Signs `message` as `application/pkcs7-mime; smime-type=signed-data` (the entity
@@ -127,12 +188,11 @@ pub fn sign_opaque(
     let canonical = mime::to_crlf(message);
     let entity = prepare(&canonical, limits)?;
     let digest = DigestAlgorithm::of(signer.scheme);
-    let der = cms_signature(
-        hsm,
-        signer,
-        digest,
-        Signed::Encapsulated(&entity.parts().concat()),
-    )?;
+    let content = entity.parts(&canonical).concat();
+    let attributes = signed_data::signed_attributes(signer, &digest.digest_parts(&[&content]))?;
+    let signature = hsm.sign(&signer.key_id, signer.scheme, &attributes)?;
+    let der = signed_data::content_info(signer, digest, &attributes, &signature, Some(&content))?;
+    drop(content);
     let mut out = Vec::with_capacity(der.len() * 4 / 3 + 1024);
     for h in &entity.outer {
         out.extend_from_slice(&h.raw);
@@ -163,25 +223,31 @@ fn check(signer: &SignerIdentity, message: &[u8], limits: &Limits) -> Result<(),
 }
 
 /// A message split for signing: the header fields that stay outside, and the
-/// canonical 7-bit entity that is signed (its body borrowed from the message when it
-/// needed no re-encoding).
-struct Prepared<'a> {
+/// canonical 7-bit entity that is signed (its body the canonical message's own tail
+/// when it needed no re-encoding).
+struct Prepared {
     outer: Vec<Header>,
     entity_headers: Vec<Header>,
-    body: std::borrow::Cow<'a, [u8]>,
+    /// `None`: the body is `canonical[body_start..]`, unchanged.
+    reencoded_body: Option<Vec<u8>>,
+    body_start: usize,
 }
 
-impl Prepared<'_> {
+impl Prepared {
     /// The signed entity as consecutive pieces: header fields, the empty line, body.
-    fn parts(&self) -> Vec<&[u8]> {
+    /// `canonical` is the message this was prepared from.
+    fn parts<'a>(&'a self, canonical: &'a [u8]) -> Vec<&'a [u8]> {
         let mut parts: Vec<&[u8]> = self.entity_headers.iter().map(|h| &h.raw[..]).collect();
         parts.push(b"\r\n");
-        parts.push(&self.body);
+        parts.push(match &self.reencoded_body {
+            Some(body) => body,
+            None => canonical.get(self.body_start..).unwrap_or_default(),
+        });
         parts
     }
 }
 
-fn prepare<'a>(canonical: &'a [u8], limits: &Limits) -> Result<Prepared<'a>, SmimeError> {
+fn prepare(canonical: &[u8], limits: &Limits) -> Result<Prepared, SmimeError> {
     let (headers, body_start) = mime::split_headers(canonical)?;
     let (content, outer): (Vec<Header>, Vec<Header>) =
         headers.into_iter().partition(|h| h.is_content_header());
@@ -191,84 +257,25 @@ fn prepare<'a>(canonical: &'a [u8], limits: &Limits) -> Result<Prepared<'a>, Smi
         .collect();
     let (entity_headers, body) =
         mime::seven_bit_entity(entity_headers, &canonical[body_start..], limits)?;
+    let reencoded_body = match body {
+        std::borrow::Cow::Borrowed(_) => None,
+        std::borrow::Cow::Owned(body) => Some(body),
+    };
     Ok(Prepared {
         outer,
         entity_headers,
-        body,
+        reencoded_body,
+        body_start,
     })
 }
 
-/// What the SignerInfo covers: external content by its digest, or content carried
-/// inside the SignedData.
-enum Signed<'a> {
-    Detached(&'a [u8]),
-    Encapsulated(&'a [u8]),
-}
-
-fn cms_signature(
-    hsm: &Hsm,
-    signer: &SignerIdentity,
+fn assemble(
+    entity: &Prepared,
+    canonical: &[u8],
+    signature: &[u8],
     digest: DigestAlgorithm,
-    what: Signed<'_>,
-) -> Result<Vec<u8>, SmimeError> {
-    let enc = |e: &dyn std::fmt::Display| SmimeError::Encoding(e.to_string());
-    let (econtent, message_digest) = match what {
-        Signed::Detached(md) => (None, Some(md)),
-        Signed::Encapsulated(content) => (
-            Some(der::Any::new(der::Tag::OctetString, content.to_vec()).map_err(|e| enc(&e))?),
-            None,
-        ),
-    };
-    let eci = EncapsulatedContentInfo {
-        econtent_type: const_oid::db::rfc5911::ID_DATA,
-        econtent,
-    };
-    let digest_algorithm = AlgorithmIdentifierOwned {
-        oid: digest.oid(),
-        parameters: None,
-    };
-    let tbs = signer.certificate.tbs_certificate();
-    let sid = SignerIdentifier::IssuerAndSerialNumber(IssuerAndSerialNumber {
-        issuer: tbs.issuer().clone(),
-        serial_number: tbs.serial_number().clone(),
-    });
-    let mut info = SignerInfoBuilder::new(sid, digest_algorithm.clone(), &eci, message_digest)
-        .map_err(|e| enc(&e))?;
-    info.add_signed_attribute(create_signing_time_attribute().map_err(|e| enc(&e))?)
-        .map_err(|e| enc(&e))?;
-    info.add_signed_attribute(
-        attributes::smime_capabilities(signer.key_algorithm).map_err(|e| enc(&e))?,
-    )
-    .map_err(|e| enc(&e))?;
-    info.add_signed_attribute(
-        attributes::encryption_key_preference(&signer.certificate).map_err(|e| enc(&e))?,
-    )
-    .map_err(|e| enc(&e))?;
-    let token_signer = TokenSigner::new(
-        hsm.clone(),
-        signer.key_id.clone(),
-        signer.scheme,
-        tbs.subject_public_key_info().clone(),
-    );
-    let mut builder = SignedDataBuilder::new(&eci);
-    builder
-        .add_digest_algorithm(digest_algorithm)
-        .map_err(|e| enc(&e))?;
-    for cert in std::iter::once(&signer.certificate).chain(signer.chain.iter()) {
-        builder
-            .add_certificate(CertificateChoices::Certificate(cert.clone()))
-            .map_err(|e| enc(&e))?;
-    }
-    // The token's own error is logged by TokenSigner; the builder only says "failed".
-    builder
-        .add_signer_info::<_, TokenSignature>(info, &token_signer)
-        .map_err(|e| enc(&format!("signing in the token failed ({e})")))?;
-    let content_info = builder.build().map_err(|e| enc(&e))?;
-    content_info.to_der().map_err(|e| enc(&e))
-}
-
-fn assemble(entity: &Prepared<'_>, signature: &[u8], digest: DigestAlgorithm) -> Vec<u8> {
-    let parts = entity.parts();
+) -> Vec<u8> {
+    let parts = entity.parts(canonical);
     let boundary = boundary_for(&parts);
     let signed_len: usize = parts.iter().map(|p| p.len()).sum();
     // Room for the signature part, and for the padding block should the result be
@@ -319,10 +326,8 @@ fn boundary_for(parts: &[&[u8]]) -> String {
             random.copy_from_slice(&hasher.finalize()[..12]);
         }
         let boundary = format!("----=_smimegate_{}", hex::encode(random));
-        if !parts.iter().any(|part| {
-            part.windows(boundary.len())
-                .any(|w| w == boundary.as_bytes())
-        }) {
+        let finder = memchr::memmem::Finder::new(boundary.as_bytes());
+        if !parts.iter().any(|part| finder.find(part).is_some()) {
             return boundary;
         }
         attempt += 1;

@@ -829,11 +829,7 @@ impl<'a> DotStuffed<'a> {
                 self.ended = true;
                 break;
             }
-            let end = self
-                .rest
-                .iter()
-                .position(|&b| b == b'\n')
-                .map_or(self.rest.len(), |i| i + 1);
+            let end = memchr::memchr(b'\n', self.rest).map_or(self.rest.len(), |i| i + 1);
             let (line, rest) = self.rest.split_at(end);
             self.rest = rest;
             let content = line

@@ -492,3 +492,101 @@ fn every_signature_scheme_the_engine_emits_verifies_with_openssl() {
         );
     }
 }
+
+/// The SignedData is written by hand (src/smime/signed_data.rs): it must be strict DER.
+/// Decoded with the `cms` crate and encoded again it gives the same bytes (sets
+/// sorted, lengths minimal), for detached and encapsulated content, RSA and ECDSA, and
+/// it carries what RFC 5652 and RFC 8551 ask for.
+#[test]
+fn the_signed_data_is_strict_der_with_the_required_fields() {
+    use cms::content_info::{CmsVersion, ContentInfo};
+    use cms::signed_data::SignedData;
+    use der::{Decode, Encode};
+    use smimegate::smime::sign_opaque;
+    let fx = fixture();
+    let reencoded = |der: &[u8]| -> SignedData {
+        let info = ContentInfo::from_der(der).expect("ContentInfo");
+        assert_eq!(info.content_type, const_oid::db::rfc5911::ID_SIGNED_DATA);
+        assert_eq!(info.to_der().expect("encode"), der, "not DER as emitted");
+        let signed_data: SignedData = info.content.decode_as().expect("SignedData");
+        // The parsed structure, encoded again, is byte for byte what we emitted.
+        assert_eq!(
+            signed_data.to_der().expect("encode"),
+            info.content.to_der().expect("encode"),
+            "SignedData is not DER as emitted"
+        );
+        signed_data
+    };
+    for signer in &fx.signers {
+        let detached = sign_detached(&token().hsm, signer, PLAIN.as_bytes(), &Limits::default())
+            .expect("sign");
+        let (_, der) = detached_parts(&detached);
+        let sd = reencoded(&der);
+        assert_eq!(sd.version, CmsVersion::V1);
+        assert!(sd.encap_content_info.econtent.is_none(), "detached");
+        assert_eq!(sd.certificates.as_ref().map(|c| c.0.len()), Some(2));
+        let info = sd.signer_infos.0.get(0).expect("one signer");
+        assert_eq!(sd.signer_infos.0.len(), 1);
+        assert_eq!(info.version, CmsVersion::V1);
+        let oids: Vec<String> = info
+            .signed_attrs
+            .as_ref()
+            .expect("signed attributes")
+            .iter()
+            .map(|a| a.oid.to_string())
+            .collect();
+        for required in [
+            "1.2.840.113549.1.9.3",       // contentType
+            "1.2.840.113549.1.9.4",       // messageDigest
+            "1.2.840.113549.1.9.5",       // signingTime
+            "1.2.840.113549.1.9.15",      // SMIMECapabilities
+            "1.2.840.113549.1.9.16.2.11", // SMIMEEncryptionKeyPreference
+        ] {
+            assert!(oids.iter().any(|o| o == required), "{required} in {oids:?}");
+        }
+
+        let opaque =
+            sign_opaque(&token().hsm, signer, PLAIN.as_bytes(), &Limits::default()).expect("sign");
+        let text = String::from_utf8(opaque).expect("ascii");
+        let body = &text[text.find("\r\n\r\n").expect("headers") + 4..];
+        let b64: String = body.lines().collect();
+        use base64::Engine;
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .expect("base64");
+        let sd = reencoded(&der);
+        let content = sd.encap_content_info.econtent.expect("encapsulated");
+        assert!(String::from_utf8_lossy(content.value()).contains("Hello Bob,"));
+    }
+}
+
+/// The relay signs in two steps so that a token session is held only for the
+/// signature itself: the result verifies with openssl like `sign_detached`'s, for a
+/// message that is already canonical and one that must be converted and re-encoded.
+#[test]
+fn signing_in_two_steps_verifies_with_openssl() {
+    use smimegate::smime::DetachedSigning;
+    let fx = fixture();
+    let eight_bit = "From: a@corp.example\nTo: b@partner.example\nSubject: Umlaute\n\
+                     Content-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: 8bit\n\n\
+                     Grüße aus Köln\n";
+    for signer in &fx.signers {
+        for message in [PLAIN, eight_bit] {
+            let signing = DetachedSigning::new(
+                std::sync::Arc::new(signer.clone()),
+                message.as_bytes().to_vec(),
+                &Limits::default(),
+            )
+            .expect("prepare");
+            let (key, scheme, to_be_signed) = signing.to_be_signed();
+            let signature = token()
+                .hsm
+                .sign(key, scheme, to_be_signed)
+                .expect("token signature");
+            let signed = signing.finish(&signature).expect("finish");
+            assert!(signed.is_ascii());
+            openssl_verify(&fx, &signed)
+                .unwrap_or_else(|e| panic!("{:?}: {e}", signer.key_algorithm));
+        }
+    }
+}
